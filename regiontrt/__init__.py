@@ -1,0 +1,3 @@
+"""regiontrt: one ONNX model, per-region TensorRT engines."""
+
+__version__ = "0.1.0"

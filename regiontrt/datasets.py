@@ -1,0 +1,182 @@
+"""Region data: validation and calibration batches from arrays, NPZ files, folders or loaders.
+
+:class:`DataSource` accepts whatever a pipeline has at hand and yields ``{input_name: array}``
+batches, one at a time, so a calibration pass never holds the whole set. It fingerprints what it
+yields (names, dtypes, shapes and bytes, in order) for the engine's provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import DataError
+from .graph.io import TensorSpec
+
+Batch = dict[str, np.ndarray]
+DataLike = Union[
+    "DataSource", str, Path, np.ndarray, Mapping[str, Any], Iterable[Any], Callable[[], Iterable[Any]]
+]
+
+
+class DataSource:
+    """Batches of model inputs, re-iterable where the source allows.
+
+    Accepted sources:
+      * a ``{input: array}`` mapping: one batch;
+      * a numpy array: one batch of the model's single input;
+      * a path to an ``.npz`` file (its keys are input names; or ``input_name/...`` keyed
+        subsets are not supported - use one file per batch) or to a folder of ``.npz`` files,
+        each one batch, read in sorted order;
+      * an iterable of mappings or arrays (lists, generators, Polygraphy data loaders);
+      * a callable returning such an iterable (called once per pass, so generators re-run).
+
+    A one-shot iterator (a generator object) can be read only once; a second pass raises
+    :class:`DataError`. Pass a callable or a list for several passes.
+
+    Args:
+        source: the data.
+        inputs: the model's inputs, to name bare arrays and check names, ranks and dtypes.
+        max_batches: stop after this many batches.
+    """
+
+    def __init__(
+        self, source: DataLike, inputs: Sequence[TensorSpec], *, max_batches: int | None = None
+    ) -> None:
+        if isinstance(source, DataSource):
+            source = source._source
+        self._source = source
+        self._inputs = list(inputs)
+        self._max = max_batches
+        self._consumed = False
+        self._fingerprint: str | None = None
+        self.num_batches = 0
+        self.num_samples = 0
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of everything the last complete pass yielded."""
+        if self._fingerprint is None:
+            for _ in self:
+                pass
+        assert self._fingerprint is not None
+        return self._fingerprint
+
+    def _raw(self) -> Iterable[Any]:
+        src = self._source
+        if isinstance(src, (str, Path)):
+            return _read_path(Path(src))
+        if isinstance(src, np.ndarray) or isinstance(src, Mapping):
+            return [src]
+        if callable(src) and not hasattr(src, "__iter__"):
+            return src()  # type: ignore[no-any-return]
+        if isinstance(src, Iterator):
+            if self._consumed:
+                raise DataError(
+                    "this data source is a one-shot iterator and was already read; pass a list "
+                    "or a callable that returns a fresh iterator"
+                )
+            self._consumed = True
+            return src
+        if isinstance(src, Iterable):
+            return src
+        raise DataError(f"unsupported data source of type {type(src).__name__}")
+
+    def __iter__(self) -> Iterator[Batch]:
+        digest = hashlib.sha256()
+        batches = samples = 0
+        for raw in self._raw():
+            if self._max is not None and batches >= self._max:
+                break
+            batch = self.to_batch(raw)
+            for name in sorted(batch):
+                arr = batch[name]
+                digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+                digest.update(np.ascontiguousarray(arr).tobytes())
+            batches += 1
+            first = next(iter(batch.values()))
+            samples += int(first.shape[0]) if first.ndim else 1
+            yield batch
+        if batches == 0:
+            raise DataError("the data source is empty: it yielded no batch")
+        self.num_batches, self.num_samples = batches, samples
+        self._fingerprint = digest.hexdigest()
+
+    def to_batch(self, raw: Any) -> Batch:
+        """Normalise one raw item into a checked ``{input: array}`` batch."""
+        specs = {s.name: s for s in self._inputs}
+        if isinstance(raw, np.ndarray) or (
+            not isinstance(raw, Mapping) and hasattr(raw, "__array__")
+        ):
+            if len(self._inputs) != 1:
+                names = ", ".join(specs)
+                raise DataError(f"a bare array needs a single-input model; inputs are: {names}")
+            raw = {self._inputs[0].name: raw}
+        if not isinstance(raw, Mapping):
+            raise DataError(f"a batch must be a mapping or an array, got {type(raw).__name__}")
+        missing = set(specs) - set(raw)
+        unknown = set(raw) - set(specs)
+        if missing or unknown:
+            raise DataError(
+                f"batch names {sorted(raw)} do not match the model inputs {sorted(specs)}"
+                + (f"; missing {sorted(missing)}" if missing else "")
+                + (f"; unknown {sorted(unknown)}" if unknown else "")
+            )
+        batch: Batch = {}
+        for name, value in raw.items():
+            spec = specs[name]
+            arr = np.asarray(value)
+            if arr.size == 0:
+                raise DataError(f"input {name!r}: empty array of shape {arr.shape}")
+            if arr.ndim != spec.rank:
+                raise DataError(
+                    f"input {name!r}: rank {arr.ndim} (shape {arr.shape}) but the model "
+                    f"declares rank {spec.rank} (shape {list(spec.shape)})"
+                )
+            for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+                if isinstance(want, int) and got != want:
+                    raise DataError(
+                        f"input {name!r}: axis {axis} is {got}, the model declares {want} "
+                        f"(shape {list(spec.shape)})"
+                    )
+            if arr.dtype != spec.dtype:
+                if arr.dtype.kind != spec.dtype.kind and not (
+                    arr.dtype.kind in "fiu" and spec.dtype.kind in "fiu"
+                ):
+                    raise DataError(f"input {name!r}: dtype {arr.dtype} cannot feed {spec.dtype}")
+                arr = arr.astype(spec.dtype)
+            batch[name] = np.ascontiguousarray(arr)
+        return batch
+
+    def materialize(self) -> list[Batch]:
+        """All batches in a list (for validation sets, which are read many times)."""
+        return list(self)
+
+
+def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray]]:
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise DataError(f"no .npz files in {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"data path not found: {path}")
+    for file in files:
+        try:
+            with np.load(file, allow_pickle=False) as npz:
+                yield {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{file}: not a readable .npz file: {exc}") from None
+
+
+def split_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[Batch]:
+    """Cut ``{input: array}`` along axis 0 into batches of ``batch_size``."""
+    if batch_size < 1:
+        raise DataError("batch_size must be >= 1")
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]

@@ -1,0 +1,111 @@
+"""The typed error hierarchy of regiontrt.
+
+Every error the library raises on purpose derives from :class:`RegionTRTError`, so a pipeline can
+catch one type. Sub-classes also derive from the closest built-in (``ValueError``, ``KeyError``,
+``ImportError``...) so code written against the standard library keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class RegionTRTError(Exception):
+    """Base class of every error raised by regiontrt."""
+
+
+class InvalidModelError(RegionTRTError, ValueError):
+    """The ONNX model is unreadable, malformed or fails the ONNX checker."""
+
+
+class UnknownRegionError(RegionTRTError, KeyError):
+    """A region name that is neither a preset nor registered by the user."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class RegionConfigError(RegionTRTError, ValueError):
+    """A region TOML file or a :class:`~regiontrt.Region` is inconsistent."""
+
+
+class PolicyViolation(RegionTRTError):
+    """A precision that the region forbids (compliance) was requested or produced."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One precision tried during a build: its measured loss against the budget."""
+
+    precision: str
+    loss: float | None
+    budget: float
+    detail: str = ""
+
+    def __str__(self) -> str:
+        loss = "not measured" if self.loss is None else f"{self.loss:.4g}"
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.precision}: loss {loss} vs budget {self.budget:.4g}{extra}"
+
+
+class AccuracyBudgetExceeded(RegionTRTError):
+    """No allowed precision met the region's accuracy budget.
+
+    Attributes:
+        attempts: every precision tried, with its measured loss and the budget.
+    """
+
+    def __init__(self, region: str, metric: str, attempts: Sequence[Attempt]) -> None:
+        self.region = region
+        self.metric = metric
+        self.attempts = tuple(attempts)
+        lines = "\n".join(f"  - {a}" for a in self.attempts)
+        super().__init__(
+            f"region {region!r}: no allowed precision meets the accuracy budget "
+            f"(metric {metric}):\n{lines}"
+        )
+
+
+class DataError(RegionTRTError, ValueError):
+    """Validation or calibration data is empty, mis-shaped or does not match the model."""
+
+
+class CalibrationMismatch(RegionTRTError):
+    """Validation data lies outside the calibrated ranges and the region's policy is strict."""
+
+
+class InputError(RegionTRTError, ValueError):
+    """Inputs given to :meth:`Engine.infer` have wrong names, dtypes or ranks."""
+
+
+class ShapeOutOfProfile(InputError):
+    """An input shape lies outside every optimization profile of the engine."""
+
+
+class ShapeProfileError(RegionTRTError, ValueError):
+    """A shape profile contradicts the model's declared dimensions or misses a dynamic one."""
+
+
+class ArtifactError(RegionTRTError, ValueError):
+    """A ``.engine`` file is truncated, corrupted, tampered with or of an unknown format."""
+
+
+class IncompatibleEngineError(ArtifactError):
+    """An engine was built for another TensorRT version or another GPU."""
+
+
+class BackendUnavailable(RegionTRTError, ImportError):
+    """A backend's package is not installed; the message names the extra to install."""
+
+
+class BuildError(RegionTRTError, RuntimeError):
+    """A backend failed to build an engine (parser errors, builder failures)."""
+
+
+class CudaError(RegionTRTError, RuntimeError):
+    """A CUDA call returned an error code."""
+
+
+class SignatureError(RegionTRTError):
+    """A bundle's signature or a file's digest does not verify."""

@@ -1,0 +1,216 @@
+"""Regions: who may use which precision, under which accuracy budget.
+
+The presets live in ``regiontrt/data/regions.toml``; :func:`load_regions` adds or overrides them from
+a user's TOML file of the same shape. A :class:`Region` is an immutable value.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import RegionConfigError, UnknownRegionError
+from .precision import Precision
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+METRICS = ("top1", "relative_l2", "max_abs", "cosine")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A deployment region and its precision policy.
+
+    Args:
+        name: short identifier, e.g. ``"EU"``.
+        precisions: allowed precisions, most preferred first.
+        forbidden: precisions that compliance forbids; never built, even when asked for.
+        budget: largest accepted accuracy loss against the FP32 model, in the metric's unit
+            (``0.005`` is 0.5 % for ``top1``).
+        metric: built-in metric name used to measure the loss.
+        latency_p99_ms: optional latency SLA at the 99th percentile.
+        strict_calibration: fail the build, rather than warn, when validation data lies outside
+            the calibrated ranges.
+        description: free text.
+        tags: free key/value strings carried into engine metadata.
+    """
+
+    name: str
+    precisions: tuple[Precision, ...] = (Precision.FP16, Precision.FP32)
+    forbidden: frozenset[Precision] = frozenset()
+    budget: float = 0.01
+    metric: str = "top1"
+    latency_p99_ms: float | None = None
+    strict_calibration: bool = False
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not str(self.name).strip():
+            raise RegionConfigError("a region needs a non-empty name")
+        try:
+            precisions = tuple(Precision.parse(p) for p in self.precisions)
+            forbidden = frozenset(Precision.parse(p) for p in self.forbidden)
+        except ValueError as exc:
+            raise RegionConfigError(f"region {self.name!r}: {exc}") from None
+        if not precisions:
+            raise RegionConfigError(f"region {self.name!r}: at least one precision is required")
+        if len(set(precisions)) != len(precisions):
+            raise RegionConfigError(f"region {self.name!r}: precisions repeat: {precisions}")
+        clash = forbidden.intersection(precisions)
+        if clash:
+            names = ", ".join(sorted(p.value for p in clash))
+            raise RegionConfigError(f"region {self.name!r}: {names} both allowed and forbidden")
+        if self.metric not in METRICS:
+            raise RegionConfigError(
+                f"region {self.name!r}: unknown metric {self.metric!r}; known: {', '.join(METRICS)}"
+            )
+        if not self.budget >= 0:
+            raise RegionConfigError(f"region {self.name!r}: budget must be >= 0")
+        if self.latency_p99_ms is not None and not self.latency_p99_ms > 0:
+            raise RegionConfigError(f"region {self.name!r}: latency_p99_ms must be > 0")
+        object.__setattr__(self, "precisions", precisions)
+        object.__setattr__(self, "forbidden", forbidden)
+        object.__setattr__(self, "budget", float(self.budget))
+        object.__setattr__(self, "tags", dict(self.tags))
+
+    def allows(self, precision: Precision | str) -> bool:
+        """Whether compliance allows ``precision`` (it is not forbidden)."""
+        return Precision.parse(precision) not in self.forbidden
+
+    def evolve(self, **changes: Any) -> Region:
+        """Return a copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description, as stored in engine metadata."""
+        return {
+            "name": self.name,
+            "precisions": [p.value for p in self.precisions],
+            "forbidden": sorted(p.value for p in self.forbidden),
+            "budget": self.budget,
+            "metric": self.metric,
+            "latency_p99_ms": self.latency_p99_ms,
+            "strict_calibration": self.strict_calibration,
+            "description": self.description,
+            "tags": dict(self.tags),
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, table: Mapping[str, Any]) -> Region:
+        """Build a region from one TOML table (or :meth:`to_dict` output)."""
+        known = {
+            "name", "precisions", "forbidden", "budget", "metric", "latency_p99_ms",
+            "strict_calibration", "description", "tags",
+        }
+        unknown = set(table) - known
+        if unknown:
+            raise RegionConfigError(f"region {name!r}: unknown keys {sorted(unknown)}")
+        kwargs = {k: v for k, v in table.items() if k != "name"}
+        for key in ("precisions", "forbidden"):
+            if key in kwargs and isinstance(kwargs[key], str):
+                kwargs[key] = [kwargs[key]]
+        if "tags" in kwargs:
+            kwargs["tags"] = {str(k): str(v) for k, v in dict(kwargs["tags"]).items()}
+        try:
+            return cls(name=name, **kwargs)
+        except TypeError as exc:
+            raise RegionConfigError(f"region {name!r}: {exc}") from None
+
+
+class RegionRegistry(Mapping[str, Region]):
+    """An ordered, case-insensitive mapping from region names to regions."""
+
+    def __init__(self, regions: Mapping[str, Region] | None = None) -> None:
+        self._regions: dict[str, Region] = {}
+        for region in (regions or {}).values():
+            self.register(region)
+
+    def register(self, region: Region) -> None:
+        """Add ``region``, replacing one of the same name."""
+        self._regions[region.name.upper()] = region
+
+    def update_from_toml(self, path: str | Path) -> None:
+        """Add or override regions from a TOML file with ``[regions.NAME]`` tables."""
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise RegionConfigError(f"region file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RegionConfigError(f"{path}: invalid TOML: {exc}") from None
+        self._update(doc, str(path))
+
+    def _update(self, doc: Mapping[str, Any], source: str) -> None:
+        tables = doc.get("regions")
+        if not isinstance(tables, Mapping) or not tables:
+            raise RegionConfigError(f"{source}: expected one or more [regions.NAME] tables")
+        for name, table in tables.items():
+            if not isinstance(table, Mapping):
+                raise RegionConfigError(f"{source}: regions.{name} must be a table")
+            self.register(Region.from_dict(str(name), table))
+
+    def __getitem__(self, name: str) -> Region:
+        try:
+            return self._regions[str(name).upper()]
+        except KeyError:
+            known = ", ".join(r.name for r in self._regions.values())
+            raise UnknownRegionError(f"unknown region {name!r}; known regions: {known}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return (r.name for r in self._regions.values())
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def copy(self) -> RegionRegistry:
+        """A shallow copy, so a caller can extend it without touching the default."""
+        return RegionRegistry({r.name: r for r in self._regions.values()})
+
+
+def _presets() -> RegionRegistry:
+    registry = RegionRegistry()
+    text = resources.files("regiontrt").joinpath("data/regions.toml").read_text("utf-8")
+    registry._update(tomllib.loads(text), "regiontrt/data/regions.toml")
+    return registry
+
+
+_DEFAULT: RegionRegistry | None = None
+
+
+def default_regions() -> RegionRegistry:
+    """The process-wide registry: the presets plus whatever :func:`load_regions` added."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = _presets()
+    return _DEFAULT
+
+
+def load_regions(path: str | Path, *, into: RegionRegistry | None = None) -> RegionRegistry:
+    """Add or override regions from a user TOML file.
+
+    Args:
+        path: TOML file with ``[regions.NAME]`` tables (see the shipped presets).
+        into: registry to update; the process-wide default when omitted.
+
+    Returns:
+        The updated registry.
+    """
+    registry = default_regions() if into is None else into
+    registry.update_from_toml(path)
+    return registry
+
+
+def get_region(region: str | Region) -> Region:
+    """Resolve a preset or registered name, or pass a :class:`Region` through."""
+    if isinstance(region, Region):
+        return region
+    return default_regions()[region]
