@@ -19,7 +19,13 @@ from .graph.io import TensorSpec
 
 Batch = dict[str, np.ndarray]
 DataLike = Union[
-    "DataSource", str, Path, np.ndarray, Mapping[str, Any], Iterable[Any], Callable[[], Iterable[Any]]
+    "DataSource",
+    str,
+    Path,
+    np.ndarray,
+    Mapping[str, Any],
+    Iterable[Any],
+    Callable[[], Iterable[Any]],
 ]
 
 
@@ -70,7 +76,7 @@ class DataSource:
         src = self._source
         if isinstance(src, (str, Path)):
             return _read_path(Path(src))
-        if isinstance(src, np.ndarray) or isinstance(src, Mapping):
+        if isinstance(src, (np.ndarray, Mapping)):
             return [src]
         if callable(src) and not hasattr(src, "__iter__"):
             return src()  # type: ignore[no-any-return]

@@ -1,7 +1,7 @@
 """Regions: who may use which precision, under which accuracy budget.
 
-The presets live in ``regiontrt/data/regions.toml``; :func:`load_regions` adds or overrides them from
-a user's TOML file of the same shape. A :class:`Region` is an immutable value.
+The presets live in ``regiontrt/data/regions.toml``; :func:`load_regions` adds or overrides them
+from a user's TOML file of the same shape. A :class:`Region` is an immutable value.
 """
 
 from __future__ import annotations

@@ -6,15 +6,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnx
 
 from ..errors import InvalidModelError
 
-ModelSource = Union[str, Path, bytes, onnx.ModelProto]
-Dim = Union[int, str, None]
+ModelSource = str | Path | bytes | onnx.ModelProto
+Dim = int | str | None
 
 
 @dataclass(frozen=True)

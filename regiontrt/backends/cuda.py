@@ -1,0 +1,527 @@
+"""The cuda-python layer: checked calls, streams, events, pinned and device memory.
+
+Every runtime call of ``cuda.bindings`` returns ``(err, *values)``; :func:`cuda_call` checks the
+error and turns it into :class:`~regiontrt.errors.CudaError` with the error's name and text, so
+no raw tuple ever escapes. Resources (:class:`Stream`, :class:`Event`, :class:`PinnedBuffer`,
+:class:`DeviceBuffer`, :class:`DeviceArray`, :class:`CudaGraph`) are freed by ``close()``
+(idempotent) or a ``with`` block; ``__del__`` is only a safety net.
+
+Only the standard library, numpy and :mod:`regiontrt.errors` are imported here; ``cuda.bindings``
+is imported on first use, so this module imports on machines without CUDA.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..errors import BackendUnavailable, CudaError, InputError
+
+_MODULES: dict[str, Any] = {}
+_LIVE = {"device": 0, "pinned": 0, "stream": 0, "event": 0, "graph": 0}
+_LIVE_LOCK = threading.Lock()
+_H2D, _D2H, _D2D = 1, 2, 3  # cudaMemcpyKind values, fixed by the CUDA ABI
+
+
+def _module(name: str) -> Any:
+    mod = _MODULES.get(name)
+    if mod is None:
+        try:
+            if name == "runtime":
+                from cuda.bindings import runtime as mod
+            else:
+                from cuda.bindings import driver as mod
+        except ImportError:
+            raise BackendUnavailable(
+                "cuda-python is not installed; install it with pip install 'regiontrt[cuda]'"
+            ) from None
+        _MODULES[name] = mod
+    return mod
+
+
+def _rt() -> Any:
+    return _MODULES.get("runtime") or _module("runtime")
+
+
+def _error_text(err: Any) -> str:
+    kind = type(err).__name__
+    code = int(err)
+    try:
+        if kind == "cudaError_t":
+            name = _rt().cudaGetErrorName(err)[1].decode()
+            text = _rt().cudaGetErrorString(err)[1].decode()
+        elif kind == "CUresult":
+            name = _module("driver").cuGetErrorName(err)[1].decode()
+            text = _module("driver").cuGetErrorString(err)[1].decode()
+        elif kind == "nvrtcResult":
+            from cuda.bindings import nvrtc
+
+            name = text = nvrtc.nvrtcGetErrorString(err)[1].decode()
+        else:
+            name = text = getattr(err, "name", str(err))
+    except Exception:  # the driver library itself may be missing
+        name = text = getattr(err, "name", str(err))
+    hint = ""
+    if name in ("cudaErrorInsufficientDriver", "cudaErrorNoDevice", "CUDA_ERROR_NO_DEVICE"):
+        hint = " (no usable NVIDIA GPU and driver on this machine)"
+    return f"{name} ({code}): {text}{hint}"
+
+
+def cuda_call(result: tuple[Any, ...], *, what: str = "CUDA call") -> Any:
+    """Check a cuda-python result ``(err, *values)`` and return the value(s).
+
+    Args:
+        result: what a ``cuda.bindings`` runtime, driver or NVRTC call returned.
+        what: the operation, for the error message.
+
+    Returns:
+        ``None`` for no value, the value for one, else a tuple of them.
+
+    Raises:
+        CudaError: the error code is not success; the message names it and explains it.
+    """
+    err = result[0]
+    if err:  # success is 0 in every cuda-python error enum
+        raise CudaError(f"{what} failed: {_error_text(err)}")
+    if len(result) == 1:
+        return None
+    return result[1] if len(result) == 2 else result[1:]
+
+
+def cuda_available() -> bool:
+    """Whether a usable CUDA device is present; never raises."""
+    try:
+        return int(cuda_call(_rt().cudaGetDeviceCount(), what="cudaGetDeviceCount")) > 0
+    except Exception:
+        return False
+
+
+def set_device(device: int) -> None:
+    """Make ``device`` current on the calling thread (initializes its primary context)."""
+    cuda_call(_rt().cudaSetDevice(device), what=f"cudaSetDevice({device})")
+
+
+def device_compute_capability(device: int = 0) -> tuple[int, int]:
+    """``(major, minor)`` compute capability of ``device``."""
+    rt = _rt()
+    attr = rt.cudaDeviceAttr
+    major = cuda_call(rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device),
+                      what="cudaDeviceGetAttribute(major)")
+    minor = cuda_call(rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device),
+                      what="cudaDeviceGetAttribute(minor)")
+    return int(major), int(minor)
+
+
+def mem_get_info() -> tuple[int, int]:
+    """``(free, total)`` bytes of the current device."""
+    free, total = cuda_call(_rt().cudaMemGetInfo(), what="cudaMemGetInfo")
+    return int(free), int(total)
+
+
+def live_allocations() -> dict[str, int]:
+    """How many resources of each kind this module holds now (for leak checks)."""
+    with _LIVE_LOCK:
+        return dict(_LIVE)
+
+
+def _count(kind: str, delta: int) -> None:
+    with _LIVE_LOCK:
+        _LIVE[kind] += delta
+
+
+def memcpy_async(dst: int, src: int, nbytes: int, kind: int, stream: Stream | None) -> None:
+    """``cudaMemcpyAsync``; ``kind`` is 1 (host to device), 2 (device to host) or 3."""
+    if nbytes:
+        cuda_call(_rt().cudaMemcpyAsync(dst, src, nbytes, kind, stream.raw if stream else 0),
+                  what=f"cudaMemcpyAsync({nbytes} bytes, kind {kind})")
+
+
+class _Resource:
+    """close() once, context manager, and a __del__ safety net."""
+
+    _closed = True
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the resource; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        if self._closed:
+            raise CudaError(f"this {type(self).__name__} was closed")
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown may have torn down cuda-python
+            pass
+
+
+class Stream(_Resource):
+    """A CUDA stream.
+
+    Args:
+        non_blocking: ``False`` (default) makes the stream wait for prior work on the legacy
+            default stream, which is how DLPack's ``stream=None`` hand-over is honoured.
+    """
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        rt = _rt()
+        flags = rt.cudaStreamNonBlocking if non_blocking else rt.cudaStreamDefault
+        self.raw = cuda_call(rt.cudaStreamCreateWithFlags(flags), what="cudaStreamCreate")
+        self.handle = int(self.raw)
+        self._closed = False
+        _count("stream", 1)
+
+    def synchronize(self) -> None:
+        cuda_call(_rt().cudaStreamSynchronize(self.raw), what="cudaStreamSynchronize")
+
+    def wait(self, event: Event) -> None:
+        """Make later work on this stream wait for ``event``."""
+        cuda_call(_rt().cudaStreamWaitEvent(self.raw, event.raw, 0), what="cudaStreamWaitEvent")
+
+    def _release(self) -> None:
+        _count("stream", -1)
+        cuda_call(_rt().cudaStreamDestroy(self.raw), what="cudaStreamDestroy")
+
+
+class Event(_Resource):
+    """A CUDA event with timing enabled."""
+
+    def __init__(self) -> None:
+        self.raw = cuda_call(_rt().cudaEventCreate(), what="cudaEventCreate")
+        self._closed = False
+        _count("event", 1)
+
+    def record(self, stream: Stream | int | None = None) -> None:
+        handle = stream.raw if isinstance(stream, Stream) else (stream or 0)
+        cuda_call(_rt().cudaEventRecord(self.raw, handle), what="cudaEventRecord")
+
+    def synchronize(self) -> None:
+        cuda_call(_rt().cudaEventSynchronize(self.raw), what="cudaEventSynchronize")
+
+    @staticmethod
+    def elapsed_ms(start: Event, end: Event) -> float:
+        """Milliseconds between two recorded, completed events."""
+        return float(cuda_call(_rt().cudaEventElapsedTime(start.raw, end.raw),
+                               what="cudaEventElapsedTime"))
+
+    def _release(self) -> None:
+        _count("event", -1)
+        cuda_call(_rt().cudaEventDestroy(self.raw), what="cudaEventDestroy")
+
+
+class PinnedBuffer(_Resource):
+    """Page-locked host memory (``cudaMallocHost``), the staging area of async copies.
+
+    Views from :meth:`array` point into this memory: do not use them after :meth:`close`.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = self.capacity = 0
+        self.ptr = 0
+        self._closed = False
+        self.ensure(nbytes)
+
+    def ensure(self, nbytes: int) -> bool:
+        """Grow to at least ``nbytes`` (contents are not kept); True when reallocated."""
+        self._check()
+        if nbytes < 0:
+            raise InputError(f"negative buffer size {nbytes}")
+        if nbytes <= self.capacity:
+            self.nbytes = nbytes
+            return False
+        self._free()
+        cap = max(nbytes, 1)
+        self.ptr = int(cuda_call(_rt().cudaMallocHost(cap), what=f"cudaMallocHost({cap} bytes)"))
+        _count("pinned", 1)
+        self.capacity, self.nbytes = cap, nbytes
+        return True
+
+    def array(self, dtype: Any, shape: Sequence[int]) -> np.ndarray:
+        """A numpy view of the first ``prod(shape) * itemsize`` bytes."""
+        self._check()
+        dt = np.dtype(dtype)
+        count = math.prod(int(d) for d in shape)
+        if count * dt.itemsize > self.capacity:
+            raise InputError(f"{count * dt.itemsize} bytes do not fit a {self.capacity}-byte "
+                             "pinned buffer")
+        raw = (ctypes.c_char * self.capacity).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dt, count=count).reshape(tuple(shape))
+
+    def _free(self) -> None:
+        if self.ptr:
+            ptr, self.ptr, self.capacity = self.ptr, 0, 0
+            _count("pinned", -1)
+            cuda_call(_rt().cudaFreeHost(ptr), what="cudaFreeHost")
+
+    def _release(self) -> None:
+        self._free()
+
+
+class DeviceBuffer(_Resource):
+    """Device memory (``cudaMalloc``) that can grow; at least one byte so its address is never 0.
+
+    Attributes:
+        ptr: device address (stable until :meth:`ensure` reallocates).
+        nbytes: bytes in use; ``capacity`` is what is allocated.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = self.capacity = 0
+        self.ptr = 0
+        self._closed = False
+        self.ensure(nbytes)
+
+    def ensure(self, nbytes: int) -> bool:
+        """Grow to at least ``nbytes`` (contents are not kept); True when reallocated."""
+        self._check()
+        if nbytes < 0:
+            raise InputError(f"negative buffer size {nbytes}")
+        if nbytes <= self.capacity:
+            self.nbytes = nbytes
+            return False
+        self._free()
+        cap = max(nbytes, 1)
+        self.ptr = int(cuda_call(_rt().cudaMalloc(cap), what=f"cudaMalloc({cap} bytes)"))
+        _count("device", 1)
+        self.capacity, self.nbytes = cap, nbytes
+        return True
+
+    def _span(self, host: PinnedBuffer, nbytes: int | None) -> int:
+        self._check()
+        n = min(self.nbytes, host.nbytes) if nbytes is None else nbytes
+        if n > self.capacity or n > host.capacity:
+            raise InputError(f"copy of {n} bytes exceeds a buffer ({self.capacity} device, "
+                             f"{host.capacity} host)")
+        return n
+
+    def copy_from_host_async(self, pinned: PinnedBuffer, stream: Stream,
+                             nbytes: int | None = None) -> None:
+        """Enqueue a host-to-device copy from ``pinned`` on ``stream``."""
+        memcpy_async(self.ptr, pinned.ptr, self._span(pinned, nbytes), _H2D, stream)
+
+    def copy_to_host_async(self, pinned: PinnedBuffer, stream: Stream,
+                           nbytes: int | None = None) -> None:
+        """Enqueue a device-to-host copy into ``pinned`` on ``stream``."""
+        memcpy_async(pinned.ptr, self.ptr, self._span(pinned, nbytes), _D2H, stream)
+
+    def _free(self) -> None:
+        if self.ptr:
+            ptr, self.ptr, self.capacity = self.ptr, 0, 0
+            _count("device", -1)
+            cuda_call(_rt().cudaFree(ptr), what="cudaFree")
+
+    def _release(self) -> None:
+        self._free()
+
+
+class DeviceArray(_Resource):
+    """A C-contiguous array in device memory that this object owns.
+
+    It exposes ``__cuda_array_interface__`` (version 3), so CuPy, PyTorch or Numba can wrap it
+    without a copy; its work is complete whenever it is handed out (stream ``None``).
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.size = math.prod(self.shape)
+        self.nbytes = self.size * self.dtype.itemsize
+        self._buffer = DeviceBuffer(self.nbytes)
+        self._closed = False
+
+    @classmethod
+    def from_host(cls, array: Any, stream: Stream | None = None) -> DeviceArray:
+        """Copy a host array to a new device array (synchronously)."""
+        host = np.ascontiguousarray(array)
+        out = cls(host.shape, host.dtype)
+        try:
+            cuda_call(_rt().cudaMemcpy(out.ptr, host.ctypes.data, host.nbytes, _H2D),
+                      what="cudaMemcpy(host to device)")
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    @property
+    def ptr(self) -> int:
+        self._check()
+        return self._buffer.ptr
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:  # noqa: PLW3201
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
+                "version": 3, "strides": None, "stream": None}
+
+    def to_host(self) -> np.ndarray:
+        """Copy to a new numpy array (synchronously)."""
+        out = np.empty(self.shape, self.dtype)
+        cuda_call(_rt().cudaMemcpy(out.ctypes.data, self.ptr, self.nbytes, _D2H),
+                  what="cudaMemcpy(device to host)")
+        return out
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else hex(self._buffer.ptr)
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, {state})"
+
+    def _release(self) -> None:
+        self._buffer.close()
+
+
+class CudaGraph(_Resource):
+    """An instantiated CUDA graph captured from the work ``fn`` enqueues on ``stream``."""
+
+    def __init__(self, stream: Stream, fn: Callable[[], None]) -> None:
+        rt = _rt()
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_call(rt.cudaStreamBeginCapture(stream.raw, mode), what="cudaStreamBeginCapture")
+        try:
+            fn()
+        finally:  # always end the capture, or the stream stays unusable
+            graph = cuda_call(rt.cudaStreamEndCapture(stream.raw), what="cudaStreamEndCapture")
+        try:
+            self.raw = cuda_call(rt.cudaGraphInstantiate(graph, 0), what="cudaGraphInstantiate")
+        finally:
+            cuda_call(rt.cudaGraphDestroy(graph), what="cudaGraphDestroy")
+        self._closed = False
+        _count("graph", 1)
+
+    def launch(self, stream: Stream) -> None:
+        cuda_call(_rt().cudaGraphLaunch(self.raw, stream.raw), what="cudaGraphLaunch")
+
+    def _release(self) -> None:
+        _count("graph", -1)
+        cuda_call(_rt().cudaGraphExecDestroy(self.raw), what="cudaGraphExecDestroy")
+
+
+class DeviceView(NamedTuple):
+    """A dense device array found on a foreign object.
+
+    Attributes:
+        ptr: device address of the first element.
+        shape: its shape.
+        dtype: its numpy dtype.
+        stream: a stream handle the consumer must order after (``None``: nothing to wait for,
+            1: the legacy default stream, 2: the per-thread default stream).
+        keepalive: what must stay referenced while the memory is used (a DLPack capsule).
+    """
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    stream: int | None
+    keepalive: Any
+
+
+def _is_c_contiguous(shape: tuple[int, ...], strides: Sequence[int], itemsize: int) -> bool:
+    expected = itemsize
+    for dim, stride in zip(reversed(shape), reversed(strides)):
+        if dim > 1 and stride != expected:
+            return False
+        expected *= dim
+    return True
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_DL_CUDA, _DL_CUDA_MANAGED = 2, 13
+_DL_KINDS = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kDLBool
+_CAPSULE_GET = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+
+
+def dlpack_info(capsule: Any) -> tuple[int, int, int, tuple[int, ...], np.dtype]:
+    """``(device_type, ptr, device_id, shape, dtype)`` of a legacy ``"dltensor"`` capsule.
+
+    The capsule is only read, never consumed: dropping it lets the producer free its tensor.
+
+    Raises:
+        InputError: not a DLPack capsule, a dtype numpy lacks, or a non-contiguous layout.
+    """
+    try:
+        addr = _CAPSULE_GET(capsule, b"dltensor")
+    except (ValueError, TypeError):
+        raise InputError("not an unconsumed DLPack 'dltensor' capsule") from None
+    t = _DLTensor.from_address(addr)  # DLTensor is the first member of DLManagedTensor
+    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
+    kind = _DL_KINDS.get(t.dtype.code)
+    if kind is None or t.dtype.lanes != 1:
+        raise InputError(f"DLPack dtype code {t.dtype.code} ({t.dtype.bits} bits, "
+                         f"{t.dtype.lanes} lanes) has no numpy equivalent")
+    dtype = np.dtype("?" if kind == "b" else f"{kind}{t.dtype.bits // 8}")
+    if t.strides:
+        strides = [int(t.strides[i]) * dtype.itemsize for i in range(t.ndim)]
+        if not _is_c_contiguous(shape, strides, dtype.itemsize):
+            raise InputError(f"DLPack tensor of shape {shape} is not C-contiguous")
+    ptr = (t.data or 0) + int(t.byte_offset)
+    return int(t.device.device_type), ptr, int(t.device.device_id), shape, dtype
+
+
+def device_view(obj: Any) -> DeviceView | None:
+    """The dense device array behind ``obj``, or ``None`` for host objects.
+
+    Reads ``__cuda_array_interface__`` first, then DLPack (``__dlpack_device__`` must say CUDA;
+    the capsule is asked for with ``stream=None``, meaning the legacy default stream).
+
+    Raises:
+        InputError: a device array that is masked, strided or of a dtype numpy lacks.
+    """
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if isinstance(cai, dict):
+        if cai.get("mask") is not None:
+            raise InputError("masked __cuda_array_interface__ arrays are not supported")
+        shape = tuple(int(d) for d in cai["shape"])
+        dtype = np.dtype(cai["typestr"])
+        strides = cai.get("strides")
+        if strides is not None and not _is_c_contiguous(shape, strides, dtype.itemsize):
+            raise InputError(f"device array of shape {shape} with strides {tuple(strides)} is "
+                             "not C-contiguous; make a contiguous copy first")
+        stream = cai.get("stream")
+        return DeviceView(int(cai["data"][0] or 0), shape, dtype,
+                          None if stream is None else int(stream), obj)
+    dev = getattr(obj, "__dlpack_device__", None)
+    if dev is None or not callable(dev):
+        return None
+    if int(dev()[0]) not in (_DL_CUDA, _DL_CUDA_MANAGED):
+        return None
+    capsule = obj.__dlpack__(stream=None)
+    _, ptr, _, shape, dtype = dlpack_info(capsule)
+    return DeviceView(ptr, shape, dtype, None, (obj, capsule))
+
+
+def device_pointer(obj: Any) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """``(ptr, shape, dtype)`` of a dense CUDA array (``__cuda_array_interface__`` or DLPack).
+
+    Returns ``None`` for host objects (numpy arrays, lists...). See :func:`device_view`.
+    """
+    view = device_view(obj)
+    return None if view is None else (view.ptr, view.shape, view.dtype)

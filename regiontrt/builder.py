@@ -1,0 +1,186 @@
+"""The fluent, immutable :class:`RegionalEngineBuilder`.
+
+One base builder holds the model; each ``for_region``/``with_*`` call returns a new builder, so a
+base fans out to many regions without any of them seeing another's settings::
+
+    base = RegionalEngineBuilder.from_onnx("model.onnx")
+    eu = base.for_region("EU").with_validation(eu_data).build()
+    jp = base.for_region("APAC").with_calibrator(data=jp_calib).with_validation(jp_val).build()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from .backends import Backend
+from .datasets import DataLike
+from .graph.io import ModelSource, load_model, model_sha256
+from .policy import PrecisionPolicy
+from .precision import Precision
+from .regions import Region, get_region
+from .shapes import ShapeProfile
+from .tactics import TacticSelector
+from .validation import MetricFn, get_metric
+
+if TYPE_CHECKING:
+    from .calibration import Calibrator
+    from .engine import Engine
+
+
+class _Shared:
+    """What every builder derived from one ``from_onnx`` shares: the model and its cleaned form."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.sha256 = model_sha256(model)
+        self._cleaned: onnx.ModelProto | None = None
+        self._lock = threading.Lock()
+
+    def cleaned(self) -> onnx.ModelProto:
+        with self._lock:
+            if self._cleaned is None:
+                from .graph.clean import clean
+
+                self._cleaned = clean(self.model)
+            return self._cleaned
+
+
+@dataclass(frozen=True)
+class _State:
+    region: Region | None = None
+    policy: PrecisionPolicy | None = None
+    calibrator: Calibrator | None = None
+    calibration_data: Any = None
+    shape_profile: ShapeProfile | None = None
+    tactics: TacticSelector = field(default_factory=TacticSelector)
+    backend: str | Backend = "onnxruntime"
+    validation_data: Any = None
+    metric: str | MetricFn | None = None
+    strict_calibration: bool | None = None
+    mismatch_threshold: float = 0.01
+
+
+class RegionalEngineBuilder:
+    """Builds a region's engine from one ONNX model under that region's policy.
+
+    Create it with :meth:`from_onnx`; every other method returns a new builder.
+    """
+
+    def __init__(self, shared: _Shared, state: _State) -> None:
+        self._shared = shared
+        self._state = state
+
+    @classmethod
+    def from_onnx(cls, source: ModelSource) -> RegionalEngineBuilder:
+        """Start from an ONNX model: a path, a ``ModelProto`` or serialized bytes.
+
+        Raises:
+            InvalidModelError: unreadable or invalid model.
+        """
+        return cls(_Shared(load_model(source)), _State())
+
+    def _with(self, **changes: Any) -> RegionalEngineBuilder:
+        return RegionalEngineBuilder(self._shared, dataclasses.replace(self._state, **changes))
+
+    # -- fluent configuration -----------------------------------------------------------------
+    def for_region(self, region: str | Region) -> RegionalEngineBuilder:
+        """Target a preset or registered region name, or a :class:`Region`."""
+        return self._with(region=get_region(region))
+
+    def with_precision(
+        self, policy: PrecisionPolicy | str | Precision | Sequence[str | Precision]
+    ) -> RegionalEngineBuilder:
+        """Override the region's precision list (a forbidden one is refused at build)."""
+        if not isinstance(policy, PrecisionPolicy):
+            policy = PrecisionPolicy(policy)
+        return self._with(policy=policy)
+
+    def with_calibrator(
+        self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None
+    ) -> RegionalEngineBuilder:
+        """INT8: the range calibrator (default entropy) and the region's calibration data."""
+        if isinstance(calibrator, str):
+            from .calibration import get_calibrator
+
+            calibrator = get_calibrator(calibrator)
+        changes: dict[str, Any] = {"calibrator": calibrator}
+        if data is not None:
+            changes["calibration_data"] = data
+        return self._with(**changes)
+
+    def with_shape_profile(
+        self, profile: ShapeProfile | Mapping[str, Any]
+    ) -> RegionalEngineBuilder:
+        """Input shapes the engine accepts (a :class:`ShapeProfile` or its ``shapes`` dict)."""
+        if not isinstance(profile, ShapeProfile):
+            profile = ShapeProfile(profile)
+        return self._with(shape_profile=profile)
+
+    def with_tactics(self, tactics: TacticSelector) -> RegionalEngineBuilder:
+        """Builder settings (optimization level, timing cache, RTX targets...)."""
+        return self._with(tactics=tactics)
+
+    def with_backend(self, backend: str | Backend = "auto") -> RegionalEngineBuilder:
+        """``"onnxruntime"``, ``"tensorrt"``, ``"tensorrt-rtx"``, ``"auto"`` or an instance."""
+        if isinstance(backend, str):
+            from .backends import BACKENDS
+
+            if backend != "auto" and backend not in BACKENDS:
+                raise ValueError(f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+        return self._with(backend=backend)
+
+    def with_validation(
+        self, data: DataLike, metric: str | MetricFn | None = None
+    ) -> RegionalEngineBuilder:
+        """The region's validation data, and the metric (default: the region's)."""
+        get_metric(metric)  # fail early on an unknown name
+        return self._with(validation_data=data, metric=metric)
+
+    def with_calibration_check(
+        self, *, strict: bool | None = None, threshold: float = 0.01
+    ) -> RegionalEngineBuilder:
+        """How the calibration/validation mismatch check reacts.
+
+        Args:
+            strict: fail instead of warn (default: the region's ``strict_calibration``).
+            threshold: largest accepted share of validation values beyond a calibrated range.
+        """
+        return self._with(strict_calibration=strict, mismatch_threshold=threshold)
+
+    @property
+    def region(self) -> Region | None:
+        return self._state.region
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """A copy of the source model."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self._shared.model)
+        return out
+
+    # -- build --------------------------------------------------------------------------------
+    def build(self, path: str | Path | None = None) -> Engine:
+        """Build the region's engine; optionally save it to ``path``.
+
+        Each allowed precision is tried in order: compiled into the graph, validated against the
+        FP32 model on the region's data, and kept if within budget (int8 first tries keeping its
+        most sensitive layers in higher precision).
+
+        Raises:
+            PolicyViolation: a forbidden precision was asked for or produced.
+            AccuracyBudgetExceeded: no allowed precision met the budget (lists each attempt).
+            DataError: validation or calibration data missing, empty or mis-shaped.
+        """
+        from .pipeline import run_build
+
+        return run_build(self._shared, self._state, path)
+
+
+__all__ = ["RegionalEngineBuilder"]

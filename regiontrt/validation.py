@@ -1,0 +1,166 @@
+"""Accuracy checks: a precision variant against the FP32 model, on a region's own data.
+
+Metrics are losses (0 is perfect). A built-in metric is named by a string; a user metric is any
+callable ``(reference_outputs, candidate_outputs) -> float`` where each argument maps an output
+name to its batches concatenated along axis 0 (a list of per-batch arrays when their trailing
+shapes differ, e.g. variable-width text lines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+Outputs = Mapping[str, np.ndarray | Sequence[np.ndarray]]
+MetricFn = Callable[[Outputs, Outputs], float]
+
+
+def _pieces(value: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    return [np.asarray(v) for v in value]
+
+
+def _pairs(ref: Outputs, cand: Outputs) -> list[tuple[np.ndarray, np.ndarray]]:
+    if set(ref) != set(cand):
+        raise DataError(f"output names differ: {sorted(ref)} vs {sorted(cand)}")
+    pairs = []
+    for name in ref:
+        r, c = _pieces(ref[name]), _pieces(cand[name])
+        if len(r) != len(c):
+            raise DataError(f"output {name!r}: {len(r)} reference batches vs {len(c)} candidate")
+        for a, b in zip(r, c):
+            if a.shape != b.shape:
+                raise DataError(f"output {name!r}: shape {a.shape} vs {b.shape}")
+            pairs.append((a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)))
+    return pairs
+
+
+def relative_l2(ref: Outputs, cand: Outputs) -> float:
+    """``||cand - ref|| / ||ref||`` over every output element."""
+    num = den = 0.0
+    for a, b in _pairs(ref, cand):
+        num += float(np.sum((b - a) ** 2))
+        den += float(np.sum(a**2))
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+def max_abs(ref: Outputs, cand: Outputs) -> float:
+    """Largest absolute difference of any output element."""
+    return max((float(np.max(np.abs(b - a))) if a.size else 0.0) for a, b in _pairs(ref, cand))
+
+
+def cosine(ref: Outputs, cand: Outputs) -> float:
+    """``1 - cosine similarity`` of all outputs flattened together."""
+    dot = na = nb = 0.0
+    for a, b in _pairs(ref, cand):
+        dot += float(np.sum(a * b))
+        na += float(np.sum(a * a))
+        nb += float(np.sum(b * b))
+    if na == 0 or nb == 0:
+        return 0.0 if na == nb else 1.0
+    return 1.0 - dot / np.sqrt(na * nb)
+
+
+def top1(ref: Outputs, cand: Outputs) -> float:
+    """Share of positions whose argmax over the last axis differs (``1 - top-1 agreement``).
+
+    For a classifier that is the share of samples whose class changes; for a sequence model
+    with outputs ``[N, T, C]``, the share of time steps.
+    """
+    differ = total = 0
+    for a, b in _pairs(ref, cand):
+        if a.ndim == 0:
+            continue
+        differ += int(np.count_nonzero(np.argmax(a, axis=-1) != np.argmax(b, axis=-1)))
+        total += int(np.prod(a.shape[:-1])) if a.ndim > 1 else 1
+    return differ / total if total else 0.0
+
+
+METRICS: dict[str, MetricFn] = {
+    "top1": top1,
+    "relative_l2": relative_l2,
+    "max_abs": max_abs,
+    "cosine": cosine,
+}
+
+
+def get_metric(metric: str | MetricFn | None, default: str = "top1") -> tuple[str, MetricFn]:
+    """Resolve a metric name or callable into ``(name, function)``."""
+    if metric is None:
+        metric = default
+    if isinstance(metric, str):
+        try:
+            return metric, METRICS[metric]
+        except KeyError:
+            raise ValueError(
+                f"unknown metric {metric!r}; built in: {', '.join(METRICS)}, or pass a callable"
+            ) from None
+    if not callable(metric):
+        raise TypeError("metric must be a name or a callable (reference, candidate) -> loss")
+    return getattr(metric, "__name__", type(metric).__name__), metric
+
+
+def collate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """Concatenate per-batch outputs along axis 0, or keep a list when shapes differ."""
+    if not batches:
+        raise DataError("no outputs to collate")
+    out: dict[str, Any] = {}
+    for name in batches[0]:
+        arrays = [np.asarray(b[name]) for b in batches]
+        if len({a.shape[1:] for a in arrays}) == 1 and arrays[0].ndim > 0:
+            out[name] = np.concatenate(arrays, axis=0)
+        else:
+            out[name] = arrays
+    return out
+
+
+@dataclass(frozen=True)
+class PrecisionTrial:
+    """One precision tried for a region: where it was measured and what it lost."""
+
+    precision: str
+    loss: float | None
+    budget: float
+    accepted: bool
+    measured_on: str = "onnxruntime"
+    kept_high_precision: tuple[str, ...] = ()
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "loss": self.loss,
+            "budget": self.budget,
+            "accepted": self.accepted,
+            "measured_on": self.measured_on,
+            "kept_high_precision": list(self.kept_high_precision),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Every precision tried for a region, in order, and the one chosen."""
+
+    metric: str
+    budget: float
+    trials: tuple[PrecisionTrial, ...]
+    chosen: str
+    num_samples: int
+    data_fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "budget": self.budget,
+            "chosen": self.chosen,
+            "num_samples": self.num_samples,
+            "data_fingerprint": self.data_fingerprint,
+            "trials": [t.to_dict() for t in self.trials],
+        }
