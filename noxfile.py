@@ -1,0 +1,36 @@
+"""Developer sessions: ``nox -s tests lint typecheck demo``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, as CI runs it."""
+    session.install("-e", ".[test,rtx]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests, benchmarks and scripts."""
+    session.install("ruff")
+    session.run("ruff", "check", "regiontrt", "tests", "benchmarks", "scripts", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy, with TensorRT's type stubs (their pinned tensorrt cannot be fetched: --no-deps)."""
+    session.install("-e", ".", "mypy", "cuda-python")
+    session.install("--no-deps", "tensorrt-stubs")
+    session.run("mypy", "regiontrt")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job on the embedded default: every preset region from the demo model."""
+    session.install(".")
+    session.run("regiontrt", "demo", "--out", str(session.create_tmp()))
