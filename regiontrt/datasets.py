@@ -53,9 +53,7 @@ class DataSource:
     def __init__(
         self, source: DataLike, inputs: Sequence[TensorSpec], *, max_batches: int | None = None
     ) -> None:
-        if isinstance(source, DataSource):
-            source = source._source
-        self._source = source
+        self._source: Any = source._source if isinstance(source, DataSource) else source
         self._inputs = list(inputs)
         self._max = max_batches
         self._consumed = False

@@ -108,7 +108,7 @@ def test_fp16_accuracy_against_fp32_on_the_demo_model(base):
 
 def test_fallback_chain_and_its_error(base):
     data = demo.region_data("SEA")
-    strict = rt.Region("STRICT", precisions=("int8", "fp16", "fp32"), budget=1e-9,
+    strict = rt.Region("STRICT", precisions=("int8", "fp16", "fp32"), budget=1e-6,
                        metric="relative_l2")
     b = (base.for_region(strict).with_validation(batches(data.validation))
          .with_calibrator("minmax", data=batches(data.calibration))
@@ -117,7 +117,7 @@ def test_fallback_chain_and_its_error(base):
         b.build()
     attempts = info.value.attempts
     assert [a.precision for a in attempts] == ["int8", "fp16"]
-    assert all(a.loss is not None and a.loss > 1e-9 for a in attempts)
+    assert all(a.loss is not None and a.loss > 1e-6 for a in attempts)
     assert "int8: loss" in str(info.value) and "fp16: loss" in str(info.value)
     # with fp32 allowed, the chain falls through to it
     engine = b.with_precision(rt.PrecisionPolicy(["int8", "fp16", "fp32"], search_mixed=False)) \
@@ -191,10 +191,9 @@ def test_lossy_precision_needs_validation_data_and_int8_calibration_data(base):
 
 
 def test_backend_not_installed_names_the_extra(base):
-    pytest.importorskip  # noqa: B018 - documents that this test needs no optional package
-    import importlib.util
+    from regiontrt.backends import _backend_class
 
-    if importlib.util.find_spec("tensorrt") is not None:
+    if _backend_class("tensorrt").is_available():
         pytest.skip("tensorrt is installed here; the error path needs a machine without it")
     with pytest.raises(rt.BackendUnavailable, match=r"regiontrt\[tensorrt\]"):
         region_builder(base, "EU").with_backend("tensorrt").build()

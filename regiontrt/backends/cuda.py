@@ -12,6 +12,7 @@ is imported on first use, so this module imports on machines without CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import threading
@@ -33,9 +34,13 @@ def _module(name: str) -> Any:
     if mod is None:
         try:
             if name == "runtime":
-                from cuda.bindings import runtime as mod
+                from cuda.bindings import runtime as rt_mod
+
+                mod = rt_mod
             else:
-                from cuda.bindings import driver as mod
+                from cuda.bindings import driver as drv_mod
+
+                mod = drv_mod
         except ImportError:
             raise BackendUnavailable(
                 "cuda-python is not installed; install it with pip install 'regiontrt[cuda]'"
@@ -103,7 +108,9 @@ def cuda_available() -> bool:
 
 def set_device(device: int) -> None:
     """Make ``device`` current on the calling thread (initializes its primary context)."""
-    cuda_call(_rt().cudaSetDevice(device), what=f"cudaSetDevice({device})")
+    result = _rt().cudaSetDevice(device)
+    if result[0]:  # the message is only formatted on failure: this runs on every inference
+        cuda_call(result, what=f"cudaSetDevice({device})")
 
 
 def device_compute_capability(device: int = 0) -> tuple[int, int]:
@@ -134,11 +141,13 @@ def _count(kind: str, delta: int) -> None:
         _LIVE[kind] += delta
 
 
-def memcpy_async(dst: int, src: int, nbytes: int, kind: int, stream: Stream | None) -> None:
+def memcpy_async(dst: int, src: int, nbytes: int, kind: int, stream: Stream | int | None) -> None:
     """``cudaMemcpyAsync``; ``kind`` is 1 (host to device), 2 (device to host) or 3."""
     if nbytes:
-        cuda_call(_rt().cudaMemcpyAsync(dst, src, nbytes, kind, stream.raw if stream else 0),
-                  what=f"cudaMemcpyAsync({nbytes} bytes, kind {kind})")
+        handle = stream.raw if isinstance(stream, Stream) else (stream or 0)
+        result = _rt().cudaMemcpyAsync(dst, src, nbytes, kind, handle)
+        if result[0]:
+            cuda_call(result, what=f"cudaMemcpyAsync({nbytes} bytes, kind {kind})")
 
 
 class _Resource:
@@ -166,10 +175,8 @@ class _Resource:
             raise CudaError(f"this {type(self).__name__} was closed")
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # shutdown may have torn down cuda-python
             self.close()
-        except Exception:  # interpreter shutdown may have torn down cuda-python
-            pass
 
 
 class Stream(_Resource):
@@ -177,7 +184,7 @@ class Stream(_Resource):
 
     Args:
         non_blocking: ``False`` (default) makes the stream wait for prior work on the legacy
-            default stream, which is how DLPack's ``stream=None`` hand-over is honoured.
+            default stream, which is how a DLPack hand-over on that stream is honoured.
     """
 
     def __init__(self, non_blocking: bool = False) -> None:
@@ -235,6 +242,7 @@ class PinnedBuffer(_Resource):
     def __init__(self, nbytes: int) -> None:
         self.nbytes = self.capacity = 0
         self.ptr = 0
+        self._bytes = np.empty(0, np.uint8)
         self._closed = False
         self.ensure(nbytes)
 
@@ -251,22 +259,23 @@ class PinnedBuffer(_Resource):
         self.ptr = int(cuda_call(_rt().cudaMallocHost(cap), what=f"cudaMallocHost({cap} bytes)"))
         _count("pinned", 1)
         self.capacity, self.nbytes = cap, nbytes
+        raw = memoryview((ctypes.c_char * cap).from_address(self.ptr)).cast("B")
+        self._bytes = np.frombuffer(raw, dtype=np.uint8)
         return True
 
     def array(self, dtype: Any, shape: Sequence[int]) -> np.ndarray:
         """A numpy view of the first ``prod(shape) * itemsize`` bytes."""
         self._check()
         dt = np.dtype(dtype)
-        count = math.prod(int(d) for d in shape)
-        if count * dt.itemsize > self.capacity:
-            raise InputError(f"{count * dt.itemsize} bytes do not fit a {self.capacity}-byte "
-                             "pinned buffer")
-        raw = (ctypes.c_char * self.capacity).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dt, count=count).reshape(tuple(shape))
+        nbytes = math.prod(shape) * dt.itemsize
+        if nbytes > self.capacity:
+            raise InputError(f"{nbytes} bytes do not fit a {self.capacity}-byte pinned buffer")
+        return self._bytes[:nbytes].view(dt).reshape(shape)
 
     def _free(self) -> None:
         if self.ptr:
             ptr, self.ptr, self.capacity = self.ptr, 0, 0
+            self._bytes = np.empty(0, np.uint8)
             _count("pinned", -1)
             cuda_call(_rt().cudaFreeHost(ptr), what="cudaFreeHost")
 
@@ -365,7 +374,7 @@ class DeviceArray(_Resource):
         return self._buffer.ptr
 
     @property
-    def __cuda_array_interface__(self) -> dict[str, Any]:  # noqa: PLW3201
+    def __cuda_array_interface__(self) -> dict[str, Any]:
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
                 "version": 3, "strides": None, "stream": None}
 
@@ -489,33 +498,37 @@ def dlpack_info(capsule: Any) -> tuple[int, int, int, tuple[int, ...], np.dtype]
 def device_view(obj: Any) -> DeviceView | None:
     """The dense device array behind ``obj``, or ``None`` for host objects.
 
-    Reads ``__cuda_array_interface__`` first, then DLPack (``__dlpack_device__`` must say CUDA;
-    the capsule is asked for with ``stream=None``, meaning the legacy default stream).
+    DLPack comes first when ``__dlpack_device__`` says CUDA: the capsule is asked for with
+    ``stream=1`` (the legacy default stream), so the producer orders that stream after its own
+    work, and the runner's streams, which are blocking, follow it. Otherwise
+    ``__cuda_array_interface__`` is read; its ``stream`` (version 3) is returned for the consumer
+    to wait on. Objects with neither are host objects.
 
     Raises:
         InputError: a device array that is masked, strided or of a dtype numpy lacks.
     """
-    cai = getattr(obj, "__cuda_array_interface__", None)
-    if isinstance(cai, dict):
-        if cai.get("mask") is not None:
-            raise InputError("masked __cuda_array_interface__ arrays are not supported")
-        shape = tuple(int(d) for d in cai["shape"])
-        dtype = np.dtype(cai["typestr"])
-        strides = cai.get("strides")
-        if strides is not None and not _is_c_contiguous(shape, strides, dtype.itemsize):
-            raise InputError(f"device array of shape {shape} with strides {tuple(strides)} is "
-                             "not C-contiguous; make a contiguous copy first")
-        stream = cai.get("stream")
-        return DeviceView(int(cai["data"][0] or 0), shape, dtype,
-                          None if stream is None else int(stream), obj)
     dev = getattr(obj, "__dlpack_device__", None)
-    if dev is None or not callable(dev):
+    if callable(dev) and int(dev()[0]) in (_DL_CUDA, _DL_CUDA_MANAGED):
+        try:
+            capsule = obj.__dlpack__(stream=1)
+        except TypeError:  # producers that predate the stream argument
+            capsule = obj.__dlpack__()
+        _, ptr, _, shape, dtype = dlpack_info(capsule)
+        return DeviceView(ptr, shape, dtype, None, (obj, capsule))
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if not isinstance(cai, dict):
         return None
-    if int(dev()[0]) not in (_DL_CUDA, _DL_CUDA_MANAGED):
-        return None
-    capsule = obj.__dlpack__(stream=None)
-    _, ptr, _, shape, dtype = dlpack_info(capsule)
-    return DeviceView(ptr, shape, dtype, None, (obj, capsule))
+    if cai.get("mask") is not None:
+        raise InputError("masked __cuda_array_interface__ arrays are not supported")
+    shape = tuple(int(d) for d in cai["shape"])
+    dtype = np.dtype(cai["typestr"])
+    strides = cai.get("strides")
+    if strides is not None and not _is_c_contiguous(shape, strides, dtype.itemsize):
+        raise InputError(f"device array of shape {shape} with strides {tuple(strides)} is "
+                         "not C-contiguous; make a contiguous copy first")
+    stream = cai.get("stream")
+    return DeviceView(int(cai["data"][0] or 0), shape, dtype,
+                      None if stream is None else int(stream), obj)
 
 
 def device_pointer(obj: Any) -> tuple[int, tuple[int, ...], np.dtype] | None:

@@ -1,0 +1,52 @@
+"""INT8 calibration from a region's own data: streaming statistics, calibrators, caches, checks.
+
+* :class:`Calibrator` and its methods :class:`EntropyCalibrator` (TensorRT's KL-divergence
+  search, vectorised), :class:`PercentileCalibrator` and :class:`MinMaxCalibrator`; subclass
+  :class:`Calibrator` and override :meth:`~Calibrator.compute_amax` for a new method.
+* :func:`collect_statistics`: one streaming pass through ONNX Runtime into :class:`TensorStats`,
+  so peak memory does not grow with the calibration set.
+* :func:`read_calibration_cache` / :func:`write_calibration_cache`: TensorRT's cache text format.
+* :func:`check_mismatch`: validation activations against the calibrated ranges.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    CalibrationResult,
+    Calibrator,
+    EntropyCalibrator,
+    MinMaxCalibrator,
+    PercentileCalibrator,
+    get_calibrator,
+)
+from .cache import parse_calibration_cache, read_calibration_cache, write_calibration_cache
+from .collect import activation_tensors, collect_statistics
+from .entropy import (
+    entropy_divergences,
+    entropy_divergences_reference,
+    entropy_threshold,
+    entropy_threshold_reference,
+)
+from .mismatch import MismatchReport, check_mismatch
+from .stats import TensorStats
+
+__all__ = [
+    "CalibrationResult",
+    "Calibrator",
+    "EntropyCalibrator",
+    "MinMaxCalibrator",
+    "MismatchReport",
+    "PercentileCalibrator",
+    "TensorStats",
+    "activation_tensors",
+    "check_mismatch",
+    "collect_statistics",
+    "entropy_divergences",
+    "entropy_divergences_reference",
+    "entropy_threshold",
+    "entropy_threshold_reference",
+    "get_calibrator",
+    "parse_calibration_cache",
+    "read_calibration_cache",
+    "write_calibration_cache",
+]

@@ -1,0 +1,518 @@
+"""INT8 quantization benchmark: regiontrt against ONNX Runtime and NVIDIA ModelOpt, in one run.
+
+For each model, every quantizer gets the same calibration batches (one NPZ file) and every
+result is scored on the same held-out inputs against the FP32 model as shipped. Each quantizer
+runs in its own child process (wall time and peak RSS are its own); a run past the memory cap or
+the timeout is recorded as ``oom``/``timeout``. Micro-benchmarks follow: entropy search speed,
+whole calibration time against ONNX Runtime's MinMax pass, and peak memory as the calibration
+set grows.
+
+Run from the repository root::
+
+    python -m benchmarks.bench_quantization --quick --out /tmp/bench_quick.json
+    python -m benchmarks.bench_quantization --out docs/benchmarks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _measure, peers
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "regiontrt" / "demo" / "digits_cnn.onnx"
+OURS_METHODS = ("entropy", "percentile", "minmax")
+OCR_CAL_WIDTH = 640  # ONNX Runtime's histogram calibrators need one input shape
+
+
+@dataclass
+class Case:
+    """One model's benchmark inputs."""
+
+    name: str
+    model_path: str
+    calib_path: str
+    samples: int
+    held_out: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None = None
+    texts: list[str] = field(default_factory=list)
+    scripts: list[str] = field(default_factory=list)
+    charset: list[str] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _split(x: np.ndarray, size: int, name: str) -> list[dict[str, np.ndarray]]:
+    return [{name: x[i : i + size]} for i in range(0, len(x), size)]
+
+
+def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Case:
+    """Model file, calibration NPZ and held-out inputs of ``demo``, ``resnet13`` or ``ocr``."""
+    if name in ("demo", "resnet13"):
+        # benchmarks/models/ (the cached model) hides models.py from mypy, not from Python.
+        from benchmarks.models import (  # type: ignore[attr-defined]
+            RESNET13_PATH,
+            benchmark_data,
+            resnet13,
+        )
+
+        n = samples or (64 if quick else 256)
+        data = benchmark_data(name, n_calibration=n)
+        if name == "resnet13":
+            resnet13()  # trains and caches the model on first use
+        path = str(DEMO_MODEL if name == "demo" else RESNET13_PATH)
+        held = data.heldout[:120] if quick else data.heldout
+        labels = data.labels[: len(held)]
+        cal = peers.save_batches(_split(data.calibration, 32, "input"), workdir / f"{name}.npz")
+        return Case(name, path, str(cal), n, _split(held, 120, "input"), labels=labels)
+    if name == "ocr":
+        from benchmarks import ocr
+
+        n = samples or (8 if quick else 32)
+        sets = ocr.make_ocr_sets(
+            0, n_calibration=n, n_held_out=40 if quick else 200, calibration_width=OCR_CAL_WIDTH
+        )
+        rec = ocr.rec_model_path()
+        cal = peers.save_batches(sets.calibration, workdir / "ocr.npz")
+        return Case(
+            name,
+            str(rec),
+            str(cal),
+            n,
+            [{sets.input_name: b.x} for b in sets.held_out],
+            texts=[t for b in sets.held_out for t in b.texts],
+            scripts=[b.script for b in sets.held_out for _ in b.texts],
+            charset=ocr.charset(rec),
+            notes={"ocr": sets.info},
+        )
+    raise SystemExit(f"unknown model {name!r}: choose from demo, resnet13, ocr")
+
+
+# --- contenders (run in child processes) -------------------------------------------------------
+
+
+def _calibration_api() -> Callable[..., Any]:
+    try:
+        from regiontrt.calibration import get_calibrator
+    except ImportError:  # the package may not re-export it yet
+        from regiontrt.calibration.base import get_calibrator
+    return get_calibrator  # type: ignore[no-any-return]
+
+
+def ours_quantize(
+    model_path: str,
+    data_path: str,
+    out_path: str,
+    method: str,
+    exclude: tuple[str, ...] = (),
+    calibrate_all: bool = False,
+) -> dict[str, Any]:
+    """regiontrt: clean the FP32 graph, plan Q/DQ, calibrate the planned tensors, write Q/DQ."""
+    import onnx
+
+    from regiontrt.graph.clean import clean
+    from regiontrt.graph.io import load_model
+    from regiontrt.graph.quantize import QuantizeOptions, plan_quantization, quantize_model
+
+    model = clean(load_model(model_path, check=False))
+    options = QuantizeOptions(exclude_nodes=frozenset(exclude))
+    plan = plan_quantization(model, options)
+    tensors = None if calibrate_all else list(plan.activations)
+    result = _calibration_api()(method).calibrate(model, peers.NpzBatches(data_path), tensors)
+    if out_path:
+        onnx.save(quantize_model(model, result.amax, options), out_path)
+    return {
+        "layers": list(plan.nodes),
+        "activations": len(plan.activations),
+        "skipped": dict(plan.skipped),
+        "calibration_s": result.seconds,
+        "samples": result.num_samples,
+        "amax": result.amax,
+    }
+
+
+def contenders(case: Case, workdir: Path, modelopt: Path | None) -> list[tuple[str, Any]]:
+    """``(label, thunk)`` pairs; each thunk returns a :class:`_measure.Measured` and a path."""
+    out: list[tuple[str, Any]] = []
+    m, d = case.model_path, case.calib_path
+    for meth in OURS_METHODS:
+        path = str(workdir / f"{case.name}_ours_{meth}.onnx")
+        out.append((f"regiontrt {meth}", (ours_quantize, (m, d, path, meth), path)))
+    for meth in peers.ORT_METHODS:
+        path = str(workdir / f"{case.name}_ort_{meth}.onnx")
+        out.append((f"onnxruntime {meth}", (peers.ort_quantize, (m, d, path, meth), path)))
+    if modelopt is not None:
+        variants = [(meth, False) for meth in peers.MODELOPT_METHODS]
+        if case.name == "ocr":
+            variants += [(meth, True) for meth in peers.MODELOPT_METHODS]
+        for meth, prep in variants:
+            path = str(workdir / f"{case.name}_modelopt_{meth}{'_prep' if prep else ''}.onnx")
+            argv = peers.modelopt_command(modelopt, m, d, path, meth, prepare=prep)
+            label = f"modelopt {meth}" + (" (opset17+preprocess)" if prep else "")
+            out.append((label, (None, argv, path)))
+    return out
+
+
+def run_contender(spec: Any, timeout_s: float, mem_mb: float) -> _measure.Measured:
+    fn, args, _ = spec
+    if fn is None:
+        return _measure.run_command_measured(args, timeout_s=timeout_s, mem_limit_mb=mem_mb)
+    return _measure.run_measured(fn, *args, timeout_s=timeout_s, mem_limit_mb=mem_mb)
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+def run_model(path: str, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return [np.asarray(sess.run(None, f)[0]) for f in feeds]
+
+
+def score(case: Case, outs: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
+    """Relative L2 and top-1 agreement against FP32, plus accuracy or character error rate."""
+    num = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, ref))
+    den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
+    agree = np.concatenate([(o.argmax(-1) == r.argmax(-1)).ravel() for o, r in zip(outs, ref)])
+    s: dict[str, Any] = {"rel_l2": (num / den) ** 0.5, "top1_agreement": float(agree.mean())}
+    if case.labels is not None:
+        pred = np.concatenate([o.argmax(-1) for o in outs])
+        s["accuracy"] = float((pred == case.labels).mean())
+    if case.charset is not None:
+        from benchmarks import ocr
+
+        hyps = [ocr.ctc_decode(row[None], case.charset) for o in outs for row in o]
+        cers = np.array([ocr.cer(t, h) for t, h in zip(case.texts, hyps)])
+        scripts = np.array(case.scripts)
+        per = {sc: float(cers[scripts == sc].mean()) for sc in ocr.SCRIPTS}
+        s.update(
+            cer=float(np.mean(list(per.values()))),
+            cer_latin=per["latin"],
+            cer_cjk=per["cjk"],
+            blank_lines=int(sum(not h.strip() for h in hyps)),
+        )
+    return s
+
+
+def bench_model(
+    case: Case,
+    workdir: Path,
+    modelopt: Path | None,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    ref = run_model(case.model_path, case.held_out)
+    result: dict[str, Any] = {
+        "model": case.model_path,
+        "calibration_samples": case.samples,
+        "fp32": score(case, ref, ref),
+        "notes": case.notes,
+        "rows": {},
+    }
+    log(f"[{case.name}] fp32 {result['fp32']}")
+    for label, spec in contenders(case, workdir, modelopt):
+        if args.only and not any(k in label for k in args.only.split(",")):
+            continue
+        measured = run_contender(spec, args.timeout, args.mem_cap_mb)
+        row: dict[str, Any] = measured.summary()
+        if measured.ok:
+            try:
+                row.update(score(case, run_model(spec[2], case.held_out), ref))
+            except Exception as exc:  # a peer's model that ONNX Runtime cannot run
+                row.update(status="error", error=f"inference failed: {exc!r}"[:500])
+            info = dict(measured.value or {})
+            row["info"] = {k: v for k, v in info.items() if k not in ("amax",)}
+        result["rows"][label] = row
+        log(f"[{case.name}] {label}: {_brief(row)}")
+    return result
+
+
+def _brief(row: dict[str, Any]) -> str:
+    keys = (
+        "status",
+        "wall_s",
+        "peak_rss_mb",
+        "rel_l2",
+        "top1_agreement",
+        "accuracy",
+        "cer",
+        "cer_latin",
+        "cer_cjk",
+        "error",
+    )
+    return ", ".join(f"{k}={_fmt(row[k])}" for k in keys if row.get(k) is not None)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).splitlines()[0][:160] if isinstance(v, str) else str(v)
+
+
+# --- micro-benchmarks -------------------------------------------------------------------------
+
+
+def random_histograms(n: int, bins: int = 2048, seed: int = 0) -> list[np.ndarray]:
+    """|x| histograms of activation-like samples (ReLU-ish, Gaussian, heavy-tailed, spiky)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 4
+        x = [
+            rng.standard_normal(200_000) * rng.uniform(0.5, 3),
+            np.maximum(rng.standard_normal(200_000), 0) * rng.uniform(0.5, 5),
+            rng.standard_t(3, 200_000),
+            rng.laplace(0, 1, 200_000),
+        ][kind]
+        x = np.abs(x)
+        x[: rng.integers(0, 50)] *= rng.uniform(5, 20)  # a few outliers set the histogram range
+        out.append(np.histogram(x, bins=bins, range=(0.0, float(x.max())))[0].astype(np.int64))
+    return out
+
+
+def entropy_search_speed(n: int) -> dict[str, Any]:
+    """Our vectorised search vs ONNX Runtime's loop on the same 2048-bin count arrays."""
+    from regiontrt.calibration.entropy import entropy_threshold
+
+    hists = random_histograms(n)
+    t0 = time.perf_counter()
+    ours = [entropy_threshold(h) for h in hists]
+    t1 = time.perf_counter()
+    edges = np.linspace(-1.0, 1.0, 2049, dtype=np.float32)
+    ort = [peers.ort_entropy_search((h, edges, np.float32(-1), np.float32(1))) for h in hists]
+    t2 = time.perf_counter()
+    assert len(ours) == len(ort) == n
+    return {
+        "histograms": n,
+        "bins": 2048,
+        "ours_s": t1 - t0,
+        "onnxruntime_s": t2 - t1,
+        "speedup": (t2 - t1) / max(t1 - t0, 1e-9),
+        # ORT reads the array as a signed histogram: it scans half as many candidates.
+        "candidates_ours": 2048 - 128,
+        "candidates_onnxruntime": 1024 - 64 + 1,
+    }
+
+
+def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Our whole calibration (collection + ranges) vs ONNX Runtime's MinMax pass, same data."""
+    res: dict[str, Any] = {"samples": case.samples}
+    for key, fn, fargs in (
+        ("ours_entropy", ours_quantize, (case.model_path, case.calib_path, "", "entropy")),
+        (
+            "ours_entropy_all_tensors",
+            ours_quantize,
+            (case.model_path, case.calib_path, "", "entropy", (), True),
+        ),
+        ("ours_minmax", ours_quantize, (case.model_path, case.calib_path, "", "minmax")),
+        ("onnxruntime_minmax", peers.ort_minmax_calibration, (case.model_path, case.calib_path)),
+    ):
+        m = _measure.run_measured(fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb)
+        v = m.value or {}
+        secs = v.get("calibration_s", m.wall_s) if m.ok else None
+        res[key] = {
+            "status": m.status,
+            "seconds": secs,
+            "peak_rss_mb": m.peak_rss_mb,
+            "tensors": v.get("tensors", v.get("activations")),
+        }
+    ort_s = res["onnxruntime_minmax"]["seconds"]
+    for key in ("ours_entropy", "ours_entropy_all_tensors", "ours_minmax"):
+        if ort_s and res[key]["seconds"]:
+            res[key]["ratio_to_onnxruntime_minmax"] = res[key]["seconds"] / ort_s
+    return res
+
+
+def memory_scaling(
+    args: argparse.Namespace, workdir: Path, log: Callable[[str], None], sizes: tuple[int, ...]
+) -> dict[str, Any]:
+    """Peak RSS of our calibration (and ONNX Runtime's MinMax pass) as the set grows."""
+    from benchmarks.models import RESNET13_PATH, benchmark_data  # type: ignore[attr-defined]
+
+    res: dict[str, Any] = {
+        "model": "resnet13",
+        "sizes": list(sizes),
+        "ours_entropy": {},
+        "onnxruntime_minmax": {},
+    }
+    for n in sizes:
+        data = benchmark_data("resnet13", n_calibration=n)
+        path = str(
+            peers.save_batches(_split(data.calibration, 32, "input"), workdir / f"scale_{n}.npz")
+        )
+        m = str(RESNET13_PATH)
+        for key, fn, fargs in (
+            ("ours_entropy", ours_quantize, (m, path, "", "entropy")),
+            ("onnxruntime_minmax", peers.ort_minmax_calibration, (m, path)),
+        ):
+            r = _measure.run_measured(
+                fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb
+            )
+            res[key][str(n)] = {
+                "status": r.status,
+                "peak_rss_mb": r.peak_rss_mb,
+                "base_rss_mb": r.base_rss_mb,
+                "wall_s": r.wall_s,
+            }
+            log(f"[memory] {key} n={n}: {r.status} peak {r.peak_rss_mb} MB")
+    return res
+
+
+def run_micro(
+    cases: list[Case], workdir: Path, args: argparse.Namespace, log: Callable[[str], None]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"entropy_search": entropy_search_speed(4 if args.quick else 40)}
+    log(f"[micro] entropy search {out['entropy_search']}")
+    out["calibration_speed"] = {}
+    for case in cases:
+        if case.name in ("resnet13", "ocr"):
+            out["calibration_speed"][case.name] = calibration_speed(case, args)
+            log(f"[micro] calibration speed {case.name}: {out['calibration_speed'][case.name]}")
+    sizes = (64, 128) if args.quick else (64, 256, 1024)
+    out["memory_scaling"] = memory_scaling(args, workdir, log, sizes)
+    return out
+
+
+def micro_markdown(micro: dict[str, Any]) -> str:
+    e = micro["entropy_search"]
+    lines = [
+        f"Entropy search, {e['histograms']} histograms of {e['bins']} bins: regiontrt "
+        f"{e['ours_s'] * 1e3:.1f} ms, ONNX Runtime {e['onnxruntime_s'] * 1e3:.0f} ms "
+        f"({e['speedup']:.0f}x; ORT scans {e['candidates_onnxruntime']} candidates per "
+        f"histogram, regiontrt {e['candidates_ours']}).",
+        "",
+        "| model | calibration | samples | tensors | seconds | ratio to ORT MinMax "
+        "| peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, res in micro["calibration_speed"].items():
+        for key, r in res.items():
+            if isinstance(r, dict):
+                sec = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
+                ratio = r.get("ratio_to_onnxruntime_minmax")
+                lines.append(
+                    f"| {name} | {key} | {res['samples']} | {r['tensors']} | {sec} | "
+                    f"{'' if ratio is None else f'{ratio:.2f}'} "
+                    f"| {_fmt(r['peak_rss_mb'])} |"
+                )
+    ms = micro["memory_scaling"]
+    lines += [
+        "",
+        f"Peak RSS (MB) of calibration on {ms['model']} vs calibration samples:",
+        "",
+        "| calibration | " + " | ".join(str(n) for n in ms["sizes"]) + " |",
+        "|---|" + "---|" * len(ms["sizes"]),
+    ]
+    for key in ("ours_entropy", "onnxruntime_minmax"):
+        cells = [ms[key].get(str(n), {}) for n in ms["sizes"]]
+        lines.append(
+            f"| {key} | "
+            + " | ".join(
+                f"{c['peak_rss_mb']:.0f}" if c.get("peak_rss_mb") else c.get("status", "")
+                for c in cells
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    head = (
+        "| model | quantizer | status | time (s) | peak RSS (MB) | rel L2 | top-1 agree "
+        "| accuracy | CER mean | CER Latin | CER CJK |"
+    )
+    lines = [head, "|" + "---|" * 11]
+
+    def pct(v: Any) -> str:
+        return "" if v is None else f"{100 * v:.2f} %"
+
+    for name, res in results["models"].items():
+        rows = {"FP32": {**res["fp32"], "status": "reference"}, **res["rows"]}
+        for label, r in rows.items():
+            time_s = "" if r.get("wall_s") is None else f"{r['wall_s']:.1f}"
+            rss = "" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"
+            l2 = "" if r.get("rel_l2") is None else f"{r['rel_l2']:.4f}"
+            lines.append(
+                f"| {name} | {label} | {r.get('status', '')} | {time_s} | {rss} | {l2} "
+                f"| {pct(r.get('top1_agreement'))} | {pct(r.get('accuracy'))} "
+                f"| {pct(r.get('cer'))} | {pct(r.get('cer_latin'))} | {pct(r.get('cer_cjk'))} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="demo,resnet13,ocr")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument("--samples", type=int, default=None, help="calibration samples per model")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON results here")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep quantized models here")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per quantizer")
+    parser.add_argument("--mem-cap-mb", type=float, default=16000.0, help="RSS cap per quantizer")
+    parser.add_argument("--no-modelopt", action="store_true")
+    parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
+    parser.add_argument("--only", default="", help="comma-separated substrings of quantizers")
+    args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    started = time.perf_counter()
+    modelopt = None if args.no_modelopt else peers.modelopt_python()
+    log(f"modelopt: {modelopt or 'not available (see benchmarks/peers.py)'}")
+    results: dict[str, Any] = {
+        "argv": sys.argv[1:],
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        cases = []
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            case = make_case(name, workdir, args.quick, args.samples)
+            cases.append(case)
+            results["models"][name] = bench_model(case, workdir, modelopt, args, log)
+        if not args.no_micro:
+            results["micro"] = run_micro(cases, workdir, args, log)
+    results["total_s"] = time.perf_counter() - started
+    table = markdown(results)
+    print("\n" + table)
+    if "micro" in results:
+        print("\n" + micro_markdown(results["micro"]))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1, default=_jsonable))
+        log(f"wrote {args.out}")
+    return 0
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

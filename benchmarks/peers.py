@@ -1,0 +1,309 @@
+"""Peer INT8 quantizers: ONNX Runtime's ``quantize_static`` and NVIDIA ModelOpt's ONNX quantizer.
+
+Each peer reads the same calibration batches (an NPZ file, one batch at a time) and writes a Q/DQ
+model to a file; :func:`benchmarks._measure.run_measured` runs it in a child process so its wall
+time and peak memory are its own.
+
+ModelOpt's install is several GB (PyTorch, CUDA wheels), so it lives in its own virtual
+environment (default ``/work/venvs/modelopt``, override with ``REGIONTRT_MODELOPT_PYTHON``) and is
+run through that interpreter with this file as the script (``python peers.py modelopt ...``). This
+module therefore imports nothing from ``regiontrt`` at the top level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ORT_METHODS = ("MinMax", "Entropy", "Percentile")
+MODELOPT_METHODS = ("entropy", "max")
+MODELOPT_VENV_PYTHON = Path("/work/venvs/modelopt/bin/python")
+_SEP = "__"
+
+
+# --- calibration batches on disk -------------------------------------------------------------
+
+
+def save_batches(batches: Sequence[Mapping[str, np.ndarray]], path: str | Path) -> Path:
+    """Write ``{input: array}`` batches to one NPZ (keys ``b<index>__<input>``)."""
+    path = Path(path)
+    arrays = {
+        f"b{i:06d}{_SEP}{name}": np.asarray(arr)
+        for i, batch in enumerate(batches)
+        for name, arr in batch.items()
+    }
+    tmp = path.with_name(path.name + ".part.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle only
+    os.replace(tmp, path)
+    return path
+
+
+class NpzBatches:
+    """Re-iterable batches read lazily, one at a time, from a :func:`save_batches` file.
+
+    Args:
+        path: the NPZ file.
+        limit: read at most this many batches.
+    """
+
+    def __init__(self, path: str | Path, limit: int | None = None) -> None:
+        self.path = Path(path)
+        with np.load(self.path) as z:
+            keys = sorted(z.files)
+        self._index: dict[str, list[tuple[str, str]]] = {}
+        for key in keys:
+            batch, name = key.split(_SEP, 1)
+            self._index.setdefault(batch, []).append((key, name))
+        self._order = sorted(self._index)[:limit]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        with np.load(self.path) as z:
+            for batch in self._order:
+                yield {name: z[key] for key, name in self._index[batch]}
+
+    def __call__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self)
+
+    def num_samples(self) -> int:
+        return sum(int(next(iter(b.values())).shape[0]) for b in self)
+
+
+def _ort_reader(batches: NpzBatches) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(batches)
+
+        def get_first(self) -> dict[str, np.ndarray]:
+            # ModelOpt runs one batch ahead of calibration to learn the output shapes.
+            return next(iter(batches))
+
+    return Reader()
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------
+
+
+def ort_preprocess(model_path: str, out_path: str) -> str:
+    """ONNX Runtime's recommended ``quant_pre_process``; the input path itself if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(model_path, out_path, skip_symbolic_shape=False)
+        return out_path
+    except Exception:
+        try:  # symbolic shape inference fails on some dynamic graphs; ONNX's is enough here
+            quant_pre_process(model_path, out_path, skip_symbolic_shape=True)
+            return out_path
+        except Exception:
+            return model_path
+
+
+def ort_quantize(
+    model_path: str,
+    data_path: str,
+    out_path: str,
+    method: str,
+    *,
+    preprocess: bool = True,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """ONNX Runtime ``quantize_static``: QDQ, per channel, symmetric signed INT8 everywhere.
+
+    Args:
+        model_path: FP32 model.
+        data_path: calibration batches (:func:`save_batches`).
+        out_path: where the Q/DQ model goes.
+        method: "MinMax", "Entropy" or "Percentile" (ONNX Runtime's defaults otherwise).
+        preprocess: run ``quant_pre_process`` first, as ONNX Runtime recommends.
+        max_batches: calibrate on the first batches only.
+
+    Returns:
+        notes: the model actually quantized and the number of calibration samples.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if method not in ORT_METHODS:
+        raise ValueError(f"method must be one of {ORT_METHODS}, got {method!r}")
+    batches = NpzBatches(data_path, max_batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = ort_preprocess(model_path, str(Path(tmp) / "pre.onnx")) if preprocess else model_path
+        quantize_static(
+            src,
+            out_path,
+            _ort_reader(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return {
+        "onnxruntime": ort.__version__,
+        "preprocessed": src != model_path,
+        "batches": len(batches),
+        "samples": batches.num_samples(),
+    }
+
+
+def ort_entropy_search(histogram: tuple[np.ndarray, np.ndarray, Any, Any]) -> Any:
+    """ONNX Runtime's entropy threshold search alone (``HistogramCollector``'s, 128 levels)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    collector = HistogramCollector("entropy", True, histogram[0].size, 128, 99.999, "same")
+    return collector.get_entropy_threshold(histogram, 128)
+
+
+def ort_minmax_calibration(model_path: str, data_path: str) -> dict[str, Any]:
+    """ONNX Runtime's MinMax calibration pass alone (no quantization), for timing."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    batches = NpzBatches(data_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        cal = create_calibrator(
+            model_path,
+            None,
+            augmented_model_path=str(Path(tmp) / "aug.onnx"),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"symmetric": True},
+        )
+        cal.collect_data(_ort_reader(batches))
+        ranges = cal.compute_data()
+    return {"tensors": len(ranges.data), "samples": batches.num_samples()}
+
+
+# --- NVIDIA ModelOpt (in its own virtual environment) ------------------------------------------
+
+
+def modelopt_python() -> Path | None:
+    """The interpreter of the ModelOpt environment if it exists and imports ModelOpt's ONNX part."""
+    import subprocess
+
+    path = Path(os.environ.get("REGIONTRT_MODELOPT_PYTHON", MODELOPT_VENV_PYTHON))
+    if not path.is_file():
+        return None
+    probe = subprocess.run(
+        [str(path), "-c", "import modelopt.onnx.quantization"], capture_output=True, timeout=300
+    )
+    return path if probe.returncode == 0 else None
+
+
+def modelopt_command(
+    python: Path,
+    model_path: str,
+    data_path: str,
+    out_path: str,
+    method: str,
+    *,
+    prepare: bool = False,
+    max_batches: int | None = None,
+) -> list[str]:
+    """Command line running :func:`_modelopt_main` in the ModelOpt environment."""
+    argv = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "modelopt",
+        model_path,
+        data_path,
+        out_path,
+        method,
+    ]
+    if prepare:
+        argv.append("--prepare")
+    if max_batches is not None:
+        argv += ["--max-batches", str(max_batches)]
+    return argv
+
+
+def _modelopt_main(args: argparse.Namespace) -> None:
+    """Child side: quantize with ModelOpt on the CPU and print the measured result line."""
+    import importlib.util
+
+    # The sibling module by path: this environment has neither regiontrt nor benchmarks.
+    spec = importlib.util.spec_from_file_location(
+        "_regiontrt_bench_measure", Path(__file__).resolve().parent / "_measure.py"
+    )
+    assert spec is not None and spec.loader is not None
+    _measure: Any = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = _measure  # its dataclasses look the module up while being built
+    spec.loader.exec_module(_measure)
+
+    base = _measure.proc_status_mb("self", "VmRSS")
+    start = time.perf_counter()
+    try:
+        import onnx
+        from modelopt.onnx.quantization import quantize
+
+        batches = NpzBatches(args.data, args.max_batches)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = args.model
+            if args.prepare:
+                # What rescued ModelOpt on PP-OCR earlier: opset 17 and ONNX Runtime's
+                # graph pre-processing before quantizing.
+                model = onnx.version_converter.convert_version(onnx.load(src), 17)
+                up = str(Path(tmp) / "opset17.onnx")
+                onnx.save(model, up)
+                src = ort_preprocess(up, str(Path(tmp) / "pre.onnx"))
+            quantize(
+                src,
+                quantize_mode="int8",
+                calibration_method=args.method,
+                calibration_data_reader=_ort_reader(batches),
+                calibration_eps=["cpu"],
+                high_precision_dtype="fp32",
+                output_path=args.out,
+                log_level="WARNING",
+            )
+        _measure.report(
+            "ok",
+            time.perf_counter() - start,
+            base,
+            {"batches": len(batches), "prepared": args.prepare},
+        )
+    except Exception as exc:
+        _measure.report("error", time.perf_counter() - start, base, None, repr(exc)[:2000])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python peers.py modelopt MODEL DATA OUT METHOD [--prepare] [--max-batches N]``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="peer", required=True)
+    mo = sub.add_parser("modelopt")
+    mo.add_argument("model")
+    mo.add_argument("data")
+    mo.add_argument("out")
+    mo.add_argument("method", choices=MODELOPT_METHODS)
+    mo.add_argument("--prepare", action="store_true")
+    mo.add_argument("--max-batches", type=int, default=None)
+    args = parser.parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], None]] = {"modelopt": _modelopt_main}
+    handlers[args.peer](args)
+
+
+if __name__ == "__main__":
+    main()

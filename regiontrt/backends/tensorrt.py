@@ -1,0 +1,412 @@
+"""The TensorRT and TensorRT-RTX backends: ONNX variant -> serialized plan -> runner.
+
+Both share one code path (:class:`_TensorRTFamily`, steps in :mod:`.trt_build`); the differences
+are isolated in two hooks:
+
+* **TensorRT** (``tensorrt``, 10.x/11.x; extra ``tensorrt``): builds on and for the local GPU
+  (target ``"sm90"``, or ``"sm80+"`` with ``hardware_compatibility="ampere_plus"``), and keeps a
+  timing cache keyed by version and GPU (:mod:`.timing_cache`). Needs a GPU to build.
+* **TensorRT-RTX** (``tensorrt_rtx``; extra ``rtx``): builds on the CPU for compute-capability
+  targets (``TacticSelector.compute_capabilities``), and compiles kernels at run time into a
+  runtime cache (``TacticSelector.runtime_cache``, or ``runtime_cache=`` here) used at load.
+
+Networks are always strongly typed: precision comes from the graph (casts, Q/DQ), never from
+builder flags. Engine metadata is read with :func:`_meta`, which accepts the build result's
+fields at the top level or nested one level under ``"build"``/``"backend_info"``/``"info"``/
+``"backend"``: ``payload_format``, ``backend_version`` (or ``backend.version``), ``target``, and
+from ``BuildResult.info``: ``plan_header``, ``profiles``, ``builder_config``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import BackendUnavailable, BuildError, IncompatibleEngineError
+from ..shapes import Profile
+from ..tactics import TacticSelector
+from .base import Backend, BuildRequest, BuildResult, Runner
+from .plan import PlanHeader, read_plan_header, same_release
+from .timing_cache import (
+    RuntimeCacheContexts,
+    RuntimeCacheFile,
+    RuntimeCacheOwner,
+    TensorRTTimingCacheCodec,
+    TimingCacheFile,
+    timing_cache_path,
+)
+from .trt_build import (
+    add_profiles,
+    apply_tactics,
+    build_plan,
+    complete_profiles,
+    device_sm,
+    engine_profiles,
+    error_mark,
+    errors_since,
+    gpu_count,
+    import_first,
+    inspect_plan,
+    network_dtypes,
+    network_flags,
+    network_inputs,
+    parse_onnx,
+    trt_logger,
+)
+
+if TYPE_CHECKING:
+    import tensorrt
+
+log = logging.getLogger("regiontrt.tensorrt")
+_NESTED = ("backend_info", "info", "backend", "build")
+
+
+def _meta(metadata: Mapping[str, Any], key: str) -> Any:
+    """``metadata[key]``, at the top level or one level down under a known section."""
+    if key in metadata:
+        return metadata[key]
+    for section in _NESTED:
+        sub = metadata.get(section)
+        if isinstance(sub, Mapping) and key in sub:
+            return sub[key]
+    return None
+
+
+def _sm_number(sm: str) -> int:
+    return int(sm.removeprefix("sm").rstrip("+"))
+
+
+class _TensorRTFamily(Backend):
+    """What the TensorRT and TensorRT-RTX backends share; subclasses set the hooks."""
+
+    _modules: ClassVar[tuple[str, ...]]
+    _rtx: ClassVar[bool] = False
+    _label: ClassVar[str]
+
+    def __init__(self, *, runtime_cache: str | None = None) -> None:
+        self.runtime_cache = runtime_cache
+
+    # -- availability --------------------------------------------------------------------
+    @classmethod
+    def _module(cls) -> ModuleType | None:
+        return import_first(cls._modules)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return cls._module() is not None
+
+    @classmethod
+    def gpu_present(cls) -> bool:
+        """Whether cuda-python sees a CUDA GPU (never raises)."""
+        return gpu_count() > 0
+
+    def _trt(self) -> Any:
+        module = self._module()
+        if module is None:
+            raise BackendUnavailable(
+                f"{self._label} is not installed; "
+                f"install it with pip install 'regiontrt[{self.extra}]'"
+            )
+        return module
+
+    def version(self) -> str:
+        return str(self._trt().__version__)
+
+    # -- build ---------------------------------------------------------------------------
+    def build(self, request: BuildRequest) -> BuildResult:
+        trt = self._trt()
+        version = str(trt.__version__)
+        self._check_can_build()
+        t0 = time.perf_counter()
+        builder: tensorrt.Builder = trt.Builder(trt_logger(trt))
+        network: tensorrt.INetworkDefinition = builder.create_network(
+            network_flags(trt, int(version.split(".")[0]), rtx=self._rtx))
+        parser = parse_onnx(trt, network, request.model, request.name)
+        profiles = complete_profiles(request.profiles, network_inputs(network))
+        config: tensorrt.IBuilderConfig = builder.create_builder_config()
+        add_profiles(trt, builder, config, profiles)
+        applied = apply_tactics(trt, config, request.tactics, rtx=self._rtx)
+        state = self._configure(trt, config, request.tactics, applied)
+        request.tactics.configure(config, trt)  # the user's hook runs last, as documented
+        payload = build_plan(trt, builder, network, config, request.name)
+        seconds = time.perf_counter() - t0
+        self._after_build(config, state, applied)
+        layers, dtypes = network.num_layers, network_dtypes(network)
+        del parser  # the parser owns the weights the network points to: free it only now
+        header = read_plan_header(payload)
+        target = self._target(header, request.tactics, state)
+        runnable = self._runnable(header, target)
+        info: dict[str, Any] = {
+            "plan_header": header.to_dict(),
+            "build_seconds": round(seconds, 3),
+            "builder_config": applied,
+            "profiles": [p.to_dict() for p in profiles],
+            "network_layers": layers,
+            "network_dtypes": dtypes,
+            "onnx_nodes": len(request.model.graph.node),
+            "gpu": device_sm(),  # the building machine's GPU, None on a CPU-only host
+        }
+        if runnable:
+            try:
+                info["fusion_report"] = inspect_plan(trt, payload, profiles, request.model)
+            except Exception as exc:  # a report must never fail a good build
+                info["fusion_report"] = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            info["fusion_report"] = {"skipped": "the plan cannot run on this machine"}
+        return BuildResult(payload, self.payload_format, version, target, runnable, info)
+
+    def _check_can_build(self) -> None:
+        """Raise :class:`BuildError` if this machine cannot build (hook)."""
+
+    def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
+                   applied: dict[str, Any]) -> dict[str, Any]:
+        """Family-specific builder settings; returns state for :meth:`_after_build` (hook)."""
+        return {}
+
+    def _after_build(self, config: tensorrt.IBuilderConfig, state: dict[str, Any],
+                     applied: dict[str, Any]) -> None:
+        """Work after a successful build (hook)."""
+
+    def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def _runnable(self, header: PlanHeader, target: str) -> bool:
+        raise NotImplementedError
+
+    # -- compatibility and loading ---------------------------------------------------------
+    def check_compatible(self, metadata: Mapping[str, Any]) -> None:
+        fmt = _meta(metadata, "payload_format")
+        if fmt is not None and fmt != self.payload_format:
+            raise IncompatibleEngineError(
+                f"this engine holds a {fmt!r} payload; the {self.name} backend loads "
+                f"{self.payload_format!r}"
+            )
+        header = _meta(metadata, "plan_header")
+        header = header if isinstance(header, Mapping) else {}
+        backend = metadata.get("backend")
+        built = (_meta(metadata, "backend_version")
+                 or (backend.get("version") if isinstance(backend, Mapping) else None)
+                 or header.get("trt_version"))
+        self._check_version(built)
+        ccs = tuple(header.get("compute_capabilities") or ())
+        self._check_gpu(_meta(metadata, "target"), ccs)
+
+    def _check_version(self, built: str | None) -> None:
+        installed = self.version()
+        if built and not same_release(built, installed):
+            raise IncompatibleEngineError(
+                f"this engine was built with {self._label} {built} but {installed} is installed; "
+                f"plans only load in the release that built them: rebuild it"
+            )
+
+    def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def load(self, payload: bytes, metadata: Mapping[str, Any]) -> Runner:
+        header = read_plan_header(payload)
+        expected = "tensorrt-rtx" if self._rtx else "tensorrt"
+        if header.format != expected:
+            raise IncompatibleEngineError(
+                f"the payload is a {header.format} plan; the {self.name} backend loads {expected}"
+            )
+        self.check_compatible(metadata)
+        self._check_version(header.trt_version)  # the bytes outrank the metadata
+        self._check_gpu(_meta(metadata, "target"), header.compute_capabilities)
+        trt = self._trt()
+        runtime: tensorrt.Runtime = trt.Runtime(trt_logger(trt))
+        self._check_validity(trt, runtime, payload)
+        mark = error_mark(trt)
+        engine: tensorrt.ICudaEngine = runtime.deserialize_cuda_engine(payload)
+        if engine is None:
+            errors = "; ".join(errors_since(trt, mark)) or "no details reported"
+            raise IncompatibleEngineError(f"{self._label} could not load the plan: {errors}")
+        profiles = engine_profiles(trt, engine) or [
+            Profile.from_dict(p) for p in (_meta(metadata, "profiles") or ())
+        ]
+        from .trt_runner import TensorRTRunner  # the runtime side lives there (cuda-python)
+
+        create_context, owner = self._context_factory(runtime, metadata)
+        return TensorRTRunner(engine, profiles, create_context=create_context, owner=owner)
+
+    def _context_factory(self, runtime: Any, metadata: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``(create_context or None, owner)`` for :class:`TensorRTRunner` (hook)."""
+        return None, runtime
+
+    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
+        """Library-side header check before deserializing (hook; TensorRT-RTX has one)."""
+
+
+class TensorRTBackend(_TensorRTFamily):
+    """TensorRT 10.x/11.x: builds on the local GPU, with a shared timing cache."""
+
+    name = "tensorrt"
+    extra = "tensorrt"
+    payload_format = "tensorrt-plan"
+    _modules = ("tensorrt", "tensorrt_bindings")
+    _label = "TensorRT"
+
+    def _check_can_build(self) -> None:
+        if not self.gpu_present():
+            raise BuildError(
+                "TensorRT builds need an NVIDIA GPU and none was found; build on the target GPU, "
+                "or use the 'tensorrt-rtx' backend, whose builder runs on the CPU"
+            )
+
+    def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
+                   applied: dict[str, Any]) -> dict[str, Any]:
+        local = device_sm() or "sm-unknown"
+        if tactics.compute_capabilities and local not in tactics.compute_capabilities:
+            raise BuildError(
+                f"TensorRT builds for the GPU it runs on ({local}), not "
+                f"{list(tactics.compute_capabilities)}; use hardware_compatibility='ampere_plus' "
+                "or the 'tensorrt-rtx' backend"
+            )
+        if tactics.runtime_cache:
+            applied["runtime_cache"] = "unsupported by TensorRT (TensorRT-RTX only)"
+        if not tactics.timing_cache:
+            return {"sm": local}
+        path = timing_cache_path(tactics.timing_cache, str(trt.__version__), local)
+        cache_file = TimingCacheFile(path, TensorRTTimingCacheCodec(config))
+        cache = cache_file.load()
+        if not config.set_timing_cache(cache, False):  # False: refuse another GPU's entries
+            raise BuildError(f"TensorRT refused the timing cache {path}")
+        applied["timing_cache"] = str(path)
+        return {"sm": local, "timing_cache": cache_file}
+
+    def _after_build(self, config: tensorrt.IBuilderConfig, state: dict[str, Any],
+                     applied: dict[str, Any]) -> None:
+        cache_file = state.get("timing_cache")
+        if cache_file is not None:
+            saved = cache_file.save(config.get_timing_cache())
+            applied["timing_cache_saved"] = {"bytes": saved.size, "merged": saved.merged}
+
+    def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
+        sm = str(state.get("sm") or device_sm() or "sm-unknown")
+        return "sm80+" if tactics.hardware_compatibility == "ampere_plus" else sm
+
+    def _runnable(self, header: PlanHeader, target: str) -> bool:
+        return self.gpu_present()
+
+    def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
+        local = device_sm()
+        if local is None:
+            raise IncompatibleEngineError("this TensorRT engine needs an NVIDIA GPU; none found")
+        if not target or not target.startswith("sm") or target == "sm-unknown":
+            return  # no record of the build GPU: TensorRT itself checks at deserialization
+        ok = _sm_number(local) >= 80 if target.endswith("+") else local == target
+        if not ok:
+            raise IncompatibleEngineError(
+                f"this TensorRT engine was built for {target} and this GPU is {local}; rebuild it "
+                "on this GPU (or build with hardware_compatibility='ampere_plus')"
+            )
+
+
+class TensorRTRTXBackend(_TensorRTFamily):
+    """TensorRT for RTX: builds on the CPU for compute-capability targets.
+
+    Args:
+        runtime_cache: runtime-cache file used at load (overrides the one in the metadata).
+    """
+
+    name = "tensorrt-rtx"
+    extra = "rtx"
+    payload_format = "tensorrt-rtx-plan"
+    _modules = ("tensorrt_rtx", "tensorrt_rtx_bindings")
+    _rtx = True
+    _label = "TensorRT-RTX"
+
+    def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
+                   applied: dict[str, Any]) -> dict[str, Any]:
+        cfg: Any = config  # compute-capability targets are RTX-only API, absent from the stubs
+        supported = _rtx_targets(trt)
+        if tactics.compute_capabilities:
+            missing = [c for c in tactics.compute_capabilities if c not in supported]
+            if missing:
+                raise BuildError(
+                    f"{self._label} {trt.__version__} cannot target {missing}; it supports "
+                    f"{sorted(supported, key=_sm_number)}"
+                )
+            cfg.num_compute_capabilities = len(tactics.compute_capabilities)
+            for i, sm in enumerate(tactics.compute_capabilities):
+                if not cfg.set_compute_capability(supported[sm], i):
+                    raise BuildError(f"{self._label} refused compute capability {sm}")
+            applied["compute_capabilities"] = list(tactics.compute_capabilities)
+        else:
+            local = device_sm()
+            if local in supported:
+                cfg.num_compute_capabilities = 1
+                cfg.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
+                applied["compute_capabilities"] = f"current ({local})"
+            else:  # no (supported) GPU: the library's default set of targets
+                applied["compute_capabilities"] = "default (every supported target)"
+        if tactics.timing_cache:  # RTX 1.2+ makes timing-cache calls no-ops
+            applied["timing_cache"] = "unsupported by TensorRT-RTX (see runtime_cache)"
+        if tactics.runtime_cache:
+            applied["runtime_cache"] = tactics.runtime_cache
+        return {}
+
+    def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
+        return "+".join(header.compute_capabilities) or "+".join(tactics.compute_capabilities)
+
+    def _runnable(self, header: PlanHeader, target: str) -> bool:
+        local = device_sm()
+        return local is not None and local in header.compute_capabilities
+
+    def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
+        targets = ccs or tuple(t for t in (target or "").split("+") if t)
+        local = device_sm()
+        if local is None:
+            raise IncompatibleEngineError(
+                "this TensorRT-RTX engine needs an NVIDIA GPU; none found")
+        if not targets or local in targets:
+            return
+        module = self._module()
+        supported = _rtx_targets(module) if module is not None else {}
+        if module is not None and supported and local not in supported:
+            advice = (f"TensorRT-RTX {module.__version__} cannot target {local} (it supports "
+                      f"{', '.join(sorted(supported, key=_sm_number))}): use the 'tensorrt' "
+                      "backend on this GPU")
+        else:
+            advice = f"rebuild it with compute_capabilities including {local!r}"
+        raise IncompatibleEngineError(
+            f"this TensorRT-RTX engine targets {', '.join(targets)} and this GPU is {local}; "
+            + advice
+        )
+
+    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
+        check = getattr(runtime, "get_engine_validity", None)  # RTX: reads the header only
+        if check is None:
+            return
+        validity, diagnostics = check(payload)
+        if int(validity) != int(trt.EngineValidity.INVALID):
+            return
+        reasons = [name.lower().replace("_", " ")
+                   for name, flag in trt.EngineInvalidityDiagnostics.__members__.items()
+                   if int(diagnostics) & int(flag)]
+        raise IncompatibleEngineError(
+            f"{self._label} {trt.__version__} reports this plan invalid here: "
+            f"{', '.join(reasons) or 'no reason given'}"
+        )
+
+    def _context_factory(self, runtime: Any, metadata: Mapping[str, Any]) -> tuple[Any, Any]:
+        path = self.runtime_cache or _runtime_cache_from(metadata)
+        contexts = RuntimeCacheContexts(RuntimeCacheFile(path) if path else None)
+        return contexts, RuntimeCacheOwner(runtime, contexts)
+
+
+def _rtx_targets(trt: Any) -> dict[str, Any]:
+    """``{"sm89": ComputeCapability.SM89, ...}``: the targets this TensorRT-RTX can build for."""
+    members = getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
+    return {name.lower(): m for name, m in members.items() if name.startswith("SM")}
+
+
+def _runtime_cache_from(metadata: Mapping[str, Any]) -> str | None:
+    applied = _meta(metadata, "builder_config")
+    value = applied.get("runtime_cache") if isinstance(applied, Mapping) else None
+    return value if isinstance(value, str) and not value.startswith("unsupported") else None
+
+
+__all__ = ["TensorRTBackend", "TensorRTRTXBackend"]

@@ -1,0 +1,268 @@
+"""Streaming activation collection through ONNX Runtime.
+
+The model is copied with the tensors to calibrate added as graph outputs and run on the CPU one
+batch at a time; each batch's activations are folded into running :class:`TensorStats` and
+dropped before the next batch is read. Peak memory is one batch's activations plus the fixed-size
+statistics, whatever the number of batches. Graph inputs are folded from the feeds directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..datasets import DataLike, DataSource
+from ..errors import DataError, InvalidModelError
+from ..graph.io import ModelSource, input_specs, load_model
+from .stats import TensorStats
+
+#: ONNX element types whose tensors are calibrated (bfloat16 has no numpy type in ONNX Runtime).
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+
+#: Run ONNX Runtime on the next batch while the current one is folded (see iter_activations).
+OVERLAP = True
+
+
+def as_model(model: ModelSource) -> onnx.ModelProto:
+    """``model`` as a ``ModelProto`` (the caller's object is never modified)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return load_model(model, check=False)
+
+
+def as_source(model: onnx.ModelProto, data: DataLike, batch_limit: int | None = None) -> DataSource:
+    """``data`` as a :class:`DataSource` checked against ``model``'s inputs."""
+    if batch_limit is not None and batch_limit < 1:
+        raise DataError(f"batch_limit must be >= 1, got {batch_limit}")
+    if isinstance(data, DataSource) and batch_limit is None:
+        return data
+    return DataSource(data, input_specs(model), max_batches=batch_limit)
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """ONNX element type of every top-level tensor whose type is known or inferable."""
+    graph = model.graph
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # custom domains or >2 GB models: use what the file declares
+        inferred = graph
+    types: dict[str, int] = {}
+    for group in (inferred.value_info, graph.value_info, graph.input, graph.output):
+        for vi in group:
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                types[vi.name] = vi.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def _constants(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    names = {init.name for init in graph.initializer}
+    names.update(
+        out
+        for node in graph.node
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+        for out in node.output
+    )
+    return names
+
+
+def activation_tensors(model: onnx.ModelProto, types: Mapping[str, int] | None = None) -> list[str]:
+    """Every float tensor that feeds a node (graph inputs included, weights excluded).
+
+    In order of first use; tensors inside subgraphs (``If``, ``Loop``) are not listed.
+    """
+    types = tensor_types(model) if types is None else types
+    constants = _constants(model)
+    seen: dict[str, None] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name and name not in constants and types.get(name) in FLOAT_TYPES:
+                seen.setdefault(name, None)
+    return list(seen)
+
+
+def resolve_tensors(
+    model: onnx.ModelProto, tensors: Sequence[str] | None
+) -> tuple[list[str], dict[str, int]]:
+    """The tensors to calibrate, checked, and their element types.
+
+    Raises:
+        DataError: a requested name is not a tensor of the model's main graph, is a weight, or is
+            not a float tensor.
+    """
+    types = tensor_types(model)
+    if tensors is None:
+        return activation_tensors(model, types), types
+    if isinstance(tensors, str):
+        tensors = [tensors]
+    produced = {out for node in model.graph.node for out in node.output if out}
+    produced.update(vi.name for vi in model.graph.input)
+    constants = _constants(model)
+    names = list(dict.fromkeys(tensors))
+    unknown = [n for n in names if n not in produced and n not in constants]
+    if unknown:
+        raise DataError(f"tensors not found in the model's main graph: {unknown}")
+    weights = [n for n in names if n in constants]
+    if weights:
+        raise DataError(f"tensors are weights or constants, not activations: {weights}")
+    not_float = [
+        f"{n} ({onnx.TensorProto.DataType.Name(types[n])})"
+        for n in names
+        if n in types and types[n] not in FLOAT_TYPES
+    ]
+    if not_float:
+        raise DataError(f"only float tensors can be calibrated: {not_float}")
+    return names, types
+
+
+def expose_tensors(
+    model: onnx.ModelProto, tensors: Sequence[str], types: Mapping[str, int]
+) -> onnx.ModelProto:
+    """A copy of ``model`` with ``tensors`` added as graph outputs (graph inputs skipped).
+
+    A tensor whose type shape inference could not determine is declared ``FLOAT``.
+    """
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    graph = exposed.graph
+    present = {o.name for o in graph.output} | {i.name for i in graph.input}
+    for name in tensors:
+        if name in present:
+            continue
+        elem = types.get(name, onnx.TensorProto.FLOAT)
+        graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        present.add(name)
+    return exposed
+
+
+def _session_options() -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # ONNX Runtime's idle worker threads spin by default, taking the cores the overlapped
+    # folding needs (measured: 25-40 % longer calibration with spinning on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def iter_activations(
+    model: onnx.ModelProto,
+    source: DataSource,
+    tensors: Sequence[str],
+    types: Mapping[str, int],
+    *,
+    overlap: bool = True,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{tensor: array}`` for each batch of ``source``.
+
+    With ``overlap``, ONNX Runtime computes batch ``k + 1`` on a worker thread (it releases the
+    GIL) while the caller folds batch ``k``: at most two batches' activations are alive, however
+    many batches there are.
+    """
+    from ..backends.onnxruntime import make_session
+
+    inputs = {spec.name for spec in input_specs(model)}
+    fetch = [name for name in tensors if name not in inputs]
+    session: Any = None
+    if fetch:
+        try:
+            session = make_session(expose_tensors(model, fetch, types), _session_options())
+        except Exception as exc:
+            raise InvalidModelError(f"ONNX Runtime cannot run the model: {exc}") from None
+
+    def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values: dict[str, np.ndarray] = {n: batch[n] for n in tensors if n in inputs}
+        if session is not None:
+            try:
+                outs = session.run(fetch, dict(batch))
+            except Exception as exc:
+                raise DataError(f"ONNX Runtime failed on a calibration batch: {exc}") from None
+            values.update(zip(fetch, (np.asarray(o) for o in outs)))
+        return values
+
+    if session is None or not overlap:
+        for batch in source:
+            yield run(batch)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="regiontrt-calib") as pool:
+        batches = iter(source)
+        first = next(batches, None)
+        pending: Future[dict[str, np.ndarray]] | None = None
+        if first is not None:
+            pending = pool.submit(run, first)
+        del first
+        try:
+            while pending is not None:
+                values = pending.result()
+                # Read the next batch here, not on the worker: DataSource hashes what it yields
+                # and raises its own errors, which must surface in the caller's thread.
+                following = next(batches, None)
+                pending = None if following is None else pool.submit(run, following)
+                del following
+                yield values
+                del values
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(Exception):
+                    pending.result()
+
+
+def fold_batches(
+    model: onnx.ModelProto,
+    source: DataSource,
+    tensors: Sequence[str],
+    types: Mapping[str, int],
+    fold: Callable[[str, np.ndarray], None],
+) -> None:
+    """Run every batch and call ``fold(tensor, array)`` on each activation."""
+    for values in iter_activations(model, source, tensors, types, overlap=OVERLAP):
+        for name, array in values.items():
+            fold(name, array)
+
+
+def collect_statistics(
+    model: ModelSource,
+    data: DataLike,
+    tensors: Sequence[str] | None = None,
+    *,
+    num_bins: int = 2048,
+    histogram: bool = True,
+    batch_limit: int | None = None,
+) -> dict[str, TensorStats]:
+    """Running statistics of activation tensors over calibration data, in a single pass.
+
+    Args:
+        model: the FP32 model (a path, bytes or ``ModelProto``; not modified).
+        data: calibration batches (anything :class:`~regiontrt.datasets.DataSource` accepts;
+            a one-shot generator works, it is read once).
+        tensors: tensor names; ``None`` for every float tensor that feeds a node.
+        num_bins: histogram bins per tensor.
+        histogram: also build the ``|x|`` histograms (MinMax calibration needs none).
+        batch_limit: read at most this many batches.
+
+    Returns:
+        ``{tensor: TensorStats}`` in the order of ``tensors``.
+
+    Raises:
+        DataError: empty or mis-shaped data, unknown or non-float tensors.
+        InvalidModelError: ONNX Runtime cannot load the model.
+    """
+    proto = as_model(model)
+    source = as_source(proto, data, batch_limit)
+    names, types = resolve_tensors(proto, tensors)
+    stats = {n: TensorStats(num_bins=num_bins, histogram=histogram) for n in names}
+    fold_batches(proto, source, names, types, lambda name, arr: stats[name].update(arr))
+    return stats

@@ -1,0 +1,202 @@
+"""Streaming statistics of one tensor: min, max, amax, count and a histogram of ``|x|``.
+
+A :class:`TensorStats` folds batches one at a time and never keeps them, so its memory is fixed
+(``num_bins`` counters) however many batches a calibration set has.
+
+The histogram covers ``[0, hist_max]`` in ``num_bins`` equal bins; bin ``k`` holds
+``k * w <= |x| < (k + 1) * w`` with ``w = hist_max / num_bins`` (``|x| == hist_max`` goes in the
+last bin). ``hist_max`` is set by the first batch with a non-zero value (to that batch's amax).
+When a later batch holds a larger ``|x|``, the range grows by the smallest power of two ``f`` that
+covers it and every ``f`` adjacent bins merge into one. Because the old edges are a subset of the
+new ones, the merged counts are exactly those a histogram built with the final range from the start
+would hold (up to float rounding of values lying on an edge), so a single pass over a one-shot
+generator suffices.
+
+The approximation: the final ``hist_max`` can be up to twice the true amax, so the data spans
+between ``num_bins / 2`` and ``num_bins`` bins instead of all of them (TensorRT's calibrator also
+grows its histogram by powers of two rather than re-reading the data). Indices are computed in the
+input's float precision, so a value within rounding of a bin edge may land in the neighbouring
+bin. Non-finite values (NaN, inf) are counted in ``nonfinite`` and left out of every other
+statistic.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+_FLOAT_KINDS = "f"
+_CHUNK = 1 << 16  # elements per histogram chunk: its buffers stay within L2
+_LOCAL = threading.local()
+
+
+def _scratch(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-thread float and index buffers of ``_CHUNK`` elements."""
+    key = f"buf_{dtype.str}"
+    bufs: tuple[np.ndarray, np.ndarray] | None = getattr(_LOCAL, key, None)
+    if bufs is None:
+        bufs = (np.empty(_CHUNK, dtype=dtype), np.empty(_CHUNK, dtype=np.intp))
+        setattr(_LOCAL, key, bufs)
+    return bufs
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor.
+
+    Attributes:
+        num_bins: number of histogram bins.
+        histogram: whether batches are folded into the histogram (MinMax calibration needs none).
+        min: smallest finite value seen (``inf`` before any).
+        max: largest finite value seen (``-inf`` before any).
+        count: number of finite values folded.
+        nonfinite: number of NaN / inf values skipped.
+        hist: ``int64`` counts of ``|x|`` over ``[0, hist_max]``.
+        hist_max: upper edge of the histogram; 0 until a non-zero value is seen.
+    """
+
+    num_bins: int = 2048
+    histogram: bool = True
+    min: float = math.inf
+    max: float = -math.inf
+    count: int = 0
+    nonfinite: int = 0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
+    hist_max: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_bins < 1:
+            raise DataError(f"num_bins must be >= 1, got {self.num_bins}")
+        if self.hist.size == 0:
+            self.hist = np.zeros(self.num_bins, dtype=np.int64)
+        elif self.hist.shape != (self.num_bins,):
+            raise DataError(f"hist has shape {self.hist.shape}, expected ({self.num_bins},)")
+
+    @property
+    def amax(self) -> float:
+        """``max |x|`` over every finite value folded (0 before any)."""
+        if self.count == 0:
+            return 0.0
+        return max(abs(self.min), abs(self.max))
+
+    @property
+    def bin_width(self) -> float:
+        """Width of one histogram bin (0 while the range is unset)."""
+        return self.hist_max / self.num_bins
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The ``num_bins + 1`` bin edges."""
+        return np.linspace(0.0, self.hist_max, self.num_bins + 1)
+
+    def update(self, x: Any) -> None:
+        """Fold one batch of values into the statistics; the batch is not kept.
+
+        Args:
+            x: an array (any shape) of a float dtype; other dtypes are converted to float32.
+        """
+        arr = np.asarray(x)
+        if arr.dtype.kind != _FLOAT_KINDS or arr.dtype.itemsize < 4:
+            arr = arr.astype(np.float32)  # float16 histograms need float32 arithmetic
+        arr = arr.reshape(-1)
+        if arr.size == 0:
+            return
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(arr)
+            bad = int(arr.size - np.count_nonzero(finite))
+            self.nonfinite += bad
+            arr = arr[finite]
+            if arr.size == 0:
+                return
+            lo, hi = float(arr.min()), float(arr.max())
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += int(arr.size)
+        if self.histogram:
+            self._fold_histogram(arr, max(-lo, hi))
+
+    def _fold_histogram(self, arr: np.ndarray, batch_amax: float) -> None:
+        n = self.num_bins
+        if batch_amax <= 0.0:
+            self.hist[0] += arr.size  # all zeros: bin 0 whatever the range
+            return
+        if self.hist_max <= 0.0:
+            self.hist_max = batch_amax
+        elif batch_amax > self.hist_max:
+            self._grow(batch_amax)
+        # Index = floor(|x| * n / hist_max), clipped to the last bin, then an integer bincount
+        # (np.histogram's general path is several times slower). Chunks that stay in cache, in
+        # per-thread scratch buffers: fresh multi-megabyte temporaries per tensor cost more in
+        # page faults and cache misses than the arithmetic.
+        fbuf, ibuf = _scratch(arr.dtype)
+        scale = arr.dtype.type(n / self.hist_max)
+        counts = np.zeros(n + 1, dtype=np.int64)
+        for start in range(0, arr.size, _CHUNK):
+            part = arr[start : start + _CHUNK]
+            f, i = fbuf[: part.size], ibuf[: part.size]
+            np.abs(part, out=f)
+            np.multiply(f, scale, out=f)
+            np.copyto(i, f, casting="unsafe")  # float -> int truncates: floor for |x| >= 0
+            counts += np.bincount(i, minlength=n + 1)
+        # |x| <= hist_max gives an index <= n (n itself only for |x| == hist_max, or by
+        # rounding): fold that extra slot into the last bin instead of clipping every value.
+        counts[n - 1] += counts[n]
+        self.hist += counts[:n]
+
+    def _grow(self, needed: float) -> None:
+        factor = 1
+        while self.hist_max * factor < needed:
+            factor *= 2
+        if factor == 1:
+            return
+        n = self.num_bins
+        # Old bin j lies entirely inside new bin j // factor because the new edges are every
+        # factor-th old edge: merging is exact, no counts are split between bins.
+        merged = np.add.reduceat(self.hist, np.arange(0, n, factor))
+        self.hist = np.zeros(n, dtype=np.int64)
+        self.hist[: merged.size] = merged
+        self.hist_max *= factor
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of ``|x|``, interpolated linearly inside its bin.
+
+        Falls back to ``amax`` without a histogram. Never exceeds ``amax``.
+        """
+        if not 0.0 <= q <= 100.0:
+            raise DataError(f"percentile must be within [0, 100], got {q}")
+        total = int(self.hist.sum())
+        if not self.histogram or total == 0 or self.hist_max <= 0.0:
+            return self.amax
+        cdf = np.cumsum(self.hist)
+        target = q / 100.0 * total
+        k = int(np.searchsorted(cdf, target, side="left"))
+        k = min(k, self.num_bins - 1)
+        before = float(cdf[k - 1]) if k > 0 else 0.0
+        inside = float(self.hist[k])
+        frac = 0.0 if inside == 0 else (target - before) / inside
+        value = (k + min(max(frac, 0.0), 1.0)) * self.bin_width
+        return min(value, self.amax)
+
+    def nbytes(self) -> int:
+        """Memory held by the statistics (the histogram dominates)."""
+        return int(self.hist.nbytes) + 64
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (the histogram as a list)."""
+        return {
+            "num_bins": self.num_bins,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+            "amax": self.amax,
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+            "hist_max": self.hist_max,
+            "hist": self.hist.tolist() if self.histogram else None,
+        }

@@ -1,0 +1,25 @@
+"""Test doubles for code that normally needs TensorRT.
+
+:mod:`regiontrt.testing.fake_trt` holds :class:`FakeCudaEngine` and :class:`FakeExecutionContext`,
+test doubles of ``trt.ICudaEngine`` and ``trt.IExecutionContext`` whose ``execute_async_v3``
+launches a real NVRTC-compiled kernel, plus the enum shims :class:`TensorIOMode` and
+:class:`DataType`. Importing this package needs no GPU.
+"""
+
+from __future__ import annotations
+
+from .fake_trt import (
+    DataType,
+    FakeCudaEngine,
+    FakeExecutionContext,
+    IOutputAllocator,
+    TensorIOMode,
+)
+
+__all__ = [
+    "DataType",
+    "FakeCudaEngine",
+    "FakeExecutionContext",
+    "IOutputAllocator",
+    "TensorIOMode",
+]

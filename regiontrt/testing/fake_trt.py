@@ -1,0 +1,367 @@
+"""Test doubles of ``trt.ICudaEngine`` and ``trt.IExecutionContext`` that run real GPU kernels.
+
+Full TensorRT cannot be installed on our machines, so :class:`FakeCudaEngine` and
+:class:`FakeExecutionContext` implement the subset of the TensorRT 10 Python API that
+:class:`~regiontrt.backends.trt_runner.TensorRTRunner` uses. ``execute_async_v3`` launches a
+kernel compiled with NVRTC through cuda-python on exactly the tensor addresses that were set and
+on the stream it is given, so addresses, shapes, streams and synchronization are exercised on real
+hardware. The "network" is::
+
+    y[i, j] = max(x[i, j] * w + b, 0)          # output "y", float32 (N, C)
+    s[i]    = sum_j y[i, j] + k[i]             # output "s", float32 (N,)
+    pos     = flat indices where y > 0         # output "pos", int64 (P,), data-dependent
+
+with inputs ``x`` float32 ``(N, C)`` and ``k`` int32 ``(N,)``. ``pos`` exists only with
+``data_dependent=True`` and goes through the output allocator, as TensorRT does for NonZero.
+Building the engine and shape queries need no GPU; only ``execute_async_v3`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..backends.cuda import (
+    DeviceBuffer,
+    PinnedBuffer,
+    cuda_call,
+    device_compute_capability,
+    memcpy_async,
+)
+from ..errors import CudaError
+
+Shape3 = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+class TensorIOMode(enum.Enum):
+    """Shim of ``trt.TensorIOMode``; the runner compares modes by ``.name``."""
+
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    """Shim of ``trt.DataType``; the runner maps dtypes by ``.name``."""
+
+    FLOAT = 0
+    HALF = 1
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    UINT8 = 5
+    FP8 = 6
+    BF16 = 7
+    INT64 = 8
+    INT4 = 9
+    FP4 = 10
+
+
+class IOutputAllocator:
+    """Shim of ``trt.IOutputAllocator``: the runner derives its allocator from the engine's
+    module's ``IOutputAllocator``, which for this double is this class."""
+
+
+_SOURCE = r"""
+extern "C" __global__ void affine_relu(const float* x, const int* k, float* y, float* s,
+                                       int rows, int cols, float w, float b, int* count) {
+    __shared__ float red[128];
+    int r = blockIdx.x;
+    float acc = 0.f;
+    int pos = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = fmaxf(x[r * cols + c] * w + b, 0.f);
+        y[r * cols + c] = v;
+        acc += v;
+        pos += v > 0.f;
+    }
+    if (count && pos) atomicAdd(count, pos);
+    red[threadIdx.x] = acc;
+    __syncthreads();
+    for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+        if (threadIdx.x < st) red[threadIdx.x] += red[threadIdx.x + st];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) s[r] = red[0] + (float)k[r];
+}
+
+extern "C" __global__ void compact_positive(const float* y, long long n, long long* out) {
+    long long m = 0;  // one thread keeps the indices in ascending order
+    for (long long i = 0; i < n; ++i) if (y[i] > 0.f) out[m++] = i;
+}
+"""
+_BLOCK = 128
+_KERNELS: dict[int, dict[str, Any]] = {}
+_KERNELS_LOCK = threading.Lock()
+
+
+def _kernels() -> dict[str, Any]:
+    """Compile (once per device) and load the kernels; they stay loaded for the process."""
+    from cuda.bindings import driver, nvrtc
+    from cuda.bindings import runtime as cudart
+
+    device = int(cuda_call(cudart.cudaGetDevice(), what="cudaGetDevice"))
+    with _KERNELS_LOCK:
+        if device in _KERNELS:
+            return _KERNELS[device]
+        major, minor = device_compute_capability(device)
+        prog = cuda_call(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"fake_trt.cu", 0, [], []),
+                         what="nvrtcCreateProgram")
+        try:
+            opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"--fmad=false"]
+            err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+            if err:
+                size = cuda_call(nvrtc.nvrtcGetProgramLogSize(prog), what="nvrtcGetProgramLogSize")
+                log = b" " * size
+                cuda_call(nvrtc.nvrtcGetProgramLog(prog, log), what="nvrtcGetProgramLog")
+                raise CudaError(f"NVRTC failed to compile the fake engine's kernels: "
+                                f"{log.decode(errors='replace')}")
+            size = cuda_call(nvrtc.nvrtcGetCUBINSize(prog), what="nvrtcGetCUBINSize")
+            cubin = b" " * size
+            cuda_call(nvrtc.nvrtcGetCUBIN(prog, cubin), what="nvrtcGetCUBIN")
+        finally:
+            cuda_call(nvrtc.nvrtcDestroyProgram(prog), what="nvrtcDestroyProgram")
+        cuda_call(driver.cuInit(0), what="cuInit")
+        image = np.frombuffer(cubin, dtype=np.uint8).copy()  # passed by address, kept alive
+        module = cuda_call(driver.cuModuleLoadData(image.ctypes.data), what="cuModuleLoadData")
+        _KERNELS[device] = {
+            name: cuda_call(driver.cuModuleGetFunction(module, name.encode()),
+                            what=f"cuModuleGetFunction({name})")
+            for name in ("affine_relu", "compact_positive")
+        } | {"module": module}
+        return _KERNELS[device]
+
+
+def _launch(fn: Any, grid: int, block: int, stream: int, args: Sequence[np.ndarray]) -> None:
+    from cuda.bindings import driver
+
+    params = np.array([a.ctypes.data for a in args], dtype=np.uint64)
+    cuda_call(driver.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, driver.CUstream(stream),
+                                    params.ctypes.data, 0), what="cuLaunchKernel")
+
+
+def _ptr(value: int) -> np.ndarray:
+    return np.array([value], dtype=np.uint64)
+
+
+class FakeCudaEngine:
+    """Test double of ``trt.ICudaEngine`` (see the module docstring for its network).
+
+    Args:
+        max_rows: largest N of the default profile.
+        max_cols: largest C of the default profile.
+        profiles: optimization profiles as ``[{"x": (min, opt, max)}, ...]``; ``k`` follows
+            ``x``'s first dimension.
+        w: the scale of the affine map.
+        b: its offset.
+        data_dependent: add the output ``pos`` whose shape only the kernel knows.
+    """
+
+    def __init__(self, max_rows: int = 64, max_cols: int = 256, *,
+                 profiles: Sequence[Mapping[str, Sequence[Sequence[int]]]] | None = None,
+                 w: float = 1.5, b: float = -0.25, data_dependent: bool = False) -> None:
+        specs = profiles or [{"x": ((1, 1), (max_rows, max_cols), (max_rows, max_cols))}]
+        self.profiles: list[dict[str, Shape3]] = []
+        for spec in specs:
+            lo, opt, hi = (tuple(int(d) for d in s) for s in spec["x"])
+            self.profiles.append({"x": (lo, opt, hi), "k": (lo[:1], opt[:1], hi[:1])})
+        self.w, self.b = float(w), float(b)
+        self.data_dependent = data_dependent
+        self._io: list[tuple[str, TensorIOMode, DataType, tuple[int, ...]]] = [
+            ("x", TensorIOMode.INPUT, DataType.FLOAT, (-1, -1)),
+            ("k", TensorIOMode.INPUT, DataType.INT32, (-1,)),
+            ("y", TensorIOMode.OUTPUT, DataType.FLOAT, (-1, -1)),
+            ("s", TensorIOMode.OUTPUT, DataType.FLOAT, (-1,)),
+        ]
+        if data_dependent:
+            self._io.append(("pos", TensorIOMode.OUTPUT, DataType.INT64, (-1,)))
+        self._by_name = {io[0]: io for io in self._io}
+        self.contexts_created = 0
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._io)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self.profiles)
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._io[index][0]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        io = self._by_name.get(name)
+        return io[1] if io else TensorIOMode.NONE
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self._by_name[name][2]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._by_name[name][3]
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
+        return list(self.profiles[profile_index][name])
+
+    def is_shape_inference_io(self, name: str) -> bool:
+        return False
+
+    def reference(self, x: np.ndarray, k: np.ndarray) -> dict[str, np.ndarray]:
+        """What the kernels compute, in numpy (float32 throughout, no fused multiply-add)."""
+        x32 = np.asarray(x, np.float32)
+        y = np.maximum(x32 * np.float32(self.w) + np.float32(self.b), np.float32(0))
+        out = {"y": y, "s": y.sum(axis=1, dtype=np.float32) + np.asarray(k, np.float32)}
+        if self.data_dependent:
+            out["pos"] = np.flatnonzero(y > 0).astype(np.int64)
+        return out
+
+    def create_execution_context(self) -> FakeExecutionContext:
+        self.contexts_created += 1
+        return FakeExecutionContext(self)
+
+
+class FakeExecutionContext:
+    """Test double of ``trt.IExecutionContext`` (TensorRT 10 name-based API).
+
+    Methods return ``False`` where TensorRT would (bad profile, shape outside the profile,
+    missing address or shape at execution). Counters record what the runner did.
+    """
+
+    def __init__(self, engine: FakeCudaEngine) -> None:
+        self.engine = engine
+        self.active_optimization_profile = 0
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.allocators: dict[str, Any] = {}
+        self.execute_calls = 0
+        self.set_shape_calls = 0
+        self.set_address_calls = 0
+        self.last_stream: int | None = None
+        self.last_addresses: dict[str, int] = {}
+        self._counter: DeviceBuffer | None = None
+        self._count_host: PinnedBuffer | None = None
+
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+        if not 0 <= profile_index < self.engine.num_optimization_profiles:
+            return False
+        self.active_optimization_profile = profile_index
+        self.shapes.clear()  # TensorRT needs the input shapes again after a switch
+        return True
+
+    def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
+        self.set_shape_calls += 1
+        if self.engine.get_tensor_mode(name) is not TensorIOMode.INPUT:
+            return False
+        lo, _, hi = self.engine.profiles[self.active_optimization_profile][name]
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(lo) or not all(a <= d <= c for a, d, c in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = shape
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in ("x", "k"):
+            return self.shapes.get(name, self.engine.get_tensor_shape(name))
+        x = self.shapes.get("x")
+        if name == "y":
+            return x if x else (-1, -1)
+        if name == "s":
+            return x[:1] if x else (-1,)
+        return (-1,)  # "pos": data-dependent until the kernel has run
+
+    def infer_shapes(self) -> list[str]:
+        missing = [n for n in ("x", "k") if n not in self.shapes]
+        if not missing and self.shapes["k"][0] != self.shapes["x"][0]:
+            raise RuntimeError(f"inconsistent shapes: x {self.shapes['x']} k {self.shapes['k']}")
+        return missing
+
+    @property
+    def all_binding_shapes_specified(self) -> bool:
+        return not self.infer_shapes()
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        self.set_address_calls += 1
+        if self.engine.get_tensor_mode(name) is TensorIOMode.NONE or not memory:
+            return False
+        self.addresses[name] = int(memory)
+        return True
+
+    def get_tensor_address(self, name: str) -> int:
+        return self.addresses.get(name, 0)
+
+    def set_output_allocator(self, name: str, output_allocator: Any) -> bool:
+        if self.engine.get_tensor_mode(name) is not TensorIOMode.OUTPUT:
+            return False
+        if output_allocator is None:
+            self.allocators.pop(name, None)
+        else:
+            self.allocators[name] = output_allocator
+        return True
+
+    def get_output_allocator(self, name: str) -> Any:
+        return self.allocators.get(name)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        try:
+            if self.infer_shapes():
+                return False
+        except RuntimeError:
+            return False
+        if any(n not in self.addresses for n in ("x", "k", "y", "s")):
+            return False
+        if self.engine.data_dependent and "pos" not in self.allocators:
+            return False
+        self.execute_calls += 1
+        self.last_stream = int(stream_handle)
+        self.last_addresses = dict(self.addresses)
+        rows, cols = self.shapes["x"]
+        kern = _kernels() if rows * cols or self.engine.data_dependent else {}
+        counter = 0
+        if self.engine.data_dependent:
+            if self._counter is None:
+                self._counter = DeviceBuffer(4)
+                self._count_host = PinnedBuffer(4)
+            counter = self._counter.ptr
+            from cuda.bindings import runtime as cudart
+
+            cuda_call(cudart.cudaMemsetAsync(counter, 0, 4, stream_handle), what="cudaMemsetAsync")
+        if rows * cols:
+            a = self.addresses
+            args = [_ptr(a["x"]), _ptr(a["k"]), _ptr(a["y"]), _ptr(a["s"]),
+                    np.array([rows], np.int32), np.array([cols], np.int32),
+                    np.array([self.engine.w], np.float32), np.array([self.engine.b], np.float32),
+                    _ptr(counter)]
+            _launch(kern["affine_relu"], rows, _BLOCK, stream_handle, args)
+        if self.engine.data_dependent:
+            self._run_data_dependent(kern, stream_handle, rows * cols)
+        return True
+
+    def _run_data_dependent(self, kern: dict[str, Any], stream: int, n: int) -> None:
+        # TensorRT syncs to learn a data-dependent size, then asks the allocator for memory.
+        from cuda.bindings import runtime as cudart
+
+        assert self._counter is not None and self._count_host is not None
+        memcpy_async(self._count_host.ptr, self._counter.ptr, 4, 2, stream)
+        cuda_call(cudart.cudaStreamSynchronize(stream), what="cudaStreamSynchronize")
+        count = int(self._count_host.array(np.int32, (1,))[0])
+        alloc = self.allocators["pos"]
+        ptr = int(alloc.reallocate_output_async("pos", self.addresses.get("pos", 0), count * 8,
+                                                256, stream))
+        if count and not ptr:
+            raise CudaError("the output allocator returned a null pointer for 'pos'")
+        self.addresses["pos"] = ptr
+        if count:
+            _launch(kern["compact_positive"], 1, 1, stream,
+                    [_ptr(self.addresses["y"]), np.array([n], np.int64), _ptr(ptr)])
+        alloc.notify_shape("pos", (count,))
+
+    def __del__(self) -> None:
+        for buf in (self._counter, self._count_host):
+            if buf is not None:
+                with contextlib.suppress(Exception):
+                    buf.close()
+

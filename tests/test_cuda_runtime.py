@@ -1,0 +1,239 @@
+"""The cuda-python layer: error checking, buffers, device pointers; GPU tests marked ``gpu``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cuda.bindings", reason="needs cuda-python (pip install 'regiontrt[cuda]')")
+
+from cuda.bindings import driver as cuda_driver
+from cuda.bindings import runtime as cudart
+
+from regiontrt.backends import cuda
+from regiontrt.errors import CudaError, InputError
+
+no_gpu = pytest.mark.skipif(cuda.cuda_available(), reason="checks behaviour without a GPU")
+
+
+class CAIObject:
+    """A minimal producer of ``__cuda_array_interface__``."""
+
+    def __init__(self, ptr, shape, typestr="<f4", strides=None, mask=None, stream=None):
+        self.__cuda_array_interface__ = {
+            "shape": shape, "typestr": typestr, "data": (ptr, False), "version": 3,
+            "strides": strides, "mask": mask, "stream": stream,
+        }
+
+
+class FakeCudaDLPack:
+    """Says it lives on CUDA device 0 and hands out a real capsule (numpy's, for parsing)."""
+
+    def __init__(self, array):
+        self.array = array
+        self.streams = []
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None):
+        self.streams.append(stream)
+        return self.array.__dlpack__()
+
+
+# -- CPU ---------------------------------------------------------------------------------------
+def test_cuda_call_unpacks_values():
+    ok = cudart.cudaError_t.cudaSuccess
+    assert cuda.cuda_call((ok,)) is None
+    assert cuda.cuda_call((ok, 7)) == 7
+    assert cuda.cuda_call((ok, 1, "a")) == (1, "a")
+
+
+def test_cuda_call_names_runtime_errors():
+    err = cudart.cudaError_t.cudaErrorMemoryAllocation
+    with pytest.raises(CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorMemoryAllocation \(2\)"):
+        cuda.cuda_call((err, None), what="cudaMalloc(8)")
+
+
+def test_cuda_call_names_driver_errors_even_without_a_driver():
+    with pytest.raises(CudaError, match="CUDA_ERROR_INVALID_VALUE"):
+        cuda.cuda_call((cuda_driver.CUresult.CUDA_ERROR_INVALID_VALUE,), what="cuLaunchKernel")
+
+
+@no_gpu
+def test_without_driver_nothing_is_available():
+    assert cuda.cuda_available() is False
+
+
+@no_gpu
+@pytest.mark.parametrize(
+    "make",
+    [lambda: cuda.DeviceBuffer(16), lambda: cuda.PinnedBuffer(16), cuda.Stream, cuda.Event,
+     lambda: cuda.DeviceArray((2, 3), np.float32),
+     lambda: cuda.DeviceArray.from_host(np.ones(3, np.float32)),
+     lambda: cuda.device_compute_capability(0), cuda.mem_get_info],
+)
+def test_without_driver_buffers_raise_a_clear_cuda_error(make):
+    before = cuda.live_allocations()
+    with pytest.raises(CudaError) as info:
+        make()
+    msg = str(info.value)
+    assert "failed" in msg and "cudaErrorInsufficientDriver" in msg and "no usable NVIDIA" in msg
+    assert cuda.live_allocations() == before
+
+
+def test_device_pointer_reads_cuda_array_interface():
+    ptr, shape, dtype = cuda.device_pointer(CAIObject(0x7F0000001000, (4, 5)))
+    assert (ptr, shape, dtype) == (0x7F0000001000, (4, 5), np.dtype(np.float32))
+    # explicit C-contiguous strides, including a size-1 axis with an arbitrary stride
+    obj = CAIObject(0x1000, (3, 1, 2), "<i8", strides=(16, 999, 8))
+    assert cuda.device_pointer(obj) == (0x1000, (3, 1, 2), np.dtype(np.int64))
+    view = cuda.device_view(CAIObject(0x2000, (2,), stream=12345))
+    assert view is not None and view.stream == 12345
+
+
+@pytest.mark.parametrize(
+    ("obj", "match"),
+    [(CAIObject(0x1000, (4, 5), strides=(4, 16)), "not C-contiguous"),
+     (CAIObject(0x1000, (4,), mask=object()), "masked")],
+)
+def test_device_pointer_refuses_what_cannot_be_used_in_place(obj, match):
+    with pytest.raises(InputError, match=match):
+        cuda.device_pointer(obj)
+
+
+def test_device_pointer_ignores_host_objects():
+    assert cuda.device_pointer(np.zeros((2, 2), np.float32)) is None  # DLPack, but on the CPU
+    assert cuda.device_pointer([1.0, 2.0]) is None
+    assert cuda.device_pointer(3.0) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.uint8, np.int64, np.bool_])
+def test_dlpack_capsule_is_parsed_exactly(dtype):
+    base = np.arange(24).reshape(4, 6).astype(dtype)
+    part = base[1:]  # a data pointer past the allocation's start
+    device_type, ptr, device_id, shape, got = cuda.dlpack_info(part.__dlpack__())
+    assert (device_type, device_id) == (1, 0)
+    assert ptr == part.ctypes.data and shape == (3, 6) and got == np.dtype(dtype)
+
+
+def test_dlpack_strided_and_foreign_capsules_are_refused():
+    with pytest.raises(InputError, match="not C-contiguous"):
+        cuda.dlpack_info(np.zeros((3, 4), np.float32).T.__dlpack__())
+    with pytest.raises(InputError, match="capsule"):
+        cuda.dlpack_info(object())
+
+
+def test_device_view_reads_cuda_dlpack_producers():
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    producer = FakeCudaDLPack(host)
+    view = cuda.device_view(producer)
+    assert view is not None
+    assert (view.ptr, view.shape, view.dtype) == (host.ctypes.data, (2, 3), np.dtype(np.float32))
+    assert producer.streams == [1]  # hand over on the legacy default stream
+    assert view.keepalive[0] is producer
+
+
+# -- GPU ---------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_is_visible():
+    assert cuda.cuda_available()
+    major, _ = cuda.device_compute_capability(0)
+    assert major >= 5
+    free, total = cuda.mem_get_info()
+    assert 0 < free <= total
+
+
+@pytest.mark.gpu
+def test_async_round_trip_through_pinned_and_device_memory():
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal(1 << 18).astype(np.float32)
+    with cuda.Stream() as stream, cuda.PinnedBuffer(data.nbytes) as src, \
+            cuda.PinnedBuffer(data.nbytes) as dst, cuda.DeviceBuffer(data.nbytes) as d1, \
+            cuda.DeviceBuffer(data.nbytes) as d2:
+        src.array(np.float32, data.shape)[:] = data
+        dst.array(np.float32, data.shape)[:] = np.nan  # poison
+        d1.copy_from_host_async(src, stream)
+        cuda.memcpy_async(d2.ptr, d1.ptr, data.nbytes, 3, stream)
+        d2.copy_to_host_async(dst, stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(dst.array(np.float32, data.shape), data)
+
+
+@pytest.mark.gpu
+def test_device_buffer_grows_and_keeps_small_requests():
+    with cuda.DeviceBuffer(1024) as buf:
+        ptr = buf.ptr
+        assert buf.ensure(512) is False and buf.ptr == ptr and buf.nbytes == 512
+        assert buf.ensure(1 << 20) is True and buf.capacity == 1 << 20
+    buf.close()  # idempotent
+    with pytest.raises(CudaError, match="closed"):
+        buf.ensure(1)
+
+
+@pytest.mark.gpu
+def test_events_time_a_copy():
+    n = 64 << 20
+    with cuda.Stream() as stream, cuda.PinnedBuffer(n) as host, cuda.DeviceBuffer(n) as dev, \
+            cuda.Event() as start, cuda.Event() as end:
+        start.record(stream)
+        dev.copy_from_host_async(host, stream)
+        end.record(stream)
+        end.synchronize()
+        ms = cuda.Event.elapsed_ms(start, end)
+    assert 0 < ms < 10_000
+
+
+@pytest.mark.gpu
+def test_device_array_round_trip_and_interface():
+    data = np.random.default_rng(2).integers(-100, 100, (7, 9)).astype(np.int32)
+    with cuda.DeviceArray.from_host(data) as arr:
+        np.testing.assert_array_equal(arr.to_host(), data)
+        assert cuda.device_pointer(arr) == (arr.ptr, (7, 9), np.dtype(np.int32))
+        cai = arr.__cuda_array_interface__
+        assert cai["version"] == 3 and cai["data"] == (arr.ptr, False) and cai["typestr"] == "<i4"
+    with pytest.raises(CudaError, match="closed"):
+        _ = arr.ptr
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_a_captured_copy():
+    data = np.arange(4096, dtype=np.float32)
+    with cuda.Stream() as stream, cuda.DeviceArray.from_host(data) as src, \
+            cuda.DeviceArray.from_host(np.full(4096, -1, np.float32)) as dst:
+        def work():
+            cuda.memcpy_async(dst.ptr, src.ptr, data.nbytes, 3, stream)
+
+        with cuda.CudaGraph(stream, work) as graph:
+            stream.synchronize()
+            assert (dst.to_host() == -1).all()  # capturing records the copy, runs nothing
+            graph.launch(stream)
+            stream.synchronize()
+        np.testing.assert_array_equal(dst.to_host(), data)
+        assert cuda.live_allocations()["graph"] == 0
+
+
+@pytest.mark.gpu
+def test_buffers_do_not_leak_over_1000_cycles():
+    cuda.DeviceBuffer(1 << 20).close()  # warm up the allocator
+    live, (free0, _) = cuda.live_allocations(), cuda.mem_get_info()
+    for _ in range(1000):
+        with cuda.DeviceBuffer(1 << 20), cuda.PinnedBuffer(1 << 16), cuda.Stream(), cuda.Event():
+            pass
+    free1, _ = cuda.mem_get_info()
+    assert cuda.live_allocations() == live
+    assert free1 >= free0 - (8 << 20)  # 1000 leaked MiB buffers would be ~1 GiB
+
+
+@pytest.mark.gpu
+def test_torch_tensors_are_seen_through_dlpack_and_interface():
+    torch = pytest.importorskip("torch")
+    t = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
+    assert cuda.device_pointer(t) == (t.data_ptr(), (3, 4), np.dtype(np.float32))
+    only_cai = type("C", (), {"__cuda_array_interface__": t.__cuda_array_interface__})()
+    assert cuda.device_pointer(only_cai) == (t.data_ptr(), (3, 4), np.dtype(np.float32))
+    with pytest.raises(InputError, match="not C-contiguous"):
+        cuda.device_pointer(t.T)
+    with cuda.DeviceArray.from_host(np.arange(5, dtype=np.float32)) as arr:
+        back = torch.as_tensor(arr, device="cuda")
+        assert back.data_ptr() == arr.ptr and back.cpu().tolist() == [0, 1, 2, 3, 4]
