@@ -126,8 +126,11 @@ class _Int8:
         plan = self.policy.quantization_plan(self.cleaned)
         if not plan.nodes:
             return None, None, (), "no quantizable layer in the model"
-        calibrator = self.state.calibrator or EntropyCalibrator()
-        result = calibrator.calibrate(self.cleaned, self.state.calibration_data, plan.activations)
+        self.calibrator = self.state.calibrator or EntropyCalibrator()
+        result = self.calibrator.calibrate(
+            self.cleaned, self.state.calibration_data, plan.activations
+        )
+        self.amax = dict(result.amax)
         mismatch = check_mismatch(self.cleaned, result.amax, self.validator.batches,
                                   threshold=self.state.mismatch_threshold)
         strict = self.state.strict_calibration
@@ -135,12 +138,12 @@ class _Int8:
             strict = self.region.strict_calibration
         self.metadata = {
             "method": result.method,
-            "calibrator": f"{type(calibrator).__module__}.{type(calibrator).__qualname__}",
+            "calibrator": f"{type(self.calibrator).__module__}."
+                          f"{type(self.calibrator).__qualname__}",
             "fingerprint": result.fingerprint,
             "num_samples": result.num_samples,
             "num_batches": result.num_batches,
             "seconds": round(result.seconds, 3),
-            "amax": {k: float(v) for k, v in sorted(result.amax.items())},
             "mismatch": mismatch.to_dict(),
         }
         if mismatch.exceeded:
@@ -151,31 +154,44 @@ class _Int8:
             if strict:
                 raise CalibrationMismatch(message)
             warnings.warn(message, stacklevel=4)
-        amax = result.amax
-        variant = self.policy.compile(self.cleaned, Precision.INT8, amax=amax)
+        variant = self._variant(())
         loss = self.validator.loss_of_model(variant)
         budget = self.region.budget
         if loss <= budget or not self.policy.search_mixed:
-            return variant, loss, (), ""
+            return self._done(variant, loss, (), "")
         from .mixed import search_mixed_precision
 
-        def evaluate(keep: frozenset[str]) -> float:
-            model = self.policy.compile(self.cleaned, Precision.INT8, amax=amax, keep=keep)
-            return self.validator.loss_of_model(model)
-
         search = search_mixed_precision(
-            plan.nodes, evaluate, budget,
+            plan.nodes, lambda keep: self.validator.loss_of_model(self._variant(keep)), budget,
             max_kept=int(self.policy.max_kept_fraction * len(plan.nodes)),
         )
         self.metadata["mixed_precision"] = {"whole_model_loss": loss, **search.to_dict()}
         if not search.fits:
             note = (f"whole-model int8 loss {loss:.4g}; keeping up to {len(search.kept)} "
                     f"sensitive layers still gave {search.loss:.4g}")
-            return None, search.loss, search.kept, note
-        variant = self.policy.compile(self.cleaned, Precision.INT8, amax=amax, keep=search.kept)
+            return self._done(None, search.loss, search.kept, note)
         note = (f"whole-model int8 loss {loss:.4g} over budget; kept {len(search.kept)} of "
                 f"{len(plan.nodes)} layers in float32")
-        return variant, search.loss, search.kept, note
+        return self._done(self._variant(search.kept), search.loss, search.kept, note)
+
+    def _variant(self, keep: Sequence[str]) -> onnx.ModelProto:
+        """The int8 graph with ``keep`` left in float32.
+
+        Leaving a layer out can move Q/DQ onto tensors the first plan did not need (the skip
+        branch of a residual Add whose conv is no longer quantized); those are calibrated here,
+        on the same calibration data, the first time they are needed.
+        """
+        missing = [t for t in self.policy.quantization_plan(self.cleaned, keep).activations
+                   if t not in self.amax]
+        if missing:
+            extra = self.calibrator.calibrate(self.cleaned, self.state.calibration_data, missing)
+            self.amax.update(extra.amax)
+        return self.policy.compile(self.cleaned, Precision.INT8, amax=self.amax, keep=keep)
+
+    def _done(self, variant: onnx.ModelProto | None, loss: float | None, kept: tuple[str, ...],
+              note: str) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
+        self.metadata["amax"] = {k: float(v) for k, v in sorted(self.amax.items())}
+        return variant, loss, kept, note
 
 
 def _base_metadata(region: Region, policy: PrecisionPolicy, shared: _Shared,

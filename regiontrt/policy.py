@@ -92,11 +92,13 @@ class PrecisionPolicy:
         base = self.quantize or QuantizeOptions()
         return replace(base, exclude_nodes=frozenset(base.exclude_nodes) | frozenset(keep))
 
-    def quantization_plan(self, model: onnx.ModelProto) -> QuantizationPlan:
+    def quantization_plan(
+        self, model: onnx.ModelProto, keep: Iterable[str] = ()
+    ) -> QuantizationPlan:
         """Which layers int8 quantizes and which activations need calibrated ranges."""
         from .graph.quantize import plan_quantization
 
-        return plan_quantization(model, self.quantize_options())
+        return plan_quantization(model, self.quantize_options(keep))
 
     def compile(
         self,

@@ -101,7 +101,9 @@ def test_backends_type_check_against_tensorrt_stubs(tmp_path, request):
     (tmp_path / "mypy.ini").write_text(CONFIG)
     probe = tmp_path / "probe_trt.py"
     probe.write_text(PROBE)
-    cache = request.config.cache.mkdir("mypy-tensorrt-stubs")
+    # Reuse mypy's cache across runs when pytest's cache is on (cold: ~8 s, warm: ~1 s).
+    cache_plugin = getattr(request.config, "cache", None)
+    cache = cache_plugin.mkdir("mypy-tensorrt-stubs") if cache_plugin else tmp_path / "mypy"
     files = [str(ROOT / "regiontrt" / "backends" / m) for m in MODULES] + [str(probe)]
     env = dict(os.environ, MYPYPATH=str(stubs))
     proc = subprocess.run(

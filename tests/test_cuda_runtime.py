@@ -214,6 +214,22 @@ def test_cuda_graph_replays_a_captured_copy():
 
 
 @pytest.mark.gpu
+def test_failed_capture_leaves_the_stream_usable():
+    def broken():
+        raise ValueError("enqueue failed")
+
+    with cuda.Stream() as stream:
+        with pytest.raises(ValueError, match="enqueue failed"):
+            cuda.CudaGraph(stream, broken)
+        data = np.arange(256, dtype=np.float32)
+        with cuda.DeviceArray.from_host(data) as src, cuda.DeviceArray((256,), np.float32) as dst:
+            cuda.memcpy_async(dst.ptr, src.ptr, data.nbytes, 3, stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(dst.to_host(), data)
+    assert cuda.live_allocations()["graph"] == 0
+
+
+@pytest.mark.gpu
 def test_buffers_do_not_leak_over_1000_cycles():
     cuda.DeviceBuffer(1 << 20).close()  # warm up the allocator
     live, (free0, _) = cuda.live_allocations(), cuda.mem_get_info()

@@ -402,8 +402,12 @@ class CudaGraph(_Resource):
         cuda_call(rt.cudaStreamBeginCapture(stream.raw, mode), what="cudaStreamBeginCapture")
         try:
             fn()
-        finally:  # always end the capture, or the stream stays unusable
-            graph = cuda_call(rt.cudaStreamEndCapture(stream.raw), what="cudaStreamEndCapture")
+        except BaseException:  # end the capture anyway, or the stream stays unusable
+            err, graph = rt.cudaStreamEndCapture(stream.raw)
+            if not err and graph is not None:
+                rt.cudaGraphDestroy(graph)
+            raise
+        graph = cuda_call(rt.cudaStreamEndCapture(stream.raw), what="cudaStreamEndCapture")
         try:
             self.raw = cuda_call(rt.cudaGraphInstantiate(graph, 0), what="cudaGraphInstantiate")
         finally:
