@@ -13,7 +13,7 @@ import datetime as _dt
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,7 +174,7 @@ class _Int8:
                 f"{len(plan.nodes)} layers in float32")
         return self._done(self._variant(search.kept), search.loss, search.kept, note)
 
-    def _variant(self, keep: Sequence[str]) -> onnx.ModelProto:
+    def _variant(self, keep: Iterable[str]) -> onnx.ModelProto:
         """The int8 graph with ``keep`` left in float32.
 
         Leaving a layer out can move Q/DQ onto tensors the first plan did not need (the skip

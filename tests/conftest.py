@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=gpu))
         if rtx and "rtx" in item.keywords:
             item.add_marker(pytest.mark.skip(
-                reason="needs tensorrt-rtx (pip install 'regiontrt[rtx]'; its builder runs on CPU)"))
+                reason="needs tensorrt-rtx (pip install 'regiontrt[rtx]'; builds on the CPU)"))
 
 
 def make_cnn(opset: int = 13, seed: int = 0, channels: int = 8) -> onnx.ModelProto:

@@ -46,7 +46,7 @@ def test_truncated_files_are_refused(tmp_path, cut):
     blob = artifact.encode(META, PAYLOAD)
     path = tmp_path / "t.engine"
     path.write_bytes(blob[:cut] if cut >= 0 else blob[:-1])
-    with pytest.raises(ArtifactError, match="truncated|shorter|header"):
+    with pytest.raises(ArtifactError, match=r"truncated|shorter|header"):
         artifact.read(path)
 
 

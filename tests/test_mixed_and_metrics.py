@@ -66,7 +66,7 @@ def test_collate_keeps_ragged_batches_as_lists():
 
 
 def test_user_metric_and_unknown_names():
-    name, fn = get_metric(lambda r, c: 0.25)
+    _, fn = get_metric(lambda r, c: 0.25)
     assert fn({}, {}) == 0.25
     with pytest.raises(ValueError, match="unknown metric"):
         get_metric("bleu")

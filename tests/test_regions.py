@@ -44,7 +44,7 @@ def test_user_toml_adds_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('[regions.X]\nprecisions = ["int8"]\nforbidden = ["int8"]\n', "both allowed and forbidden"),
+        ('[regions.X]\nprecisions = ["int8"]\nforbidden = ["int8"]\n', "allowed and forbidden"),
         ('[regions.X]\nprecisions = ["int4"]\n', "unknown precision"),
         ('[regions.X]\nprecisions = []\n', "at least one precision"),
         ('[regions.X]\nmetric = "bleu"\n', "unknown metric"),

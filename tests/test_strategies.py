@@ -135,7 +135,7 @@ def test_several_profiles_pick_the_first_that_fits():
     profiles = sp.resolve(SPEC)
     assert select_profile(profiles, {"x": (1, 3, 100)}) == 0
     assert select_profile(profiles, {"x": (2, 3, 600)}) == 1
-    with pytest.raises(rt.ShapeOutOfProfile, match="profile 0.*\n.*profile 1"):
+    with pytest.raises(rt.ShapeOutOfProfile, match=r"profile 0.*\n.*profile 1"):
         select_profile(profiles, {"x": (1, 3, 2000)})
 
 
