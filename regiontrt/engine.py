@@ -24,7 +24,7 @@ from ._fs import atomic_write_bytes, atomic_write_text
 from .backends import Backend, Runner, Timing, get_backend
 from .errors import ArtifactError, InputError
 from .graph.io import TensorSpec
-from .shapes import Profile, select_profile
+from .shapes import Bucketing, Profile, select_profile
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 
@@ -98,6 +98,8 @@ class Engine:
             self.inputs = [TensorSpec.from_dict(d) for d in self._metadata["inputs"]]
             self.outputs = [TensorSpec.from_dict(d) for d in self._metadata["outputs"]]
             self.profiles = [Profile.from_dict(p) for p in self._metadata["shape_profiles"]]
+            buckets = self._metadata.get("shape_buckets")
+            self.bucketing = Bucketing.from_dict(buckets) if buckets else None
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise ArtifactError(f"engine metadata is incomplete: {exc!r}") from None
 
@@ -191,10 +193,20 @@ class Engine:
             outputs: ``"host"`` for numpy arrays or ``"device"`` for device arrays (GPU only).
 
         Returns:
-            ``{output_name: array}``.
+            ``{output_name: array}``. With shape buckets, host inputs are padded up to the next
+            bucket and the bucketed outputs cut back to the unpadded length.
         """
+        info: dict[str, Any] = {}
+        if self.bucketing is not None and outputs == "host":
+            if not isinstance(feeds, Mapping) and len(self.inputs) == 1:
+                feeds = {self.inputs[0].name: feeds}
+            if isinstance(feeds, Mapping) and not any(
+                hasattr(v, "__cuda_array_interface__") for v in feeds.values()
+            ):
+                feeds, info = self.bucketing.pad(feeds)
         checked = self.check_inputs(feeds)
-        return self._get_runner().run(checked, outputs=outputs)
+        result = self._get_runner().run(checked, outputs=outputs)
+        return self.bucketing.unpad(result, info) if info and self.bucketing else result
 
     def sample_inputs(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         """Random inputs at the first profile's ``opt`` shape (``batch`` overrides axis 0)."""

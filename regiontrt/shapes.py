@@ -116,7 +116,11 @@ class ShapeProfile:
         shapes: one profile, ``{input: (min, opt, max)}`` or ``{input: shape}`` for a static one.
         profiles: several profiles, each like ``shapes``; an engine picks the first that fits.
         buckets: optional padding buckets per input and axis, ``{input: {axis: [32, 64, 128]}}``;
-            see :class:`regiontrt.shapes.Bucketing` (used for variable-length inputs).
+            see :class:`Bucketing` (used for variable-length inputs). The engine pads inputs up
+            to the next bucket before the profile check, so profiles need cover only buckets.
+        bucket_outputs: ``{output: axis}``: outputs cut back after a padded run, along the axis
+            that scales with the padded input axis (e.g. the time axis of a text recogniser).
+        pad_value: the value written into the padding.
 
     Example:
         >>> ShapeProfile({"x": [(1, 3, 32, 320), (8, 3, 48, 320), (32, 3, 48, 1280)]})
@@ -128,6 +132,8 @@ class ShapeProfile:
         *,
         profiles: Iterable[Mapping[str, Any]] | None = None,
         buckets: Mapping[str, Mapping[int, Sequence[int]]] | None = None,
+        bucket_outputs: Mapping[str, int] | None = None,
+        pad_value: float = 0.0,
     ) -> None:
         specs: list[Mapping[str, Any]] = []
         if shapes:
@@ -136,7 +142,7 @@ class ShapeProfile:
         self._profiles = tuple(
             Profile({name: _as_range(name, v) for name, v in spec.items()}) for spec in specs
         )
-        self.buckets = Bucketing(buckets) if buckets else None
+        self.buckets = Bucketing(buckets, pad_value, bucket_outputs) if buckets else None
 
     @property
     def profiles(self) -> tuple[Profile, ...]:
@@ -214,11 +220,16 @@ class Bucketing:
     Args:
         buckets: ``{input: {axis: sorted bucket sizes}}``.
         pad_value: value written into the padding.
+        outputs: ``{output: axis}`` cut back by :meth:`unpad` after a padded run.
     """
 
     def __init__(
-        self, buckets: Mapping[str, Mapping[int, Sequence[int]]], pad_value: float = 0.0
+        self,
+        buckets: Mapping[str, Mapping[int, Sequence[int]]],
+        pad_value: float = 0.0,
+        outputs: Mapping[str, int] | None = None,
     ) -> None:
+        self.outputs = {str(k): int(v) for k, v in (outputs or {}).items()}
         self.buckets = {
             name: {int(axis): sorted(int(b) for b in sizes) for axis, sizes in axes.items()}
             for name, axes in buckets.items()
@@ -261,24 +272,43 @@ class Bucketing:
                 out[name] = np.pad(arr, widths, constant_values=self.pad_value)
         return out, info
 
-    @staticmethod
     def unpad(
-        outputs: Mapping[str, np.ndarray], info: Mapping[str, Any], axes: Mapping[str, int]
+        self,
+        outputs: Mapping[str, np.ndarray],
+        info: Mapping[str, Any],
+        axes: Mapping[str, int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Cut ``outputs`` back: ``axes`` maps an output to the axis that scales with the input.
+        """Cut ``outputs`` back after a padded run.
 
-        The kept length is ``ceil(out_len * original / padded)``, which is exact for outputs
-        that downsample the padded axis by an integer stride.
+        Args:
+            outputs: the engine's outputs for the padded inputs.
+            info: what :meth:`pad` returned beside the padded feeds.
+            axes: ``{output: axis}`` that scales with the padded input axis (default: the
+                ``outputs`` given at construction).
+
+        The kept length is ``floor(out_len * original / padded)``: exact for outputs that
+        downsample the padded axis by an integer stride with flooring (as PP-OCR's recogniser
+        does: a 100-pixel line gives 12 steps). The first padded input axis sets the ratio (one
+        variable-length axis, as in text lines).
         """
-        if not info:
+        axes = self.outputs if axes is None else axes
+        if not info or not axes:
             return dict(outputs)
         original, padded = next(iter(info.values()))
         out = dict(outputs)
         for name, axis in axes.items():
             arr = out[name]
-            keep = -(-arr.shape[axis] * original // padded)
+            keep = arr.shape[axis] * original // padded
             out[name] = np.take(arr, np.arange(keep), axis=axis)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {n: {str(a): s for a, s in axes.items()} for n, axes in self.buckets.items()}
+        return {
+            "buckets": {n: {str(a): s for a, s in ax.items()} for n, ax in self.buckets.items()},
+            "pad_value": self.pad_value,
+            "outputs": dict(self.outputs),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Bucketing:
+        return cls(d["buckets"], d.get("pad_value", 0.0), d.get("outputs"))

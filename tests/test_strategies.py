@@ -145,9 +145,11 @@ def test_bucketing_pads_and_unpads():
     padded, info = b.pad({"x": x})
     assert padded["x"].shape == (1, 3, 64) and padded["x"][..., 40:].sum() == 0
     np.testing.assert_array_equal(padded["x"][..., :40], x)
-    # an output that downsamples the width by 8 is cut back to ceil(40 / 8) = 5 steps
+    # an output that downsamples the width by 8 is cut back to floor(40 / 8) = 5 steps
     out = b.unpad({"y": np.zeros((1, 8, 2))}, info, {"y": 1})
     assert out["y"].shape == (1, 5, 2)
+    _, info = b.pad({"x": np.ones((1, 3, 45), np.float32)})
+    assert b.unpad({"y": np.zeros((1, 8, 2))}, info, {"y": 1})["y"].shape == (1, 5, 2)
     with pytest.raises(rt.ShapeOutOfProfile, match="largest bucket"):
         b.pad({"x": np.ones((1, 3, 200), np.float32)})
 

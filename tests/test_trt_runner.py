@@ -149,6 +149,21 @@ def test_in_profile_call_without_gpu_raises_a_clear_cuda_error():
         runner.run(feeds(2, 2))
 
 
+def test_close_calls_the_owner_once_then_drops_engine_and_owner():
+    calls = []
+
+    class Owner:
+        def close(self):
+            calls.append(runner._engine is not None)  # the engine is still held
+
+    engine = FakeCudaEngine()
+    runner = TensorRTRunner(engine, [], owner=Owner())
+    with runner:
+        pass
+    runner.close()
+    assert calls == [True] and runner._engine is None and runner._owner is None
+
+
 def test_bad_outputs_argument():
     with pytest.raises(InputError, match="'host' or 'device'"):
         TensorRTRunner(FakeCudaEngine(), []).run(feeds(2, 2), outputs="cpu")

@@ -239,7 +239,9 @@ class TensorRTRunner(Runner):
             from the engine.
         create_context: makes an execution context from the engine (default
             ``engine.create_execution_context()``).
-        owner: kept alive as long as the runner (the ``trt.Runtime`` that made the engine).
+        owner: kept alive as long as the runner (the ``trt.Runtime`` that made the engine); if it
+            has ``close()``, :meth:`close` calls it once, after the contexts are gone and before
+            the engine is dropped.
         device: CUDA device ordinal.
         max_contexts: how many threads may run at once (one context, stream and buffer set each).
         use_cuda_graph: capture ``execute_async_v3`` once per static shape and replay it; inputs
@@ -675,7 +677,15 @@ class TensorRTRunner(Runner):
                 slot.close()
             except BaseException as exc:
                 errors.append(exc)
-        self._engine = self._owner = None  # contexts first, then the engine, then its runtime
+        # contexts first, then the owner's close() (TensorRT-RTX saves its runtime cache there),
+        # then the engine, then the owner itself (its trt.Runtime)
+        closer = getattr(self._owner, "close", None)
+        if callable(closer):
+            try:
+                closer()
+            except BaseException as exc:
+                errors.append(exc)
+        self._engine = self._owner = None
         if errors:
             raise errors[0]
 
