@@ -88,7 +88,10 @@ class DataSource:
             return src
         if isinstance(src, Iterable):
             return src
-        raise DataError(f"unsupported data source of type {type(src).__name__}")
+        try:  # the sequence protocol (__getitem__ until IndexError), as Polygraphy's DataLoader
+            return iter(src)
+        except TypeError:
+            raise DataError(f"unsupported data source of type {type(src).__name__}") from None
 
     def __iter__(self) -> Iterator[Batch]:
         digest = hashlib.sha256()

@@ -51,6 +51,11 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
+# ONNX Runtime's CPU provider runs float16 nodes that lack float16 kernels in float32 (it drops
+# the cast pairs around them), so on the CPU an fp16 loss is a lower bound; the report says so.
+FP16_ON_CPU = "measured on ONNX Runtime CPU, which computes some fp16 ops in fp32: a lower bound"
+
+
 class Validator:
     """The region's validation batches, their FP32 reference outputs, and the metric."""
 
@@ -294,6 +299,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
             if engine_loss is not None:
                 note = (note + "; " if note else "") + f"onnxruntime loss {loss:.4g}"
                 loss, fits = engine_loss, engine_loss <= region.budget
+        if precision is Precision.FP16 and measured_on == "onnxruntime" and loss is not None:
+            note = (note + "; " if note else "") + FP16_ON_CPU
         trials.append(PrecisionTrial(precision.value, loss, region.budget, fits, measured_on,
                                      kept, note))
         if fits and variant is not None:
