@@ -15,8 +15,6 @@ Needs an NVIDIA GPU and cuda-python.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._gpu_common import Results, make_parser, run_gpu_benchmark
 from regiontrt.backends import cuda
 
 MIB = 1 << 20
@@ -69,7 +68,7 @@ def _peak_gbps(nbytes: int, reps: int) -> dict[str, float]:
     return out
 
 
-def measure(sizes_mib: list[int], reps: int) -> dict:
+def measure(sizes_mib: list[int], reps: int) -> Results:
     from cuda.bindings import runtime as rt
 
     cuda.set_device(0)
@@ -104,17 +103,9 @@ def measure(sizes_mib: list[int], reps: int) -> dict:
     return {"benchmark": "gpu_transfer", "reps": reps, "peak_gbps": peak, "rows": rows}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 16, 256])
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args(argv)
-    if not cuda.cuda_available():
-        print("bench_gpu_transfer: no usable CUDA GPU here", file=sys.stderr)
-        return 2
-    res = measure(args.sizes_mib, args.reps)
-    print(f"link peak (best of {2 * args.reps}, {max(args.sizes_mib)} MiB, events): "
+def report(res: Results) -> None:
+    sizes = sorted({r["size_mib"] for r in res["rows"]})
+    print(f"link peak (best of {2 * res['reps']}, {max(sizes)} MiB, events): "
           f"H2D {res['peak_gbps']['h2d']:.1f} GB/s, D2H {res['peak_gbps']['d2h']:.1f} GB/s")
     print(f"{'size':>8} {'dir':>4} {'pinned GB/s':>12} {'pageable':>9} {'pin/peak':>9} "
           f"{'page/peak':>10} {'pin/page':>9}")
@@ -122,11 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['size_mib']:>5}MiB {r['direction']:>4} {r['pinned_gbps']:>12.2f} "
               f"{r['pageable_gbps']:>9.2f} {r['pinned_vs_peak']:>9.2f} "
               f"{r['pageable_vs_peak']:>10.2f} {r['pinned_vs_pageable']:>9.2f}")
-    text = json.dumps(res)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = make_parser(__doc__)
+    ap.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 16, 256])
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args(argv)
+    return run_gpu_benchmark("bench_gpu_transfer", args.json,
+                             lambda: measure(args.sizes_mib, args.reps), report)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,18 @@ Prints a table and one JSON line; ``--json PATH`` also writes it. Needs an NVIDI
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._gpu_common import Results, make_parser, run_gpu_benchmark
 from regiontrt.backends import cuda
 from regiontrt.backends.trt_runner import TensorRTRunner
 from regiontrt.testing import FakeCudaEngine
@@ -49,7 +49,7 @@ class Bare:
         from cuda.bindings import runtime as rt
 
         self.rt = rt
-        self.ctx = engine.create_execution_context()
+        self.ctx: Any = engine.create_execution_context()  # None once closed
         err, self.stream = rt.cudaStreamCreate()
         assert not err
         self.stream_int = int(self.stream)
@@ -63,7 +63,7 @@ class Bare:
             assert not err
             err, self.host[name] = rt.cudaMallocHost(n)
             assert not err
-            raw = (ctypes.c_char * n).from_address(self.host[name])
+            raw = memoryview((ctypes.c_char * n).from_address(self.host[name])).cast("B")
             self.views[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
         assert self.ctx.set_optimization_profile_async(0, self.stream_int)
         for name in ("x", "k"):
@@ -99,7 +99,7 @@ class Bare:
         rt.cudaStreamDestroy(self.stream)
 
 
-def measure(rows: int, cols: int, calls: int, blocks: int) -> dict:
+def measure(rows: int, cols: int, calls: int, blocks: int) -> Results:
     cuda.set_device(0)
     engine = FakeCudaEngine(max(rows, 8), max(cols, 16))
     rng = np.random.default_rng(0)
@@ -134,29 +134,26 @@ def measure(rows: int, cols: int, calls: int, blocks: int) -> dict:
                                    "d2h": gpu.d2h_ms, "total": gpu.total_ms}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=4)
-    ap.add_argument("--cols", type=int, default=16)
-    ap.add_argument("--calls", type=int, default=500)
-    ap.add_argument("--blocks", type=int, default=9)
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args(argv)
-    if not cuda.cuda_available():
-        print("bench_infer_overhead: no usable CUDA GPU here", file=sys.stderr)
-        return 2
-    res = measure(args.rows, args.cols, args.calls, args.blocks)
-    print(f"per call, x {args.rows}x{args.cols} float32 ({args.blocks} blocks of {args.calls}):")
+def report(res: Results) -> None:
+    (rows, cols), blocks, calls = res["shape"], res["blocks"], res["calls_per_block"]
+    print(f"per call, x {rows}x{cols} float32 ({blocks} blocks of {calls}):")
     for name, r in res["results"].items():
         print(f"  {name:<13} median {r['median_us']:8.1f} us   min {r['min_us']:8.1f} us")
     print(f"  runner / bare = {res['runner_over_bare']:.2f} "
           f"(+{res['runner_minus_bare_us']:.1f} us per call); "
           f"graph runner / bare = {res['graph_over_bare']:.2f}")
-    text = json.dumps(res)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = make_parser(__doc__)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--cols", type=int, default=16)
+    ap.add_argument("--calls", type=int, default=500)
+    ap.add_argument("--blocks", type=int, default=9)
+    args = ap.parse_args(argv)
+    return run_gpu_benchmark("bench_infer_overhead", args.json,
+                             lambda: measure(args.rows, args.cols, args.calls, args.blocks),
+                             report)
 
 
 if __name__ == "__main__":

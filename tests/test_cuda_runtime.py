@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -58,6 +61,70 @@ def test_cuda_call_names_runtime_errors():
 def test_cuda_call_names_driver_errors_even_without_a_driver():
     with pytest.raises(CudaError, match="CUDA_ERROR_INVALID_VALUE"):
         cuda.cuda_call((cuda_driver.CUresult.CUDA_ERROR_INVALID_VALUE,), what="cuLaunchKernel")
+
+
+def test_interop_names_are_re_exported_by_cuda():
+    from regiontrt.backends import cuda_interop
+
+    for name in ("DeviceView", "device_view", "device_pointer", "dlpack_info"):
+        assert getattr(cuda, name) is getattr(cuda_interop, name)
+        assert name in cuda.__all__
+
+
+def test_cuda_module_imports_without_cuda_python():
+    code = (
+        "import sys\n"
+        "sys.modules['cuda'] = None  # what a machine without cuda-python looks like\n"
+        "from regiontrt.backends import cuda\n"
+        "from regiontrt.errors import BackendUnavailable\n"
+        "assert cuda.cuda_available() is False\n"
+        "try:\n"
+        "    cuda.DeviceBuffer(8)\n"
+        "except BackendUnavailable as exc:\n"
+        "    print('unavailable:', exc)\n"
+        "assert cuda.device_pointer([1.0]) is None\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "unavailable: cuda-python is not installed" in out.stdout
+
+
+class _CountedBuffer(cuda._GrowableBuffer):
+    """The shared grow logic with the CUDA calls replaced by a log."""
+
+    _kind = "device"
+
+    def __init__(self, nbytes, log):
+        self.log = log
+        super().__init__(nbytes)
+
+    def _allocate(self, nbytes):
+        self.log.append(("alloc", nbytes))
+        return 0x1000 * len(self.log)
+
+    def _deallocate(self, ptr):
+        self.log.append(("free", ptr))
+
+
+def test_growable_buffer_grows_never_shrinks_and_counts():
+    log: list = []
+    before = cuda.live_allocations()["device"]
+    buf = _CountedBuffer(0, log)
+    assert (buf.ptr, buf.capacity, buf.nbytes, log) == (0, 0, 0, [])  # nothing for no bytes
+    assert buf.ensure(1) is True and (buf.ptr, buf.capacity, buf.nbytes) == (0x1000, 1, 1)
+    assert buf.ensure(0) is False and log == [("alloc", 1)]
+    assert buf.ensure(100) is True and (buf.ptr, buf.capacity, buf.nbytes) == (0x3000, 100, 100)
+    assert buf.ensure(10) is False and (buf.capacity, buf.nbytes) == (100, 10)
+    assert cuda.live_allocations()["device"] == before + 1
+    with pytest.raises(InputError, match="negative buffer size -1"):
+        buf.ensure(-1)
+    buf.close()
+    buf.close()
+    assert log == [("alloc", 1), ("free", 0x1000), ("alloc", 100), ("free", 0x3000)]
+    assert buf.ptr == 0 and cuda.live_allocations()["device"] == before
+    with pytest.raises(CudaError, match="closed"):
+        buf.ensure(1)
 
 
 @no_gpu

@@ -10,11 +10,8 @@ import pytest
 pytest.importorskip("cuda.bindings", reason="needs cuda-python (pip install 'regiontrt[cuda]')")
 
 from regiontrt.backends import cuda
-from regiontrt.backends.trt_runner import (
-    TensorRTRunner,
-    _make_allocator,
-    trt_dtype_to_numpy,
-)
+from regiontrt.backends.trt_runner import RunnerStats, TensorRTRunner, trt_dtype_to_numpy
+from regiontrt.backends.trt_slots import make_allocator
 from regiontrt.errors import (
     ArtifactError,
     CudaError,
@@ -164,13 +161,22 @@ def test_close_calls_the_owner_once_then_drops_engine_and_owner():
     assert calls == [True] and runner._engine is None and runner._owner is None
 
 
+def test_moved_names_are_still_importable_from_trt_runner():
+    from regiontrt.backends import trt_slots
+
+    assert trt_dtype_to_numpy is trt_slots.trt_dtype_to_numpy
+    assert RunnerStats is trt_slots.RunnerStats
+    stats = TensorRTRunner(FakeCudaEngine(), []).stats
+    assert isinstance(stats, RunnerStats) and stats.runs == stats.contexts == 0
+
+
 def test_bad_outputs_argument():
     with pytest.raises(InputError, match="'host' or 'device'"):
         TensorRTRunner(FakeCudaEngine(), []).run(feeds(2, 2), outputs="cpu")
 
 
 def test_output_allocator_derives_from_the_engine_module_base():
-    alloc = _make_allocator(FakeCudaEngine())
+    alloc = make_allocator(FakeCudaEngine())
     assert isinstance(alloc, IOutputAllocator)
     alloc.notify_shape("pos", [3])
     assert alloc.shapes == {"pos": (3,)}
@@ -179,7 +185,7 @@ def test_output_allocator_derives_from_the_engine_module_base():
 def test_output_allocator_derives_from_real_tensorrt_rtx_base():
     trt = pytest.importorskip("tensorrt_rtx")
     fake_engine = type("E", (), {"__module__": trt.IOutputAllocator.__module__})()
-    alloc = _make_allocator(fake_engine)  # pybind11 needs the base __init__ to have run
+    alloc = make_allocator(fake_engine)  # pybind11 needs the base __init__ to have run
     assert isinstance(alloc, trt.IOutputAllocator)
     if not cuda.cuda_available():  # the failure is kept, TensorRT only sees a null pointer
         assert alloc.reallocate_output_async("pos", 0, 64, 256, 0) == 0

@@ -6,22 +6,32 @@ no raw tuple ever escapes. Resources (:class:`Stream`, :class:`Event`, :class:`P
 :class:`DeviceBuffer`, :class:`DeviceArray`, :class:`CudaGraph`) are freed by ``close()``
 (idempotent) or a ``with`` block; ``__del__`` is only a safety net.
 
-Only the standard library, numpy and :mod:`regiontrt.errors` are imported here; ``cuda.bindings``
-is imported on first use, so this module imports on machines without CUDA.
+Device arrays on foreign objects (:func:`device_view`, :func:`device_pointer`, :func:`dlpack_info`)
+are found by :mod:`.cuda_interop` and re-exported here. Only the standard library, numpy,
+:mod:`regiontrt.errors` and that sibling (which imports no more) are imported here;
+``cuda.bindings`` is imported on first use, so this module imports on machines without CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import math
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ..errors import BackendUnavailable, CudaError, InputError
+from .cuda_interop import DeviceView, device_pointer, device_view, dlpack_info
+
+__all__ = [
+    "CudaGraph", "DeviceArray", "DeviceBuffer", "DeviceView", "Event", "PinnedBuffer", "Stream",
+    "cuda_available", "cuda_call", "device_compute_capability", "device_pointer", "device_view",
+    "dlpack_info", "live_allocations", "mem_get_info", "memcpy_async", "set_device",
+]
 
 _MODULES: dict[str, Any] = {}
 _LIVE = {"device": 0, "pinned": 0, "stream": 0, "event": 0, "graph": 0}
@@ -33,14 +43,7 @@ def _module(name: str) -> Any:
     mod = _MODULES.get(name)
     if mod is None:
         try:
-            if name == "runtime":
-                from cuda.bindings import runtime as rt_mod
-
-                mod = rt_mod
-            else:
-                from cuda.bindings import driver as drv_mod
-
-                mod = drv_mod
+            mod = importlib.import_module(f"cuda.bindings.{name}")  # "runtime" or "driver"
         except ImportError:
             raise BackendUnavailable(
                 "cuda-python is not installed; install it with pip install 'regiontrt[cuda]'"
@@ -233,16 +236,22 @@ class Event(_Resource):
         cuda_call(_rt().cudaEventDestroy(self.raw), what="cudaEventDestroy")
 
 
-class PinnedBuffer(_Resource):
-    """Page-locked host memory (``cudaMallocHost``), the staging area of async copies.
+class _GrowableBuffer(_Resource):
+    """Memory that grows on demand and never shrinks; zero bytes hold none (``ptr`` is 0).
 
-    Views from :meth:`array` point into this memory: do not use them after :meth:`close`.
+    Subclasses name their :func:`live_allocations` counter in ``_kind`` and implement
+    :meth:`_allocate` and :meth:`_deallocate`.
+
+    Attributes:
+        ptr: the address (stable until :meth:`ensure` reallocates).
+        nbytes: bytes in use; ``capacity`` is what is allocated.
     """
+
+    _kind = ""
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = self.capacity = 0
         self.ptr = 0
-        self._bytes = np.empty(0, np.uint8)
         self._closed = False
         self.ensure(nbytes)
 
@@ -255,13 +264,40 @@ class PinnedBuffer(_Resource):
             self.nbytes = nbytes
             return False
         self._free()
-        cap = max(nbytes, 1)
-        self.ptr = int(cuda_call(_rt().cudaMallocHost(cap), what=f"cudaMallocHost({cap} bytes)"))
-        _count("pinned", 1)
-        self.capacity, self.nbytes = cap, nbytes
-        raw = memoryview((ctypes.c_char * cap).from_address(self.ptr)).cast("B")
-        self._bytes = np.frombuffer(raw, dtype=np.uint8)
+        self.ptr = self._allocate(nbytes)  # nbytes > capacity >= 0: never a 0-byte request
+        _count(self._kind, 1)
+        self.capacity = self.nbytes = nbytes
         return True
+
+    def _allocate(self, nbytes: int) -> int:
+        """Allocate ``nbytes`` and return the address; raise :class:`CudaError` on failure."""
+        raise NotImplementedError
+
+    def _deallocate(self, ptr: int) -> None:
+        raise NotImplementedError
+
+    def _free(self) -> None:
+        if self.ptr:
+            # forget the pointer and uncount it first: a failed free must not be retried
+            ptr, self.ptr, self.capacity = self.ptr, 0, 0
+            _count(self._kind, -1)
+            self._deallocate(ptr)
+
+    def _release(self) -> None:
+        self._free()
+
+
+class PinnedBuffer(_GrowableBuffer):
+    """Page-locked host memory (``cudaMallocHost``), the staging area of async copies.
+
+    Views from :meth:`array` point into this memory: do not use them after :meth:`close`.
+    """
+
+    _kind = "pinned"
+
+    def __init__(self, nbytes: int) -> None:
+        self._bytes = np.empty(0, np.uint8)
+        super().__init__(nbytes)
 
     def array(self, dtype: Any, shape: Sequence[int]) -> np.ndarray:
         """A numpy view of the first ``prod(shape) * itemsize`` bytes."""
@@ -272,45 +308,27 @@ class PinnedBuffer(_Resource):
             raise InputError(f"{nbytes} bytes do not fit a {self.capacity}-byte pinned buffer")
         return self._bytes[:nbytes].view(dt).reshape(shape)
 
-    def _free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr, self.capacity = self.ptr, 0, 0
-            self._bytes = np.empty(0, np.uint8)
-            _count("pinned", -1)
-            cuda_call(_rt().cudaFreeHost(ptr), what="cudaFreeHost")
+    def _allocate(self, nbytes: int) -> int:
+        ptr = int(cuda_call(_rt().cudaMallocHost(nbytes), what=f"cudaMallocHost({nbytes} bytes)"))
+        raw = memoryview((ctypes.c_char * nbytes).from_address(ptr)).cast("B")
+        self._bytes = np.frombuffer(raw, dtype=np.uint8)
+        return ptr
 
-    def _release(self) -> None:
-        self._free()
+    def _deallocate(self, ptr: int) -> None:
+        self._bytes = np.empty(0, np.uint8)
+        cuda_call(_rt().cudaFreeHost(ptr), what="cudaFreeHost")
 
 
-class DeviceBuffer(_Resource):
-    """Device memory (``cudaMalloc``) that can grow; at least one byte so its address is never 0.
+class DeviceBuffer(_GrowableBuffer):
+    """Device memory (``cudaMalloc``) that can grow (see :class:`_GrowableBuffer`)."""
 
-    Attributes:
-        ptr: device address (stable until :meth:`ensure` reallocates).
-        nbytes: bytes in use; ``capacity`` is what is allocated.
-    """
+    _kind = "device"
 
-    def __init__(self, nbytes: int) -> None:
-        self.nbytes = self.capacity = 0
-        self.ptr = 0
-        self._closed = False
-        self.ensure(nbytes)
+    def _allocate(self, nbytes: int) -> int:
+        return int(cuda_call(_rt().cudaMalloc(nbytes), what=f"cudaMalloc({nbytes} bytes)"))
 
-    def ensure(self, nbytes: int) -> bool:
-        """Grow to at least ``nbytes`` (contents are not kept); True when reallocated."""
-        self._check()
-        if nbytes < 0:
-            raise InputError(f"negative buffer size {nbytes}")
-        if nbytes <= self.capacity:
-            self.nbytes = nbytes
-            return False
-        self._free()
-        cap = max(nbytes, 1)
-        self.ptr = int(cuda_call(_rt().cudaMalloc(cap), what=f"cudaMalloc({cap} bytes)"))
-        _count("device", 1)
-        self.capacity, self.nbytes = cap, nbytes
-        return True
+    def _deallocate(self, ptr: int) -> None:
+        cuda_call(_rt().cudaFree(ptr), what="cudaFree")
 
     def _span(self, host: PinnedBuffer, nbytes: int | None) -> int:
         self._check()
@@ -329,16 +347,6 @@ class DeviceBuffer(_Resource):
                            nbytes: int | None = None) -> None:
         """Enqueue a device-to-host copy into ``pinned`` on ``stream``."""
         memcpy_async(pinned.ptr, self.ptr, self._span(pinned, nbytes), _D2H, stream)
-
-    def _free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr, self.capacity = self.ptr, 0, 0
-            _count("device", -1)
-            cuda_call(_rt().cudaFree(ptr), what="cudaFree")
-
-    def _release(self) -> None:
-        self._free()
-
 
 class DeviceArray(_Resource):
     """A C-contiguous array in device memory that this object owns.
@@ -421,124 +429,3 @@ class CudaGraph(_Resource):
     def _release(self) -> None:
         _count("graph", -1)
         cuda_call(_rt().cudaGraphExecDestroy(self.raw), what="cudaGraphExecDestroy")
-
-
-class DeviceView(NamedTuple):
-    """A dense device array found on a foreign object.
-
-    Attributes:
-        ptr: device address of the first element.
-        shape: its shape.
-        dtype: its numpy dtype.
-        stream: a stream handle the consumer must order after (``None``: nothing to wait for,
-            1: the legacy default stream, 2: the per-thread default stream).
-        keepalive: what must stay referenced while the memory is used (a DLPack capsule).
-    """
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    stream: int | None
-    keepalive: Any
-
-
-def _is_c_contiguous(shape: tuple[int, ...], strides: Sequence[int], itemsize: int) -> bool:
-    expected = itemsize
-    for dim, stride in zip(reversed(shape), reversed(strides)):
-        if dim > 1 and stride != expected:
-            return False
-        expected *= dim
-    return True
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-
-
-_DL_CUDA, _DL_CUDA_MANAGED = 2, 13
-_DL_KINDS = {0: "i", 1: "u", 2: "f", 6: "b"}  # kDLInt, kDLUInt, kDLFloat, kDLBool
-_CAPSULE_GET = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", ctypes.pythonapi)
-)
-
-
-def dlpack_info(capsule: Any) -> tuple[int, int, int, tuple[int, ...], np.dtype]:
-    """``(device_type, ptr, device_id, shape, dtype)`` of a legacy ``"dltensor"`` capsule.
-
-    The capsule is only read, never consumed: dropping it lets the producer free its tensor.
-
-    Raises:
-        InputError: not a DLPack capsule, a dtype numpy lacks, or a non-contiguous layout.
-    """
-    try:
-        addr = _CAPSULE_GET(capsule, b"dltensor")
-    except (ValueError, TypeError):
-        raise InputError("not an unconsumed DLPack 'dltensor' capsule") from None
-    t = _DLTensor.from_address(addr)  # DLTensor is the first member of DLManagedTensor
-    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
-    kind = _DL_KINDS.get(t.dtype.code)
-    if kind is None or t.dtype.lanes != 1:
-        raise InputError(f"DLPack dtype code {t.dtype.code} ({t.dtype.bits} bits, "
-                         f"{t.dtype.lanes} lanes) has no numpy equivalent")
-    dtype = np.dtype("?" if kind == "b" else f"{kind}{t.dtype.bits // 8}")
-    if t.strides:
-        strides = [int(t.strides[i]) * dtype.itemsize for i in range(t.ndim)]
-        if not _is_c_contiguous(shape, strides, dtype.itemsize):
-            raise InputError(f"DLPack tensor of shape {shape} is not C-contiguous")
-    ptr = (t.data or 0) + int(t.byte_offset)
-    return int(t.device.device_type), ptr, int(t.device.device_id), shape, dtype
-
-
-def device_view(obj: Any) -> DeviceView | None:
-    """The dense device array behind ``obj``, or ``None`` for host objects.
-
-    DLPack comes first when ``__dlpack_device__`` says CUDA: the capsule is asked for with
-    ``stream=1`` (the legacy default stream), so the producer orders that stream after its own
-    work, and the runner's streams, which are blocking, follow it. Otherwise
-    ``__cuda_array_interface__`` is read; its ``stream`` (version 3) is returned for the consumer
-    to wait on. Objects with neither are host objects.
-
-    Raises:
-        InputError: a device array that is masked, strided or of a dtype numpy lacks.
-    """
-    dev = getattr(obj, "__dlpack_device__", None)
-    if callable(dev) and int(dev()[0]) in (_DL_CUDA, _DL_CUDA_MANAGED):
-        try:
-            capsule = obj.__dlpack__(stream=1)
-        except TypeError:  # producers that predate the stream argument
-            capsule = obj.__dlpack__()
-        _, ptr, _, shape, dtype = dlpack_info(capsule)
-        return DeviceView(ptr, shape, dtype, None, (obj, capsule))
-    cai = getattr(obj, "__cuda_array_interface__", None)
-    if not isinstance(cai, dict):
-        return None
-    if cai.get("mask") is not None:
-        raise InputError("masked __cuda_array_interface__ arrays are not supported")
-    shape = tuple(int(d) for d in cai["shape"])
-    dtype = np.dtype(cai["typestr"])
-    strides = cai.get("strides")
-    if strides is not None and not _is_c_contiguous(shape, strides, dtype.itemsize):
-        raise InputError(f"device array of shape {shape} with strides {tuple(strides)} is "
-                         "not C-contiguous; make a contiguous copy first")
-    stream = cai.get("stream")
-    return DeviceView(int(cai["data"][0] or 0), shape, dtype,
-                      None if stream is None else int(stream), obj)
-
-
-def device_pointer(obj: Any) -> tuple[int, tuple[int, ...], np.dtype] | None:
-    """``(ptr, shape, dtype)`` of a dense CUDA array (``__cuda_array_interface__`` or DLPack).
-
-    Returns ``None`` for host objects (numpy arrays, lists...). See :func:`device_view`.
-    """
-    view = device_view(obj)
-    return None if view is None else (view.ptr, view.shape, view.dtype)
