@@ -32,7 +32,9 @@ from benchmarks import _measure, peers
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "regiontrt" / "demo" / "digits_cnn.onnx"
-OURS_METHODS = ("entropy", "percentile", "minmax")
+# "entropy-floor" (an experiment, not a library method): entropy's amax, never below the
+# 99.99th percentile; it guards against entropy clipping long-tailed tensors to nothing.
+OURS_METHODS = ("entropy", "percentile", "minmax", "entropy-floor")
 OCR_CAL_WIDTH = 640  # ONNX Runtime's histogram calibrators need one input shape
 
 
@@ -50,6 +52,9 @@ class Case:
     scripts: list[str] = field(default_factory=list)
     charset: list[str] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # Validation inputs for the mixed-precision search (never the held-out ones).
+    val_path: str = ""
+    val_texts: list[str] | None = None
 
 
 def _split(x: np.ndarray, size: int, name: str) -> list[dict[str, np.ndarray]]:
@@ -74,7 +79,10 @@ def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Cas
         held = data.heldout[:120] if quick else data.heldout
         labels = data.labels[: len(held)]
         cal = peers.save_batches(_split(data.calibration, 32, "input"), workdir / f"{name}.npz")
-        return Case(name, path, str(cal), n, _split(held, 120, "input"), labels=labels)
+        # No labels needed: the search's loss is disagreement with FP32 on calibration inputs.
+        return Case(
+            name, path, str(cal), n, _split(held, 120, "input"), labels=labels, val_path=str(cal)
+        )
     if name == "ocr":
         from benchmarks import ocr
 
@@ -84,6 +92,8 @@ def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Cas
         )
         rec = ocr.rec_model_path()
         cal = peers.save_batches(sets.calibration, workdir / "ocr.npz")
+        val = ocr.make_ocr_sets(7, n_calibration=0, n_held_out=16 if quick else 40).held_out
+        val_path = peers.save_batches([{sets.input_name: b.x} for b in val], workdir / "val.npz")
         return Case(
             name,
             str(rec),
@@ -94,6 +104,8 @@ def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Cas
             scripts=[b.script for b in sets.held_out for _ in b.texts],
             charset=ocr.charset(rec),
             notes={"ocr": sets.info},
+            val_path=str(val_path),
+            val_texts=[t for b in val for t in b.texts],
         )
     raise SystemExit(f"unknown model {name!r}: choose from demo, resnet13, ocr")
 
@@ -101,12 +113,22 @@ def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Cas
 # --- contenders (run in child processes) -------------------------------------------------------
 
 
-def _calibration_api() -> Callable[..., Any]:
+def _calibrator(method: str) -> Any:
     try:
         from regiontrt.calibration import get_calibrator
     except ImportError:  # the package may not re-export it yet
         from regiontrt.calibration.base import get_calibrator
-    return get_calibrator  # type: ignore[no-any-return]
+    if method != "entropy-floor":
+        return get_calibrator(method)
+    from regiontrt.calibration.base import EntropyCalibrator
+
+    floor = get_calibrator("percentile", percentile=99.99)
+
+    class EntropyFloor(EntropyCalibrator):
+        def compute_amax(self, stats: Any) -> float:
+            return max(super().compute_amax(stats), floor.compute_amax(stats))
+
+    return EntropyFloor()
 
 
 def ours_quantize(
@@ -128,12 +150,13 @@ def ours_quantize(
     options = QuantizeOptions(exclude_nodes=frozenset(exclude))
     plan = plan_quantization(model, options)
     tensors = None if calibrate_all else list(plan.activations)
-    result = _calibration_api()(method).calibrate(model, peers.NpzBatches(data_path), tensors)
+    result = _calibrator(method).calibrate(model, peers.NpzBatches(data_path), tensors)
     if out_path:
         onnx.save(quantize_model(model, result.amax, options), out_path)
     return {
         "layers": list(plan.nodes),
         "activations": len(plan.activations),
+        "tensors": len(result.amax),
         "skipped": dict(plan.skipped),
         "calibration_s": result.seconds,
         "samples": result.num_samples,
@@ -141,13 +164,110 @@ def ours_quantize(
     }
 
 
-def contenders(case: Case, workdir: Path, modelopt: Path | None) -> list[tuple[str, Any]]:
-    """``(label, thunk)`` pairs; each thunk returns a :class:`_measure.Measured` and a path."""
+def ours_mixed(
+    model_path: str,
+    data_path: str,
+    out_path: str,
+    method: str,
+    val_path: str,
+    budget: float,
+    val_texts: list[str] | None = None,
+) -> dict[str, Any]:
+    """regiontrt's mixed-precision search: keep the most sensitive layers out of INT8.
+
+    The loss is the CER increase over FP32 for OCR (``val_texts`` given), else the share of
+    validation samples whose top-1 class differs from FP32.
+    """
+    import onnx
+
+    from regiontrt.graph.clean import clean
+    from regiontrt.graph.io import load_model
+    from regiontrt.graph.quantize import QuantizeOptions, plan_quantization, quantize_model
+    from regiontrt.mixed import MixedPrecisionResult, search_mixed_precision
+
+    model = clean(load_model(model_path, check=False))
+    plan = plan_quantization(model)
+    calibrator, data = _calibrator(method), peers.NpzBatches(data_path)
+    amax: dict[str, float] = {}
+
+    def ensure(*keeps: frozenset[str]) -> None:
+        # Leaving a layer out can move Q/DQ onto tensors the default plan does not quantize
+        # (a residual Add's other branch): calibrate those too, in one more streaming pass.
+        need: set[str] = set()
+        for keep in keeps:
+            need |= set(plan_quantization(model, QuantizeOptions(exclude_nodes=keep)).activations)
+        missing = sorted(need - set(amax))
+        if missing:
+            amax.update(calibrator.calibrate(model, data, missing).amax)
+
+    every = frozenset(plan.nodes)
+    ensure(frozenset(), *(every - {n} for n in every), *(frozenset({n}) for n in every))
+    feeds = list(peers.NpzBatches(val_path))
+
+    def outputs(m: onnx.ModelProto) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return [np.asarray(sess.run(None, f)[0]) for f in feeds]
+
+    def metric(outs: list[np.ndarray]) -> float:
+        if val_texts is None:
+            return float(
+                np.mean(np.concatenate([o.argmax(-1) != r.argmax(-1) for o, r in zip(outs, ref)]))
+            )
+        from benchmarks import ocr
+
+        chars = ocr.charset(model_path)
+        hyps = [ocr.ctc_decode(row[None], chars) for o in outs for row in o]
+        return float(np.mean([ocr.cer(t, h) for t, h in zip(val_texts, hyps)]))
+
+    ref = outputs(model)
+    base = metric(ref) if val_texts is not None else 0.0
+
+    def build(keep: frozenset[str]) -> onnx.ModelProto:
+        ensure(keep)
+        return quantize_model(model, amax, QuantizeOptions(exclude_nodes=keep))
+
+    def loss(keep: frozenset[str]) -> float:
+        return metric(outputs(build(keep))) - base
+
+    # The search always keeps at least one layer; as in the pipeline, run it only when
+    # whole-model INT8 misses the budget.
+    int8_loss = loss(frozenset())
+    if int8_loss <= budget:
+        result = MixedPrecisionResult((), int8_loss, True, {}, 1)
+    else:
+        result = search_mixed_precision(list(plan.nodes), loss, budget)
+    onnx.save(build(frozenset(result.kept)), out_path)
+    top = sorted(result.sensitivity.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "kept": list(result.kept),
+        "fits": result.fits,
+        "val_loss": result.loss,
+        "int8_val_loss": int8_loss,
+        "budget": budget,
+        "evaluations": result.evaluations,
+        "most_sensitive": top,
+    }
+
+
+def contenders(
+    case: Case, workdir: Path, modelopt: Path | None, args: argparse.Namespace
+) -> list[tuple[str, Any]]:
+    """``(label, (function or None, args or argv, output path))`` for every quantizer."""
     out: list[tuple[str, Any]] = []
     m, d = case.model_path, case.calib_path
     for meth in OURS_METHODS:
         path = str(workdir / f"{case.name}_ours_{meth}.onnx")
         out.append((f"regiontrt {meth}", (ours_quantize, (m, d, path, meth), path)))
+    if args.mixed is not None:
+        path = str(workdir / f"{case.name}_ours_mixed.onnx")
+        budget = args.mixed / 100.0
+        fargs = (m, d, path, args.mixed_method, case.val_path, budget, case.val_texts)
+        label = f"regiontrt {args.mixed_method} + mixed precision (budget {args.mixed:g} pt)"
+        out.append((label, (ours_mixed, fargs, path)))
     for meth in peers.ORT_METHODS:
         path = str(workdir / f"{case.name}_ort_{meth}.onnx")
         out.append((f"onnxruntime {meth}", (peers.ort_quantize, (m, d, path, meth), path)))
@@ -158,7 +278,7 @@ def contenders(case: Case, workdir: Path, modelopt: Path | None) -> list[tuple[s
         for meth, prep in variants:
             path = str(workdir / f"{case.name}_modelopt_{meth}{'_prep' if prep else ''}.onnx")
             argv = peers.modelopt_command(modelopt, m, d, path, meth, prepare=prep)
-            label = f"modelopt {meth}" + (" (opset17+preprocess)" if prep else "")
+            label = f"modelopt {meth}" + (" (opset17+LayerNorm fusion)" if prep else "")
             out.append((label, (None, argv, path)))
     return out
 
@@ -223,7 +343,7 @@ def bench_model(
         "rows": {},
     }
     log(f"[{case.name}] fp32 {result['fp32']}")
-    for label, spec in contenders(case, workdir, modelopt):
+    for label, spec in contenders(case, workdir, modelopt, args):
         if args.only and not any(k in label for k in args.only.split(",")):
             continue
         measured = run_contender(spec, args.timeout, args.mem_cap_mb)
@@ -318,7 +438,7 @@ def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             (case.model_path, case.calib_path, "", "entropy", (), True),
         ),
         ("ours_minmax", ours_quantize, (case.model_path, case.calib_path, "", "minmax")),
-        ("onnxruntime_minmax", peers.ort_minmax_calibration, (case.model_path, case.calib_path)),
+        ("onnxruntime_minmax", peers.ort_calibration, (case.model_path, case.calib_path)),
     ):
         m = _measure.run_measured(fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb)
         v = m.value or {}
@@ -327,7 +447,7 @@ def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             "status": m.status,
             "seconds": secs,
             "peak_rss_mb": m.peak_rss_mb,
-            "tensors": v.get("tensors", v.get("activations")),
+            "tensors": v.get("tensors"),
         }
     ort_s = res["onnxruntime_minmax"]["seconds"]
     for key in ("ours_entropy", "ours_entropy_all_tensors", "ours_minmax"):
@@ -336,28 +456,46 @@ def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def memory_scaling(
-    args: argparse.Namespace, workdir: Path, log: Callable[[str], None], sizes: tuple[int, ...]
-) -> dict[str, Any]:
-    """Peak RSS of our calibration (and ONNX Runtime's MinMax pass) as the set grows."""
+SCALING_KEYS = ("ours_entropy", "onnxruntime_minmax", "onnxruntime_percentile")
+
+
+def _scaling_data(model: str, n: int, workdir: Path) -> tuple[str, str]:
+    """Model path and calibration NPZ of ``n`` samples for the memory-scaling runs."""
+    if model == "ocr":
+        from benchmarks import ocr
+
+        sets = ocr.make_ocr_sets(0, n_calibration=n, n_held_out=0, calibration_width=OCR_CAL_WIDTH)
+        path = peers.save_batches(sets.calibration, workdir / f"scale_ocr_{n}.npz")
+        return str(ocr.rec_model_path()), str(path)
     from benchmarks.models import RESNET13_PATH, benchmark_data  # type: ignore[attr-defined]
 
-    res: dict[str, Any] = {
-        "model": "resnet13",
-        "sizes": list(sizes),
-        "ours_entropy": {},
-        "onnxruntime_minmax": {},
-    }
+    data = benchmark_data(model, n_calibration=n).calibration
+    path = peers.save_batches(_split(data, 32, "input"), workdir / f"scale_{model}_{n}.npz")
+    return str(RESNET13_PATH), str(path)
+
+
+def memory_scaling(
+    args: argparse.Namespace,
+    workdir: Path,
+    log: Callable[[str], None],
+    model: str,
+    sizes: tuple[int, ...],
+) -> dict[str, Any]:
+    """Peak RSS of our calibration and of ONNX Runtime's MinMax pass as the set grows.
+
+    ONNX Runtime is not run again on a larger set once it ran out of the memory cap.
+    """
+    res: dict[str, Any] = {"sizes": list(sizes), **{key: {} for key in SCALING_KEYS}}
     for n in sizes:
-        data = benchmark_data("resnet13", n_calibration=n)
-        path = str(
-            peers.save_batches(_split(data.calibration, 32, "input"), workdir / f"scale_{n}.npz")
-        )
-        m = str(RESNET13_PATH)
+        m, path = _scaling_data(model, n, workdir)
         for key, fn, fargs in (
             ("ours_entropy", ours_quantize, (m, path, "", "entropy")),
-            ("onnxruntime_minmax", peers.ort_minmax_calibration, (m, path)),
+            ("onnxruntime_minmax", peers.ort_calibration, (m, path, "MinMax")),
+            ("onnxruntime_percentile", peers.ort_calibration, (m, path, "Percentile")),
         ):
+            if any(r["status"] == "oom" for r in res[key].values()):
+                res[key][str(n)] = {"status": "skipped (oom on a smaller set)"}
+                continue
             r = _measure.run_measured(
                 fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb
             )
@@ -367,7 +505,8 @@ def memory_scaling(
                 "base_rss_mb": r.base_rss_mb,
                 "wall_s": r.wall_s,
             }
-            log(f"[memory] {key} n={n}: {r.status} peak {r.peak_rss_mb} MB")
+            log(f"[memory] {model} {key} n={n}: {r.status} peak {r.peak_rss_mb} MB")
+        Path(path).unlink()
     return res
 
 
@@ -381,8 +520,10 @@ def run_micro(
         if case.name in ("resnet13", "ocr"):
             out["calibration_speed"][case.name] = calibration_speed(case, args)
             log(f"[micro] calibration speed {case.name}: {out['calibration_speed'][case.name]}")
-    sizes = (64, 128) if args.quick else (64, 256, 1024)
-    out["memory_scaling"] = memory_scaling(args, workdir, log, sizes)
+    out["memory_scaling"] = {}
+    for model in [c.name for c in cases if c.name in ("resnet13", "ocr")]:
+        sizes = ((64, 128) if model == "resnet13" else (16, 32)) if args.quick else (64, 256, 1024)
+        out["memory_scaling"][model] = memory_scaling(args, workdir, log, model, sizes)
     return out
 
 
@@ -408,24 +549,26 @@ def micro_markdown(micro: dict[str, Any]) -> str:
                     f"{'' if ratio is None else f'{ratio:.2f}'} "
                     f"| {_fmt(r['peak_rss_mb'])} |"
                 )
-    ms = micro["memory_scaling"]
-    lines += [
-        "",
-        f"Peak RSS (MB) of calibration on {ms['model']} vs calibration samples:",
-        "",
-        "| calibration | " + " | ".join(str(n) for n in ms["sizes"]) + " |",
-        "|---|" + "---|" * len(ms["sizes"]),
-    ]
-    for key in ("ours_entropy", "onnxruntime_minmax"):
-        cells = [ms[key].get(str(n), {}) for n in ms["sizes"]]
-        lines.append(
-            f"| {key} | "
-            + " | ".join(
-                f"{c['peak_rss_mb']:.0f}" if c.get("peak_rss_mb") else c.get("status", "")
-                for c in cells
+    for model, ms in micro["memory_scaling"].items():
+        lines += [
+            "",
+            f"Peak RSS (MB) of calibration on {model} vs calibration samples:",
+            "",
+            "| calibration | " + " | ".join(str(n) for n in ms["sizes"]) + " |",
+            "|---|" + "---|" * len(ms["sizes"]),
+        ]
+        for key in SCALING_KEYS:
+            cells = [ms[key].get(str(n), {}) for n in ms["sizes"]]
+            lines.append(
+                f"| {key} | "
+                + " | ".join(
+                    f"{c['peak_rss_mb']:.0f}"
+                    if c.get("status") == "ok"
+                    else str(c.get("status", ""))
+                    for c in cells
+                )
+                + " |"
             )
-            + " |"
-        )
     return "\n".join(lines)
 
 
@@ -470,6 +613,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-modelopt", action="store_true")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
     parser.add_argument("--only", default="", help="comma-separated substrings of quantizers")
+    parser.add_argument(
+        "--mixed",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="also run the mixed-precision search with this budget, in "
+        "percentage points of CER (OCR) or of top-1 disagreement",
+    )
+    parser.add_argument("--mixed-method", default="percentile", choices=OURS_METHODS)
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -102,6 +103,13 @@ def _ort_reader(batches: NpzBatches) -> Any:
 # --- ONNX Runtime ------------------------------------------------------------------------------
 
 
+def private_copy(model_path: str, folder: str) -> str:
+    """A copy of the model in ``folder``, so no tool can rewrite the caller's file."""
+    dest = Path(folder) / ("input_" + Path(model_path).name)
+    shutil.copyfile(model_path, dest)
+    return str(dest)
+
+
 def ort_preprocess(model_path: str, out_path: str) -> str:
     """ONNX Runtime's recommended ``quant_pre_process``; the input path itself if it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -115,6 +123,51 @@ def ort_preprocess(model_path: str, out_path: str) -> str:
             return out_path
         except Exception:
             return model_path
+
+
+def upgrade_opset(model_path: str, out_path: str, opset: int) -> str:
+    """``model_path`` converted to ``opset`` (the path itself if already there)."""
+    import onnx
+
+    model = onnx.load(model_path)
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if current >= opset:
+        return model_path
+    onnx.save(onnx.version_converter.convert_version(model, opset), out_path)
+    return out_path
+
+
+# ONNX Runtime fusions that would leave com.microsoft ops, which ModelOpt takes for TensorRT
+# plugins; with them off, the extended level still fuses LayerNormalization (opset >= 17).
+_CONTRIB_FUSIONS = [
+    "ConvActivationFusion",
+    "ConvAddActivationFusion",
+    "QuickGeluFusion",
+    "GeluFusion",
+    "BiasGeluFusion",
+    "FastGeluFusion",
+    "MatMulScaleFusion",
+    "MatmulTransposeFusion",
+]
+
+
+def fuse_layernorm(model_path: str, out_path: str) -> str:
+    """Opset 17 and ONNX Runtime's extended graph optimizations, ONNX-domain fusions only.
+
+    Decomposed LayerNorms (ReduceMean, Sub, Pow, Sqrt, Div) become ``LayerNormalization``
+    nodes, which quantizers that put Q/DQ on element-wise ops then leave alone.
+    """
+    import onnxruntime as ort
+
+    src = upgrade_opset(model_path, out_path + ".opset17.onnx", 17)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = out_path
+    so.log_severity_level = 3
+    ort.InferenceSession(
+        src, so, providers=["CPUExecutionProvider"], disabled_optimizers=_CONTRIB_FUSIONS
+    )
+    return out_path
 
 
 def ort_quantize(
@@ -151,7 +204,11 @@ def ort_quantize(
         raise ValueError(f"method must be one of {ORT_METHODS}, got {method!r}")
     batches = NpzBatches(data_path, max_batches)
     with tempfile.TemporaryDirectory() as tmp:
-        src = ort_preprocess(model_path, str(Path(tmp) / "pre.onnx")) if preprocess else model_path
+        # Per-channel Q/DQ needs opset 13; ONNX Runtime's own upgrade misses models that
+        # quant_pre_process rewrote (it then writes an invalid opset-12 model), so do it first.
+        src = upgrade_opset(private_copy(model_path, tmp), str(Path(tmp) / "opset13.onnx"), 13)
+        if preprocess:
+            src = ort_preprocess(src, str(Path(tmp) / "pre.onnx"))
         quantize_static(
             src,
             out_path,
@@ -179,17 +236,23 @@ def ort_entropy_search(histogram: tuple[np.ndarray, np.ndarray, Any, Any]) -> An
     return collector.get_entropy_threshold(histogram, 128)
 
 
-def ort_minmax_calibration(model_path: str, data_path: str) -> dict[str, Any]:
-    """ONNX Runtime's MinMax calibration pass alone (no quantization), for timing."""
+def ort_calibration(model_path: str, data_path: str, method: str = "MinMax") -> dict[str, Any]:
+    """One of ONNX Runtime's calibration passes alone (no quantization), for time and memory.
+
+    MinMax reduces each tensor inside the graph (ReduceMin/ReduceMax outputs), so its memory is
+    one batch's activations; the histogram methods keep every batch's activations until the end.
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
+    if method not in ORT_METHODS:
+        raise ValueError(f"method must be one of {ORT_METHODS}, got {method!r}")
     batches = NpzBatches(data_path)
     with tempfile.TemporaryDirectory() as tmp:
         cal = create_calibrator(
-            model_path,
+            private_copy(model_path, tmp),
             None,
             augmented_model_path=str(Path(tmp) / "aug.onnx"),
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=getattr(CalibrationMethod, method),
             extra_options={"symmetric": True},
         )
         cal.collect_data(_ort_reader(batches))
@@ -256,19 +319,16 @@ def _modelopt_main(args: argparse.Namespace) -> None:
     base = _measure.proc_status_mb("self", "VmRSS")
     start = time.perf_counter()
     try:
-        import onnx
         from modelopt.onnx.quantization import quantize
 
         batches = NpzBatches(args.data, args.max_batches)
         with tempfile.TemporaryDirectory() as tmp:
-            src = args.model
+            # ModelOpt saves its shape-inferred model over the input file: give it a copy.
+            src = private_copy(args.model, tmp)
             if args.prepare:
-                # What rescued ModelOpt on PP-OCR earlier: opset 17 and ONNX Runtime's
-                # graph pre-processing before quantizing.
-                model = onnx.version_converter.convert_version(onnx.load(src), 17)
-                up = str(Path(tmp) / "opset17.onnx")
-                onnx.save(model, up)
-                src = ort_preprocess(up, str(Path(tmp) / "pre.onnx"))
+                # What rescues ModelOpt on PP-OCR: opset 17 and LayerNorm fusion first (else it
+                # puts Q/DQ inside the decomposed LayerNorms and the model outputs blanks).
+                src = fuse_layernorm(src, str(Path(tmp) / "fused.onnx"))
             quantize(
                 src,
                 quantize_mode="int8",
