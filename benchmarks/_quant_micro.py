@@ -1,0 +1,207 @@
+"""Micro-benchmarks of the quantization benchmark: entropy search speed against ONNX Runtime's,
+whole calibration time against ONNX Runtime's MinMax pass, and peak memory as the calibration set
+grows. Run through ``python -m benchmarks.bench_quantization`` (``--no-micro`` skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _measure, peers
+from benchmarks.bench_quantization import OCR_CAL_WIDTH, Case, _fmt, _split, ours_quantize
+
+
+def random_histograms(n: int, bins: int = 2048, seed: int = 0) -> list[np.ndarray]:
+    """|x| histograms of activation-like samples (ReLU-ish, Gaussian, heavy-tailed, spiky)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 4
+        x = [
+            rng.standard_normal(200_000) * rng.uniform(0.5, 3),
+            np.maximum(rng.standard_normal(200_000), 0) * rng.uniform(0.5, 5),
+            rng.standard_t(3, 200_000),
+            rng.laplace(0, 1, 200_000),
+        ][kind]
+        x = np.abs(x)
+        x[: rng.integers(0, 50)] *= rng.uniform(5, 20)  # a few outliers set the histogram range
+        out.append(np.histogram(x, bins=bins, range=(0.0, float(x.max())))[0].astype(np.int64))
+    return out
+
+
+def entropy_search_speed(n: int) -> dict[str, Any]:
+    """Our vectorised search vs ONNX Runtime's loop on the same 2048-bin count arrays."""
+    from regiontrt.calibration.entropy import entropy_threshold
+
+    hists = random_histograms(n)
+    t0 = time.perf_counter()
+    ours = [entropy_threshold(h) for h in hists]
+    t1 = time.perf_counter()
+    edges = np.linspace(-1.0, 1.0, 2049, dtype=np.float32)
+    ort = [peers.ort_entropy_search((h, edges, np.float32(-1), np.float32(1))) for h in hists]
+    t2 = time.perf_counter()
+    assert len(ours) == len(ort) == n
+    return {
+        "histograms": n,
+        "bins": 2048,
+        "ours_s": t1 - t0,
+        "onnxruntime_s": t2 - t1,
+        "speedup": (t2 - t1) / max(t1 - t0, 1e-9),
+        # ORT reads the array as a signed histogram: it scans half as many candidates.
+        "candidates_ours": 2048 - 128,
+        "candidates_onnxruntime": 1024 - 64 + 1,
+    }
+
+
+def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
+    """Our whole calibration (collection + ranges) vs ONNX Runtime's MinMax pass, same data."""
+    res: dict[str, Any] = {"samples": case.samples}
+    for key, fn, fargs in (
+        ("ours_entropy", ours_quantize, (case.model_path, case.calib_path, "", "entropy")),
+        (
+            "ours_entropy_all_tensors",
+            ours_quantize,
+            (case.model_path, case.calib_path, "", "entropy", (), True),
+        ),
+        ("ours_minmax", ours_quantize, (case.model_path, case.calib_path, "", "minmax")),
+        ("onnxruntime_minmax", peers.ort_calibration, (case.model_path, case.calib_path)),
+    ):
+        m = _measure.run_measured(fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb)
+        v = m.value or {}
+        secs = v.get("calibration_s", m.wall_s) if m.ok else None
+        res[key] = {
+            "status": m.status,
+            "seconds": secs,
+            "peak_rss_mb": m.peak_rss_mb,
+            "tensors": v.get("tensors"),
+        }
+    ort_s = res["onnxruntime_minmax"]["seconds"]
+    for key in ("ours_entropy", "ours_entropy_all_tensors", "ours_minmax"):
+        if ort_s and res[key]["seconds"]:
+            res[key]["ratio_to_onnxruntime_minmax"] = res[key]["seconds"] / ort_s
+    return res
+
+
+SCALING_KEYS = ("ours_entropy", "onnxruntime_minmax", "onnxruntime_percentile")
+
+
+def _scaling_data(model: str, n: int, workdir: Path) -> tuple[str, str]:
+    """Model path and calibration NPZ of ``n`` samples for the memory-scaling runs."""
+    if model == "ocr":
+        from benchmarks import ocr
+
+        sets = ocr.make_ocr_sets(0, n_calibration=n, n_held_out=0, calibration_width=OCR_CAL_WIDTH)
+        path = peers.save_batches(sets.calibration, workdir / f"scale_ocr_{n}.npz")
+        return str(ocr.rec_model_path()), str(path)
+    from benchmarks.models import RESNET13_PATH, benchmark_data  # type: ignore[attr-defined]
+
+    data = benchmark_data(model, n_calibration=n).calibration
+    path = peers.save_batches(_split(data, 32, "input"), workdir / f"scale_{model}_{n}.npz")
+    return str(RESNET13_PATH), str(path)
+
+
+def memory_scaling(
+    args: argparse.Namespace,
+    workdir: Path,
+    log: Callable[[str], None],
+    model: str,
+    sizes: tuple[int, ...],
+) -> dict[str, Any]:
+    """Peak RSS of our calibration and of ONNX Runtime's MinMax pass as the set grows.
+
+    ONNX Runtime is not run again on a larger set once it ran out of the memory cap.
+    """
+    res: dict[str, Any] = {"sizes": list(sizes), **{key: {} for key in SCALING_KEYS}}
+    for n in sizes:
+        m, path = _scaling_data(model, n, workdir)
+        for key, fn, fargs in (
+            ("ours_entropy", ours_quantize, (m, path, "", "entropy")),
+            ("onnxruntime_minmax", peers.ort_calibration, (m, path, "MinMax")),
+            ("onnxruntime_percentile", peers.ort_calibration, (m, path, "Percentile")),
+        ):
+            if any(r["status"] == "oom" for r in res[key].values()):
+                res[key][str(n)] = {"status": "skipped (oom on a smaller set)"}
+                continue
+            r = _measure.run_measured(
+                fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb
+            )
+            res[key][str(n)] = {
+                "status": r.status,
+                "peak_rss_mb": r.peak_rss_mb,
+                "base_rss_mb": r.base_rss_mb,
+                "wall_s": r.wall_s,
+            }
+            log(f"[memory] {model} {key} n={n}: {r.status} peak {r.peak_rss_mb} MB")
+        Path(path).unlink()
+    return res
+
+
+def run_micro(
+    cases: list[Case], workdir: Path, args: argparse.Namespace, log: Callable[[str], None]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"entropy_search": entropy_search_speed(4 if args.quick else 40)}
+    log(f"[micro] entropy search {out['entropy_search']}")
+    out["calibration_speed"] = {}
+    for case in cases:
+        if case.name in ("resnet13", "ocr"):
+            out["calibration_speed"][case.name] = calibration_speed(case, args)
+            log(f"[micro] calibration speed {case.name}: {out['calibration_speed'][case.name]}")
+    out["memory_scaling"] = {}
+    for model in [c.name for c in cases if c.name in ("resnet13", "ocr")]:
+        sizes = ((64, 128) if model == "resnet13" else (16, 32)) if args.quick else (64, 256, 1024)
+        out["memory_scaling"][model] = memory_scaling(args, workdir, log, model, sizes)
+    return out
+
+
+def micro_markdown(micro: dict[str, Any]) -> str:
+    e = micro["entropy_search"]
+    lines = [
+        f"Entropy search, {e['histograms']} histograms of {e['bins']} bins: regiontrt "
+        f"{e['ours_s'] * 1e3:.1f} ms, ONNX Runtime {e['onnxruntime_s'] * 1e3:.0f} ms "
+        f"({e['speedup']:.0f}x; ORT scans {e['candidates_onnxruntime']} candidates per "
+        f"histogram, regiontrt {e['candidates_ours']}).",
+        "",
+        "| model | calibration | samples | tensors | seconds | ratio to ORT MinMax "
+        "| peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, res in micro["calibration_speed"].items():
+        for key, r in res.items():
+            if isinstance(r, dict):
+                sec = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
+                ratio = r.get("ratio_to_onnxruntime_minmax")
+                lines.append(
+                    f"| {name} | {key} | {res['samples']} | {r['tensors']} | {sec} | "
+                    f"{'' if ratio is None else f'{ratio:.2f}'} "
+                    f"| {_fmt(r['peak_rss_mb'])} |"
+                )
+    for model, ms in micro["memory_scaling"].items():
+        lines += [
+            "",
+            f"Peak RSS (MB) of calibration on {model} vs calibration samples:",
+            "",
+            "| calibration | " + " | ".join(str(n) for n in ms["sizes"]) + " |",
+            "|---|" + "---|" * len(ms["sizes"]),
+        ]
+        for key in SCALING_KEYS:
+            cells = [ms[key].get(str(n), {}) for n in ms["sizes"]]
+            lines.append(
+                f"| {key} | "
+                + " | ".join(
+                    f"{c['peak_rss_mb']:.0f}"
+                    if c.get("status") == "ok"
+                    else str(c.get("status", ""))
+                    for c in cells
+                )
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+# --- report -----------------------------------------------------------------------------------
