@@ -99,7 +99,7 @@ def _scaling_data(model: str, n: int, workdir: Path) -> tuple[str, str]:
         sets = ocr.make_ocr_sets(0, n_calibration=n, n_held_out=0, calibration_width=OCR_CAL_WIDTH)
         path = peers.save_batches(sets.calibration, workdir / f"scale_ocr_{n}.npz")
         return str(ocr.rec_model_path()), str(path)
-    from benchmarks.models import RESNET13_PATH, benchmark_data  # type: ignore[attr-defined]
+    from benchmarks.models import RESNET13_PATH, benchmark_data
 
     data = benchmark_data(model, n_calibration=n).calibration
     path = peers.save_batches(_split(data, 32, "input"), workdir / f"scale_{model}_{n}.npz")

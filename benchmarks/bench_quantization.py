@@ -64,8 +64,7 @@ def _split(x: np.ndarray, size: int, name: str) -> list[dict[str, np.ndarray]]:
 def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Case:
     """Model file, calibration NPZ and held-out inputs of ``demo``, ``resnet13`` or ``ocr``."""
     if name in ("demo", "resnet13"):
-        # benchmarks/models/ (the cached model) hides models.py from mypy, not from Python.
-        from benchmarks.models import (  # type: ignore[attr-defined]
+        from benchmarks.models import (
             RESNET13_PATH,
             benchmark_data,
             resnet13,

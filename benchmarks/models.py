@@ -7,7 +7,7 @@
   13 3x3 Conv-BN layers (plus 2 1x1 projections) and 6 residual Adds, then GlobalAveragePool,
   Flatten, Gemm. Input ``input`` float32 ``[N, 1, 16, 16]``, output ``logits`` ``[N, 10]``.
   It is trained once with the repository's numpy trainer (``scripts/_numpy_*.py``, on the demo's
-  training split) and cached at ``benchmarks/models/resnet13.onnx``, so benchmarks never retrain.
+  training split) and cached at ``benchmarks/cache/resnet13.onnx``, so benchmarks never retrain.
 
 :func:`benchmark_data` gives calibration and held-out arrays that neither model was trained on.
 """
@@ -31,7 +31,7 @@ from regiontrt.demo import load_model as load_demo_model
 from regiontrt.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-RESNET13_PATH = ROOT / "benchmarks" / "models" / "resnet13.onnx"
+RESNET13_PATH = ROOT / "benchmarks" / "cache" / "resnet13.onnx"
 RESNET13_SEED = 1313
 RESNET13_EPOCHS = 20
 UPSAMPLE = 2  # 8x8 digits -> 16x16
@@ -57,7 +57,7 @@ def resnet13(
     """The ResNet-13-style benchmark model, trained on first use and cached as ONNX.
 
     Args:
-        path: where the trained model is cached (default ``benchmarks/models/resnet13.onnx``). An
+        path: where the trained model is cached (default ``benchmarks/cache/resnet13.onnx``). An
             existing file is loaded as is; otherwise the model is trained (about a minute on two
             cores) and written there atomically.
         epochs: training epochs when the cache is missing.
