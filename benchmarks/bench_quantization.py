@@ -164,83 +164,55 @@ def ours_mixed(
     budget: float,
     val_texts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """regiontrt's mixed-precision search: keep the most sensitive layers out of INT8.
+    """regiontrt's builder with int8 only: its mixed-precision search keeps the most sensitive
+    layers out of INT8 when whole-model INT8 misses ``budget``.
 
-    The loss is the CER increase over FP32 for OCR (``val_texts`` given), else the share of
-    validation samples whose top-1 class differs from FP32.
+    The loss is the CER increase over FP32 for OCR (``val_texts`` given, as a user metric), else
+    the share of validation samples whose top-1 class differs from FP32.
     """
-    import onnx
+    import regiontrt as rt
 
-    from regiontrt.graph.clean import clean
-    from regiontrt.graph.io import load_model
-    from regiontrt.graph.quantize import QuantizeOptions, plan_quantization, quantize_model
-    from regiontrt.mixed import MixedPrecisionResult, search_mixed_precision
-
-    model = clean(load_model(model_path, check=False))
-    plan = plan_quantization(model)
-    calibrator, data = _calibrator(method), peers.NpzBatches(data_path)
-    amax: dict[str, float] = {}
-
-    def ensure(*keeps: frozenset[str]) -> None:
-        # Leaving a layer out can move Q/DQ onto tensors the default plan does not quantize
-        # (a residual Add's other branch): calibrate those too, in one more streaming pass.
-        need: set[str] = set()
-        for keep in keeps:
-            need |= set(plan_quantization(model, QuantizeOptions(exclude_nodes=keep)).activations)
-        missing = sorted(need - set(amax))
-        if missing:
-            amax.update(calibrator.calibrate(model, data, missing).amax)
-
-    every = frozenset(plan.nodes)
-    ensure(frozenset(), *(every - {n} for n in every), *(frozenset({n}) for n in every))
-    feeds = list(peers.NpzBatches(val_path))
-
-    def outputs(m: onnx.ModelProto) -> list[np.ndarray]:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return [np.asarray(sess.run(None, f)[0]) for f in feeds]
-
-    def metric(outs: list[np.ndarray]) -> float:
-        if val_texts is None:
-            return float(
-                np.mean(np.concatenate([o.argmax(-1) != r.argmax(-1) for o, r in zip(outs, ref)]))
-            )
+    metric: Any = "top1"
+    if val_texts is not None:
         from benchmarks import ocr
 
         chars = ocr.charset(model_path)
-        hyps = [ocr.ctc_decode(row[None], chars) for o in outs for row in o]
-        return float(np.mean([ocr.cer(t, h) for t, h in zip(val_texts, hyps)]))
 
-    ref = outputs(model)
-    base = metric(ref) if val_texts is not None else 0.0
+        def cer(outputs: Any) -> float:
+            batches = next(iter(outputs.values()))
+            batches = batches if isinstance(batches, list) else [batches]
+            hyps = [ocr.ctc_decode(row[None], chars) for b in batches for row in b]
+            return float(np.mean([ocr.cer(t, h) for t, h in zip(val_texts, hyps)]))
 
-    def build(keep: frozenset[str]) -> onnx.ModelProto:
-        ensure(keep)
-        return quantize_model(model, amax, QuantizeOptions(exclude_nodes=keep))
+        def cer_increase(reference: Any, candidate: Any) -> float:
+            return cer(candidate) - cer(reference)
 
-    def loss(keep: frozenset[str]) -> float:
-        return metric(outputs(build(keep))) - base
-
-    # The search always keeps at least one layer; as in the pipeline, run it only when
-    # whole-model INT8 misses the budget.
-    int8_loss = loss(frozenset())
-    if int8_loss <= budget:
-        result = MixedPrecisionResult((), int8_loss, True, {}, 1)
-    else:
-        result = search_mixed_precision(list(plan.nodes), loss, budget)
-    onnx.save(build(frozenset(result.kept)), out_path)
-    top = sorted(result.sensitivity.items(), key=lambda kv: -kv[1])[:8]
+        metric = cer_increase
+    region = rt.Region("BENCH", (rt.Precision.INT8,), budget=budget, metric="top1")
+    builder = (
+        rt.RegionalEngineBuilder.from_onnx(model_path)
+        .for_region(region)
+        .with_precision(rt.PrecisionPolicy("int8", max_kept_fraction=1.0))
+        .with_calibrator(_calibrator(method), data=peers.NpzBatches(data_path))
+        .with_validation(list(peers.NpzBatches(val_path)), metric=metric)
+        .with_calibration_check(strict=False)
+    )
+    try:
+        engine = builder.build()
+    except rt.AccuracyBudgetExceeded as exc:
+        return {"fits": False, "budget": budget, "error": str(exc)}
+    Path(out_path).write_bytes(engine.payload)
+    meta = engine.metadata
+    search = meta["calibration"].get("mixed_precision", {})
+    trial = meta["validation"]["trials"][-1]
     return {
-        "kept": list(result.kept),
-        "fits": result.fits,
-        "val_loss": result.loss,
-        "int8_val_loss": int8_loss,
+        "kept": meta["kept_high_precision"],
+        "fits": True,
+        "val_loss": trial["loss"],
+        "int8_val_loss": search.get("whole_model_loss", trial["loss"]),
         "budget": budget,
-        "evaluations": result.evaluations,
-        "most_sensitive": top,
+        "evaluations": search.get("evaluations", 1),
+        "most_sensitive": list(search.get("sensitivity", {}).items())[:8],
     }
 
 

@@ -247,7 +247,8 @@ class Engine:
         timings: list[Timing] = [runner.time_once(checked) for _ in range(iterations)]
         total = np.array([t.total_ms for t in timings])
         first = next(iter(checked.values()))
-        n = int(_shape_dtype(first)[0][0]) if _shape_dtype(first)[0] else 1
+        first_shape = _shape_dtype(first)[0]
+        n = int(first_shape[0]) if first_shape else 1
         mean = float(total.mean())
         gpu = self.backend_name != "onnxruntime"
         return BenchmarkReport(
