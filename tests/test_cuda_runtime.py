@@ -310,7 +310,7 @@ def test_buffers_do_not_leak_over_1000_cycles():
 
 @pytest.mark.gpu
 def test_torch_tensors_are_seen_through_dlpack_and_interface():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="needs PyTorch with CUDA for the interop check")
     t = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
     assert cuda.device_pointer(t) == (t.data_ptr(), (3, 4), np.dtype(np.float32))
     only_cai = type("C", (), {"__cuda_array_interface__": t.__cuda_array_interface__})()

@@ -13,7 +13,7 @@ import pytest
 from regiontrt import demo
 from regiontrt.errors import DataError, UnknownRegionError
 
-ort = pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime, a required dependency")
 
 
 @functools.lru_cache(maxsize=1)

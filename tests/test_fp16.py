@@ -14,7 +14,7 @@ from regiontrt.graph.clean import clean, count_ops
 from regiontrt.graph.fp16 import DEFAULT_FP32_OPS, cast_count, to_fp16
 from regiontrt.graph.io import input_specs, output_specs
 
-ort = pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime, a required dependency")
 Pair = tuple[onnx.ModelProto, onnx.ModelProto]
 
 D, T = 8, 5

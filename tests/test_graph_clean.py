@@ -13,7 +13,7 @@ from regiontrt.errors import InvalidModelError
 from regiontrt.graph.clean import clean, count_ops, fold_batchnorm
 from regiontrt.graph.io import input_specs, output_specs
 
-ort = pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime, a required dependency")
 Pair = tuple[onnx.ModelProto, onnx.ModelProto]
 
 C = 4

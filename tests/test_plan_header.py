@@ -59,7 +59,7 @@ TARGET_SETS = [(sm,) for sm in RTX_CC_BITS.values()] + [
 @pytest.mark.rtx
 @pytest.mark.parametrize("targets", TARGET_SETS, ids="+".join)
 def test_rtx_header_reports_the_requested_targets_and_version(targets):
-    trt = pytest.importorskip("tensorrt_rtx")
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs the tensorrt-rtx package")
     plan = rtx_plan(targets)
     header = read_plan_header(plan)
     assert header.format == "tensorrt-rtx"

@@ -57,7 +57,7 @@ def test_dtype_mapping_by_name(name, expected):
 
 
 def test_dtype_mapping_of_real_tensorrt_rtx_enums():
-    trt = pytest.importorskip("tensorrt_rtx")
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs the tensorrt-rtx package")
     assert trt_dtype_to_numpy(trt.DataType.HALF) == np.float16
     assert trt_dtype_to_numpy(trt.DataType.INT64) == np.int64
     assert trt_dtype_to_numpy(trt.DataType.BF16).itemsize == 2
@@ -183,7 +183,7 @@ def test_output_allocator_derives_from_the_engine_module_base():
 
 
 def test_output_allocator_derives_from_real_tensorrt_rtx_base():
-    trt = pytest.importorskip("tensorrt_rtx")
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs the tensorrt-rtx package")
     fake_engine = type("E", (), {"__module__": trt.IOutputAllocator.__module__})()
     alloc = make_allocator(fake_engine)  # pybind11 needs the base __init__ to have run
     assert isinstance(alloc, trt.IOutputAllocator)
@@ -382,7 +382,7 @@ def test_no_device_memory_leak_over_1000_create_close_cycles():
 
 @pytest.mark.gpu
 def test_torch_inputs_zero_copy():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="needs PyTorch with CUDA for the zero-copy check")
     engine = FakeCudaEngine(16, 16)
     feed = feeds(8, 16)
     x = torch.from_numpy(feed["x"]).cuda()
