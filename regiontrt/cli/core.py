@@ -1,7 +1,4 @@
-"""The ``regiontrt`` command line: build, inspect, bench, regions, demo.
-
-Nothing in the library imports this module.
-"""
+"""The core commands: build, inspect, bench, regions, demo."""
 
 from __future__ import annotations
 
@@ -11,8 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._text import format_table
-from .errors import RegionTRTError
+from .._text import format_table
 
 
 def _parse_shapes(specs: Sequence[str]) -> dict[str, list[tuple[int, ...]]]:
@@ -30,8 +26,8 @@ def _parse_shapes(specs: Sequence[str]) -> dict[str, list[tuple[int, ...]]]:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .builder import RegionalEngineBuilder
-    from .regions import load_regions
+    from ..builder import RegionalEngineBuilder
+    from ..regions import load_regions
 
     if args.regions_file:
         load_regions(args.regions_file)
@@ -58,7 +54,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .engine import inspect, summarize
+    from ..engine import inspect, summarize
 
     meta = inspect(args.engine)
     if args.json:
@@ -69,7 +65,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .engine import load_engine
+    from ..engine import load_engine
 
     with load_engine(args.engine) as engine:
         report = engine.benchmark(iterations=args.iterations, warmup=args.warmup, batch=args.batch)
@@ -82,7 +78,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_regions(args: argparse.Namespace) -> int:
-    from .regions import default_regions, load_regions
+    from ..regions import default_regions, load_regions
 
     registry = load_regions(args.regions_file) if args.regions_file else default_regions()
     if args.json:
@@ -100,17 +96,15 @@ def _cmd_regions(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.run import format_rows, run_demo
+    from ..demo.run import format_rows, run_demo
 
     rows = run_demo(Path(args.out), regions=args.regions.split(",") if args.regions else None)
     print(format_rows(rows))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
-    p = argparse.ArgumentParser(prog="regiontrt", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the core commands to the ``regiontrt`` parser."""
 
     b = sub.add_parser("build", help="build one region's engine from an ONNX model")
     b.add_argument("model")
@@ -150,18 +144,3 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="regiontrt-demo", help="folder for the engines")
     d.add_argument("--regions", help="comma-separated subset of regions")
     d.set_defaults(func=_cmd_demo)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for regiontrt errors and bad arguments)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (RegionTRTError, ValueError) as exc:
-        print(f"regiontrt: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
