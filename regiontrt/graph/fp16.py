@@ -27,7 +27,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InvalidModelError
-from .clean import _fold_cast_chains, _subgraph_references, count_ops
+from .casts import fold_cast_chains
+from .clean import count_ops
+from .scope import subgraph_references
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -116,7 +118,7 @@ def to_fp16(
     result = onnx.ModelProto()
     result.CopyFrom(model)
     _Converter(result, blocked_ops, blocked_names).run()
-    _fold_cast_chains(result.graph)
+    fold_cast_chains(result.graph)
     return result
 
 
@@ -152,7 +154,7 @@ class _Converter:
             and _value_attr(n) is not None
         }
         self.consts |= set(self.value_nodes)
-        self.bound = {o.name for o in self.graph.output} | _subgraph_references(self.graph)
+        self.bound = {o.name for o in self.graph.output} | subgraph_references(self.graph)
         self.used = {n for node in self.graph.node for n in (*node.input, *node.output)}
         self.used |= inputs | set(self.inits) | self.bound
         self.new_types = dict(self.types)
