@@ -109,3 +109,18 @@ class CudaError(RegionTRTError, RuntimeError):
 
 class SignatureError(RegionTRTError):
     """A bundle's signature or a file's digest does not verify."""
+
+
+class InvalidArgumentError(RegionTRTError, ValueError, TypeError):
+    """A Python API argument has the wrong type or an unknown value (precision, backend, metric...).
+
+    It is both a ``ValueError`` and a ``TypeError``, so code catching either keeps working.
+    """
+
+
+class MetricError(RegionTRTError, ValueError):
+    """A metric raised, or returned something other than a finite loss >= 0; names the metric."""
+
+
+class EngineRuntimeError(RegionTRTError, RuntimeError):
+    """The runtime failed to load or run an engine's payload (the cause is chained)."""

@@ -23,13 +23,17 @@ import onnx
 from . import __version__
 from .backends import Backend, BuildRequest, BuildResult, Runner, get_backend
 from .backends.onnxruntime import OnnxRuntimeRunner
+from .compliance import check_model
 from .datasets import Batch, DataSource
 from .errors import (
     AccuracyBudgetExceeded,
     Attempt,
+    BuildError,
     CalibrationMismatch,
     DataError,
+    InvalidModelError,
     RegionConfigError,
+    RegionTRTError,
     ShapeOutOfProfile,
 )
 from .graph.io import (
@@ -44,7 +48,15 @@ from .policy import PrecisionPolicy, enforce_compliance
 from .precision import Precision
 from .regions import Region
 from .shapes import Profile, ShapeProfile, select_profile
-from .validation import MetricFn, PrecisionTrial, ValidationReport, collate, get_metric
+from .validation import (
+    MetricFn,
+    PrecisionTrial,
+    ValidationReport,
+    all_finite,
+    checked_loss,
+    collate,
+    get_metric,
+)
 
 if TYPE_CHECKING:
     from .builder import _Shared, _State
@@ -67,11 +79,24 @@ class Validator:
         profiles: Sequence[Profile],
     ) -> None:
         self.inputs = input_specs(reference)
+        if not self.inputs:
+            raise DataError("the model has no inputs, so validation data cannot feed it")
         source = DataSource(data, self.inputs)
-        self.batches: list[Batch] = source.materialize()
+        try:
+            self.batches: list[Batch] = source.materialize()
+        except RegionTRTError:
+            raise
+        except Exception as exc:  # a user iterable or loader that fails
+            raise DataError(f"reading the validation data failed: {exc!r}") from exc
         self.fingerprint = source.fingerprint
         self.num_samples = source.num_samples
         for i, batch in enumerate(self.batches):
+            for name, arr in batch.items():
+                if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                    raise DataError(
+                        f"validation batch {i}, input {name!r} holds NaN or Inf: the accuracy "
+                        "gate needs finite data"
+                    )
             try:
                 select_profile(profiles, {k: v.shape for k, v in batch.items()})
             except ShapeOutOfProfile as exc:
@@ -79,7 +104,20 @@ class Validator:
                     f"validation batch {i} does not fit the shape profile: {exc}"
                 ) from None
         self.metric_name, self.metric = metric
-        self.reference = self._outputs(OnnxRuntimeRunner(model_bytes(reference)))
+        try:
+            self.reference = self._outputs(OnnxRuntimeRunner(model_bytes(reference)))
+        except RegionTRTError:
+            raise
+        except Exception as exc:  # ONNX Runtime's own errors (custom ops, bad graphs)
+            raise InvalidModelError(
+                f"ONNX Runtime cannot run the FP32 model on the validation data (custom-domain "
+                f"ops need their runtime library): {exc}"
+            ) from exc
+        if not all_finite(self.reference):
+            raise DataError(
+                "the FP32 model's outputs on the validation data hold NaN or Inf: no loss can be "
+                "measured against them; check the data and the model"
+            )
 
     def _outputs(self, runner: Runner) -> dict[str, Any]:
         try:
@@ -88,12 +126,18 @@ class Validator:
             runner.close()
 
     def loss(self, runner: Runner) -> float:
-        """The metric's loss of ``runner`` against the FP32 reference."""
-        return float(self.metric(self.reference, self._outputs(runner)))
+        """The metric's loss of ``runner`` against the FP32 reference (``inf`` for NaN outputs)."""
+        return checked_loss(self.metric_name, self.metric, self.reference, self._outputs(runner))
 
     def loss_of_model(self, model: onnx.ModelProto) -> float:
         """The loss of an ONNX variant, run with ONNX Runtime."""
-        return self.loss(OnnxRuntimeRunner(model_bytes(model)))
+        try:
+            runner = OnnxRuntimeRunner(model_bytes(model))
+        except RegionTRTError:
+            raise
+        except Exception as exc:
+            raise BuildError(f"ONNX Runtime cannot load a compiled variant: {exc}") from exc
+        return self.loss(runner)
 
 
 def _toolchain(backend: Backend) -> dict[str, str]:
@@ -256,6 +300,7 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     policy = state.policy or PrecisionPolicy()
     candidates = policy.candidates(region)
     backend = state.backend if isinstance(state.backend, Backend) else get_backend(state.backend)
+    enforce_compliance(shared.model, region)
     cleaned = shared.cleaned()
     enforce_compliance(cleaned, region)
     inputs, outputs = input_specs(cleaned), output_specs(cleaned)
@@ -320,6 +365,10 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         "precision": precision.value,
         "kept_high_precision": list(kept),
         "variant_sha256": model_sha256(variant),
+        "compliance": {
+            **check_model(variant, region.to_dict(), checked="onnx variant").to_dict(),
+            "variant_sha256": model_sha256(variant),
+        },
         "validation": report.to_dict(),
         "calibration": calibration,
         "build_seconds": round(time.perf_counter() - started, 3),
