@@ -313,16 +313,25 @@ class Engine:
         self.close()
 
 
-def load_engine(path: str | Path, *, backend: str | Backend | None = None) -> Engine:
+def load_engine(
+    path: str | Path, *, backend: str | Backend | None = None, trust: Any = None
+) -> Engine:
     """Read and verify an ``.engine`` file.
 
     Args:
         path: the container file.
         backend: backend to run it with; by default the one that built it.
+        trust: public key file(s) or folder; when given, the detached signature
+            ``<path>.sig`` must verify with one of them (see :mod:`regiontrt.trust`).
 
     Raises:
         ArtifactError: truncated, corrupted or tampered file.
+        SignatureError: with ``trust``: unsigned, untrusted key, or changed file.
     """
+    if trust is not None:
+        from .trust import verify_file
+
+        verify_file(path, trust)
     metadata, payload = artifact.read(path)
     chosen = get_backend(backend) if isinstance(backend, str) else backend
     return Engine(metadata, payload, backend=chosen)

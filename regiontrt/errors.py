@@ -109,3 +109,19 @@ class CudaError(RegionTRTError, RuntimeError):
 
 class SignatureError(RegionTRTError):
     """A bundle's signature or a file's digest does not verify."""
+
+
+class FleetError(RegionTRTError, ValueError):
+    """A fleet file is malformed, or names an unknown region, backend or data file."""
+
+
+class BundleError(ArtifactError):
+    """A bundle's manifest or files are missing, malformed, or disagree with each other."""
+
+
+class RegistryError(RegionTRTError, OSError):
+    """A registry cannot be read or written, or a pull was interrupted or refused."""
+
+
+class DowngradeError(RegistryError):
+    """A pull would install an older version than the installed one (rollback protection)."""
