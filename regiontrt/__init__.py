@@ -38,6 +38,7 @@ _LAZY = {
     "QuantizeOptions": "regiontrt.graph.quantize",
     "DataSource": "regiontrt.datasets",
     "available_backends": "regiontrt.backends",
+    "load_bundle": "regiontrt.deploy",
 }
 _ERRORS = (
     "RegionTRTError", "InvalidModelError", "UnknownRegionError", "RegionConfigError",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from .builder import RegionalEngineBuilder
     from .calibration import Calibrator, EntropyCalibrator, MinMaxCalibrator, PercentileCalibrator
     from .datasets import DataSource
+    from .deploy import load_bundle
     from .engine import BenchmarkReport, Engine, inspect, load_engine
     from .errors import (
         AccuracyBudgetExceeded,

@@ -400,20 +400,29 @@ class Engine:
         self.close()
 
 
-def load_engine(path: str | Path, *, backend: str | Backend | None = None) -> Engine:
+def load_engine(
+    path: str | Path, *, backend: str | Backend | None = None, trust: Any = None
+) -> Engine:
     """Read and verify an ``.engine`` file.
 
     Args:
         path: the container file.
         backend: backend to run it with; by default the one that built it.
+        trust: public key file(s) or folder; when given, the detached signature
+            ``<path>.sig`` must verify with one of them (see :mod:`regiontrt.trust`).
 
     Raises:
         ArtifactError: truncated, corrupted or tampered file; a header outside the schema; an
             ONNX payload that differs from its header or names external data.
         PolicyViolation: the payload holds a precision the engine's region forbids.
         InvalidArgumentError: ``backend`` is not a backend name or instance.
+        SignatureError: with ``trust``: unsigned, untrusted key, or changed file.
     """
     chosen = _choose_backend(backend)
+    if trust is not None:
+        from .trust import verify_file
+
+        verify_file(path, trust)
     metadata, payload = artifact.read(path)
     validate_header(metadata, known_backend=chosen is None)
     model = check_payload(metadata, payload)

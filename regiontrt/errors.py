@@ -124,3 +124,19 @@ class MetricError(RegionTRTError, ValueError):
 
 class EngineRuntimeError(RegionTRTError, RuntimeError):
     """The runtime failed to load or run an engine's payload (the cause is chained)."""
+
+
+class FleetError(RegionTRTError, ValueError):
+    """A fleet file is malformed, or names an unknown region, backend or data file."""
+
+
+class BundleError(ArtifactError):
+    """A bundle's manifest or files are missing, malformed, or disagree with each other."""
+
+
+class RegistryError(RegionTRTError, OSError):
+    """A registry cannot be read or written, or a pull was interrupted or refused."""
+
+
+class DowngradeError(RegistryError):
+    """A pull would install an older version than the installed one (rollback protection)."""
