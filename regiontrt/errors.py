@@ -109,3 +109,15 @@ class CudaError(RegionTRTError, RuntimeError):
 
 class SignatureError(RegionTRTError):
     """A bundle's signature or a file's digest does not verify."""
+
+
+class Overloaded(RegionTRTError, RuntimeError):
+    """The server's request queue is full; retry later (HTTP 503)."""
+
+
+class DeadlineExceeded(RegionTRTError, TimeoutError):
+    """A request's deadline passed before it ran; it was failed, not run (HTTP 504)."""
+
+
+class ServerClosed(RegionTRTError, RuntimeError):
+    """A request reached a server that is shutting down or closed."""
