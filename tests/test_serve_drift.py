@@ -1,4 +1,4 @@
-"""Drift monitoring: shifted live data fires, the region's own data does not; sampling never blocks."""
+"""Drift monitoring: shifted data fires, the region's own data does not; sampling never blocks."""
 
 from __future__ import annotations
 
