@@ -39,12 +39,14 @@ _LAZY = {
     "DataSource": "regiontrt.datasets",
     "available_backends": "regiontrt.backends",
     "load_bundle": "regiontrt.deploy",
+    "serve": "regiontrt.serve",
 }
 _ERRORS = (
     "RegionTRTError", "InvalidModelError", "UnknownRegionError", "RegionConfigError",
     "PolicyViolation", "AccuracyBudgetExceeded", "DataError", "CalibrationMismatch", "InputError",
     "ShapeOutOfProfile", "ShapeProfileError", "ArtifactError", "IncompatibleEngineError",
     "BackendUnavailable", "BuildError", "CudaError", "SignatureError",
+    "Overloaded", "DeadlineExceeded", "ServerClosed",
 )
 _LAZY.update({name: "regiontrt.errors" for name in _ERRORS})
 
@@ -79,12 +81,15 @@ if TYPE_CHECKING:
         CalibrationMismatch,
         CudaError,
         DataError,
+        DeadlineExceeded,
         IncompatibleEngineError,
         InputError,
         InvalidModelError,
+        Overloaded,
         PolicyViolation,
         RegionConfigError,
         RegionTRTError,
+        ServerClosed,
         ShapeOutOfProfile,
         ShapeProfileError,
         SignatureError,
@@ -94,5 +99,6 @@ if TYPE_CHECKING:
     from .policy import PrecisionPolicy
     from .precision import Precision
     from .regions import Region, RegionRegistry, default_regions, get_region, load_regions
+    from .serve import serve
     from .shapes import Bucketing, ShapeProfile
     from .tactics import TacticSelector

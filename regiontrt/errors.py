@@ -140,3 +140,15 @@ class RegistryError(RegionTRTError, OSError):
 
 class DowngradeError(RegistryError):
     """A pull would install an older version than the installed one (rollback protection)."""
+
+
+class Overloaded(RegionTRTError, RuntimeError):
+    """The server's request queue is full; retry later (HTTP 503)."""
+
+
+class DeadlineExceeded(RegionTRTError, TimeoutError):
+    """A request's deadline passed before it ran; it was failed, not run (HTTP 504)."""
+
+
+class ServerClosed(RegionTRTError, RuntimeError):
+    """A request reached a server that is shutting down or closed."""

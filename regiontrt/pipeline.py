@@ -25,6 +25,7 @@ from .backends import Backend, BuildRequest, BuildResult, Runner, get_backend
 from .backends.onnxruntime import OnnxRuntimeRunner
 from .compliance import check_model
 from .datasets import Batch, DataSource
+from .datastats import summarize_inputs
 from .errors import (
     AccuracyBudgetExceeded,
     Attempt,
@@ -371,6 +372,7 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         },
         "validation": report.to_dict(),
         "calibration": calibration,
+        "input_stats": summarize_inputs(validator.batches) if validator is not None else None,
         "build_seconds": round(time.perf_counter() - started, 3),
     })
     engine = Engine(metadata, result.payload, backend=backend)
