@@ -28,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InvalidModelError
 from .casts import fold_cast_chains
-from .fp16_rules import DEFAULT_FP32_OPS, ISLAND_OPS, kept_by_rule, types_agree
 from .clean import count_ops
+from .fp16_rules import DEFAULT_FP32_OPS, ISLAND_OPS, kept_by_rule, types_agree
 from .scope import subgraph_references
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
