@@ -109,3 +109,15 @@ class CudaError(RegionTRTError, RuntimeError):
 
 class SignatureError(RegionTRTError):
     """A bundle's signature or a file's digest does not verify."""
+
+
+class GraphPassError(RegionTRTError, RuntimeError):
+    """A graph pass changed what the model computes (or produced a graph that cannot run).
+
+    Attributes:
+        pass_name: the pass whose output differs from the original model (``"clean"``...).
+    """
+
+    def __init__(self, pass_name: str, detail: str) -> None:
+        self.pass_name = pass_name
+        super().__init__(f"graph pass {pass_name!r} changed the model: {detail}")
