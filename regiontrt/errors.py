@@ -152,3 +152,15 @@ class DeadlineExceeded(RegionTRTError, TimeoutError):
 
 class ServerClosed(RegionTRTError, RuntimeError):
     """A request reached a server that is shutting down or closed."""
+
+
+class GraphPassError(RegionTRTError, RuntimeError):
+    """A graph pass changed what the model computes (or produced a graph that cannot run).
+
+    Attributes:
+        pass_name: the pass whose output differs from the original model (``"clean"``...).
+    """
+
+    def __init__(self, pass_name: str, detail: str) -> None:
+        self.pass_name = pass_name
+        super().__init__(f"graph pass {pass_name!r} changed the model: {detail}")

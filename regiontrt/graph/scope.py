@@ -86,7 +86,7 @@ def non_tensor_values(model: onnx.ModelProto) -> list[str]:
                 names.update(n for n in (*node.input, *node.output) if n)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - custom ops: the declared types above are all we have
+    except Exception:  # custom ops: the declared types above are all we have
         return sorted(names)
     for value in _declared(inferred.graph):
         if value.type.WhichOneof("value") not in (None, "tensor_type"):
