@@ -147,7 +147,7 @@ def test_header_that_disagrees_with_the_payload_is_refused_before_the_runtime(
     b'{"x": "' + b"a" * (artifact.MAX_STRING + 1) + b'"}',
     b"\xff\xfe not utf-8",
     b"[1, 2]",
-])
+], ids=lambda raw: f"{raw[:10]!r}-{len(raw)}")
 def test_unparseable_or_unbounded_headers_are_refused(tmp_path, blob, capsys, raw):
     path = write(tmp_path, forge_raw_header(blob, raw))
     with pytest.raises(rt.ArtifactError):
