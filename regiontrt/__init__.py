@@ -44,6 +44,7 @@ _ERRORS = (
     "PolicyViolation", "AccuracyBudgetExceeded", "DataError", "CalibrationMismatch", "InputError",
     "ShapeOutOfProfile", "ShapeProfileError", "ArtifactError", "IncompatibleEngineError",
     "BackendUnavailable", "BuildError", "CudaError", "SignatureError",
+    "InvalidArgumentError", "MetricError", "EngineRuntimeError",
 )
 _LAZY.update({name: "regiontrt.errors" for name in _ERRORS})
 
@@ -77,9 +78,12 @@ if TYPE_CHECKING:
         CalibrationMismatch,
         CudaError,
         DataError,
+        EngineRuntimeError,
         IncompatibleEngineError,
         InputError,
+        InvalidArgumentError,
         InvalidModelError,
+        MetricError,
         PolicyViolation,
         RegionConfigError,
         RegionTRTError,
