@@ -35,6 +35,20 @@ def relu_model(*, opset: int = 17, name: str = "x", out: str = "y") -> onnx.Mode
     return model
 
 
+def external_payload(location: str, *, offset: int = 0, length: int = 16) -> bytes:
+    """:func:`relu_model` whose weight ``w`` (4 floats) is read from ``location``."""
+    model = relu_model()
+    w = model.graph.initializer[0]
+    w.ClearField("float_data")
+    w.ClearField("raw_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
+
+
 def qdq_model() -> onnx.ModelProto:
     """The same interface as :func:`relu_model`, but quantized (Q/DQ around the Relu)."""
     graph = helper.make_graph(

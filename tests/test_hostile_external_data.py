@@ -11,27 +11,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hostile import build_blob, forge, relu_model
+from hostile import build_blob, external_payload, forge, relu_model
 
 import regiontrt as rt
 from regiontrt import artifact
 from regiontrt.backends.onnxruntime import OnnxRuntimeRunner
 from regiontrt.cli import main
 from regiontrt.graph.io import external_data_refs, load_model
-
-
-def external_payload(location: str, *, offset: int = 0, length: int = 16) -> bytes:
-    """:func:`relu_model` whose weight ``w`` (4 floats) is read from ``location``."""
-    model = relu_model()
-    w = model.graph.initializer[0]
-    w.ClearField("float_data")
-    w.ClearField("raw_data")
-    w.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)),
-                       ("length", str(length))):
-        entry = w.external_data.add()
-        entry.key, entry.value = key, value
-    return model.SerializeToString()
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile import build_blob, container, qdq_model, relu_model, split
+from hostile import build_blob, container, external_payload, qdq_model, relu_model, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hostile_external_data import external_payload
 
 import regiontrt as rt
 from regiontrt.cli import main

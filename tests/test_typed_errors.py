@@ -243,3 +243,16 @@ def test_save_to_a_folder_or_under_a_file(tmp_path, engine_path):
     for target in (tmp_path / "dir.engine", tmp_path / "file" / "e.engine"):
         with pytest.raises(rt.ArtifactError, match="cannot write"):
             engine.save(target)
+
+
+def test_engine_constructor_refuses_what_is_not_an_engine():
+    deep: object = 1
+    for _ in range(5000):
+        deep = [deep]
+    meta = {"region": {"name": "X"}, "precision": "fp32", "backend": {"name": "onnxruntime"},
+            "payload_format": "onnx", "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}], "shape_profiles": []}
+    for metadata, payload in ((None, b""), ({}, b""), (meta, 5), ({**meta, "deep": deep}, b""),
+                              ({**meta, "precision": None}, b"")):
+        with pytest.raises(rt.ArtifactError):
+            rt.Engine(metadata, payload)
