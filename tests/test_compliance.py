@@ -258,3 +258,12 @@ def test_plan_payload_needs_the_build_record_of_its_variant(tmp_path, blob):
         check = rt.inspect(path)["compliance_check"]
         assert check["compliant"] is compliant, check
         assert ("build record" in " ".join(check["reasons"])) is record
+
+
+def test_preset_names_are_one_spelling_everywhere(tmp_path):
+    assert rt.Region("eu").name == "EU" and rt.Region(" Eu ").name == "EU"
+    path = tmp_path / "r.toml"
+    path.write_text('[regions.eu]\nprecisions = ["fp32"]\n')
+    registry = load_regions(path, into=RegionRegistry())
+    assert registry["Eu"].name == "EU" and list(registry) == ["EU"]
+    assert rt.RegionalEngineBuilder.from_onnx(relu_model()).for_region("eU").region.name == "EU"
