@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hostile import build_blob, container, external_payload, qdq_model, relu_model, split
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import regiontrt as rt
@@ -40,6 +40,7 @@ from regiontrt.engine import summarize
 EXAMPLES = int(os.environ.get("REGIONTRT_FUZZ_EXAMPLES", "300"))
 FULL = "REGIONTRT_FUZZ_EXAMPLES" in os.environ
 REPORT = os.environ.get("REGIONTRT_FUZZ_REPORT")
+SEED = os.environ.get("REGIONTRT_FUZZ_SEED")  # shards of one big run use different seeds
 BASE = build_blob()
 META, PAYLOAD = split(BASE)
 _DEEP = "\x00deep\x00"
@@ -205,7 +206,7 @@ def _read_all(path: Path) -> str:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.large_base_example])
 @given(case=hostile_files())
-def test_every_reader_refuses_hostile_files_with_typed_errors(case):
+def _fuzz(case):
     kind, data = case
     path = WORK / "f.engine"
     path.write_bytes(data)
@@ -215,6 +216,13 @@ def test_every_reader_refuses_hostile_files_with_typed_errors(case):
         OUTCOMES[f"{kind}: {_read_all(path)}"] += 1
     finally:
         os.chdir(cwd)
+    if REPORT and sum(OUTCOMES.values()) % 500 == 0:  # progress of long runs
+        Path(REPORT + ".progress").write_text(str(sum(OUTCOMES.values())))
+
+
+test_every_reader_refuses_hostile_files_with_typed_errors = (
+    seed(int(SEED))(_fuzz) if SEED else _fuzz
+)
 
 
 def test_fuzz_summary_and_memory_bound():
@@ -224,7 +232,7 @@ def test_fuzz_summary_and_memory_bound():
     if total == 0:
         pytest.skip("the fuzz did not run in this session")
     summary = {"examples": total, "untyped_exceptions": 0, "peak_rss_mib": round(peak_mib),
-               "outcomes": dict(sorted(OUTCOMES.items()))}
+               "seed": SEED, "outcomes": dict(sorted(OUTCOMES.items()))}
     if REPORT:
         Path(REPORT).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
