@@ -267,3 +267,18 @@ def test_preset_names_are_one_spelling_everywhere(tmp_path):
     registry = load_regions(path, into=RegionRegistry())
     assert registry["Eu"].name == "EU" and list(registry) == ["EU"]
     assert rt.RegionalEngineBuilder.from_onnx(relu_model()).for_region("eU").region.name == "EU"
+
+
+def test_cli_build_uses_the_regions_file_without_touching_the_global_registry(tmp_path, capsys):
+    onnx.save(relu_model(), str(tmp_path / "m.onnx"))
+    regions = tmp_path / "r.toml"
+    regions.write_text('[regions.LAB2]\nprecisions = ["fp32"]\n')
+    out = tmp_path / "m.engine"
+    assert main(["build", str(tmp_path / "m.onnx"), "--region", "lab2", "--regions-file",
+                 str(regions), "-o", str(out)]) == 0
+    assert rt.inspect(out)["region"]["name"] == "LAB2"
+    assert "LAB2" not in default_regions()
+    regions.write_text('[regions.eu]\nprecisions = ["int8"]\n')
+    assert main(["build", str(tmp_path / "m.onnx"), "--region", "EU", "--regions-file",
+                 str(regions), "-o", str(out)]) == 2
+    assert "override_compliance" in capsys.readouterr().err
