@@ -47,6 +47,7 @@ _ERRORS = (
     "ShapeOutOfProfile", "ShapeProfileError", "ArtifactError", "IncompatibleEngineError",
     "BackendUnavailable", "BuildError", "CudaError", "SignatureError",
     "Overloaded", "DeadlineExceeded", "ServerClosed",
+    "InvalidArgumentError", "MetricError", "EngineRuntimeError",
 )
 _LAZY.update({name: "regiontrt.errors" for name in _ERRORS})
 
@@ -82,10 +83,13 @@ if TYPE_CHECKING:
         CudaError,
         DataError,
         DeadlineExceeded,
+        EngineRuntimeError,
         IncompatibleEngineError,
         InputError,
+        InvalidArgumentError,
         InvalidModelError,
         Overloaded,
+        MetricError,
         PolicyViolation,
         RegionConfigError,
         RegionTRTError,

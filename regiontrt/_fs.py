@@ -13,6 +13,7 @@ overwritten keeps its mode.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -143,17 +144,45 @@ def atomic_write_all(files: Mapping[str | Path, bytes]) -> None:
     """Write several files so that all of them are written or none is.
 
     Every file is first written and synced under a temporary name; only then are they renamed
-    into place. A failure while writing leaves every target as it was.
+    into place. A failure while writing leaves every target as it was; a failure while renaming
+    puts back the targets already replaced (their old contents are kept as hard links meanwhile).
+
+    Raises:
+        IsADirectoryError: a target is a folder (checked before anything is written).
+        OSError: a write failed.
     """
+    paths = [Path(target) for target in files]
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
     with contextlib.ExitStack() as stack:
         staged: list[tuple[str, Path]] = []
-        for target, data in files.items():
-            path = Path(target)
+        for path, data in zip(paths, files.values()):
             path.parent.mkdir(parents=True, exist_ok=True)
             sweep_stale(path.parent)
             fh, tmp = stack.enter_context(_temp_beside(path))
             fh.write(data)
             _finish(fh, path)
             staged.append((tmp, path))
-        for tmp, path in staged:
-            os.replace(tmp, path)
+        backups: list[tuple[Path, str | None]] = []
+        try:
+            for tmp, path in staged:
+                backup = None
+                if path.exists():
+                    backup = f"{tmp}.old"
+                    os.link(path, backup)
+                backups.append((path, backup))
+                os.replace(tmp, path)
+        except BaseException:
+            for path, backup in reversed(backups):
+                with contextlib.suppress(OSError):
+                    if backup is None:
+                        os.unlink(path)
+                    else:
+                        os.replace(backup, path)
+            raise
+        finally:
+            for _, backup in backups:
+                if backup is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(backup)

@@ -205,10 +205,17 @@ def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray]]:
         raise DataError(f"data path not found: {path}")
     for file in files:
         try:
-            with np.load(file, allow_pickle=False) as npz:
+            loaded = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
+        if not hasattr(loaded, "files"):  # a bare .npy array, not a .npz archive
+            raise DataError(f"{file}: a .npy array, not an .npz archive keyed by input names; "
+                            "save it with np.savez(path, INPUT_NAME=array)")
+        try:
+            with loaded as npz:
                 yield {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{file}: not a readable .npz file: {exc}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
 
 
 def split_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[Batch]:

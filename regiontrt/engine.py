@@ -102,6 +102,8 @@ class Engine:
         self, metadata: Mapping[str, Any], payload: bytes, *, backend: Backend | None = None
     ) -> None:
         try:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
             self._metadata = copy.deepcopy(dict(metadata))
             self._payload = bytes(payload)
         except (TypeError, ValueError, RecursionError) as exc:

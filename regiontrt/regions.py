@@ -83,6 +83,8 @@ class Region:
                     "engine's metadata and shown by inspect)"
                 )
             forbidden = forbidden | preset
+        if preset is not None:  # one spelling of a preset's name everywhere ("eu" -> "EU")
+            object.__setattr__(self, "name", _preset_tables()[self.name.strip().upper()][0])
         if not precisions:
             raise RegionConfigError(f"region {self.name!r}: at least one precision is required")
         if len(set(precisions)) != len(precisions):
@@ -215,18 +217,22 @@ _PRESET_FILE = "data/regions.toml"
 
 
 @functools.lru_cache(maxsize=1)
-def _preset_tables() -> dict[str, frozenset[Precision]]:
+def _preset_tables() -> dict[str, tuple[str, frozenset[Precision]]]:
+    """``{NAME: (name as spelled in the presets, forbidden precisions)}``."""
     text = resources.files("regiontrt").joinpath(_PRESET_FILE).read_text("utf-8")
     tables = tomllib.loads(text)["regions"]
     return {
-        str(name).upper(): frozenset(Precision.parse(p) for p in table.get("forbidden", ()))
+        str(name).upper(): (
+            str(name), frozenset(Precision.parse(p) for p in table.get("forbidden", ()))
+        )
         for name, table in tables.items()
     }
 
 
 def preset_forbidden(name: str) -> frozenset[Precision] | None:
     """What the shipped preset of that name (case-insensitive) forbids; ``None``: no preset."""
-    return _preset_tables().get(str(name).strip().upper())
+    entry = _preset_tables().get(str(name).strip().upper())
+    return None if entry is None else entry[1]
 
 
 def _strings(region: Region, key: str) -> tuple[Any, ...]:
