@@ -13,7 +13,7 @@ from fleet_support import region_batches, serve, write_fleet
 import regiontrt as rt
 from regiontrt import artifact, demo, deploy
 
-pytest.importorskip("distributed", reason="needs dask[distributed] (pip install 'regiontrt[fleet]')")
+pytest.importorskip("distributed", reason="needs dask[distributed] (regiontrt[fleet])")
 pytest.importorskip("aiohttp", reason="needs aiohttp for http:// pulls (regiontrt[fleet])")
 pytest.importorskip("model_signing", reason="needs model-signing (regiontrt[fleet])")
 pytestmark = pytest.mark.rtx  # the tensorrt-rtx cells build on the CPU with tensorrt-rtx
