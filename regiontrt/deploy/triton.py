@@ -9,7 +9,6 @@ only, so TensorRT-RTX variants are not exported (the ONNX is, unless a TensorRT 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,11 @@ TRITON_DTYPES = {
 
 
 def _quote(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid protobuf text-format string literal
+    """A protobuf text-format string literal (protobuf comes with onnx)."""
+    from google.protobuf import text_encoding
+
+    return '"' + text_encoding.CEscape(value, as_utf8=True) + '"'
+
 
 
 def _tensors(kind: str, specs: Sequence[TensorSpec]) -> list[str]:
