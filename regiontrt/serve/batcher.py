@@ -63,6 +63,7 @@ class ModelBatcher:
         self.on_result: Callable[[Mapping[str, np.ndarray]], None] | None = None
         self._cond = threading.Condition()
         self._closing = False
+        self._checked: set[tuple[Any, ...]] = set()
         self._limits = {v.label: _batch_limit(v.engine) for v in model.variants}
         self._log = logging.LoggerAdapter(log, {"model": model.name, "region": model.region,
                                                 "version": model.version})
@@ -89,7 +90,13 @@ class ModelBatcher:
         if engine.bucketing is not None:
             engine.check_inputs(feeds)  # names and dtypes first, for a clear error
             feeds, info = engine.bucketing.pad(feeds)
-        engine.check_inputs(feeds)
+        signature = tuple(sorted((n, a.shape, a.dtype.str) for n, a in feeds.items()))
+        if signature not in self._checked:
+            # The check depends only on names, shapes and dtypes: remember the ones that passed
+            # (a bounded set: a client sending ever new shapes just gets checked every time).
+            engine.check_inputs(feeds)
+            if len(self._checked) < 4096:
+                self._checked.add(signature)
         rows = {int(a.shape[0]) for a in feeds.values() if a.ndim}
         if len(rows) > 1:
             raise InputError(f"inputs disagree on the batch size (axis 0): {sorted(rows)}")
@@ -122,8 +129,7 @@ class ModelBatcher:
             if not self.queue:
                 return None
             now = time.monotonic()
-            plan = self.policy.plan(self.load.snapshot(len(self.queue), self.policy.max_batch,
-                                                       self.sla_s, now))
+            plan = self.policy.plan(self.load.snapshot(len(self.queue), self.sla_s, now))
             self.metrics.mode(self.model.name, self.policy.state, self.policy.switches)
             variant = self.model.variant_for(plan.role)
             limit = self._limits[variant.label]
@@ -142,6 +148,8 @@ class ModelBatcher:
                 self._cond.wait(left)
             batch = self.queue.take(cap)
             self.metrics.depth(self.model.name, len(self.queue))
+            if limit and sum(r.rows for r in batch) > limit:
+                variant = self.model.variants[0]  # one request too big for the role's profile
             return batch, variant
 
     def _loop(self) -> None:

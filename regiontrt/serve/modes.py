@@ -51,9 +51,10 @@ class LoadStats:
         arrival_rate: requests per second over the recent window.
         queue_depth: requests waiting now.
         service_s: estimated seconds to run one request alone (``None`` before any run).
-        batch_service_s: estimated seconds to run a full batch (``None`` before one ran).
+        batch_service_s: estimated seconds to run the largest batch seen (``None`` before any).
         sla_s: the region's p99 latency SLA in seconds (``None`` without one).
         now: the monotonic time of the decision.
+        batch_rows: the rows of that largest batch.
     """
 
     arrival_rate: float
@@ -62,6 +63,18 @@ class LoadStats:
     batch_service_s: float | None
     sla_s: float | None
     now: float
+    batch_rows: int = 0
+
+    @property
+    def batching_pays(self) -> bool | None:
+        """Whether a row costs less in the largest batch seen than alone (``None``: unknown).
+
+        Known only once a batch of at least 4 rows ran; "less" means by a fifth, so noise in the
+        estimates does not count as a gain.
+        """
+        if self.service_s is None or self.batch_service_s is None or self.batch_rows < 4:
+            return None
+        return self.batch_service_s / self.batch_rows < 0.8 * self.service_s
 
 
 class BatchPolicy(abc.ABC):
@@ -166,6 +179,10 @@ class AdaptivePolicy(BatchPolicy):
             state = self._state
         if state == LATENCY:
             return BatchPlan(self.max_batch, 0.0, LATENCY)
+        if load.batching_pays is False:
+            # Measured: rows cost no less together (a CPU already short of cores, say); waiting
+            # would add latency for nothing. Batches still form from whatever queued meanwhile.
+            return BatchPlan(self.max_batch, 0.0, THROUGHPUT)
         wait = self.max_delay_s
         if load.sla_s is not None:
             # Leave room in the SLA for running the full batch twice (the one in flight and
@@ -224,12 +241,10 @@ class LoadTracker:
                 one = self._per_batch.get(1, min(self._per_batch.items())[1])
                 self._per_request = one
 
-    def snapshot(self, queue_depth: int, max_batch: int, sla_s: float | None,
-                 now: float) -> LoadStats:
+    def snapshot(self, queue_depth: int, sla_s: float | None, now: float) -> LoadStats:
         with self._lock:
             self._trim(now)
             rate = len(self._arrivals) / self.window_s
-            full = [s for b, s in self._per_batch.items() if b >= max_batch]
-            batch_s = min(full) if full else (max(self._per_batch.values())
-                                              if self._per_batch else None)
-            return LoadStats(rate, queue_depth, self._per_request, batch_s, sla_s, now)
+            rows = max(self._per_batch) if self._per_batch else 0
+            return LoadStats(rate, queue_depth, self._per_request, self._per_batch.get(rows),
+                             sla_s, now, rows)
