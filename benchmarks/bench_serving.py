@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 import regiontrt as rt
+from regiontrt.serve.protocol import datatype
 
 MODES = ("latency", "throughput", "adaptive")
 PHASES = (("base", 1.0), ("surge", 5.0), ("recover", 1.0))
@@ -137,7 +138,7 @@ def _binary_body(request: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]
     entries, blobs = [], []
     for name, arr in request.items():
         raw = np.ascontiguousarray(arr).tobytes()
-        entries.append({"name": name, "datatype": "FP32", "shape": list(arr.shape),
+        entries.append({"name": name, "datatype": datatype(arr.dtype), "shape": list(arr.shape),
                         "parameters": {"binary_data_size": len(raw)}})
         blobs.append(raw)
     head = json.dumps({"inputs": entries, "parameters": {"binary_data_output": True}}).encode()
@@ -262,9 +263,34 @@ def run_inproc(setup: Setup, mode: str, base_rate: float, phase_s: float,
             "batch_sizes": stats["batch_sizes"], "mode_switches": stats["mode_switches"]}
 
 
-def run_http(setup: Setup, engine_path: Path, mode: str, base_rate: float, phase_s: float,
-             max_batch: int) -> dict[str, Any]:
-    server = HTTPServerProcess(engine_path, mode, max_batch, setup.sla_ms, setup.sla_ms)
+class HTTPServerThread:
+    """The same endpoint on a thread of this process, for engines a child cannot load (the GPU
+    test double's backend exists only in this process)."""
+
+    def __init__(self, engine: rt.Engine, mode: str, max_batch: int, delay_ms: float,
+                 sla_ms: float) -> None:
+        from regiontrt.serve.runner import BackgroundHTTP
+
+        server = rt.serve(engine, mode=mode, max_batch=max_batch, max_delay_ms=delay_ms,
+                          max_queue=512, sla_ms=sla_ms)
+        self.model = next(iter(server.models))
+        self._http = BackgroundHTTP(server).start()
+        self.base = f"http://{self._http.url}"
+
+    def close(self) -> None:
+        self._http.stop()
+
+
+def _http_server(setup: Setup, engine_path: Path | None, mode: str, max_batch: int,
+                 delay_ms: float) -> HTTPServerProcess | HTTPServerThread:
+    if engine_path is None:
+        return HTTPServerThread(setup.engine, mode, max_batch, delay_ms, setup.sla_ms)
+    return HTTPServerProcess(engine_path, mode, max_batch, delay_ms, setup.sla_ms)
+
+
+def run_http(setup: Setup, engine_path: Path | None, mode: str, base_rate: float,
+             phase_s: float, max_batch: int) -> dict[str, Any]:
+    server = _http_server(setup, engine_path, mode, max_batch, setup.sla_ms)
     try:
         body, headers = _binary_body(setup.request)
         url = f"{server.base}/v2/models/{server.model}/infer"
@@ -274,10 +300,10 @@ def run_http(setup: Setup, engine_path: Path, mode: str, base_rate: float, phase
     return {"phases": summarize(results, phase_s, setup.sla_ms)}
 
 
-def http_capacity(setup: Setup, engine_path: Path) -> float:
+def http_capacity(setup: Setup, engine_path: Path | None) -> float:
     import httpx
 
-    server = HTTPServerProcess(engine_path, "latency", 1, 0.0, setup.sla_ms)
+    server = _http_server(setup, engine_path, "latency", 1, 0.0)
     try:
         body, headers = _binary_body(setup.request)
         url = f"{server.base}/v2/models/{server.model}/infer"
@@ -307,12 +333,18 @@ def monitor_cost(setup: Setup, n: int = 400) -> dict[str, float]:
 
 def step_load(setup: Setup, *, transports: tuple[str, ...] = ("inproc", "http"),
               modes: tuple[str, ...] = MODES, phase_s: float = 3.0, base_frac: float = 0.3,
-              max_batch: int = 32) -> dict[str, Any]:
-    """Every mode on every transport for one model; returns the figures."""
+              max_batch: int = 32, http_in_process: bool = False) -> dict[str, Any]:
+    """Every mode on every transport for one model; returns the figures.
+
+    With ``http_in_process`` the HTTP server runs on a thread here instead of in a child
+    ``regiontrt serve`` (needed for engines whose backend only this process has).
+    """
     report: dict[str, Any] = {"model": setup.name, "sla_ms": setup.sla_ms, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{setup.name}.{setup.engine.region}.engine"
-        if "http" in transports:
+        path: Path | None = Path(tmp) / f"{setup.name}.{setup.engine.region}.engine"
+        if http_in_process:
+            path = None
+        elif "http" in transports:
             setup.engine.save(path)
         for transport in transports:
             if transport == "inproc":
