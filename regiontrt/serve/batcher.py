@@ -29,6 +29,19 @@ from .sources import ServedModel, Variant
 log = logging.getLogger("regiontrt.serve")
 
 
+class TaggedLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every message with the model, region and version, so a fault in a fleet's logs
+    is traced to its region at a glance."""
+
+    def __init__(self, logger: logging.Logger, model: ServedModel) -> None:
+        super().__init__(logger, {"model": model.name, "region": model.region,
+                                  "version": model.version})
+        self.prefix = f"[model={model.name} region={model.region} version={model.version}] "
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return self.prefix + str(msg), kwargs
+
+
 def _batch_limit(engine: Engine) -> int | None:
     """Most rows one run may hold (``None``: unbounded), or 0 when axis 0 is not a batch axis."""
     specs = [*engine.inputs, *engine.outputs]
@@ -65,8 +78,7 @@ class ModelBatcher:
         self._closing = False
         self._checked: set[tuple[Any, ...]] = set()
         self._limits = {v.label: _batch_limit(v.engine) for v in model.variants}
-        self._log = logging.LoggerAdapter(log, {"model": model.name, "region": model.region,
-                                                "version": model.version})
+        self._log = TaggedLog(log, model)
         self._thread = threading.Thread(target=self._loop, name=f"regiontrt-batcher-{model.name}",
                                         daemon=True)
         metrics.add_model(model.name, model.version, model.region, sla_s, policy.state)
@@ -171,9 +183,10 @@ class ModelBatcher:
         live = [r for r in batch if r.deadline is None or r.deadline > now]
         expired = [r for r in batch if r not in live]
         for r in expired:
+            late = now - (r.deadline or now)
             r.future.set_exception(DeadlineExceeded(
-                f"deadline passed {1e3 * (now - r.deadline):.1f} ms before the request could run "
-                f"(queued {1e3 * (now - r.enqueued):.1f} ms)" if r.deadline else "deadline"))
+                f"deadline passed {1e3 * late:.1f} ms before the request could run "
+                f"(queued {1e3 * (now - r.enqueued):.1f} ms)"))
         if expired:
             self.metrics.outcome(self.model.name, variant.label, "deadline_exceeded", len(expired))
         live = [r for r in live if r.future.set_running_or_notify_cancel()]
