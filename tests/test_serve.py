@@ -178,8 +178,13 @@ def test_adaptive_policy_does_not_wait_when_batching_is_measured_not_to_pay():
     pays = LoadStats(900, 5, 0.001, 0.004, 0.050, 1.0, batch_rows=16)      # 0.25 ms a row
     assert pays.batching_pays and policy.plan(pays).max_wait_s == pytest.approx(0.008)
     costly = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0, batch_rows=16)    # 0.94 ms a row
-    plan = policy.plan(costly)
+    plan = policy.plan(costly)                                               # explores once
     assert costly.batching_pays is False and plan.role == THROUGHPUT and plan.max_wait_s == 0
+    assert plan.max_batch == 16
+    later = LoadStats(900, 5, 0.001, 0.015, 0.050, 3.0, batch_rows=16)
+    assert policy.plan(later).max_batch == 1                                 # one by one
+    again = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0 + policy.explore_s, batch_rows=16)
+    assert policy.plan(again).max_batch == 16                                # re-measures
 
 
 def test_adaptive_mode_batches_a_burst_and_returns_to_latency(na_engine):

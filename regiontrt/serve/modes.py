@@ -12,7 +12,8 @@ load (:class:`LoadStats`). Three are shipped:
   serving would need (arrival rate x single-request service time) and the queue depth, with
   separate up and down thresholds and a minimum dwell time, so it does not flap. Quiet: dispatch
   at once with whatever is queued. Busy: batch, waiting only as long as the region's SLA leaves
-  room for.
+  room for. Where batches are measured to cost as much per row as single requests, it runs
+  requests one by one in either state (re-measuring a full batch every few seconds).
 
 Subclass :class:`BatchPolicy` and pass an instance as ``mode=`` to plug in another rule.
 """
@@ -156,6 +157,8 @@ class AdaptivePolicy(BatchPolicy):
         self.high_water = int(high_water) if high_water is not None else max(2, self.max_batch)
         self._state = LATENCY
         self._since = -math.inf
+        self._explored = -math.inf
+        self.explore_s = 5.0
         self._lock = threading.Lock()
 
     @property
@@ -177,12 +180,17 @@ class AdaptivePolicy(BatchPolicy):
                 self._state, self._since = wanted, load.now
                 self.switches += 1
             state = self._state
+        if load.batching_pays is False:
+            # Measured: rows cost no less together (a CPU already short of cores, say), so
+            # waiting or joining requests only adds latency: run them one by one, except for
+            # one full batch every explore_s, which keeps that measurement current.
+            with self._lock:
+                explore = load.now - self._explored >= self.explore_s
+                if explore:
+                    self._explored = load.now
+            return BatchPlan(self.max_batch if explore else 1, 0.0, state)
         if state == LATENCY:
             return BatchPlan(self.max_batch, 0.0, LATENCY)
-        if load.batching_pays is False:
-            # Measured: rows cost no less together (a CPU already short of cores, say); waiting
-            # would add latency for nothing. Batches still form from whatever queued meanwhile.
-            return BatchPlan(self.max_batch, 0.0, THROUGHPUT)
         wait = self.max_delay_s
         if load.sla_s is not None:
             # Leave room in the SLA for running the full batch twice (the one in flight and
