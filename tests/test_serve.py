@@ -173,6 +173,20 @@ def test_adaptive_policy_switches_with_hysteresis_and_dwell():
     assert policy.plan(load(0, 40, 6.2)).role == THROUGHPUT           # a deep queue holds it
 
 
+def test_adaptive_policy_does_not_wait_when_batching_is_measured_not_to_pay():
+    policy = AdaptivePolicy(max_batch=16, max_delay_ms=8, dwell_s=0.0)
+    pays = LoadStats(900, 5, 0.001, 0.004, 0.050, 1.0, batch_rows=16)      # 0.25 ms a row
+    assert pays.batching_pays and policy.plan(pays).max_wait_s == pytest.approx(0.008)
+    costly = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0, batch_rows=16)    # 0.94 ms a row
+    plan = policy.plan(costly)                                               # explores once
+    assert costly.batching_pays is False and plan.role == THROUGHPUT and plan.max_wait_s == 0
+    assert plan.max_batch == 16
+    later = LoadStats(900, 5, 0.001, 0.015, 0.050, 3.0, batch_rows=16)
+    assert policy.plan(later).max_batch == 1                                 # one by one
+    again = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0 + policy.explore_s, batch_rows=16)
+    assert policy.plan(again).max_batch == 16                                # re-measures
+
+
 def test_adaptive_mode_batches_a_burst_and_returns_to_latency(na_engine):
     x = np.zeros((1, 1, 8, 8), np.float32)
     policy = AdaptivePolicy(max_batch=16, max_delay_ms=2, dwell_s=0.05, high_water=8)
@@ -226,3 +240,56 @@ def test_serve_refuses_missing_paths_and_strange_sources(na_engine, tmp_path):
         rt.serve(na_engine, mode="fast")
     with pytest.raises(ValueError, match="max_batch"):
         rt.serve(na_engine, max_batch=0)
+
+
+class _Variant:
+    def __init__(self, target: str, backend: str, role: str | None) -> None:
+        self.target, self.backend, self.role = target, backend, role
+
+
+class _ContractBundle:
+    """Stand-in for regiontrt.deploy's Bundle, written to its agreed contract (name, version,
+    region, variants with target/backend/role, select().engine, load_variant(v)); the real
+    bundle test comes once deploy is merged."""
+
+    def __init__(self, engines: dict[str | None, rt.Engine]) -> None:
+        self.name, self.version, self.region = "digits", "2.1.0", "CERTIFIED"
+        self._engines = engines
+        self.variants = [_Variant("cpu", "onnxruntime", role) for role in engines] + \
+            [_Variant("sm90", "tensorrt", "latency")]  # another target: never loaded here
+        self.loaded: list[str | None] = []
+
+    def select(self):
+        return type("Selection", (), {"engine": self._engines[None]})()
+
+    def load_variant(self, v: _Variant) -> rt.Engine:
+        assert v.backend == "onnxruntime", "only variants runnable here are loaded"
+        self.loaded.append(v.role)
+        return self._engines[v.role]
+
+
+def test_bundle_variants_serve_the_batches_their_role_is_built_for():
+    from regiontrt import demo
+
+    def build(max_batch: int) -> rt.Engine:
+        profile = {"input": [(1, 1, 8, 8), (1, 1, 8, 8), (max_batch, 1, 8, 8)]}
+        return (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region("CERTIFIED")
+                .with_shape_profile(profile).build())
+
+    bundle = _ContractBundle({None: build(64), "latency": build(2), "throughput": build(64)})
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    with rt.serve(bundle, mode="latency") as server:
+        assert list(server.models) == ["digits_CERTIFIED"]
+        model = server.model()
+        assert model.version == "2.1.0" and [v.role for v in model.variants] == \
+            [None, "latency", "throughput"]
+        server.infer(x)
+        assert np.array_equal(server.infer(np.zeros((5, 1, 8, 8), np.float32))["logits"],
+                              bundle._engines[None].infer(np.zeros((5, 1, 8, 8), np.float32))
+                              ["logits"])  # too big for the latency profile: default variant
+        assert server.stats()["digits_CERTIFIED"]["variants"] == {"latency:cpu": 1,
+                                                                  "default": 1}
+    with rt.serve(bundle, mode="throughput", max_delay_ms=1) as server:
+        server.infer(x)
+        assert server.stats()["digits_CERTIFIED"]["variants"] == {"throughput:cpu": 1}
+    assert "latency" in bundle.loaded and "throughput" in bundle.loaded

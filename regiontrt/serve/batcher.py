@@ -29,6 +29,19 @@ from .sources import ServedModel, Variant
 log = logging.getLogger("regiontrt.serve")
 
 
+class TaggedLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every message with the model, region and version, so a fault in a fleet's logs
+    is traced to its region at a glance."""
+
+    def __init__(self, logger: logging.Logger, model: ServedModel) -> None:
+        super().__init__(logger, {"model": model.name, "region": model.region,
+                                  "version": model.version})
+        self.prefix = f"[model={model.name} region={model.region} version={model.version}] "
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return self.prefix + str(msg), kwargs
+
+
 def _batch_limit(engine: Engine) -> int | None:
     """Most rows one run may hold (``None``: unbounded), or 0 when axis 0 is not a batch axis."""
     specs = [*engine.inputs, *engine.outputs]
@@ -63,9 +76,9 @@ class ModelBatcher:
         self.on_result: Callable[[Mapping[str, np.ndarray]], None] | None = None
         self._cond = threading.Condition()
         self._closing = False
+        self._checked: set[tuple[Any, ...]] = set()
         self._limits = {v.label: _batch_limit(v.engine) for v in model.variants}
-        self._log = logging.LoggerAdapter(log, {"model": model.name, "region": model.region,
-                                                "version": model.version})
+        self._log = TaggedLog(log, model)
         self._thread = threading.Thread(target=self._loop, name=f"regiontrt-batcher-{model.name}",
                                         daemon=True)
         metrics.add_model(model.name, model.version, model.region, sla_s, policy.state)
@@ -89,7 +102,13 @@ class ModelBatcher:
         if engine.bucketing is not None:
             engine.check_inputs(feeds)  # names and dtypes first, for a clear error
             feeds, info = engine.bucketing.pad(feeds)
-        engine.check_inputs(feeds)
+        signature = tuple(sorted((n, a.shape, a.dtype.str) for n, a in feeds.items()))
+        if signature not in self._checked:
+            # The check depends only on names, shapes and dtypes: remember the ones that passed
+            # (a bounded set: a client sending ever new shapes just gets checked every time).
+            engine.check_inputs(feeds)
+            if len(self._checked) < 4096:
+                self._checked.add(signature)
         rows = {int(a.shape[0]) for a in feeds.values() if a.ndim}
         if len(rows) > 1:
             raise InputError(f"inputs disagree on the batch size (axis 0): {sorted(rows)}")
@@ -122,8 +141,7 @@ class ModelBatcher:
             if not self.queue:
                 return None
             now = time.monotonic()
-            plan = self.policy.plan(self.load.snapshot(len(self.queue), self.policy.max_batch,
-                                                       self.sla_s, now))
+            plan = self.policy.plan(self.load.snapshot(len(self.queue), self.sla_s, now))
             self.metrics.mode(self.model.name, self.policy.state, self.policy.switches)
             variant = self.model.variant_for(plan.role)
             limit = self._limits[variant.label]
@@ -142,6 +160,8 @@ class ModelBatcher:
                 self._cond.wait(left)
             batch = self.queue.take(cap)
             self.metrics.depth(self.model.name, len(self.queue))
+            if limit and sum(r.rows for r in batch) > limit:
+                variant = self.model.variants[0]  # one request too big for the role's profile
             return batch, variant
 
     def _loop(self) -> None:
@@ -163,9 +183,10 @@ class ModelBatcher:
         live = [r for r in batch if r.deadline is None or r.deadline > now]
         expired = [r for r in batch if r not in live]
         for r in expired:
+            late = now - (r.deadline or now)
             r.future.set_exception(DeadlineExceeded(
-                f"deadline passed {1e3 * (now - r.deadline):.1f} ms before the request could run "
-                f"(queued {1e3 * (now - r.enqueued):.1f} ms)" if r.deadline else "deadline"))
+                f"deadline passed {1e3 * late:.1f} ms before the request could run "
+                f"(queued {1e3 * (now - r.enqueued):.1f} ms)"))
         if expired:
             self.metrics.outcome(self.model.name, variant.label, "deadline_exceeded", len(expired))
         live = [r for r in live if r.future.set_running_or_notify_cancel()]

@@ -12,7 +12,8 @@ load (:class:`LoadStats`). Three are shipped:
   serving would need (arrival rate x single-request service time) and the queue depth, with
   separate up and down thresholds and a minimum dwell time, so it does not flap. Quiet: dispatch
   at once with whatever is queued. Busy: batch, waiting only as long as the region's SLA leaves
-  room for.
+  room for. Where batches are measured to cost as much per row as single requests, it runs
+  requests one by one in either state (re-measuring a full batch every few seconds).
 
 Subclass :class:`BatchPolicy` and pass an instance as ``mode=`` to plug in another rule.
 """
@@ -51,9 +52,10 @@ class LoadStats:
         arrival_rate: requests per second over the recent window.
         queue_depth: requests waiting now.
         service_s: estimated seconds to run one request alone (``None`` before any run).
-        batch_service_s: estimated seconds to run a full batch (``None`` before one ran).
+        batch_service_s: estimated seconds to run the largest batch seen (``None`` before any).
         sla_s: the region's p99 latency SLA in seconds (``None`` without one).
         now: the monotonic time of the decision.
+        batch_rows: the rows of that largest batch.
     """
 
     arrival_rate: float
@@ -62,6 +64,18 @@ class LoadStats:
     batch_service_s: float | None
     sla_s: float | None
     now: float
+    batch_rows: int = 0
+
+    @property
+    def batching_pays(self) -> bool | None:
+        """Whether a row costs less in the largest batch seen than alone (``None``: unknown).
+
+        Known only once a batch of at least 4 rows ran; "less" means by a fifth, so noise in the
+        estimates does not count as a gain.
+        """
+        if self.service_s is None or self.batch_service_s is None or self.batch_rows < 4:
+            return None
+        return self.batch_service_s / self.batch_rows < 0.8 * self.service_s
 
 
 class BatchPolicy(abc.ABC):
@@ -143,6 +157,8 @@ class AdaptivePolicy(BatchPolicy):
         self.high_water = int(high_water) if high_water is not None else max(2, self.max_batch)
         self._state = LATENCY
         self._since = -math.inf
+        self._explored = -math.inf
+        self.explore_s = 5.0
         self._lock = threading.Lock()
 
     @property
@@ -164,6 +180,15 @@ class AdaptivePolicy(BatchPolicy):
                 self._state, self._since = wanted, load.now
                 self.switches += 1
             state = self._state
+        if load.batching_pays is False:
+            # Measured: rows cost no less together (a CPU already short of cores, say), so
+            # waiting or joining requests only adds latency: run them one by one, except for
+            # one full batch every explore_s, which keeps that measurement current.
+            with self._lock:
+                explore = load.now - self._explored >= self.explore_s
+                if explore:
+                    self._explored = load.now
+            return BatchPlan(self.max_batch if explore else 1, 0.0, state)
         if state == LATENCY:
             return BatchPlan(self.max_batch, 0.0, LATENCY)
         wait = self.max_delay_s
@@ -224,12 +249,10 @@ class LoadTracker:
                 one = self._per_batch.get(1, min(self._per_batch.items())[1])
                 self._per_request = one
 
-    def snapshot(self, queue_depth: int, max_batch: int, sla_s: float | None,
-                 now: float) -> LoadStats:
+    def snapshot(self, queue_depth: int, sla_s: float | None, now: float) -> LoadStats:
         with self._lock:
             self._trim(now)
             rate = len(self._arrivals) / self.window_s
-            full = [s for b, s in self._per_batch.items() if b >= max_batch]
-            batch_s = min(full) if full else (max(self._per_batch.values())
-                                              if self._per_batch else None)
-            return LoadStats(rate, queue_depth, self._per_request, batch_s, sla_s, now)
+            rows = max(self._per_batch) if self._per_batch else 0
+            return LoadStats(rate, queue_depth, self._per_request, self._per_batch.get(rows),
+                             sla_s, now, rows)

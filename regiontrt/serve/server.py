@@ -69,9 +69,9 @@ class Server:
             policy = make_policy(mode, max_batch, max_delay_ms)
             self._batchers[m.name] = ModelBatcher(
                 m, policy, self.metrics, max_queue, None if sla is None else float(sla) / 1e3)
-            log.info("serving %s (region %s, version %s, precision %s, %d variant(s), mode %s)",
-                     m.name, m.region, m.version, m.engine.precision, len(m.variants),
-                     policy.name)
+            log.info("[model=%s region=%s version=%s] serving: precision %s, %d variant(s), "
+                     "mode %s", m.name, m.region, m.version, m.engine.precision,
+                     len(m.variants), policy.name)
 
     # -- models -------------------------------------------------------------------------------
     @property
