@@ -60,6 +60,7 @@ class DataType(enum.Enum):
     INT64 = 8
     INT4 = 9
     FP4 = 10
+    E8M0 = 11
 
 
 class IOutputAllocator:
