@@ -5,7 +5,8 @@ module, loaded with stand-in TensorRT libraries on ``LD_LIBRARY_PATH``: importin
 registers classes, it never calls into TensorRT) or ``python tensorrt_api_dump.py tensorrt_rtx``
 (an installed module). Prints ``{"classes": {name: {attr: {"kind", "sigs"}}}, "enums":
 {name: {member: value}}, "functions": {name: sigs}}``; a signature is a list of
-``[parameter, has_default]`` pairs without ``self``, one list per pybind11 overload.
+``{"params": [[parameter, has_default], ...], "returns": type}`` without ``self``, one per
+pybind11 overload.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def _split(params: str) -> list[str]:
     return parts
 
 
-def signatures(name: str, doc: str | None) -> list[list[tuple[str, bool]]]:
-    """Each pybind11 overload of ``name`` in ``doc`` as ``[(parameter, has_default), ...]``."""
+def signatures(name: str, doc: str | None) -> list[dict[str, Any]]:
+    """Each pybind11 overload of ``name`` in ``doc``: parameters (with whether they have a
+    default) and the return type."""
     out = []
     for line in (doc or "").splitlines():
-        m = re.match(rf"^\s*(?:\d+\.\s+)?{re.escape(name)}\((.*)\)\s*(?:->.*)?$", line)
+        m = re.match(rf"^\s*(?:\d+\.\s+)?{re.escape(name)}\((.*)\)\s*(?:->\s*(.*))?$", line)
         if not m or m.group(1).startswith("*args"):
             continue
         params = []
@@ -59,7 +61,7 @@ def signatures(name: str, doc: str | None) -> list[list[tuple[str, bool]]]:
             if pname in ("self", ""):
                 continue
             params.append((pname, "=" in part))
-        out.append(params)
+        out.append({"params": params, "returns": (m.group(2) or "").strip()})
     return out
 
 
@@ -84,6 +86,7 @@ def _enum(value: Any) -> dict[str, int] | None:
 
 def dump(module: Any) -> dict[str, Any]:
     classes: dict[str, Any] = {}
+    docs: dict[str, str] = {}  # class docstrings: IOutputAllocator documents its methods there
     enums: dict[str, Any] = {}
     functions: dict[str, Any] = {}
     for name, value in vars(module).items():
@@ -108,10 +111,12 @@ def dump(module: Any) -> dict[str, Any]:
                         doc = raw.__func__.__doc__
                     attrs[attr] = {"kind": _kind(raw), "sigs": signatures(attr, doc)}
             classes[name] = attrs
+            docs[name] = value.__doc__ or ""
         elif callable(value):
             functions[name] = signatures(name, getattr(value, "__doc__", None))
     version = getattr(module, "__version__", None)
-    return {"version": version, "classes": classes, "enums": enums, "functions": functions}
+    return {"version": version, "classes": classes, "docs": docs, "enums": enums,
+            "functions": functions}
 
 
 def main() -> None:

@@ -71,11 +71,11 @@ def _device_count() -> tuple[int, str | None]:
     if cudart is None:
         return 0, "no-cuda-python"
     try:
-        err, count = cudart.cudaGetDeviceCount()
+        code, count = cudart.cudaGetDeviceCount()
     except Exception as exc:
         return 0, type(exc).__name__
-    if int(err) != 0:
-        return 0, str(getattr(err, "name", err))
+    if int(code) != 0:
+        return 0, str(getattr(code, "name", code))
     return int(count or 0), None
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import tensorrt
 
 __all__ = [  # OutputAllocator and make_allocator live in .trt_alloc
-    "TENSOR_ALIGNMENT", "OutputAllocator", "Plan", "RunnerStats", "Slot", "engine_profile",
+    "TENSOR_ALIGNMENT", "OutputAllocator", "Plan", "RunnerStats", "Slot", "dims", "engine_profile",
     "infer_shapes", "make_allocator", "trt_dtype_to_numpy",
 ]
 _NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
@@ -86,6 +86,12 @@ class Plan:
     shapes: dict[str, tuple[int, ...]]
     host: dict[str, np.ndarray]
     views: dict[str, cuda.DeviceView]
+
+
+def dims(shape: Any) -> tuple[int, ...]:
+    """A ``trt.Dims`` (or any sequence) as a tuple, by index (the stubs give ``Dims`` no
+    ``__iter__``)."""
+    return tuple(int(shape[i]) for i in range(len(shape)))
 
 
 def engine_profile(engine: Any, inputs: Sequence[TensorSpec], k: int) -> Profile:
@@ -218,7 +224,7 @@ class Slot:
         for spec in outputs:
             if spec.name in dds:
                 continue
-            shape = tuple(int(d) for d in self.context.get_tensor_shape(spec.name))
+            shape = dims(self.context.get_tensor_shape(spec.name))
             if math.prod(shape) * spec.dtype.itemsize > self.device[spec.name].capacity:
                 raise ShapeOutOfProfile(f"output {spec.name!r} of shape {shape} exceeds the buffer "
                                         f"sized from profile {self.profile}'s maximum shapes")
