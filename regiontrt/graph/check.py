@@ -78,12 +78,20 @@ def reference_outputs(model: onnx.ModelProto | bytes, batches: Sequence[Batch], 
         options.intra_op_num_threads = int(threads)
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    results = [dict(zip(names, session.run(names, dict(batch)))) for batch in batches]
+    results = [dict(zip(names, session.run(names, _private(batch)))) for batch in batches]
     changing: set[str] = set()
     if twice and batches:
-        again = dict(zip(names, session.run(names, dict(batches[0]))))
+        again = dict(zip(names, session.run(names, _private(batches[0]))))
         changing = {n for n, v in results[0].items() if not _identical(v, again[n])}
     return results, changing
+
+
+def _private(batch: Batch) -> dict[str, Any]:
+    """Copies of the feeds: ONNX Runtime may write into an input buffer it aliases to an output
+    (training-mode BatchNormalization updates its running mean in place), which would change the
+    data every later run sees."""
+    return {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+            for k, v in batch.items()}
 
 
 def check_pass(

@@ -61,12 +61,13 @@ def clean(model: onnx.ModelProto, *, fold_batchnorm: bool = True) -> onnx.ModelP
     """
     if not isinstance(model, onnx.ModelProto):
         raise InvalidModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
-    if non_tensor_values(model):
+    inferred = _with_inferred_shapes(model)
+    if non_tensor_values(model, inferred):
         return _finish(model, _copy(model))
-    original_ok = _passes_checker(model)
     steps: list[tuple[str, Callable[[], onnx.ModelProto]]] = [
-        ("clean", lambda: _clean(model, fold=True, fold_bn=fold_batchnorm)),
-        ("clean without constant folding", lambda: _clean(model, fold=False, fold_bn=False)),
+        ("clean", lambda: _clean(model, inferred, fold=True, fold_bn=fold_batchnorm)),
+        ("clean without constant folding",
+         lambda: _clean(model, inferred, fold=False, fold_bn=False)),
     ]
     for step, run in steps:
         try:
@@ -74,7 +75,7 @@ def clean(model: onnx.ModelProto, *, fold_batchnorm: bool = True) -> onnx.ModelP
         except Exception as exc:  # GraphSurgeon fails in many ways on odd graphs
             why = f"{type(exc).__name__}: {exc}"
         else:
-            if not original_ok or _passes_checker(result):
+            if _passes_checker(result) or not _passes_checker(model):
                 return result
             why = "the result fails the ONNX checker"
         warnings.warn(f"{step} skipped ({why}); trying a more conservative pass",
@@ -82,11 +83,12 @@ def clean(model: onnx.ModelProto, *, fold_batchnorm: bool = True) -> onnx.ModelP
     return _finish(model, _copy(model))
 
 
-def _clean(model: onnx.ModelProto, *, fold: bool, fold_bn: bool) -> onnx.ModelProto:
+def _clean(model: onnx.ModelProto, inferred: onnx.ModelProto, *, fold: bool,
+           fold_bn: bool) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
 
     protected = subgraph_references(model.graph)
-    graph = _import(_with_inferred_shapes(model) if fold else model)
+    graph = _import(inferred if fold else model)
     with _quiet_graphsurgeon():
         _bypass_identities(graph, protected)
         if fold:

@@ -69,12 +69,14 @@ def is_plain_tensor(value_type: onnx.TypeProto) -> bool:
     return value_type.HasField("tensor_type") and bool(value_type.tensor_type.elem_type)
 
 
-def non_tensor_values(model: onnx.ModelProto) -> list[str]:
+def non_tensor_values(model: onnx.ModelProto,
+                      inferred: onnx.ModelProto | None = None) -> list[str]:
     """Names of values that are not plain tensors anywhere in ``model`` (sorted).
 
     Looks at the declared inputs, outputs and value_info of every graph and subgraph, at the
     types ONNX shape inference gives the top-level values, and at the outputs of sequence and
-    optional ops (whose types inference may leave blank).
+    optional ops (whose types inference may leave blank). ``inferred``: ``model`` after shape
+    inference, when the caller has it already.
     """
     names: set[str] = set()
     for graph in walk_graphs(model.graph):
@@ -84,10 +86,11 @@ def non_tensor_values(model: onnx.ModelProto) -> list[str]:
         for node in graph.node:
             if node.op_type in NON_TENSOR_OPS:
                 names.update(n for n in (*node.input, *node.output) if n)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # custom ops: the declared types above are all we have
-        return sorted(names)
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:  # custom ops: the declared types above are all we have
+            return sorted(names)
     for value in _declared(inferred.graph):
         if value.type.WhichOneof("value") not in (None, "tensor_type"):
             names.add(value.name)
