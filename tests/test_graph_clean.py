@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -307,3 +309,135 @@ def test_qdq_on_constant_weights_is_not_folded() -> None:
     cleaned = clean(model)
     assert count_ops(cleaned) == count_ops(model)
     _assert_same_outputs(model, cleaned, (1, C, 3, 3))
+
+
+# -- constructs clean() must respect or leave alone (issue 13) -----------------------------------
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, object]) -> list[object]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return list(sess.run(None, feeds))
+
+
+def test_shape_with_start_folds_to_the_sliced_shape() -> None:
+    """Shape(x, start=1) of a 3x4x5 tensor is [4, 5], folded as such (not [3, 4, 5])."""
+    nodes = [oh.make_node("Shape", ["x"], ["y"], start=1)]
+    model = _model(nodes, [oh.make_tensor_value_info("x", TP.FLOAT, [3, 4, 5])],
+                   [oh.make_tensor_value_info("y", TP.INT64, [2])], [], opset=15)
+    cleaned = clean(model)
+    onnx.checker.check_model(cleaned, full_check=True)
+    assert count_ops(cleaned)["Shape"] == 0  # folded...
+    x = np.zeros((3, 4, 5), np.float32)
+    assert _ort(cleaned, {"x": x})[0].tolist() == [4, 5]  # ...to the right value
+
+
+@pytest.mark.parametrize(("start", "end", "index"), [(1, None, 1), (-2, None, 0), (0, -1, 2)])
+def test_sliced_shape_of_a_dynamic_tensor_is_not_folded_wrongly(
+    start: int, end: int | None, index: int
+) -> None:
+    """Gather(Shape(x, start, end), i) of x [N, 4, 5, 6]: GraphSurgeon's shape folder would index
+    the full shape; clean() must leave it to run time or fold it right."""
+    attrs = {"start": start} if end is None else {"start": start, "end": end}
+    nodes = [
+        oh.make_node("Shape", ["x"], ["s"], **attrs),
+        oh.make_node("Gather", ["s", "i"], ["y"], axis=0),
+    ]
+    inits = [nh.from_array(np.array(index, np.int64), "i")]
+    model = _model(nodes, [oh.make_tensor_value_info("x", TP.FLOAT, ["N", 4, 5, 6])],
+                   [oh.make_tensor_value_info("y", TP.INT64, [])], inits, opset=15)
+    cleaned = clean(model)
+    x = np.zeros((2, 4, 5, 6), np.float32)
+    want = list(x.shape)[slice(start, end)][index]
+    assert _ort(model, {"x": x})[0] == want
+    assert _ort(cleaned, {"x": x})[0] == want
+
+
+def _expanded(op: str, opset: int, inputs: dict[str, tuple[int, list[int]]],
+              outputs: dict[str, tuple[int, list[int]]], **attrs: object) -> onnx.ModelProto:
+    """A model holding ``op`` written out as its ONNX function body (as exporters inline it)."""
+    from onnx.backend.test.case.node import function_testcase_helper
+
+    node = oh.make_node(op, list(inputs), list(outputs), **attrs)
+    types = [oh.make_tensor_type_proto(t, s) for t, s in inputs.values()]
+    expanded, _ = function_testcase_helper(node, types, "t", [oh.make_opsetid("", opset)])
+    graph = oh.make_graph(
+        expanded[0][0], "expanded",
+        [oh.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+        [oh.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("case", ["attention", "affine_grid"])
+def test_function_expanded_models_stay_valid_and_equal(case: str) -> None:
+    """Decomposed Attention (Shape start/end everywhere) and AffineGrid (If branches)."""
+    rng = np.random.default_rng(0)
+    if case == "attention":
+        f = TP.FLOAT
+        model = _expanded("Attention", 23, {"Q": (f, [2, 3, 4, 8]), "K": (f, [2, 3, 6, 8]),
+                                            "V": (f, [2, 3, 6, 8])}, {"Y": (f, [2, 3, 4, 8])})
+        feeds = {k: rng.normal(size=s).astype(np.float32)
+                 for k, s in (("Q", (2, 3, 4, 8)), ("K", (2, 3, 6, 8)), ("V", (2, 3, 6, 8)))}
+    else:
+        model = _expanded("AffineGrid", 20, {"theta": (TP.FLOAT, [2, 2, 3]),
+                                             "size": (TP.INT64, [4])},
+                          {"grid": (TP.FLOAT, [2, 5, 6, 2])}, align_corners=0)
+        feeds = {"theta": rng.normal(size=(2, 2, 3)).astype(np.float32),
+                 "size": np.array([2, 3, 5, 6], np.int64)}
+    onnx.checker.check_model(model, full_check=True)
+    cleaned = clean(model)
+    onnx.checker.check_model(cleaned, full_check=True)
+    assert len(cleaned.graph.node) < len(model.graph.node)  # it did clean something
+    for got, want in zip(_ort(cleaned, feeds), _ort(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_optional_input_is_left_alone() -> None:
+    """An optional-typed input through Identity (GraphSurgeon cannot represent optionals)."""
+    opt = oh.make_optional_type_proto(oh.make_tensor_type_proto(TP.FLOAT, [3]))
+    x = oh.make_value_info("x", opt)
+    y = oh.make_value_info("y", opt)
+    model = _model([oh.make_node("Identity", ["x"], ["y"])], [x], [y], [], opset=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # left alone on purpose, not as a fallback
+        cleaned = clean(model)
+    onnx.checker.check_model(cleaned, full_check=True)
+    assert [n.op_type for n in cleaned.graph.node] == ["Identity"]
+    assert cleaned.graph.input[0].type == opt
+    value = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(_ort(cleaned, {"x": value})[0], value)
+
+
+def test_sequence_model_is_left_alone() -> None:
+    nodes = [
+        oh.make_node("Identity", ["a"], ["a2"]),
+        oh.make_node("SequenceConstruct", ["a2", "b"], ["seq"]),
+        oh.make_node("ConcatFromSequence", ["seq"], ["y"], axis=0),
+    ]
+    f2 = [oh.make_tensor_value_info(n, TP.FLOAT, [2]) for n in ("a", "b")]
+    model = _model(nodes, f2, [oh.make_tensor_value_info("y", TP.FLOAT, [4])], [])
+    cleaned = clean(model)
+    assert [n.op_type for n in cleaned.graph.node] == [n.op_type for n in model.graph.node]
+    feeds = {"a": np.ones(2, np.float32), "b": np.zeros(2, np.float32)}
+    np.testing.assert_array_equal(_ort(cleaned, feeds)[0], _ort(model, feeds)[0])
+
+
+def test_a_result_the_checker_refuses_is_never_returned(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """When a pass produces an invalid graph, clean() warns and falls back, never returns it."""
+    import regiontrt.graph.clean as mod
+
+    model = resnet_block()
+
+    def broken(graph: object, gs: object) -> None:  # a "fold" that disconnects a tensor
+        node = next(n for n in graph.nodes if n.op == "Gemm")  # type: ignore[attr-defined]
+        node.inputs[0] = gs.Variable("nowhere", dtype=np.float32)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(mod, "_fold_constants", broken)
+    with pytest.warns(RuntimeWarning, match="clean skipped"):
+        cleaned = clean(model)
+    onnx.checker.check_model(cleaned, full_check=True)
+    assert count_ops(cleaned)["Identity"] == 0  # the conservative pass still ran
+    _assert_same_outputs(model, cleaned, (2, 3, 8, 8))

@@ -33,7 +33,7 @@ from regiontrt.errors import RegionTRTError
 
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime, a required dependency")
 node_cases = pytest.importorskip("onnx.backend.test.case.node", reason="needs onnx's test cases")
-Runner = pytest.importorskip("onnx.backend.test.runner", reason="needs onnx's backend runner").Runner
+Runner = pytest.importorskip("onnx.backend.test.runner", reason="needs onnx's runner").Runner
 
 # float16 keeps 11 significant bits (a relative step of 9.8e-4): 1e-2 allows about ten
 # roundings along a chain of ops, and the FP16 pass keeps the ill-conditioned ones float32.
