@@ -484,3 +484,61 @@ def test_initializers_listed_as_inputs_ir3() -> None:
     assert {v.name for v in fp16.graph.input} >= {i.name for i in fp16.graph.initializer}
     feeds = _feeds(model)
     assert _rel_l2(_run(model, feeds)[0], _run(fp16, feeds)[0]) < 1e-2
+
+
+# -- ops whose meaning depends on their input type, and the inference cross-check (issue 13) ----
+
+
+def test_bitcast_keeps_its_float32_input() -> None:
+    """BitCast reinterprets bits: converting its input to float16 would change its meaning."""
+    nodes = [
+        oh.make_node("Relu", ["x"], ["r"], name="relu"),
+        oh.make_node("BitCast", ["r"], ["y"], name="bitcast", to=TP.INT32),
+    ]
+    model = oh.make_model(
+        oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TP.FLOAT, [2, 3])],
+                      [oh.make_tensor_value_info("y", TP.INT32, [2, 3])]),
+        opset_imports=[oh.make_opsetid("", 26)],
+    )
+    fp16 = to_fp16(model)
+    onnx.checker.check_model(fp16, full_check=True)
+    bitcast = next(n for n in fp16.graph.node if n.op_type == "BitCast")
+    assert _types(fp16)[bitcast.input[0]] == TP.FLOAT
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(fp16, {"x": x})[0], np.maximum(x, 0).view(np.int32))
+
+
+@pytest.mark.parametrize("reduction", ["add", "mul", "max", "min"])
+def test_accumulating_scatter_stays_float32(reduction: str) -> None:
+    nodes = [
+        oh.make_node("Relu", ["x"], ["r"]),
+        oh.make_node("ScatterND", ["r", "idx", "upd"], ["y"], reduction=reduction),
+    ]
+    inits = [nh.from_array(np.array([[0], [0], [2]], np.int64), "idx"),
+             _f("upd", np.full((3, 4), 0.5))]
+    model = oh.make_model(
+        oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TP.FLOAT, [4, 4])],
+                      [oh.make_tensor_value_info("y", TP.FLOAT, [4, 4])], inits),
+        opset_imports=[oh.make_opsetid("", 18)],
+    )
+    fp16 = to_fp16(model)
+    onnx.checker.check_model(fp16, full_check=True)
+    scatter = next(n for n in fp16.graph.node if n.op_type == "ScatterND")
+    assert _types(fp16)[scatter.input[0]] == TP.FLOAT
+    x = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(fp16, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-6)
+
+
+def test_a_plan_onnx_inference_disagrees_with_is_refused() -> None:
+    """types_agree: ONNX's per-node inference must give the planned output types."""
+    from regiontrt.graph.fp16_rules import types_agree
+
+    model = oh.make_model(oh.make_graph([], "g", [], []), opset_imports=[oh.make_opsetid("", 17)])
+    add = oh.make_node("Add", ["a", "b"], ["c"])
+    schema = onnx.defs.get_schema("Add", 17)
+    assert types_agree(schema, add, [TP.FLOAT16, TP.FLOAT16], [TP.FLOAT16], {}, {}, model)
+    assert not types_agree(schema, add, [TP.FLOAT16, TP.FLOAT16], [TP.FLOAT], {}, {}, model)
+    assert not types_agree(schema, add, [TP.FLOAT16, TP.FLOAT], [TP.FLOAT16], {}, {}, model)
+    cast = oh.make_node("BitCast", ["a"], ["c"], to=TP.INT32)
+    bitcast = onnx.defs.get_schema("BitCast", 26)
+    assert not types_agree(bitcast, cast, [TP.FLOAT16], [TP.INT32], {}, {}, model)
