@@ -10,6 +10,7 @@ within budget wins; if none is, :class:`AccuracyBudgetExceeded` lists every atte
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import platform
 import time
 import warnings
@@ -40,12 +41,13 @@ from .graph.check import (
     check_pass,
     generated_inputs,
     metric_view,
-    nondeterministic_outputs,
+    reference_outputs,
     run_onnx,
 )
 from .graph.io import (
     TensorSpec,
     input_specs,
+    model_bytes,
     model_sha256,
     opset_version,
     output_specs,
@@ -83,6 +85,7 @@ class Validator:
         reference: onnx.ModelProto,
         metric: tuple[str, MetricFn],
         profiles: Sequence[Profile] | None = None,
+        threads: int = 0,
     ) -> None:
         self.inputs = input_specs(reference)
         if not self.inputs:
@@ -106,8 +109,11 @@ class Validator:
         if profiles is not None:
             self.check_profiles(profiles)
         self.metric_name, self.metric = metric
+        self.threads = threads
+        self._runs: dict[str, list[dict[str, Any]]] = {}
         try:
-            self.reference_batches = run_onnx(reference, self.batches)
+            self.reference_batches, self.nondeterministic = reference_outputs(
+                reference, self.batches, threads=threads)
         except RegionTRTError:
             raise
         except Exception as exc:  # ONNX Runtime's own errors (custom ops, bad graphs)
@@ -136,6 +142,14 @@ class Validator:
                     f"validation batch {i} does not fit the shape profile: {exc}"
                 ) from None
 
+    def model_outputs(self, model: onnx.ModelProto) -> list[dict[str, Any]]:
+        """Per-batch outputs of an ONNX graph (cached: the FP32 variant is the cleaned graph)."""
+        data = model_bytes(model)
+        key = hashlib.sha256(data).hexdigest()
+        if key not in self._runs:
+            self._runs[key] = run_onnx(data, self.batches, threads=self.threads)
+        return self._runs[key]
+
     def _outputs(self, runner: Runner) -> dict[str, Any]:
         try:
             return collate([runner.run(b) for b in self.batches])
@@ -156,7 +170,7 @@ class Validator:
     def loss_of_model(self, model: onnx.ModelProto) -> float:
         """The loss of an ONNX variant, run with ONNX Runtime."""
         try:
-            outputs = run_onnx(model, self.batches)
+            outputs = self.model_outputs(model)
         except RegionTRTError:
             raise
         except Exception as exc:
@@ -165,25 +179,26 @@ class Validator:
 
 
 def _check_clean(original: onnx.ModelProto, cleaned: onnx.ModelProto,
-                 validator: Validator | None, profiles: Sequence[Profile]) -> dict[str, Any]:
+                 validator: Validator | None, profiles: Sequence[Profile],
+                 threads: int) -> dict[str, Any]:
     """Check the cleaned graph against the original on the validation data or generated inputs.
 
     Raises:
         GraphPassError: the cleaned graph computes something else.
     """
     if validator is not None:
-        batches, reference = validator.batches, validator.reference_batches
-        source = "validation data"
-    else:
-        opt = {n: r.opt for n, r in profiles[0].ranges.items()} if profiles else {}
-        batches, source = [generated_inputs(input_specs(original), opt)], "generated inputs"
-        try:
-            reference = run_onnx(original, batches)
-        except Exception as exc:
-            warnings.warn(f"graph check not run: the original model rejects generated inputs "
-                          f"({exc}); pass validation data to check the cleaned graph", stacklevel=3)
-            return {"pass": "clean", "inputs": source, "checked": False, "reason": str(exc)[:300]}
-    skip = nondeterministic_outputs(original, batches[0], reference[0])
+        result = check_pass("clean", validator.reference_batches,
+                            lambda: validator.model_outputs(cleaned), validator.batches,
+                            skip_values=validator.nondeterministic)
+        return {**result.to_dict(), "inputs": "validation data", "checked": True}
+    opt = {n: r.opt for n, r in profiles[0].ranges.items()} if profiles else {}
+    batches, source = [generated_inputs(input_specs(original), opt)], "generated inputs"
+    try:
+        reference, skip = reference_outputs(original, batches, threads=threads)
+    except Exception as exc:
+        warnings.warn(f"graph check not run: the original model rejects generated inputs "
+                      f"({exc}); pass validation data to check the cleaned graph", stacklevel=3)
+        return {"pass": "clean", "inputs": source, "checked": False, "reason": str(exc)[:300]}
     result = check_pass("clean", reference, cleaned, batches, skip_values=skip)
     return {**result.to_dict(), "inputs": source, "checked": True}
 
@@ -355,7 +370,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     metric = get_metric(state.metric, default=region.metric)
     validator = None
     if state.validation_data is not None:
-        validator = Validator(state.validation_data, shared.model, metric)
+        validator = Validator(state.validation_data, shared.model, metric,
+                              threads=state.tactics.cpu_threads)
     require_all = backend.name != "onnxruntime"
     if state.shape_profile is not None:  # a subclass may override resolve() without observed=
         profiles = state.shape_profile.resolve(inputs, require_all=require_all)
@@ -370,7 +386,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
             f"region {region.name!r} may build {lossy}, which must be checked against its "
             "accuracy budget: pass the region's data with .with_validation(data)"
         )
-    graph_check = _check_clean(shared.model, cleaned, validator, profiles)
+    graph_check = _check_clean(shared.model, cleaned, validator, profiles,
+                               state.tactics.cpu_threads)
     metadata = _base_metadata(region, policy, shared, inputs, outputs, profiles, state, backend)
     metadata["graph_check"] = graph_check
     trials: list[PrecisionTrial] = []

@@ -18,7 +18,7 @@ GraphPassError` naming the pass, the output and the first differing element.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,36 +52,44 @@ class CheckResult:
         }
 
 
-def run_onnx(model: onnx.ModelProto | bytes, batches: Sequence[Batch]) -> list[Outputs]:
+def run_onnx(model: onnx.ModelProto | bytes, batches: Sequence[Batch], *,
+             threads: int = 0) -> list[Outputs]:
     """Outputs of ``model`` with ONNX Runtime (CPU, default optimizations) for each batch.
 
-    ORT's own graph optimizations stay on: they are what the reference backend runs.
+    Args:
+        model: the model, or its serialization.
+        batches: ``{input: array}`` feeds.
+        threads: intra-op threads (0: ONNX Runtime's default, one per core). Each session
+            starts its own pool, which costs more than running a small graph: pass 1 there.
     """
+    return reference_outputs(model, batches, threads=threads, twice=False)[0]
+
+
+def reference_outputs(model: onnx.ModelProto | bytes, batches: Sequence[Batch], *,
+                      threads: int = 0, twice: bool = True) -> tuple[list[Outputs], set[str]]:
+    """Like :func:`run_onnx`, and (``twice``) the outputs that change when the first batch runs
+    again: unseeded random ops and training-mode Dropout make them nondeterministic."""
     import onnxruntime as ort
 
     data = model if isinstance(model, bytes) else model.SerializeToString(deterministic=True)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    results = []
-    for batch in batches:
-        values = session.run(names, {k: v for k, v in batch.items()})
-        results.append(dict(zip(names, values)))
-    return results
-
-
-def nondeterministic_outputs(model: onnx.ModelProto | bytes, batch: Batch,
-                             first: Outputs) -> set[str]:
-    """Outputs of ``model`` that differ between two runs on ``batch`` (``first`` is one)."""
-    again = run_onnx(model, [batch])[0]
-    return {name for name, value in first.items() if not _identical(value, again[name])}
+    results = [dict(zip(names, session.run(names, dict(batch)))) for batch in batches]
+    changing: set[str] = set()
+    if twice and batches:
+        again = dict(zip(names, session.run(names, dict(batches[0]))))
+        changing = {n for n, v in results[0].items() if not _identical(v, again[n])}
+    return results, changing
 
 
 def check_pass(
     pass_name: str,
     reference: Sequence[Outputs],
-    candidate: onnx.ModelProto,
+    candidate: onnx.ModelProto | Callable[[], Sequence[Outputs]],
     batches: Sequence[Batch],
     *,
     skip_values: set[str] | frozenset[str] = frozenset(),
@@ -92,7 +100,8 @@ def check_pass(
     Args:
         pass_name: the pass that produced ``candidate`` (named in the error).
         reference: the original model's outputs for each batch (:func:`run_onnx`).
-        candidate: the graph the pass produced.
+        candidate: the graph the pass produced, or a function returning its outputs for
+            ``batches`` (say, a cache of them).
         batches: the inputs ``reference`` was computed on.
         skip_values: outputs compared by type and shape only (nondeterministic ones).
         rtol: relative tolerance for float outputs (raised to 8 epsilons of their type).
@@ -101,7 +110,7 @@ def check_pass(
         GraphPassError: ``candidate`` cannot run, or an output differs.
     """
     try:
-        got = run_onnx(candidate, batches)
+        got = candidate() if callable(candidate) else run_onnx(candidate, batches)
     except Exception as exc:
         raise GraphPassError(
             pass_name, f"ONNX Runtime cannot run the graph it produced: {exc}"
