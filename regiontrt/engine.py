@@ -172,8 +172,8 @@ class Engine:
                 self._backend = backend
             return self._runner
 
-    def check_inputs(self, feeds: Any) -> dict[str, Any]:
-        """Validate names, dtypes, ranks and profile ranges; returns the feeds as a dict.
+    def check_inputs(self, feeds: Any, *, profiles: bool = True) -> dict[str, Any]:
+        """Validate names, dtypes, ranks and (``profiles``) profile ranges; returns a dict.
 
         Raises:
             InputError: wrong names, dtypes or ranks.
@@ -220,7 +220,8 @@ class Engine:
                         f"input {name!r} axis {axis} is {got}; the engine fixes it at {want}"
                     )
             shapes[name] = shape
-        select_profile(self.profiles, shapes)
+        if profiles:
+            select_profile(self.profiles, shapes)
         return dict(feeds)
 
     def infer(self, feeds: Any, *, outputs: str = "host") -> dict[str, Any]:
@@ -242,6 +243,7 @@ class Engine:
             if isinstance(feeds, Mapping) and not any(
                 hasattr(v, "__cuda_array_interface__") for v in feeds.values()
             ):
+                self.check_inputs(feeds, profiles=False)  # names, dtypes, ranks before padding
                 feeds, info = self.bucketing.pad(feeds)
         checked = self.check_inputs(feeds)
         runner = self._get_runner()
