@@ -78,6 +78,8 @@ def write(path: str | Path, metadata: Mapping[str, Any], payload: bytes) -> Path
         if isinstance(exc, ArtifactError):
             raise
         raise ArtifactError(f"metadata cannot be stored as JSON: {exc}") from exc
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArtifactError(f"an engine path must be a str or os.PathLike, not {path!r:.60}")
     path = Path(path)
     if path.is_dir():
         raise ArtifactError(f"cannot write {path}: it is a folder; give a file name")

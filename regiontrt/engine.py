@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -370,6 +371,8 @@ class Engine:
         Returns:
             ``(payload_path, sidecar_path)``; the sidecar is ``<payload_path>.json``.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentError(f"a payload path must be a str or os.PathLike: {path!r:.60}")
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(PAYLOAD_SUFFIX.get(self._metadata["payload_format"], ".bin"))

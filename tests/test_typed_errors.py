@@ -272,3 +272,12 @@ def test_bucketed_engine_checks_inputs_before_padding():
         with pytest.raises(error):
             engine.infer({"x": bad})
     assert engine.infer(np.ones((3, 4), np.float32))["y"].shape == (3, 4)
+
+
+def test_save_and_export_with_a_wrong_path_type(engine_path):
+    engine = rt.load_engine(engine_path)
+    for bad in (None, 5, ["a"]):
+        with pytest.raises(rt.RegionTRTError):
+            engine.save(bad)
+        with pytest.raises(rt.RegionTRTError):
+            engine.export_payload(bad)
