@@ -31,6 +31,7 @@ def test_paths_resolve_against_the_fleet_file(tmp_path):
     assert spec.regions[0].validation == str(tmp_path / "data" / "eu")
     assert spec.regions[0].region["forbidden"] == ["int8"]  # the preset policy travels along
     assert spec.regions[0].precisions == ("fp32",)
+    assert spec.regions[0].to_job()["search_mixed"] is True
     assert resolve("x/../y.npz", "https://cdn.example/fleet") == "https://cdn.example/fleet/y.npz"
     assert resolve("s3://b/k", "/anything") == "s3://b/k"
 
@@ -48,6 +49,7 @@ def test_paths_resolve_against_the_fleet_file(tmp_path):
     ({"targets": [{"name": "x", "backend": "tensorrt", "optimization_level": 9}]}, "0..5"),
     ({"targets": [{"name": "a", "backend": "onnxruntime"}] * 2}, "repeat"),
     ({"version": "../1"}, "version"),
+    ({"regions": {"EU": {"search_mixed": "no"}}}, "search_mixed"),
 ])
 def test_bad_fleet_files_are_refused(changes, message):
     with pytest.raises(FleetError, match=message):

@@ -30,7 +30,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 ROLES = ("latency", "throughput")
 _TOP_KEYS = {"name", "version", "model", "shape_profile", "regions", "targets", "regions_file"}
-_REGION_KEYS = {"calibration", "validation", "calibrator", "metric", "precisions"}
+_REGION_KEYS = {"calibration", "validation", "calibrator", "metric", "precisions", "search_mixed"}
 _TARGET_KEYS = {"name", "backend", "compute_capabilities", "role", "optimization_level",
                 "hardware_compatibility", "max_tactics", "workspace_bytes"}
 
@@ -121,12 +121,14 @@ class RegionSpec:
     calibrator: str = "entropy"
     metric: str | None = None
     precisions: tuple[str, ...] | None = None
+    search_mixed: bool = True
 
     def to_job(self) -> dict[str, Any]:
         """What a build task needs about the region (plain data only)."""
         return {"name": self.name, "region": dict(self.region), "calibration": self.calibration,
                 "validation": self.validation, "calibrator": self.calibrator,
-                "metric": self.metric, "precisions": self.precisions}
+                "metric": self.metric, "precisions": self.precisions,
+                "search_mixed": self.search_mixed}
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,12 @@ def _region(name: str, table: Any, base: str, registry: Any) -> RegionSpec:
         value = table.get(key)
         return None if value is None else resolve(str(value), base)
 
+    search_mixed = table.get("search_mixed", True)
+    if not isinstance(search_mixed, bool):
+        raise FleetError(f"[regions.{name}]: search_mixed must be true or false")
     return RegionSpec(region.name, region.to_dict(), data("calibration"), data("validation"),
-                      str(table.get("calibrator", "entropy")), table.get("metric"), precisions)
+                      str(table.get("calibrator", "entropy")), table.get("metric"), precisions,
+                      search_mixed)
 
 
 def read_bytes(url: str, *, what: str = "file", limit: int = 4 << 30) -> bytes:
