@@ -72,7 +72,8 @@ def ours(fleet: Path, out: Path, workers: int) -> dict[str, Any]:
     wall = time.perf_counter() - started
     print(result.table())
     return {"wall_s": wall, "ok": result.ok,
-            "cells": {f"{c.region}/{c.target}": [c.status, c.precision] for c in result.cells}}
+            "cells": {f"{c.region}/{c.target}": [c.status, c.precision, round(c.seconds, 2)]
+                      for c in result.cells}}
 
 
 def peer(root: Path) -> dict[str, Any]:
