@@ -50,6 +50,7 @@ def test_paths_resolve_against_the_fleet_file(tmp_path):
     ({"targets": [{"name": "a", "backend": "onnxruntime"}] * 2}, "repeat"),
     ({"version": "../1"}, "version"),
     ({"regions": {"EU": {"search_mixed": "no"}}}, "search_mixed"),
+    ({"regions": {"EU": {}, "eu": {}}}, "regions repeat"),
 ])
 def test_bad_fleet_files_are_refused(changes, message):
     with pytest.raises(FleetError, match=message):

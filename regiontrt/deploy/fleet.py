@@ -181,6 +181,8 @@ class FleetSpec:
         if not isinstance(tables, Mapping) or not tables:
             raise FleetError("fleet: at least one [regions.NAME] table is required")
         regions = tuple(_region(n, t, base, registry) for n, t in tables.items())
+        if len({r.name for r in regions}) != len(regions):
+            raise FleetError(f"fleet: regions repeat: {[r.name for r in regions]}")
         targets_doc = doc.get("targets")
         if not isinstance(targets_doc, Sequence) or not targets_doc:
             raise FleetError("fleet: at least one [[targets]] table is required")
