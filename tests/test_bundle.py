@@ -124,6 +124,7 @@ def test_load_engine_checks_a_detached_signature(dist, tmp_path):
     with pytest.raises(SignatureError):
         rt.load_engine(engine, trust=other)
     assert rt.load_engine(engine, trust=[other, dist["public"]]).region == "EU"
+    assert rt.load_engine(engine, trust=dist["public"].parent).region == "EU"  # a key folder
     data = bytearray(engine.read_bytes())
     data[100] ^= 0x01
     engine.write_bytes(bytes(data))
