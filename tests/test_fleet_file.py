@@ -102,3 +102,14 @@ def test_cli_flow_and_one_line_errors(tmp_path, capsys):
     assert len(err) == 5 and all(line.startswith("regiontrt: error: ") for line in err)
     assert "already published" in err[0] and "no previous version" in err[1]
     assert "no bundle for region 'EU'" in err[2]
+
+
+def test_regions_file_adds_a_region_without_touching_the_global_registry(tmp_path):
+    (tmp_path / "mine.toml").write_text(
+        '[regions.LAB]\nprecisions = ["fp32"]\nforbidden = ["int8", "fp16"]\n'
+        'budget = 0.001\nmetric = "max_abs"\n')
+    spec = FleetSpec.from_dict(_doc(regions_file="mine.toml", regions={"LAB": {}}),
+                               base=str(tmp_path))
+    assert spec.regions[0].region["metric"] == "max_abs"
+    with pytest.raises(FleetError, match="LAB"):
+        FleetSpec.from_dict(_doc(regions={"LAB": {}}), base=str(tmp_path))

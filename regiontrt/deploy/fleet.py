@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FleetError, RegionTRTError
-from ..regions import Region, get_region, load_regions
+from ..regions import Region, default_regions, get_region, load_regions
 from ..tactics import TacticSelector
 from ._util import safe_name
 
@@ -174,7 +174,9 @@ class FleetSpec:
         registry = None
         if "regions_file" in doc:
             try:
-                registry = load_regions(resolve(str(doc["regions_file"]), base))
+                # A copy: a fleet's regions must not leak into the process-wide registry.
+                registry = load_regions(resolve(str(doc["regions_file"]), base),
+                                        into=default_regions().copy())
             except RegionTRTError as exc:
                 raise FleetError(f"fleet: regions_file: {exc}") from None
         tables = doc.get("regions")
