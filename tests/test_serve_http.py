@@ -165,7 +165,7 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(na_engine, samples, tmp_
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from regiontrt.cli import main; sys.exit(main())",
          "serve", str(path), "--port", str(port),
-         "--mode", "throughput", "--max-batch", "64", "--max-delay-ms", "1500",
+         "--mode", "throughput", "--max-batch", "64", "--max-delay-ms", "3000",
          "--log-level", "warning"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -189,8 +189,12 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(na_engine, samples, tmp_
         sender = threading.Thread(target=lambda: replies.append(
             httpx.post(f"{base}/v2/models/digits_NA/infer", content=body, timeout=20)))
         sender.start()
-        time.sleep(0.5)  # the request now waits in the batcher (1.5 s fill window)
-        proc.send_signal(signal.SIGTERM)
+        gauge = 'regiontrt_serve_queue_depth{model="digits_NA"'
+        while not any(line.startswith(gauge) and line.endswith(" 1.0") for line in
+                      httpx.get(f"{base}/metrics", timeout=5).text.splitlines()):
+            assert time.monotonic() < deadline + 30, "the request never reached the queue"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the request is in flight: queued for a 3 s fill
         sender.join(20)
         code = proc.wait(20)
         assert replies and replies[0].status_code == 200, replies

@@ -130,7 +130,9 @@ class ModelBatcher:
                 self.metrics.outcome(self.model.name, "-", "overloaded")
                 raise
             self.load.arrived(now)
+            depth = len(self.queue)
             self._cond.notify()
+        self.metrics.depth(self.model.name, depth)
         return request.future
 
     # -- worker side --------------------------------------------------------------------------
