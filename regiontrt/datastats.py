@@ -83,7 +83,7 @@ def psi(reference: Mapping[str, Any], values: np.ndarray) -> float:
     edges = np.asarray(reference.get("edges", ()), dtype=np.float64)
     expected = np.asarray(reference.get("proportions", ()), dtype=np.float64)
     if expected.size != edges.size + 1 or expected.size < 2:
-        return 0.0  # a constant reference tensor has one bin: nothing to compare
+        return 0.0  # no reference recorded (an empty tensor): nothing to compare
     actual = np.maximum(histogram(values, edges), EPSILON)
     expected = np.maximum(expected, EPSILON)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
