@@ -206,10 +206,11 @@ def test_device_names_become_file_name_slugs():
 def test_a_too_old_driver_says_what_to_install(monkeypatch):
     install(monkeypatch, make_recording_trt(), sm=None)
     monkeypatch.setattr(trt_env, "_device_count", lambda: (0, "cudaErrorInsufficientDriver"))
-    monkeypatch.setattr(trt_env, "_driver_loaded", lambda: True)
-    with pytest.raises(BuildError, match=r"r580 or newer.*regiontrt\[tensorrt-cu12\]"):
+    monkeypatch.setattr(trt_env, "_driver_cuda_version", lambda: 12040)
+    with pytest.raises(BuildError, match=r"supports CUDA 12\.4.*r580 or newer.*"
+                                         r"regiontrt\[tensorrt-cu12\]"):
         build()
-    monkeypatch.setattr(trt_env, "_driver_loaded", lambda: False)
+    monkeypatch.setattr(trt_env, "_driver_cuda_version", lambda: None)
     assert trt_env.gpu_problem() == "no NVIDIA driver was found on this machine"
     monkeypatch.setattr(trt_env, "_device_count", lambda: (0, "no-cuda-python"))
     assert "regiontrt[cuda]" in str(trt_env.gpu_problem())
