@@ -4,7 +4,9 @@ The arrival rate steps from a base to 5x and back (open loop, Poisson arrivals, 
 and time). The base is a fraction (``--base-frac``, 0.3) of the capacity measured closed-loop in
 ``latency`` mode on the same path, so the 5x surge (1.5x that capacity) is more than one-by-one
 serving can absorb. ``throughput`` waits up to ``max_delay_ms`` = the region's p99 SLA to fill a
-batch of ``--max-batch``; ``adaptive`` starts from the same settings. Per phase: p50, p99,
+batch of ``--max-batch``; ``adaptive`` starts from the same settings. The modes take turns for
+``--rounds`` rounds and each pools its rounds, so the drifting load of a shared machine weighs
+on all three alike. Per phase: p50, p99,
 throughput and SLA attainment (requests refused or failed count as misses). The peer of each
 mode is the other two on the same load; the ratio printed is adaptive's attainment over the
 best fixed mode's, over the whole step.
@@ -250,16 +252,16 @@ class HTTPServerProcess:
 
 
 def run_inproc(setup: Setup, mode: str, base_rate: float, phase_s: float,
-               max_batch: int) -> dict[str, Any]:
+               max_batch: int, seed: int = 0) -> tuple[list[tuple[str, float | None]], dict]:
+    """One step load in process: per-request results, and the server's batch figures."""
     server = rt.serve(setup.engine, mode=mode, max_batch=max_batch, max_delay_ms=setup.sla_ms,
                       max_queue=512, sla_ms=setup.sla_ms)
     try:
-        results = load_inproc(server, setup.request, arrivals(base_rate, phase_s))
+        results = load_inproc(server, setup.request, arrivals(base_rate, phase_s, seed))
         stats = next(iter(server.stats().values()))
     finally:
         server.close()
-    return {"phases": summarize(results, phase_s, setup.sla_ms),
-            "batch_sizes": stats["batch_sizes"], "mode_switches": stats["mode_switches"]}
+    return results, {"batch_sizes": stats["batch_sizes"], "mode_switches": stats["mode_switches"]}
 
 
 class HTTPServerThread:
@@ -288,15 +290,15 @@ def _http_server(setup: Setup, engine_path: Path | None, mode: str, max_batch: i
 
 
 def run_http(setup: Setup, engine_path: Path | None, mode: str, base_rate: float,
-             phase_s: float, max_batch: int) -> dict[str, Any]:
+             phase_s: float, max_batch: int, seed: int = 0) -> list[tuple[str, float | None]]:
+    """One step load over HTTP: per-request results."""
     server = _http_server(setup, engine_path, mode, max_batch, setup.sla_ms)
     try:
         body, headers = _binary_body(setup.request)
         url = f"{server.base}/v2/models/{server.model}/infer"
-        results = asyncio.run(_load_http(url, body, headers, arrivals(base_rate, phase_s)))
+        return asyncio.run(_load_http(url, body, headers, arrivals(base_rate, phase_s, seed)))
     finally:
         server.close()
-    return {"phases": summarize(results, phase_s, setup.sla_ms)}
 
 
 def http_capacity(setup: Setup, engine_path: Path | None) -> float:
@@ -344,13 +346,17 @@ def monitor_cost(setup: Setup, n: int = 2000) -> dict[str, float]:
 
 def step_load(setup: Setup, *, transports: tuple[str, ...] = ("inproc", "http"),
               modes: tuple[str, ...] = MODES, phase_s: float = 3.0, base_frac: float = 0.3,
-              max_batch: int = 32, http_in_process: bool = False) -> dict[str, Any]:
+              max_batch: int = 32, rounds: int = 1,
+              http_in_process: bool = False) -> dict[str, Any]:
     """Every mode on every transport for one model; returns the figures.
 
-    With ``http_in_process`` the HTTP server runs on a thread here instead of in a child
-    ``regiontrt serve`` (needed for engines whose backend only this process has).
+    With ``rounds`` > 1 the modes take turns (latency, throughput, adaptive, latency, ...) and
+    each mode's figures pool its rounds, so a machine whose load drifts (a shared one) weighs
+    on every mode alike. With ``http_in_process`` the HTTP server runs on a thread here instead
+    of in a child ``regiontrt serve`` (for engines whose backend only this process has).
     """
-    report: dict[str, Any] = {"model": setup.name, "sla_ms": setup.sla_ms, "runs": {}}
+    report: dict[str, Any] = {"model": setup.name, "sla_ms": setup.sla_ms, "rounds": rounds,
+                              "phase_s": phase_s, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         path: Path | None = Path(tmp) / f"{setup.name}.{setup.engine.region}.engine"
         if http_in_process:
@@ -364,11 +370,24 @@ def step_load(setup: Setup, *, transports: tuple[str, ...] = ("inproc", "http"),
             else:
                 cap = http_capacity(setup, path)
             base = base_frac * cap
+            results: dict[str, list[tuple[str, float | None]]] = {m: [] for m in modes}
+            extra: dict[str, dict[str, Any]] = {m: {} for m in modes}
+            for r in range(rounds):
+                for mode in modes:
+                    if transport == "inproc":
+                        got, info = run_inproc(setup, mode, base, phase_s, max_batch, seed=r)
+                        for b, n in info["batch_sizes"].items():
+                            sizes = extra[mode].setdefault("batch_sizes", {})
+                            sizes[b] = sizes.get(b, 0) + n
+                        extra[mode]["mode_switches"] = (extra[mode].get("mode_switches", 0)
+                                                        + info["mode_switches"])
+                    else:
+                        got = run_http(setup, path, mode, base, phase_s, max_batch, seed=r)
+                    results[mode].extend(got)
             report["runs"][transport] = {"capacity_rps": cap, "base_rps": base, "modes": {}}
             for mode in modes:
-                run = run_inproc if transport == "inproc" else None
-                figures = (run(setup, mode, base, phase_s, max_batch) if run else
-                           run_http(setup, path, mode, base, phase_s, max_batch))
+                figures = {"phases": summarize(results[mode], phase_s * rounds, setup.sla_ms),
+                           **extra[mode]}
                 report["runs"][transport]["modes"][mode] = figures
                 print_run(setup.name, transport, mode, base, figures)
     return report
@@ -390,10 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="demo,rec")
     p.add_argument("--transports", default="inproc,http")
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--phase-s", type=float, default=3.0)
-    p.add_argument("--rec-phase-s", type=float, default=6.0)
+    p.add_argument("--phase-s", type=float, default=2.0)
+    p.add_argument("--rec-phase-s", type=float, default=5.0)
     p.add_argument("--base-frac", type=float, default=0.3)
     p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="modes take turns this many times; figures pool the rounds")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
@@ -407,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             setup, transports=tuple(args.transports.split(",")),
             modes=tuple(args.modes.split(",")),
             phase_s=args.phase_s if name == "demo" else args.rec_phase_s,
-            base_frac=args.base_frac, max_batch=args.max_batch))
+            base_frac=args.base_frac, max_batch=args.max_batch, rounds=args.rounds))
         for r in reports[-1]["runs"].values():
             modes = r["modes"]
             fixed = [m for m in ("latency", "throughput") if m in modes]

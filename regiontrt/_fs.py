@@ -62,7 +62,12 @@ def sweep_stale(folder: str | Path) -> list[Path]:
             info = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(info.st_mode) or (uid is not None and info.st_uid != uid):
                 continue
-            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # Non-blocking and no symlinks: a FIFO swapped in after the stat must not hang us.
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                continue
         except OSError:
             continue
         try:

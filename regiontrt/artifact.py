@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import stat
 import struct
 from collections.abc import Mapping
@@ -49,7 +48,9 @@ MAX_STRING = 1024 * 1024
 #: Largest integer magnitude accepted in a header (beyond any size or dimension we use).
 MAX_INT = 2**63 - 1
 _CHUNK = 1024 * 1024
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Upper bound of bracket nesting (strings included) before json parses; json's own recursion guard
+# and _check_values then enforce MAX_DEPTH exactly.
+_MAX_BRACKETS = 10_000
 
 
 def encode(metadata: Mapping[str, Any], payload: bytes) -> bytes:
@@ -77,6 +78,8 @@ def write(path: str | Path, metadata: Mapping[str, Any], payload: bytes) -> Path
         if isinstance(exc, ArtifactError):
             raise
         raise ArtifactError(f"metadata cannot be stored as JSON: {exc}") from exc
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArtifactError(f"an engine path must be a str or os.PathLike, not {path!r:.60}")
     path = Path(path)
     if path.is_dir():
         raise ArtifactError(f"cannot write {path}: it is a folder; give a file name")
@@ -113,14 +116,21 @@ def _parse_int(text: str) -> int:
     return value
 
 
-def _max_depth(raw: bytes) -> int:
-    """Deepest nesting of ``[``/``{`` outside strings, without recursion."""
+def _bracket_depth(raw: bytes) -> int:
+    """Deepest nesting of ``[``/``{``, counting brackets inside strings too: an upper bound of the
+    JSON depth, in linear time and bounded memory (chunks), without parsing anything."""
     import numpy as np
 
-    bare = np.frombuffer(_STRINGS.sub(b"", raw), dtype=np.uint8)
-    steps = (np.isin(bare, (ord("["), ord("{"))).astype(np.int32)
-             - np.isin(bare, (ord("]"), ord("}"))).astype(np.int32))
-    return int(np.cumsum(steps).max()) if steps.size else 0
+    opens = np.zeros(256, np.int32)
+    opens[[ord("["), ord("{")]] = 1
+    opens[[ord("]"), ord("}")]] = -1
+    deepest = level = 0
+    for start in range(0, len(raw), _CHUNK):
+        steps = opens[np.frombuffer(raw, np.uint8, min(_CHUNK, len(raw) - start), start)]
+        if steps.size:
+            levels = np.cumsum(steps, dtype=np.int64) + level
+            deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
 
 
 def _check_values(value: Any) -> None:
@@ -152,8 +162,10 @@ def parse_header(raw: bytes, source: str = "engine") -> dict[str, Any]:
     if len(raw) > MAX_HEADER:
         raise ArtifactError(f"{source}: header of {len(raw)} bytes exceeds {MAX_HEADER}")
     try:
-        if _max_depth(raw) > MAX_DEPTH:
-            raise _Refused(f"nesting deeper than {MAX_DEPTH} levels")
+        # Brackets inside strings make this an over-estimate; only then is the exact depth left
+        # to json (whose recursion is guarded: RecursionError) and to _check_values.
+        if _bracket_depth(raw) > _MAX_BRACKETS:
+            raise _Refused(f"more than {_MAX_BRACKETS} nested brackets")
         header = json.loads(
             raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float,
             parse_int=_parse_int,
@@ -161,7 +173,11 @@ def parse_header(raw: bytes, source: str = "engine") -> dict[str, Any]:
         _check_values(header)
     except _Refused as exc:
         raise ArtifactError(f"{source}: metadata refused: {exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise ArtifactError(
+            f"{source}: metadata refused: nesting deeper than {MAX_DEPTH} levels"
+        ) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ArtifactError(f"{source}: unreadable metadata: {exc}") from exc
     if not isinstance(header, dict):
         raise ArtifactError(f"{source}: metadata is not a JSON object")

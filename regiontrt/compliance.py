@@ -225,7 +225,57 @@ def check_artifact(metadata: Mapping[str, Any],
             else:
                 extra.append("no build-time compliance record for the ONNX variant this plan was "
                              "built from (a TensorRT plan cannot be opened without TensorRT)")
+            layers, bad = plan_layer_findings(metadata)
+            if layers:
+                checked += f" and TensorRT's layer report ({layers})"
+            if bad:
+                return _report(region, forbidden, override, checked,
+                               [f for f in bad if f.precision in forbidden], extra)
     return _report(region, forbidden, override, checked, [], extra)
+
+
+# Data types of TensorRT's layer report (normalised by regiontrt.backends.fusion) and of the
+# parsed network (TensorRT's DataType names), by the precision they are evidence of.
+_PLAN_TYPES = {
+    "int8": Precision.INT8, "uint8": Precision.INT8, "int4": Precision.INT8,
+    "fp8": Precision.INT8, "fp4": Precision.INT8, "fp16": Precision.FP16, "bf16": Precision.FP16,
+    "INT8": Precision.INT8, "UINT8": Precision.INT8, "INT4": Precision.INT8,
+    "FP8": Precision.INT8, "FP4": Precision.INT8, "HALF": Precision.FP16, "BF16": Precision.FP16,
+}
+
+
+def plan_layer_findings(metadata: Mapping[str, Any]) -> tuple[str, list[Finding]]:
+    """Evidence from the layer precisions TensorRT reported when the plan was built.
+
+    Reads ``build.fusion_report.layers`` (the engine inspector's per-layer output datatypes, on a
+    machine that could run the plan) and ``build.network_dtypes`` (the parsed network's layer
+    output types, always recorded by the TensorRT backends). Outputs only: a layer that reads a
+    ``uint8`` image input computes in float. Returns ``(what was read, findings)``.
+    """
+    build = metadata.get("build")
+    build = build if isinstance(build, Mapping) else {}
+    found: list[Finding] = []
+    read = []
+    report = build.get("fusion_report")
+    layers = report.get("layers") if isinstance(report, Mapping) else None
+    if isinstance(layers, list) and layers:
+        read.append(f"{len(layers)} inspected layers")
+        for layer in layers:
+            if not isinstance(layer, Mapping):
+                continue
+            outputs = layer.get("outputs")
+            for dtype in outputs if isinstance(outputs, list) else ():
+                if isinstance(dtype, str) and dtype in _PLAN_TYPES:
+                    found.append(Finding(_PLAN_TYPES[dtype], f"plan layer {layer.get('name')!r}",
+                                         f"{dtype} output (engine inspector)"))
+    dtypes = build.get("network_dtypes")
+    if isinstance(dtypes, Mapping) and dtypes:
+        read.append("network datatypes")
+        for name, count in dtypes.items():
+            if name in _PLAN_TYPES and isinstance(count, int) and count > 0:
+                found.append(Finding(_PLAN_TYPES[name], "parsed network",
+                                     f"{count} layer outputs of type {name}"))
+    return ", ".join(read), found
 
 
 def enforce(model: onnx.ModelProto, region: Mapping[str, Any], *, what: str = "graph") -> None:

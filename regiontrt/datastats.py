@@ -30,11 +30,12 @@ MAX_VALUES = 2_000_000
 
 
 def _values(arrays: list[np.ndarray], limit: int) -> np.ndarray:
-    flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays])
-    flat = flat[np.isfinite(flat)]
-    if flat.size > limit:
-        flat = flat[:: math.ceil(flat.size / limit)]
-    return flat
+    # Stride each array before widening to float64, so a large validation set (OCR lines,
+    # images) never exists as one float64 copy.
+    step = max(1, math.ceil(sum(a.size for a in arrays) / limit))
+    flat = np.concatenate([np.asarray(a).reshape(-1)[::step].astype(np.float64)
+                           for a in arrays])
+    return flat[np.isfinite(flat)]
 
 
 def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ def psi(reference: Mapping[str, Any], values: np.ndarray) -> float:
     edges = np.asarray(reference.get("edges", ()), dtype=np.float64)
     expected = np.asarray(reference.get("proportions", ()), dtype=np.float64)
     if expected.size != edges.size + 1 or expected.size < 2:
-        return 0.0  # a constant reference tensor has one bin: nothing to compare
+        return 0.0  # no reference recorded (an empty tensor): nothing to compare
     actual = np.maximum(histogram(values, edges), EPSILON)
     expected = np.maximum(expected, EPSILON)
     return float(np.sum((actual - expected) * np.log(actual / expected)))

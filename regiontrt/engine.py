@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -172,8 +173,8 @@ class Engine:
                 self._backend = backend
             return self._runner
 
-    def check_inputs(self, feeds: Any) -> dict[str, Any]:
-        """Validate names, dtypes, ranks and profile ranges; returns the feeds as a dict.
+    def check_inputs(self, feeds: Any, *, profiles: bool = True) -> dict[str, Any]:
+        """Validate names, dtypes, ranks and (``profiles``) profile ranges; returns a dict.
 
         Raises:
             InputError: wrong names, dtypes or ranks.
@@ -220,7 +221,8 @@ class Engine:
                         f"input {name!r} axis {axis} is {got}; the engine fixes it at {want}"
                     )
             shapes[name] = shape
-        select_profile(self.profiles, shapes)
+        if profiles:
+            select_profile(self.profiles, shapes)
         return dict(feeds)
 
     def infer(self, feeds: Any, *, outputs: str = "host") -> dict[str, Any]:
@@ -242,6 +244,7 @@ class Engine:
             if isinstance(feeds, Mapping) and not any(
                 hasattr(v, "__cuda_array_interface__") for v in feeds.values()
             ):
+                self.check_inputs(feeds, profiles=False)  # names, dtypes, ranks before padding
                 feeds, info = self.bucketing.pad(feeds)
         checked = self.check_inputs(feeds)
         runner = self._get_runner()
@@ -368,6 +371,8 @@ class Engine:
         Returns:
             ``(payload_path, sidecar_path)``; the sidecar is ``<payload_path>.json``.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentError(f"a payload path must be a str or os.PathLike: {path!r:.60}")
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(PAYLOAD_SUFFIX.get(self._metadata["payload_format"], ".bin"))

@@ -33,6 +33,7 @@ from .errors import (
     CalibrationMismatch,
     DataError,
     InvalidModelError,
+    PolicyViolation,
     RegionConfigError,
     RegionTRTError,
     ShapeOutOfProfile,
@@ -447,6 +448,10 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         "build_seconds": round(time.perf_counter() - started, 3),
     })
     engine = Engine(metadata, result.payload, backend=backend)
+    built = engine.compliance()  # the payload itself (or a plan's layer report), not the graph
+    if not built.compliant:
+        raise PolicyViolation(f"region {region.name!r}: the built payload is refused: "
+                              f"{built.summary()}")
     if path is not None:
         engine.save(path)
     return engine

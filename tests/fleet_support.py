@@ -17,6 +17,7 @@ PROFILE = "input = [[1, 1, 8, 8], [32, 1, 8, 8], [64, 1, 8, 8]]"
 SAMPLES = 128  # two batches of 64 per region: enough for a decision, fast on 2 CI cores
 TARGETS = {
     "cpu": '[[targets]]\nname = "cpu"\nbackend = "onnxruntime"\nrole = "latency"\n',
+    "cpu-batch": '[[targets]]\nname = "cpu-batch"\nbackend = "onnxruntime"\nrole = "throughput"\n',
     "rtx": ('[[targets]]\nname = "rtx"\nbackend = "tensorrt-rtx"\n'
             'compute_capabilities = ["sm89", "sm120"]\noptimization_level = 0\n'),
     "dc-h100": ('[[targets]]\nname = "dc-h100"\nbackend = "tensorrt"\n'

@@ -206,10 +206,11 @@ def test_device_names_become_file_name_slugs():
 def test_a_too_old_driver_says_what_to_install(monkeypatch):
     install(monkeypatch, make_recording_trt(), sm=None)
     monkeypatch.setattr(trt_env, "_device_count", lambda: (0, "cudaErrorInsufficientDriver"))
-    monkeypatch.setattr(trt_env, "_driver_loaded", lambda: True)
-    with pytest.raises(BuildError, match=r"r580 or newer.*regiontrt\[tensorrt-cu12\]"):
+    monkeypatch.setattr(trt_env, "_driver_cuda_version", lambda: 12040)
+    with pytest.raises(BuildError, match=r"supports CUDA 12\.4.*r580 or newer.*"
+                                         r"regiontrt\[tensorrt-cu12\]"):
         build()
-    monkeypatch.setattr(trt_env, "_driver_loaded", lambda: False)
+    monkeypatch.setattr(trt_env, "_driver_cuda_version", lambda: None)
     assert trt_env.gpu_problem() == "no NVIDIA driver was found on this machine"
     monkeypatch.setattr(trt_env, "_device_count", lambda: (0, "no-cuda-python"))
     assert "regiontrt[cuda]" in str(trt_env.gpu_problem())
@@ -228,3 +229,21 @@ def test_tensorrt_11_refuses_the_removed_tactic_sources_by_name(monkeypatch):
     for removed in ("CUBLAS", "CUBLAS_LT", "CUDNN"):
         with pytest.raises(BuildError, match=rf"no tactic source '{removed}'.*JIT_CONVOLUTIONS"):
             build(TacticSelector(tactic_sources=(removed,)))
+
+
+def test_extras_pair_tensorrt_with_the_cuda_python_of_its_cuda_major():
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    assert "cuda-python>=12.6.1" in extras["cuda"]  # cuda.bindings exists from 12.6.1
+    for name in ("tensorrt", "tensorrt-cu12"):
+        assert any(d.startswith("tensorrt-cu12") for d in extras[name]), name
+        assert "cuda-python>=12.6.1,<13" in extras[name], name  # cuda-python 13: r580+ driver
+    assert any(d.startswith("tensorrt-cu13") for d in extras["tensorrt-cu13"])
+    assert "cuda-python>=13.0" in extras["tensorrt-cu13"]

@@ -1,10 +1,12 @@
-"""mypy checks the TensorRT backends against ``tensorrt-stubs``.
+"""mypy checks the TensorRT backends, build side and runtime side, against ``tensorrt-stubs``.
 
 The stubs (10.13) install ``tensorrt/__init__.pyi`` without a ``py.typed`` marker, so mypy skips
 them, and their generated ``tensorrt.pyi`` has a few syntax errors (parameters named ``in``,
 non-default parameters after defaults). This test copies them into a temporary stub path with
 those signatures repaired, then runs mypy on the backend modules with that path. A probe with a
-misspelt TensorRT attribute must fail, which proves the stubs are really in effect.
+misspelt TensorRT attribute must fail, which proves the stubs are really in effect; a second
+probe proves that a ``TensorRT type | Any`` annotation (the runner's, since test doubles run there
+too) is still checked.
 """
 
 from __future__ import annotations

@@ -68,6 +68,18 @@ def test_select_falls_back_to_the_bundled_onnx(dist, tmp_path):
         rt.load_bundle(folder, trust=dist["public"])
 
 
+def test_select_prefers_the_asked_role(tmp_path):
+    fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED",), targets=("cpu", "cpu-batch"))
+    with cf.ThreadPoolExecutor(1) as pool:
+        result = deploy.build_fleet(fleet, tmp_path / "dist", executor=pool)
+    bundle = rt.load_bundle(result.bundles["CERTIFIED"])
+    assert {v.target: v.role for v in bundle.variants} == {"cpu": "latency",
+                                                           "cpu-batch": "throughput"}
+    assert bundle.select().variant.target == "cpu"
+    assert bundle.select(role="throughput").variant.target == "cpu-batch"
+    assert bundle.select(role="latency").variant.target == "cpu"
+
+
 def test_unsigned_and_extra_files_are_refused(dist, tmp_path):
     folder = tmp_path / "CERTIFIED"
     shutil.copytree(dist["result"].bundles["CERTIFIED"], folder)
@@ -112,6 +124,7 @@ def test_load_engine_checks_a_detached_signature(dist, tmp_path):
     with pytest.raises(SignatureError):
         rt.load_engine(engine, trust=other)
     assert rt.load_engine(engine, trust=[other, dist["public"]]).region == "EU"
+    assert rt.load_engine(engine, trust=dist["public"].parent).region == "EU"  # a key folder
     data = bytearray(engine.read_bytes())
     data[100] ^= 0x01
     engine.write_bytes(bytes(data))

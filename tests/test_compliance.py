@@ -282,3 +282,28 @@ def test_cli_build_uses_the_regions_file_without_touching_the_global_registry(tm
     assert main(["build", str(tmp_path / "m.onnx"), "--region", "EU", "--regions-file",
                  str(regions), "-o", str(out)]) == 2
     assert "override_compliance" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("build", "compliant"), [
+    ({"network_dtypes": {"FLOAT": 9, "HALF": 4}}, True),
+    ({"network_dtypes": {"FLOAT": 9, "INT8": 2}}, False),
+    ({"network_dtypes": {"FLOAT": 9, "FP8": 1}}, False),
+    ({"fusion_report": {"layers": [{"name": "conv", "outputs": ["fp16"]},
+                                   {"name": "cast", "inputs": ["uint8"], "outputs": ["fp32"]}]}},
+     True),
+    ({"fusion_report": {"layers": [{"name": "q", "outputs": ["int8"]}]}}, False),
+    ({"fusion_report": {"layers": "junk"}, "network_dtypes": [1]}, True),
+])
+def test_plan_layer_precisions_from_the_build_report(tmp_path, blob, build, compliant):
+    def as_plan(meta):
+        meta["region"] = dict(EU)
+        meta["payload_format"] = "tensorrt-rtx-plan"
+        meta["backend"]["name"] = "tensorrt-rtx"
+        meta["build"] = build
+
+    path = tmp_path / "plan.engine"
+    path.write_bytes(forge(blob, as_plan, payload=b"opaque plan bytes"))
+    check = rt.inspect(path)["compliance_check"]
+    assert check["compliant"] is compliant, check
+    if not compliant:
+        assert "int8" in " ".join(check["reasons"])

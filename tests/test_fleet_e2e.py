@@ -12,6 +12,7 @@ from fleet_support import region_batches, serve, write_fleet
 
 import regiontrt as rt
 from regiontrt import artifact, demo, deploy
+from regiontrt.cli import main
 
 pytest.importorskip("distributed", reason="needs dask[distributed] (regiontrt[fleet])")
 pytest.importorskip("aiohttp", reason="needs aiohttp for http:// pulls (regiontrt[fleet])")
@@ -51,6 +52,10 @@ def test_fleet_dask_sign_publish_pull_http_select(tmp_path):
                       host="127.0.0.1") as cluster, Client(cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         on_dask = deploy.build_fleet(fleet, tmp_path / "dask", executor=client.get_executor())
+        # The CLI reaches the same cluster by address (a one-region fleet keeps it short).
+        small = write_fleet(tmp_path / "small", regions=("CERTIFIED",), targets=("cpu",))
+        assert main(["fleet", "build", str(small), "--out", str(tmp_path / "cli"),
+                     "--scheduler", cluster.scheduler_address]) == 0
     local = deploy.build_fleet(fleet, tmp_path / "dist", workers=2)
 
     # Every cell is in the table, the same on Dask as on the local pool.

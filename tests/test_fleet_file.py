@@ -31,6 +31,7 @@ def test_paths_resolve_against_the_fleet_file(tmp_path):
     assert spec.regions[0].validation == str(tmp_path / "data" / "eu")
     assert spec.regions[0].region["forbidden"] == ["int8"]  # the preset policy travels along
     assert spec.regions[0].precisions == ("fp32",)
+    assert spec.regions[0].to_job()["search_mixed"] is True
     assert resolve("x/../y.npz", "https://cdn.example/fleet") == "https://cdn.example/fleet/y.npz"
     assert resolve("s3://b/k", "/anything") == "s3://b/k"
 
@@ -48,6 +49,8 @@ def test_paths_resolve_against_the_fleet_file(tmp_path):
     ({"targets": [{"name": "x", "backend": "tensorrt", "optimization_level": 9}]}, "0..5"),
     ({"targets": [{"name": "a", "backend": "onnxruntime"}] * 2}, "repeat"),
     ({"version": "../1"}, "version"),
+    ({"regions": {"EU": {"search_mixed": "no"}}}, "search_mixed"),
+    ({"regions": {"EU": {}, "eu": {}}}, "regions repeat"),
 ])
 def test_bad_fleet_files_are_refused(changes, message):
     with pytest.raises(FleetError, match=message):
@@ -99,3 +102,14 @@ def test_cli_flow_and_one_line_errors(tmp_path, capsys):
     assert len(err) == 5 and all(line.startswith("regiontrt: error: ") for line in err)
     assert "already published" in err[0] and "no previous version" in err[1]
     assert "no bundle for region 'EU'" in err[2]
+
+
+def test_regions_file_adds_a_region_without_touching_the_global_registry(tmp_path):
+    (tmp_path / "mine.toml").write_text(
+        '[regions.LAB]\nprecisions = ["fp32"]\nforbidden = ["int8", "fp16"]\n'
+        'budget = 0.001\nmetric = "max_abs"\n')
+    spec = FleetSpec.from_dict(_doc(regions_file="mine.toml", regions={"LAB": {}}),
+                               base=str(tmp_path))
+    assert spec.regions[0].region["metric"] == "max_abs"
+    with pytest.raises(FleetError, match="LAB"):
+        FleetSpec.from_dict(_doc(regions={"LAB": {}}), base=str(tmp_path))

@@ -278,3 +278,14 @@ def test_onnx_payload_roundtrips_through_split(blob):
     meta, payload = split(blob)
     assert onnx.load_from_string(payload).graph.input[0].name == meta["inputs"][0]["name"]
     assert json.dumps(meta)
+
+
+def test_pathological_headers_are_refused_in_linear_time():
+    """A 10 MB unterminated string of escaped quotes once made the depth pre-scan quadratic."""
+    for raw in (b'"' + b'\\"' * 5_000_000, b"[" * 5_000_000, b'"' * 10_000_000):
+        t0 = time.perf_counter()
+        with pytest.raises(rt.ArtifactError):
+            artifact.parse_header(raw)
+        assert time.perf_counter() - t0 < 5.0
+    # Brackets inside strings count towards the 10,000-bracket pre-scan bound only.
+    assert artifact.parse_header(b'{"a": "' + b"[" * 5_000 + b'"}')["a"] == "[" * 5_000

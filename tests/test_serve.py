@@ -187,10 +187,19 @@ def test_adaptive_policy_does_not_wait_when_batching_is_measured_not_to_pay():
     assert policy.plan(again).max_batch == 16                                # re-measures
 
 
+class _SlowEngine(rt.Engine):
+    """The same engine, 10 ms slower a run: a burst then queues whatever the machine's speed."""
+
+    def infer(self, feeds, **kwargs):
+        time.sleep(0.01)
+        return super().infer(feeds, **kwargs)
+
+
 def test_adaptive_mode_batches_a_burst_and_returns_to_latency(na_engine):
     x = np.zeros((1, 1, 8, 8), np.float32)
     policy = AdaptivePolicy(max_batch=16, max_delay_ms=2, dwell_s=0.05, high_water=8)
-    with rt.serve(na_engine, mode=policy) as server:
+    slow = _SlowEngine(na_engine.metadata, na_engine.payload)
+    with rt.serve(slow, mode=policy) as server:
         for f in [server.submit(x) for _ in range(200)]:
             f.result(10)
         busy = server.stats()["digits_cnn_NA"]
@@ -293,3 +302,27 @@ def test_bundle_variants_serve_the_batches_their_role_is_built_for():
         server.infer(x)
         assert server.stats()["digits_CERTIFIED"]["variants"] == {"throughput:cpu": 1}
     assert "latency" in bundle.loaded and "throughput" in bundle.loaded
+
+
+def test_several_sources_are_served_side_by_side_by_name(na_engine, seq_engine, tmp_path):
+    na_engine.save(tmp_path / "digits.NA.engine")
+    with rt.serve([tmp_path / "digits.NA.engine", seq_engine]) as server:
+        assert sorted(server.models) == ["digits_NA", "seq_CERTIFIED"]
+        x = np.zeros((2, 1, 8, 8), np.float32)
+        assert np.array_equal(server.infer(x, model="digits_NA")["logits"],
+                              na_engine.infer(x)["logits"])
+        with pytest.raises(rt.serve.UnknownModel, match="name one"):
+            server.submit(x)
+    with pytest.raises(rt.ArtifactError, match="same model name"):
+        rt.serve([na_engine, na_engine])
+
+
+def test_cli_serve_refuses_what_it_cannot_serve(tmp_path, capsys):
+    from regiontrt.cli import main
+
+    assert main(["serve", str(tmp_path / "missing.engine"), "--port", "1"]) == 2
+    assert "nothing to serve" in capsys.readouterr().err
+    bad = tmp_path / "bad.engine"
+    bad.write_bytes(b"not an engine")
+    assert main(["serve", str(bad), "--port", "1"]) == 2
+    assert "regiontrt: error" in capsys.readouterr().err

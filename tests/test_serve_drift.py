@@ -112,3 +112,18 @@ def test_sampling_never_blocks_and_counts_what_it_drops(na_engine):
         report = monitor.report()
     assert elapsed < 0.5
     assert report["sampled"] + report["dropped"] == 6 and report["dropped"] >= 4
+
+
+def test_psi_is_near_zero_on_the_reference_and_large_on_a_shift():
+    from regiontrt.datastats import mean_shift, psi, summarize
+
+    rng = np.random.default_rng(0)
+    ref = summarize(rng.standard_normal(50_000))
+    same = rng.standard_normal(5_000)
+    assert psi(ref, same) < 0.02 and mean_shift(ref, same) < 0.05
+    moved = rng.standard_normal(5_000) * 1.5 + 0.5
+    assert psi(ref, moved) > 0.25 and mean_shift(ref, moved) == pytest.approx(0.5, abs=0.06)
+    constant = summarize(np.zeros(100))
+    assert psi(constant, np.zeros(50)) < 1e-9 and psi(constant, moved) > 0.25  # a blank input
+    assert mean_shift(constant, moved) == 0.0  # no spread to measure the shift in
+    assert psi({"count": 0}, moved) == 0.0     # no reference recorded: nothing to compare

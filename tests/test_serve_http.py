@@ -165,7 +165,7 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(na_engine, samples, tmp_
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from regiontrt.cli import main; sys.exit(main())",
          "serve", str(path), "--port", str(port),
-         "--mode", "throughput", "--max-batch", "64", "--max-delay-ms", "1500",
+         "--mode", "throughput", "--max-batch", "64", "--max-delay-ms", "3000",
          "--log-level", "warning"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -189,8 +189,12 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(na_engine, samples, tmp_
         sender = threading.Thread(target=lambda: replies.append(
             httpx.post(f"{base}/v2/models/digits_NA/infer", content=body, timeout=20)))
         sender.start()
-        time.sleep(0.5)  # the request now waits in the batcher (1.5 s fill window)
-        proc.send_signal(signal.SIGTERM)
+        gauge = 'regiontrt_serve_queue_depth{model="digits_NA"'
+        while not any(line.startswith(gauge) and line.endswith(" 1.0") for line in
+                      httpx.get(f"{base}/metrics", timeout=5).text.splitlines()):
+            assert time.monotonic() < deadline + 30, "the request never reached the queue"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the request is in flight: queued for a 3 s fill
         sender.join(20)
         code = proc.wait(20)
         assert replies and replies[0].status_code == 200, replies
@@ -203,3 +207,27 @@ def test_cli_serve_drains_in_flight_requests_on_sigterm(na_engine, samples, tmp_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_http_deadline_is_504_and_a_full_queue_is_503(na_engine, samples):
+    x = samples[:1]
+    entry = {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
+             "data": x.reshape(-1).tolist()}
+    server = rt.serve(na_engine, mode="throughput", max_batch=64, max_delay_ms=600, max_queue=1)
+    with BackgroundHTTP(server) as http, \
+            httpx.Client(base_url=f"http://{http.url}", timeout=10) as client:
+        url = f"/v2/models/{MODEL}/infer"
+        # Triton's request timeout is in microseconds: 30 ms here, less than the 600 ms fill.
+        late = client.post(url, json={"inputs": [entry], "parameters": {"timeout": 30_000}})
+        assert late.status_code == 504 and "deadline" in late.json()["error"]
+        waiting: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: waiting.append(client.post(url, json={
+            "inputs": [entry]})))
+        first.start()
+        deadline = time.monotonic() + 5
+        while server.stats()[MODEL]["queue_depth"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        full = client.post(url, json={"inputs": [entry]})
+        assert full.status_code == 503 and "queue full" in full.json()["error"]
+        first.join(10)
+        assert waiting and waiting[0].status_code == 200

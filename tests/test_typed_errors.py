@@ -256,3 +256,28 @@ def test_engine_constructor_refuses_what_is_not_an_engine():
                               ({**meta, "precision": None}, b"")):
         with pytest.raises(rt.ArtifactError):
             rt.Engine(metadata, payload)
+
+
+def test_bucketed_engine_checks_inputs_before_padding():
+    class Hollow:
+        shape = (2, 4)
+        dtype = np.float32
+
+    profile = rt.ShapeProfile({"x": [(1, 4), (4, 4), (8, 4)]}, buckets={"x": {0: [4, 8]}},
+                              bucket_outputs={"y": 0})
+    engine = base().for_region("CERTIFIED").with_shape_profile(profile).build()
+    for bad, error in ((Hollow(), rt.InputError), (np.zeros(3, np.float32), rt.InputError),
+                       (np.zeros((2, 4), np.int64), rt.InputError),
+                       (np.zeros((9, 4), np.float32), rt.ShapeOutOfProfile)):
+        with pytest.raises(error):
+            engine.infer({"x": bad})
+    assert engine.infer(np.ones((3, 4), np.float32))["y"].shape == (3, 4)
+
+
+def test_save_and_export_with_a_wrong_path_type(engine_path):
+    engine = rt.load_engine(engine_path)
+    for bad in (None, 5, ["a"]):
+        with pytest.raises(rt.RegionTRTError):
+            engine.save(bad)
+        with pytest.raises(rt.RegionTRTError):
+            engine.export_payload(bad)

@@ -92,23 +92,28 @@ def gpu_problem() -> str | None:
     if err == "no-cuda-python":
         return "cuda-python is not installed (pip install 'regiontrt[cuda]')"
     if err == "cudaErrorInsufficientDriver":
-        if _driver_loaded():
-            return OLD_DRIVER_ADVICE
-        return "no NVIDIA driver was found on this machine"
+        version = _driver_cuda_version()
+        if version is None:
+            return "no NVIDIA driver was found on this machine"
+        return f"the driver supports CUDA {version // 1000}.{version % 1000 // 10}, but " + \
+            OLD_DRIVER_ADVICE
     if err in (None, "cudaErrorNoDevice"):
         return "no NVIDIA GPU was found"
     return f"CUDA reports {err}"
 
 
-def _driver_loaded() -> bool:
-    """Whether libcuda loads at all (an old driver loads; a CPU-only host has none)."""
-    import ctypes
+def _driver_cuda_version() -> int | None:
+    """The CUDA version the installed driver supports (``12040``), or ``None`` without one.
 
+    ``cuDriverGetVersion`` works with a driver older than the runtime, which is the point.
+    """
     try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
+        from cuda.bindings import driver
+
+        code, version = driver.cuDriverGetVersion()
+    except Exception:  # no libcuda at all
+        return None
+    return int(version) if int(code) == 0 and version else None
 
 
 def device_sm(device: int = 0) -> str | None:

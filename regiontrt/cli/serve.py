@@ -7,8 +7,15 @@ import logging
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from ..errors import BackendUnavailable
     from ..serve import serve
-    from ..serve.runner import serve_http
+
+    try:
+        from ..serve.runner import serve_http
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"regiontrt serve needs the web stack ({exc.name}): pip install 'regiontrt[serve]'"
+        ) from exc
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FleetError, RegionTRTError
-from ..regions import Region, get_region, load_regions
+from ..regions import Region, default_regions, get_region, load_regions
 from ..tactics import TacticSelector
 from ._util import safe_name
 
@@ -30,7 +30,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 ROLES = ("latency", "throughput")
 _TOP_KEYS = {"name", "version", "model", "shape_profile", "regions", "targets", "regions_file"}
-_REGION_KEYS = {"calibration", "validation", "calibrator", "metric", "precisions"}
+_REGION_KEYS = {"calibration", "validation", "calibrator", "metric", "precisions", "search_mixed"}
 _TARGET_KEYS = {"name", "backend", "compute_capabilities", "role", "optimization_level",
                 "hardware_compatibility", "max_tactics", "workspace_bytes"}
 
@@ -121,12 +121,14 @@ class RegionSpec:
     calibrator: str = "entropy"
     metric: str | None = None
     precisions: tuple[str, ...] | None = None
+    search_mixed: bool = True
 
     def to_job(self) -> dict[str, Any]:
         """What a build task needs about the region (plain data only)."""
         return {"name": self.name, "region": dict(self.region), "calibration": self.calibration,
                 "validation": self.validation, "calibrator": self.calibrator,
-                "metric": self.metric, "precisions": self.precisions}
+                "metric": self.metric, "precisions": self.precisions,
+                "search_mixed": self.search_mixed}
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,17 @@ class FleetSpec:
         registry = None
         if "regions_file" in doc:
             try:
-                registry = load_regions(resolve(str(doc["regions_file"]), base))
+                # A copy: a fleet's regions must not leak into the process-wide registry.
+                registry = load_regions(resolve(str(doc["regions_file"]), base),
+                                        into=default_regions().copy())
             except RegionTRTError as exc:
                 raise FleetError(f"fleet: regions_file: {exc}") from None
         tables = doc.get("regions")
         if not isinstance(tables, Mapping) or not tables:
             raise FleetError("fleet: at least one [regions.NAME] table is required")
         regions = tuple(_region(n, t, base, registry) for n, t in tables.items())
+        if len({r.name for r in regions}) != len(regions):
+            raise FleetError(f"fleet: regions repeat: {[r.name for r in regions]}")
         targets_doc = doc.get("targets")
         if not isinstance(targets_doc, Sequence) or not targets_doc:
             raise FleetError("fleet: at least one [[targets]] table is required")
@@ -215,8 +221,12 @@ def _region(name: str, table: Any, base: str, registry: Any) -> RegionSpec:
         value = table.get(key)
         return None if value is None else resolve(str(value), base)
 
+    search_mixed = table.get("search_mixed", True)
+    if not isinstance(search_mixed, bool):
+        raise FleetError(f"[regions.{name}]: search_mixed must be true or false")
     return RegionSpec(region.name, region.to_dict(), data("calibration"), data("validation"),
-                      str(table.get("calibrator", "entropy")), table.get("metric"), precisions)
+                      str(table.get("calibrator", "entropy")), table.get("metric"), precisions,
+                      search_mixed)
 
 
 def read_bytes(url: str, *, what: str = "file", limit: int = 4 << 30) -> bytes:

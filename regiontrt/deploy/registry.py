@@ -51,8 +51,11 @@ def read_limited(fs: Any, path: str, limit: int) -> bytes:
     Raises:
         RegistryError: missing, unreadable, interrupted, or larger than ``limit``.
     """
+    # Over HTTP, stream the body (no Range requests: plain web servers do not all serve them).
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    options = {"block_size": 0} if protocol in ("http", "https") else {}
     try:
-        with fs.open(path, "rb") as fh:
+        with fs.open(path, "rb", **options) as fh:
             chunks, total = [], 0
             while total <= limit:
                 chunk = fh.read(min(1 << 20, limit + 1 - total))

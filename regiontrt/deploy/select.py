@@ -93,9 +93,13 @@ def _rebuild(bundle: Bundle) -> tuple[Engine | None, str, bool]:
         engine = retarget(bundle.onnx_engine(), backend, label=f"{bundle.region}-node")
     except RegionTRTError as exc:
         return None, f"rebuild failed: {exc}", False
+    note = "rebuilt here from the bundled precision-compiled ONNX"
     if cache is not None:
-        engine.save(cache)  # atomic: a crash mid-write leaves the previous file or none
-    return engine, "rebuilt here from the bundled precision-compiled ONNX", True
+        try:
+            engine.save(cache)  # atomic: a crash mid-write leaves the previous file or none
+        except OSError as exc:  # a read-only install still runs the plan, it is just not kept
+            note += f" (not cached: {exc})"
+    return engine, note, True
 
 
 def select(bundle: Bundle, *, role: str | None = None, rebuild: bool = True) -> Selection:
@@ -106,9 +110,8 @@ def select(bundle: Bundle, *, role: str | None = None, rebuild: bool = True) -> 
         role: prefer variants of this role (``latency``/``throughput``) within each tier.
         rebuild: allow a TensorRT rebuild on this node when no plan fits.
 
-    Raises:
-        BundleError: nothing in the bundle can run here (cannot happen while ONNX Runtime is
-            installed, since the bundle always carries its ONNX).
+    The last resort, the bundled ONNX on ONNX Runtime, always exists, so a verified bundle
+    always yields an engine (a file changed since :func:`load_bundle` raises ``BundleError``).
     """
     reasons: list[Candidate] = []
     for backend in _ORDER:

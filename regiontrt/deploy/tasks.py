@@ -33,6 +33,7 @@ def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
         ``{"ok": False, "error": "...", "detail": traceback, "seconds": ...}``.
     """
     from ..builder import RegionalEngineBuilder
+    from ..policy import PrecisionPolicy
     from ..regions import Region
     from .fleet import read_npz_batches
 
@@ -44,8 +45,10 @@ def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
                    .with_backend("onnxruntime"))
         if job.get("shape_profile"):
             builder = builder.with_shape_profile(job["shape_profile"])
-        if spec.get("precisions"):
-            builder = builder.with_precision(list(spec["precisions"]))
+        if spec.get("precisions") or not spec.get("search_mixed", True):
+            builder = builder.with_precision(PrecisionPolicy(
+                list(spec["precisions"]) if spec.get("precisions") else None,
+                search_mixed=bool(spec.get("search_mixed", True))))
         if spec.get("validation"):
             builder = builder.with_validation(read_npz_batches(spec["validation"]),
                                               metric=spec.get("metric"))

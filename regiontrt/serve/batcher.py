@@ -82,7 +82,18 @@ class ModelBatcher:
         self._thread = threading.Thread(target=self._loop, name=f"regiontrt-batcher-{model.name}",
                                         daemon=True)
         metrics.add_model(model.name, model.version, model.region, sla_s, policy.state)
+        self._warm_up()
         self._thread.start()
+
+    def _warm_up(self) -> None:
+        """Run each variant once before serving: runtimes load lazily (an ONNX Runtime session,
+        CUDA buffers), and that first run must not be a request's latency, nor the service-time
+        estimate the adaptive policy starts from."""
+        for v in self.model.variants:
+            try:
+                v.engine.infer(v.engine.sample_inputs(batch=1))
+            except Exception as exc:  # serving reports the real error on the first request
+                self._log.warning("warm-up of variant %s failed: %s", v.label, exc)
 
     # -- producer side ------------------------------------------------------------------------
     def prepare(self, inputs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -130,7 +141,9 @@ class ModelBatcher:
                 self.metrics.outcome(self.model.name, "-", "overloaded")
                 raise
             self.load.arrived(now)
+            depth = len(self.queue)
             self._cond.notify()
+        self.metrics.depth(self.model.name, depth)
         return request.future
 
     # -- worker side --------------------------------------------------------------------------

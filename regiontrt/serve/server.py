@@ -63,15 +63,20 @@ class Server:
         self._batchers: dict[str, ModelBatcher] = {}
         self._monitor: DriftMonitor | None = None
         self._closed = False
-        for m in models:
-            sla = sla_ms if sla_ms is not None else \
-                m.engine.metadata.get("region", {}).get("latency_p99_ms")
-            policy = make_policy(mode, max_batch, max_delay_ms)
-            self._batchers[m.name] = ModelBatcher(
-                m, policy, self.metrics, max_queue, None if sla is None else float(sla) / 1e3)
-            log.info("[model=%s region=%s version=%s] serving: precision %s, %d variant(s), "
-                     "mode %s", m.name, m.region, m.version, m.engine.precision,
-                     len(m.variants), policy.name)
+        try:
+            for m in models:
+                sla = sla_ms if sla_ms is not None else \
+                    m.engine.metadata.get("region", {}).get("latency_p99_ms")
+                policy = make_policy(mode, max_batch, max_delay_ms)
+                self._batchers[m.name] = ModelBatcher(
+                    m, policy, self.metrics, max_queue, None if sla is None else float(sla) / 1e3)
+                log.info("[model=%s region=%s version=%s] serving: precision %s, %d "
+                         "variant(s), mode %s", m.name, m.region, m.version, m.engine.precision,
+                         len(m.variants), policy.name)
+        except BaseException:
+            for b in self._batchers.values():  # no worker thread outlives a failed start
+                b.close(drain=False)
+            raise
 
     # -- models -------------------------------------------------------------------------------
     @property
@@ -158,7 +163,8 @@ class Server:
             for b in self._batchers.values():
                 b.on_result = None
             self._monitor.close(timeout=timeout)
-        log.info("server closed (%s)", ", ".join(self._batchers))
+        for m in self.models.values():
+            log.info("[model=%s region=%s version=%s] closed", m.name, m.region, m.version)
 
     def __enter__(self) -> Server:
         return self
