@@ -37,7 +37,7 @@ import regiontrt as rt
 from regiontrt.cli import main
 from regiontrt.engine import summarize
 
-EXAMPLES = int(os.environ.get("REGIONTRT_FUZZ_EXAMPLES", "800"))
+EXAMPLES = int(os.environ.get("REGIONTRT_FUZZ_EXAMPLES", "600"))
 FULL = "REGIONTRT_FUZZ_EXAMPLES" in os.environ
 REPORT = os.environ.get("REGIONTRT_FUZZ_REPORT")
 SEED = os.environ.get("REGIONTRT_FUZZ_SEED")  # shards of one big run use different seeds
