@@ -77,7 +77,8 @@ def _known_types(graph: onnx.GraphProto | onnx.FunctionProto) -> dict[str, int]:
     types: dict[str, int] = {}
     if isinstance(graph, onnx.GraphProto):
         for v in (*graph.input, *graph.output, *graph.value_info):
-            types[v.name] = v.type.tensor_type.elem_type
+            if v.type.tensor_type.elem_type:  # 0: not declared
+                types[v.name] = v.type.tensor_type.elem_type
         for t in graph.initializer:
             types[t.name] = t.data_type
     for node in graph.node:
@@ -88,11 +89,43 @@ def _known_types(graph: onnx.GraphProto | onnx.FunctionProto) -> dict[str, int]:
     return types
 
 
+def _castlike(model: onnx.ModelProto) -> tuple[list[Finding], int]:
+    """Findings of ``CastLike`` nodes, and how many have a target type that is not declared."""
+    found: list[Finding] = []
+    unknown = 0
+    for where, graph in iter_graphs(model):
+        types = _known_types(graph)
+        for node in graph.node:
+            if node.op_type != "CastLike" or len(node.input) < 2:
+                continue
+            label = f"{where} > CastLike {node.name or '?'}"
+            target = types.get(node.input[1])
+            precision = None if target is None else _type_of(target)
+            if target is None:
+                unknown += 1
+                found.append(Finding(Precision.INT8, label,
+                                     "CastLike to a type that cannot be determined"))
+            elif precision is not None:
+                found.append(Finding(precision, label, f"cast to {T.DataType.Name(target)}"))
+    return found, unknown
+
+
+def _castlike_inferred(model: onnx.ModelProto) -> list[Finding] | None:
+    """``CastLike`` findings after inlining local functions and inferring types (exporters such
+    as torch's dynamo put float ``CastLike`` in functions, where no type is declared)."""
+    try:
+        from onnx import inliner, shape_inference
+
+        inferred = shape_inference.infer_shapes(inliner.inline_local_functions(model))
+    except Exception:  # inference is best effort: the undetermined casts then count
+        return None
+    return _castlike(inferred)[0]
+
+
 def scan_model(model: onnx.ModelProto) -> list[Finding]:
     """Every piece of evidence of int8 or fp16 arithmetic anywhere in ``model``."""
     found: list[Finding] = []
     for where, graph in iter_graphs(model):
-        types = _known_types(graph)
         if isinstance(graph, onnx.GraphProto):
             for v in (*graph.input, *graph.output, *graph.value_info):
                 p = _type_of(v.type.tensor_type.elem_type)
@@ -107,14 +140,12 @@ def scan_model(model: onnx.ModelProto) -> list[Finding]:
                 p = _type_of(to) if to is not None else None
                 if p is not None:
                     found.append(Finding(p, label, f"cast to {T.DataType.Name(to or 0)}"))
-            elif node.op_type == "CastLike" and len(node.input) > 1:
-                target = types.get(node.input[1])
-                if target is None:
-                    found.append(Finding(Precision.INT8, label,
-                                         "CastLike to a type that cannot be determined"))
-                elif _type_of(target) is not None:
-                    found.append(Finding(_type_of(target) or Precision.INT8, label,
-                                         f"cast to {T.DataType.Name(target)}"))
+    casts, unknown = _castlike(model)
+    if unknown:
+        inferred = _castlike_inferred(model)
+        if inferred is not None:
+            casts = inferred
+    found += casts
     for where, tensor in iter_tensors(model):
         p = _type_of(tensor.data_type)
         if p is not None:

@@ -35,6 +35,7 @@ BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
           "float16", "float32", "float64")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_AXIS = re.compile(r"[0-9]{1,2}")
 
 Check = Callable[[Any, str], None]
 
@@ -148,11 +149,6 @@ def obj(required: Mapping[str, Check], optional_fields: Mapping[str, Check] | No
 
 _DIM = integer(0, MAX_DIM)
 _SHAPE3 = array(array(_DIM, 0, MAX_RANK), 3, 3)
-TENSOR = obj({
-    "name": text(MAX_NAME, 1),
-    "dtype": one_of(*DTYPES),
-    "shape": array(either(_DIM, text(256), lambda v, p: _null(v, p)), 0, MAX_RANK),
-})
 
 
 def _null(value: Any, path: str) -> None:
@@ -160,6 +156,16 @@ def _null(value: Any, path: str) -> None:
         raise _fail(path, "expected null")
 
 
+def _axis_key(value: Any, path: str) -> None:
+    if not isinstance(value, str) or not _AXIS.fullmatch(value) or int(value) >= MAX_RANK:
+        raise _fail(path, f"expected an axis number 0..{MAX_RANK - 1}, got {value!r:.60}")
+
+
+TENSOR = obj({
+    "name": text(MAX_NAME, 1),
+    "dtype": one_of(*DTYPES),
+    "shape": array(either(_DIM, text(256), _null), 0, MAX_RANK),
+})
 REGION = obj({"name": text(128, 1)}, {
     "precisions": array(one_of(*PRECISIONS), 0, 3),
     "forbidden": array(one_of(*PRECISIONS), 0, 3),
@@ -179,15 +185,8 @@ VALIDATION = obj({}, {
     "metric": text(), "budget": number(0, 1e12), "chosen": text(64),
     "num_samples": integer(0, 2**62), "data_fingerprint": text(), "trials": array(TRIAL, 0, 64),
 })
-def _axis_key() -> Check:
-    def check(value: Any, path: str) -> None:
-        if not isinstance(value, str) or not value.isdigit() or int(value) >= MAX_RANK:
-            raise _fail(path, f"expected an axis number 0..{MAX_RANK - 1}, got {value!r:.60}")
-    return check
-
-
 BUCKETS = obj({
-    "buckets": mapping(mapping(array(integer(1, MAX_DIM), 1), key=_axis_key(), max_items=MAX_RANK)),
+    "buckets": mapping(mapping(array(integer(1, MAX_DIM), 1), key=_axis_key, max_items=MAX_RANK)),
 }, {
     "pad_value": number(-1e300, 1e300),
     "outputs": mapping(integer(0, MAX_RANK - 1)),

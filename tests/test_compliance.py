@@ -307,3 +307,24 @@ def test_plan_layer_precisions_from_the_build_report(tmp_path, blob, build, comp
     assert check["compliant"] is compliant, check
     if not compliant:
         assert "int8" in " ".join(check["reasons"])
+
+
+def _castlike_in_function(target: int) -> onnx.ModelProto:
+    """``y = FnCast(x)`` where the local function casts ``x`` like a constant of ``target``."""
+    fn = helper.make_function(
+        "lib", "FnCast", ["a"], ["b"],
+        [helper.make_node("Constant", [], ["like"],
+                          value=helper.make_tensor("c", target, [], [0])),
+         helper.make_node("Identity", ["like"], ["like2"]),
+         helper.make_node("CastLike", ["a", "like2"], ["i"]),
+         helper.make_node("CastLike", ["i", "a"], ["b"])],
+        [helper.make_opsetid("", 17)])
+    return _model([helper.make_node("FnCast", ["x"], ["y"], domain="lib")], functions=[fn],
+                  opsets=(("", 17), ("lib", 1)))
+
+
+def test_castlike_in_a_function_is_judged_by_the_inferred_type():
+    """Exporters put float CastLike in functions, where no type is declared: inference decides."""
+    assert check_model(_castlike_in_function(TensorProto.FLOAT), EU).compliant
+    report = check_model(_castlike_in_function(TensorProto.INT8), EU)
+    assert not report.compliant and "INT8" in report.summary()

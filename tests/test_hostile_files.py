@@ -94,6 +94,10 @@ FORGED = {
     "unknown-backend": (_set(["backend", "name"], "evil"), "backend.name"),
     "profiles-list-of-lists": (_set(["shape_profiles"], [[1, 2]]), "shape_profiles"),
     "buckets-abc": (_set(["shape_buckets"], {"buckets": {"x": "abc"}}), "shape_buckets"),
+    "buckets-unicode-axis": (_set(["shape_buckets"], {"buckets": {"x": {"\u00b2": [1]}}}),
+                             "shape_buckets"),
+    "buckets-axis-beyond-rank": (_set(["shape_buckets"], {"buckets": {"x": {"5": [1]}}}),
+                                 "shape_buckets"),
     "trials-empty-dict": (_set(["validation", "trials"], [{}]), "validation.trials"),
     "kept-nested": (_set(["kept_high_precision"], [[1]]), "kept_high_precision"),
     "calibration-list": (_set(["calibration"], [1]), "calibration"),
@@ -289,3 +293,33 @@ def test_pathological_headers_are_refused_in_linear_time():
         assert time.perf_counter() - t0 < 5.0
     # Brackets inside strings count towards the 10,000-bracket pre-scan bound only.
     assert artifact.parse_header(b'{"a": "' + b"[" * 5_000 + b'"}')["a"] == "[" * 5_000
+
+
+WRONG = (None, True, -1, 2**62, 1.5, "x", "", [], {}, [None], {"a": None})
+
+
+def test_a_wrong_type_in_every_field_is_a_typed_error_or_harmless(tmp_path, blob):
+    """Every field of a real header, replaced by each value in WRONG (digests recomputed)."""
+    meta, _ = split(blob)
+    paths: list[tuple] = []
+    stack: list[tuple[tuple, object]] = [((), meta)]
+    while stack:
+        prefix, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)  # type: ignore[union-attr]
+        for key, value in items:
+            paths.append((*prefix, key))
+            if isinstance(value, (dict, list)):
+                stack.append(((*prefix, key), value))
+    assert len(paths) > 60
+    path = tmp_path / "w.engine"
+    loaded = 0
+    for field in paths:
+        for wrong in WRONG:
+            path.write_bytes(forge(blob, _set(list(field), wrong)))
+            for read in (lambda: summarize(rt.inspect(path)), lambda: rt.load_engine(path)):
+                try:
+                    read()
+                    loaded += 1
+                except rt.RegionTRTError:
+                    pass
+    assert 0 < loaded < 2 * len(paths) * len(WRONG)  # free fields load; typed ones are refused

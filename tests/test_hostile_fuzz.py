@@ -15,12 +15,14 @@ and the process's peak memory is checked at the end. CI runs a small, derandomiz
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import io
 import json
 import os
 import resource
+import shutil
 import struct
 import tempfile
 from collections import Counter
@@ -37,7 +39,7 @@ import regiontrt as rt
 from regiontrt.cli import main
 from regiontrt.engine import summarize
 
-EXAMPLES = int(os.environ.get("REGIONTRT_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("REGIONTRT_FUZZ_EXAMPLES", "600"))
 FULL = "REGIONTRT_FUZZ_EXAMPLES" in os.environ
 REPORT = os.environ.get("REGIONTRT_FUZZ_REPORT")
 SEED = os.environ.get("REGIONTRT_FUZZ_SEED")  # shards of one big run use different seeds
@@ -165,6 +167,7 @@ def hostile_files(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 WORK = Path(tempfile.mkdtemp(prefix="regiontrt-fuzz-"))
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 (WORK / "conf").mkdir()
 (WORK / "conf" / "app.env").write_bytes(b"SECRET=must-never-come-back-through-infer\n")
 
