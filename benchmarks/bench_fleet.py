@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in (int(x) for x in args.workers.split(",")):
             results["runs"][f"fleet, {w} worker{'s' if w > 1 else ''} (ours)"] = ours(
                 fleet, root / f"dist-{w}", w)
+        failed = [n for n, r in results["runs"].items() if not r["ok"]]
+        if failed:  # the table above shows each failed cell's error
+            print(f"bench_fleet: failed cells in {failed}; no figures", file=sys.stderr)
+            return 1
         if not args.no_peer:
             results["runs"]["by hand, 1 process (peer)"] = peer(root)
     results["load_average_after"] = os.getloadavg()
