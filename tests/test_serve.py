@@ -180,11 +180,19 @@ def test_adaptive_policy_does_not_wait_when_batching_is_measured_not_to_pay():
     costly = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0, batch_rows=16)    # 0.94 ms a row
     plan = policy.plan(costly)                                               # explores once
     assert costly.batching_pays is False and plan.role == THROUGHPUT and plan.max_wait_s == 0
-    assert plan.max_batch == 16
+    assert plan.max_batch == 4                                               # a small probe
     later = LoadStats(900, 5, 0.001, 0.015, 0.050, 3.0, batch_rows=16)
     assert policy.plan(later).max_batch == 1                                 # one by one
     again = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0 + policy.explore_s, batch_rows=16)
-    assert policy.plan(again).max_batch == 16                                # re-measures
+    assert policy.plan(again).max_batch == 4                                 # re-measures
+
+
+def test_adaptive_batches_grow_by_doubling_while_they_pay():
+    policy = AdaptivePolicy(max_batch=32, max_delay_ms=0)
+    sizes = [policy.plan(LoadStats(0, 40, 0.001, 0.001 * largest / 4, None, 0.0,
+                                   batch_rows=largest, largest_batch=largest)).max_batch
+             for largest in (0, 4, 8, 16, 32)]
+    assert sizes == [4, 8, 16, 32, 32]
 
 
 class _SlowEngine(rt.Engine):

@@ -64,8 +64,10 @@ class ModelBatcher:
         metrics: where figures go.
         max_queue: most requests waiting.
         sla_s: the latency SLA the policy and metrics measure against.
-        on_result: called off the request path with ``(feeds, outputs)`` of each request that ran
-            (the drift monitor's sampler); must not block.
+
+    Attributes:
+        on_result: called on the worker with the inputs of each request that ran, after its
+            future is resolved (the drift monitor's sampler); must not block.
     """
 
     def __init__(self, model: ServedModel, policy: BatchPolicy, metrics: ServeMetrics,

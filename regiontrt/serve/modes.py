@@ -12,8 +12,9 @@ load (:class:`LoadStats`). Three are shipped:
   serving would need (arrival rate x single-request service time) and the queue depth, with
   separate up and down thresholds and a minimum dwell time, so it does not flap. Quiet: dispatch
   at once with whatever is queued. Busy: batch, waiting only as long as the region's SLA leaves
-  room for. Where batches are measured to cost as much per row as single requests, it runs
-  requests one by one in either state (re-measuring a full batch every few seconds).
+  room for. Batches grow by doubling (4, 8, 16...) as long as they are measured to pay; where a
+  batch costs as much per row as single requests, it runs requests one by one in either state
+  (re-measuring a batch of 4 every few seconds).
 
 Subclass :class:`BatchPolicy` and pass an instance as ``mode=`` to plug in another rule.
 """
@@ -27,6 +28,9 @@ from collections import deque
 from dataclasses import dataclass
 
 LATENCY, THROUGHPUT = "latency", "throughput"
+
+#: Rows of the smallest batch that tells whether batching pays (and of an exploring batch).
+PROBE_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,12 @@ class LoadStats:
         arrival_rate: requests per second over the recent window.
         queue_depth: requests waiting now.
         service_s: estimated seconds to run one request alone (``None`` before any run).
-        batch_service_s: estimated seconds to run the largest batch seen (``None`` before any).
+        batch_service_s: estimated seconds to run a batch of ``batch_rows`` (``None`` before any).
         sla_s: the region's p99 latency SLA in seconds (``None`` without one).
         now: the monotonic time of the decision.
-        batch_rows: the rows of that largest batch.
+        batch_rows: the rows of the latest batch of at least :data:`PROBE_ROWS` rows (else of the
+            largest batch so far): what :attr:`batching_pays` compares with single requests.
+        largest_batch: the most rows any batch held so far.
     """
 
     arrival_rate: float
@@ -65,15 +71,17 @@ class LoadStats:
     sla_s: float | None
     now: float
     batch_rows: int = 0
+    largest_batch: int = 0
 
     @property
     def batching_pays(self) -> bool | None:
         """Whether a row costs less in the largest batch seen than alone (``None``: unknown).
 
-        Known only once a batch of at least 4 rows ran; "less" means by a fifth, so noise in the
-        estimates does not count as a gain.
+        Known only once a batch of at least :data:`PROBE_ROWS` rows ran; "less" means by a fifth,
+        so noise in the estimates does not count as a gain.
         """
-        if self.service_s is None or self.batch_service_s is None or self.batch_rows < 4:
+        if self.service_s is None or self.batch_service_s is None or \
+                self.batch_rows < PROBE_ROWS:
             return None
         return self.batch_service_s / self.batch_rows < 0.8 * self.service_s
 
@@ -183,21 +191,24 @@ class AdaptivePolicy(BatchPolicy):
         if load.batching_pays is False:
             # Measured: rows cost no less together (a CPU already short of cores, say), so
             # waiting or joining requests only adds latency: run them one by one, except for
-            # one full batch every explore_s, which keeps that measurement current.
+            # one small batch every explore_s, which keeps that measurement current.
             with self._lock:
                 explore = load.now - self._explored >= self.explore_s
                 if explore:
                     self._explored = load.now
-            return BatchPlan(self.max_batch if explore else 1, 0.0, state)
+            return BatchPlan(min(PROBE_ROWS, self.max_batch) if explore else 1, 0.0, state)
+        # Slow start: a batch may hold at most twice the largest one measured so far, so a model
+        # on which batching turns out not to pay never stalls on one huge batch to find out.
+        grow = min(self.max_batch, max(PROBE_ROWS, 2 * load.largest_batch))
         if state == LATENCY:
-            return BatchPlan(self.max_batch, 0.0, LATENCY)
+            return BatchPlan(grow, 0.0, LATENCY)
         wait = self.max_delay_s
         if load.sla_s is not None:
             # Leave room in the SLA for running the full batch twice (the one in flight and
             # ours): waiting longer would trade the SLA for a fuller batch.
             run = load.batch_service_s or load.service_s or 0.0
             wait = min(wait, max(0.0, (load.sla_s - 2.0 * run) / 2.0))
-        return BatchPlan(self.max_batch, wait, THROUGHPUT)
+        return BatchPlan(grow, wait, THROUGHPUT)
 
 
 def make_policy(mode: str | BatchPolicy, max_batch: int, max_delay_ms: float) -> BatchPolicy:
@@ -226,6 +237,7 @@ class LoadTracker:
         self._arrivals: deque[float] = deque()
         self._per_request: float | None = None
         self._per_batch: dict[int, float] = {}
+        self._probe = 0  # rows of the latest batch of at least PROBE_ROWS rows
         self._lock = threading.Lock()
 
     def arrived(self, now: float) -> None:
@@ -243,6 +255,8 @@ class LoadTracker:
         with self._lock:
             old = self._per_batch.get(rows)
             self._per_batch[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+            if rows >= PROBE_ROWS:
+                self._probe = rows
             if rows == 1 or self._per_request is None:
                 # A batch of one is the single-request cost; before one has run, the smallest
                 # batch seen stands in for it (an overestimate, so it errs towards batching).
@@ -253,6 +267,7 @@ class LoadTracker:
         with self._lock:
             self._trim(now)
             rate = len(self._arrivals) / self.window_s
-            rows = max(self._per_batch) if self._per_batch else 0
+            largest = max(self._per_batch) if self._per_batch else 0
+            rows = self._probe or largest
             return LoadStats(rate, queue_depth, self._per_request, self._per_batch.get(rows),
-                             sla_s, now, rows)
+                             sla_s, now, rows, largest)
