@@ -9,9 +9,10 @@ the import retried), imports the module in a subprocess, and returns what
 ``tests/tensorrt_api_dump.py`` reads from it: every class, method and property with its pybind11
 signature, and every enum with its values. Results are cached next to the wheel.
 
-Wheels are looked for in ``$REGIONTRT_TRT_BINDINGS`` or ``~/.cache/regiontrt/tensorrt-bindings``,
-where ``.ci/run`` downloads the releases listed in ``tests/tensorrt_bindings_releases.txt``
-(``python3 -m pip download --no-deps -r tests/tensorrt_bindings_releases.txt -d DIR``).
+(Named so as not to shadow NVIDIA's own ``tensorrt_bindings`` package when ``tests/`` is on the
+import path.) Wheels are looked for in ``$REGIONTRT_TRT_BINDINGS`` or
+``~/.cache/regiontrt/tensorrt-bindings``, where ``.ci/run`` downloads the releases listed in
+``tests/tensorrt_bindings_releases.txt`` (one ``pip download --no-deps`` each).
 """
 
 from __future__ import annotations
