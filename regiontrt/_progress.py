@@ -176,12 +176,16 @@ class Task:
 
 
 @contextlib.contextmanager
-def task(description: str, total: int | None = None) -> Iterator[Task]:
+def task(
+    description: str, total: int | None = None, *, log_level: int = logging.INFO
+) -> Iterator[Task]:
     """A task with a bar (on a terminal) and a log line when it ends.
 
     Args:
         description: what is being done, e.g. ``"calibration (EU)"``.
         total: number of steps, or ``None`` when unknown (the bar then pulses).
+        log_level: level of the line logged when the task ends (DEBUG for passes repeated
+            many times, such as each validation run of a search); a failure logs a WARNING.
     """
     t = Task(description, total)
     display = None
@@ -201,21 +205,28 @@ def task(description: str, total: int | None = None) -> Iterator[Task]:
             with contextlib.suppress(Exception):
                 display.remove_task(t._bar_id)
             _release_display()
-        log.log(logging.INFO if ok else logging.WARNING, "%s: %s %s in %.2f s",
+        log.log(log_level if ok else logging.WARNING, "%s: %s %s in %.2f s",
                 t.description, t._count(), "done" if ok else "stopped", t.seconds)
 
 
-def track(iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+def track(
+    iterable: Iterable[T],
+    description: str,
+    total: int | None = None,
+    *,
+    log_level: int = logging.INFO,
+) -> Iterator[T]:
     """Yield from ``iterable`` with a progress task advancing once per item.
 
     Args:
         iterable: what to loop over.
         description: what is being done.
         total: number of items; taken from ``len(iterable)`` when it has one.
+        log_level: level of the line logged at the end (see :func:`task`).
     """
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    with task(description, total) as t:
+    with task(description, total, log_level=log_level) as t:
         for item in iterable:
             yield item
             t.advance()

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -208,15 +208,45 @@ class Engine:
         result = self._get_runner().run(checked, outputs=outputs)
         return self.bucketing.unpad(result, info) if info and self.bucketing else result
 
-    def sample_inputs(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs at the first profile's ``opt`` shape (``batch`` overrides axis 0)."""
+    def sample_inputs(
+        self,
+        batch: int | None = None,
+        seed: int = 0,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Random inputs at the first profile's ``opt`` shape.
+
+        Args:
+            batch: overrides axis 0 of every input.
+            seed: seed of the random values.
+            shapes: ``{input: shape}`` to use instead of the profile's ``opt`` shape.
+
+        Raises:
+            InputError: an input has a dynamic dimension that neither a profile, ``shapes`` nor
+                (for axis 0) ``batch`` fixes; guessing 1 would time a meaningless input.
+        """
         rng = np.random.default_rng(seed)
         ranges = self.profiles[0].ranges if self.profiles else {}
+        shapes = dict(shapes or {})
+        unknown = set(shapes) - {s.name for s in self.inputs}
+        if unknown:
+            raise InputError(f"shapes given for unknown inputs {sorted(unknown)}; inputs: "
+                             f"{[s.name for s in self.inputs]}")
         feeds = {}
         for spec in self.inputs:
-            if spec.name in ranges:
+            if spec.name in shapes:
+                shape = [int(d) for d in shapes[spec.name]]
+            elif spec.name in ranges:
                 shape = list(ranges[spec.name].opt)
             else:
+                free = [a for a, d in enumerate(spec.shape) if not isinstance(d, int)
+                        and not (a == 0 and batch is not None)]
+                if free:
+                    raise InputError(
+                        f"input {spec.name!r} has dynamic dimensions at axes {free} (shape "
+                        f"{list(spec.shape)}) and the engine has no shape profile for it: "
+                        f"give its shape, sample_inputs(shapes={{{spec.name!r}: (...)}})"
+                    )
                 shape = [d if isinstance(d, int) else 1 for d in spec.shape]
             if batch is not None and shape:
                 shape[0] = batch

@@ -10,6 +10,7 @@ within budget wins; if none is, :class:`AccuracyBudgetExceeded` lists every atte
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import platform
 import time
 import warnings
@@ -21,9 +22,10 @@ import numpy as np
 import onnx
 
 from . import __version__
+from ._progress import task, track
 from .backends import Backend, BuildRequest, BuildResult, Runner, get_backend
 from .backends.onnxruntime import OnnxRuntimeRunner
-from .datasets import Batch, DataSource
+from .datasets import Batch, DataSource, profile_split
 from .errors import (
     AccuracyBudgetExceeded,
     Attempt,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 # the cast pairs around them), so on the CPU an fp16 loss is a lower bound; the report says so.
 FP16_ON_CPU = "measured on ONNX Runtime CPU, which computes some fp16 ops in fp32: a lower bound"
 
+log = logging.getLogger("regiontrt.pipeline")
+
 
 class Validator:
     """The region's validation batches, their FP32 reference outputs, and the metric."""
@@ -67,10 +71,12 @@ class Validator:
         profiles: Sequence[Profile],
     ) -> None:
         self.inputs = input_specs(reference)
-        source = DataSource(data, self.inputs)
+        self.split = profile_split(profiles, self.inputs)
+        source = DataSource(data, self.inputs, split=self.split)
         self.batches: list[Batch] = source.materialize()
         self.fingerprint = source.fingerprint
         self.num_samples = source.num_samples
+        log.info("validation data: %d samples in %d batches", self.num_samples, len(self.batches))
         for i, batch in enumerate(self.batches):
             try:
                 select_profile(profiles, {k: v.shape for k, v in batch.items()})
@@ -83,7 +89,8 @@ class Validator:
 
     def _outputs(self, runner: Runner) -> dict[str, Any]:
         try:
-            return collate([runner.run(b) for b in self.batches])
+            return collate([runner.run(b) for b in track(self.batches, "validation",
+                                                          log_level=logging.DEBUG)])
         finally:
             runner.close()
 
@@ -132,9 +139,11 @@ class _Int8:
         if not plan.nodes:
             return None, None, (), "no quantizable layer in the model"
         self.calibrator = self.state.calibrator or EntropyCalibrator()
-        result = self.calibrator.calibrate(
-            self.cleaned, self.state.calibration_data, plan.activations
-        )
+        self.data = DataSource(self.state.calibration_data, self.validator.inputs,
+                               split=self.validator.split)
+        log.info("int8: calibrating %d tensors of %d layers with %s", len(plan.activations),
+                 len(plan.nodes), self.calibrator.name)
+        result = self.calibrator.calibrate(self.cleaned, self.data, plan.activations)
         self.amax = dict(result.amax)
         mismatch = check_mismatch(self.cleaned, result.amax, self.validator.batches,
                                   threshold=self.state.mismatch_threshold)
@@ -151,6 +160,7 @@ class _Int8:
             "seconds": round(result.seconds, 3),
             "mismatch": mismatch.to_dict(),
         }
+        log.info("int8: calibration mismatch check: %s", mismatch.summary())
         if mismatch.exceeded:
             message = (
                 f"region {self.region.name!r}: the validation data lies outside the calibrated "
@@ -162,6 +172,7 @@ class _Int8:
         variant = self._variant(())
         loss = self.validator.loss_of_model(variant)
         budget = self.region.budget
+        log.info("int8: whole-model loss %.4g (budget %.4g)", loss, budget)
         if loss <= budget or not self.policy.search_mixed:
             return self._done(variant, loss, (), "")
         from .mixed import search_mixed_precision
@@ -171,6 +182,10 @@ class _Int8:
             max_kept=int(self.policy.max_kept_fraction * len(plan.nodes)),
         )
         self.metadata["mixed_precision"] = {"whole_model_loss": loss, **search.to_dict()}
+        log.info("int8: mixed-precision search kept %d of %d layers in float32 (loss %.4g, %s, "
+                 "%d evaluations): %s", len(search.kept), len(plan.nodes), search.loss,
+                 "fits" if search.fits else "over budget", search.evaluations,
+                 ", ".join(search.kept) or "-")
         if not search.fits:
             note = (f"whole-model int8 loss {loss:.4g}; keeping up to {len(search.kept)} "
                     f"sensitive layers still gave {search.loss:.4g}")
@@ -189,7 +204,8 @@ class _Int8:
         missing = [t for t in self.policy.quantization_plan(self.cleaned, keep).activations
                    if t not in self.amax]
         if missing:
-            extra = self.calibrator.calibrate(self.cleaned, self.state.calibration_data, missing)
+            log.debug("int8: calibrating %d more tensors: %s", len(missing), ", ".join(missing))
+            extra = self.calibrator.calibrate(self.cleaned, self.data, missing)
             self.amax.update(extra.amax)
         return self.policy.compile(self.cleaned, Precision.INT8, amax=self.amax, keep=keep)
 
@@ -229,7 +245,10 @@ def _try_payload(
     state: _State, name: str, metadata: dict[str, Any], validator: Validator | None,
 ) -> tuple[BuildResult, float | None, str]:
     """Build the payload; measure on it when it runs here and is not the ONNX variant itself."""
-    result = backend.build(BuildRequest(variant, precision, profiles, state.tactics, name))
+    with task(f"{backend.name} build ({name})"):
+        result = backend.build(BuildRequest(variant, precision, profiles, state.tactics, name))
+    log.info("%s: built a %s payload of %d bytes for %s", name, result.payload_format,
+             len(result.payload), result.target)
     if validator is None or not result.runnable_here or result.payload_format == "onnx":
         return result, None, "onnxruntime"
     runner = backend.load(result.payload, {**metadata, **_payload_metadata(backend, result)})
@@ -263,6 +282,9 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         inputs, require_all=backend.name != "onnxruntime"
     )
     metric = get_metric(state.metric, default=region.metric)
+    log.info("region %s: trying %s in order, budget %g (%s), backend %s, profiles %s",
+             region.name, " > ".join(p.value for p in candidates), region.budget, metric[0],
+             backend.name, [p.to_dict() for p in profiles] or "none")
     validator = None
     if state.validation_data is not None:
         validator = Validator(state.validation_data, shared.model, metric, profiles)
@@ -277,6 +299,7 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     calibration: dict[str, Any] | None = None
     for precision in candidates:
         started = time.perf_counter()
+        log.info("region %s: trying %s", region.name, precision.value)
         kept: tuple[str, ...] = ()
         note = ""
         if precision is Precision.INT8:
@@ -303,6 +326,10 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
             note = (note + "; " if note else "") + FP16_ON_CPU
         trials.append(PrecisionTrial(precision.value, loss, region.budget, fits, measured_on,
                                      kept, note))
+        log.info("region %s: %s loss %s vs budget %.4g on %s: %s%s", region.name,
+                 precision.value, "not measured" if loss is None else f"{loss:.4g}",
+                 region.budget, measured_on, "accepted" if fits else "rejected",
+                 f" ({note})" if note else "")
         if fits and variant is not None:
             break
     else:
@@ -325,6 +352,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         "build_seconds": round(time.perf_counter() - started, 3),
     })
     engine = Engine(metadata, result.payload, backend=backend)
+    log.info("region %s: chose %s (%d layers kept in float32)%s", region.name, precision.value,
+             len(kept), f"; writing {path}" if path is not None else "")
     if path is not None:
         engine.save(path)
     return engine

@@ -92,5 +92,5 @@ def test_bad_npz_and_empty_folder(tmp_path):
     with pytest.raises(rt.DataError, match="not a readable"):
         list(DataSource(tmp_path / "bad.npz", SPECS))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(rt.DataError, match=r"no \.npz files"):
+    with pytest.raises(rt.DataError, match=r"no \.npz or \.npy files"):
         list(DataSource(tmp_path / "empty", SPECS))
