@@ -251,7 +251,8 @@ class LiveTable:
             from ._text import rich_table
 
             self._live.update(rich_table(self.rows, self.header, self.title))
-        log.info("%s", "  ".join(f"{h}={c}" for h, c in zip(self.header, self.rows[-1])))
+        else:  # without a live table, a plain line tells a pipe's reader the row is done
+            log.info("%s", "  ".join(f"{h}={c}" for h, c in zip(self.header, self.rows[-1])))
 
 
 @contextlib.contextmanager
@@ -281,6 +282,17 @@ def live_table(header: Sequence[str], title: str | None = None) -> Iterator[Live
         return
     yield table
     print_table(table.rows, table.header, title=title)
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (the CLI calls it on exit, so in-process callers of
+    ``regiontrt.cli.main`` keep their own logging as it was)."""
+    root = logging.getLogger("regiontrt")
+    for old in list(root.handlers):
+        if getattr(old, "_regiontrt_cli", False):
+            root.removeHandler(old)
+    root.setLevel(logging.NOTSET)
+    set_enabled(None)
 
 
 def configure_logging(verbosity: int = 0) -> None:

@@ -233,7 +233,7 @@ def _base_metadata(region: Region, policy: PrecisionPolicy, shared: _Shared,
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
         "shape_profiles": [p.to_dict() for p in profiles],
-        "shape_buckets": state.shape_profile.buckets.to_dict()
+        "shape_buckets": state.shape_profile.buckets.for_model(shared.model).to_dict()
         if state.shape_profile is not None and state.shape_profile.buckets else None,
         "tactics": state.tactics.to_dict(),
         "toolchain": _toolchain(backend),

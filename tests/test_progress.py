@@ -149,3 +149,56 @@ def test_configure_logging_levels(verbosity: int, level: int, monkeypatch) -> No
     assert sum(getattr(h, "_regiontrt_cli", False) for h in root.handlers) == 1
     logging.getLogger("regiontrt.pipeline").info("chose fp16")
     assert ("chose fp16" in err.getvalue()) == (level <= logging.INFO)
+
+
+def _int8_build():
+    import regiontrt as rt
+    from regiontrt import demo
+
+    data = demo.region_data("NA")
+    return (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region("NA")
+            .with_shape_profile({"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]})
+            .with_calibrator("minmax", data=data.calibration[:128])  # one file, split in 4
+            .with_validation(data.validation[:128])  # one array, split in 4
+            .build())
+
+
+def test_an_int8_build_on_the_cpu_reports_every_stage(caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="regiontrt")
+    engine = _int8_build()
+    assert engine.precision == "int8"
+    progress = [r.getMessage() for r in caplog.records if r.name == "regiontrt.progress"]
+    assert any(m.startswith("calibration: 4 done") for m in progress), progress
+    assert any(m.startswith("calibration mismatch check: 4/4 done") for m in progress), progress
+    assert any(m.startswith("validation: 4/4 done") for m in progress), progress
+    assert any(m.startswith("onnxruntime build (NA-int8): 0 done") for m in progress), progress
+    decisions = [r.getMessage() for r in caplog.records if r.name == "regiontrt.pipeline"]
+    assert decisions[0].startswith("region NA: trying int8 > fp16 > fp32 in order")
+    assert any(m.startswith("region NA: int8 loss") and "accepted" in m for m in decisions)
+    assert decisions[-1].startswith("region NA: chose int8")
+    assert any(r.name == "regiontrt.calibration" and "(minmax)" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_an_int8_build_with_bars_on_a_terminal(monkeypatch) -> None:
+    pytest.importorskip("rich", reason="needs rich (pip install 'regiontrt[rich]')")
+    err = _Tty()
+    monkeypatch.setattr("sys.stderr", err)
+    _progress._console = None
+    _progress.set_enabled(True)
+    assert _int8_build().precision == "int8"
+    assert _progress._display is None  # every bar stopped
+    assert "\x1b[" in err.getvalue()  # the bars were drawn (cursor control on the terminal)
+
+
+def test_mixed_precision_search_reports_its_sensitivity_pass(caplog) -> None:
+    from regiontrt.mixed import search_mixed_precision
+
+    caplog.set_level(logging.DEBUG, logger="regiontrt")
+    weights = {"conv0": 0.5, "conv1": 0.1, "fc": 0.3}
+    result = search_mixed_precision(
+        list(weights), lambda keep: sum(w for n, w in weights.items() if n not in keep), 0.35)
+    assert result.fits and result.kept == ("conv0", "fc")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("mixed precision: layer sensitivity: 3/3 done") for m in messages)
+    assert any(m.startswith("mixed precision: most sensitive layers: conv0") for m in messages)

@@ -227,10 +227,11 @@ def fold_batches(
     tensors: Sequence[str],
     types: Mapping[str, int],
     fold: Callable[[str, np.ndarray], None],
+    description: str = "calibration",
 ) -> None:
     """Run every batch and call ``fold(tensor, array)`` on each activation."""
     activations = iter_activations(model, source, tensors, types, overlap=OVERLAP)
-    for values in track(activations, "calibration", total=source.size_hint()):
+    for values in track(activations, description, total=source.size_hint()):
         for name, array in values.items():
             fold(name, array)
 

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     verbosity = args.verbose - args.quiet
-    from .._progress import configure_logging
+    from .._progress import configure_logging, reset_logging
 
     configure_logging(verbosity)
     try:
@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"regiontrt: error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
+    finally:
+        reset_logging()
 
 
 if __name__ == "__main__":  # pragma: no cover
