@@ -329,7 +329,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         log.info("region %s: %s loss %s vs budget %.4g on %s: %s%s", region.name,
                  precision.value, "not measured" if loss is None else f"{loss:.4g}",
                  region.budget, measured_on, "accepted" if fits else "rejected",
-                 f" ({note})" if note else "")
+                 f" ({note})" if note else "", extra={"trial": trials[-1].to_dict(),
+                                                      "region": region.name})
         if fits and variant is not None:
             break
     else:
@@ -353,7 +354,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     })
     engine = Engine(metadata, result.payload, backend=backend)
     log.info("region %s: chose %s (%d layers kept in float32)%s", region.name, precision.value,
-             len(kept), f"; writing {path}" if path is not None else "")
+             len(kept), f"; writing {path}" if path is not None else "",
+             extra={"region": region.name, "chosen": precision.value, "kept": list(kept)})
     if path is not None:
         engine.save(path)
     return engine

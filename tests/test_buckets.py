@@ -88,6 +88,24 @@ def test_bucketed_engine_returns_the_model_length(rec, tmp_path) -> None:
     assert len(engine.bucketing.lengths._cache) == 3  # one formula evaluation per width
     engine.infer({"x": np.zeros((1, 3, 48, 167), np.float32)})
     assert len(engine.bucketing.lengths._cache) == 3
+    assert engine.sample_inputs()["x"].shape == (1, 3, 48, 256)  # bench: the profile's opt
+
+
+def test_bench_on_ppocr_without_a_profile_refuses_instead_of_timing_1x1(rec, tmp_path, capsys,
+                                                                         monkeypatch) -> None:
+    from regiontrt.cli import main
+
+    path, _, _ = rec
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", str(path), "--region", "CERTIFIED", "-q"]) == 0
+    capsys.readouterr()
+    engine = "ch_PP-OCRv4_rec_infer.CERTIFIED.engine"
+    assert main(["bench", engine, "--iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "dynamic dimensions at axes [0, 2, 3]" in err and "--shape" in err
+    assert main(["bench", engine, "--iterations", "1", "--warmup", "0", "--json",
+                 "--shape", "x:1x3x48x320"]) == 0
+    assert '"batch": 1' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("rule", [

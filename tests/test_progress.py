@@ -176,6 +176,8 @@ def test_an_int8_build_on_the_cpu_reports_every_stage(caplog) -> None:
     assert decisions[0].startswith("region NA: trying int8 > fp16 > fp32 in order")
     assert any(m.startswith("region NA: int8 loss") and "accepted" in m for m in decisions)
     assert decisions[-1].startswith("region NA: chose int8")
+    [trial] = [r for r in caplog.records if hasattr(r, "trial")]  # structured, for log shippers
+    assert trial.region == "NA" and trial.trial["precision"] == "int8" and trial.trial["accepted"]
     assert any(r.name == "regiontrt.calibration" and "(minmax)" in r.getMessage()
                for r in caplog.records)
 
