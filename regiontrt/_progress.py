@@ -12,9 +12,10 @@ The API is two calls, used by every stage that loops over something long::
 
 Bars are drawn with ``rich`` (an optional extra, imported only when a bar is shown) on standard
 error, and only when standard error is a terminal and ``CI`` is not set: CI logs and pipes get no
-carriage-return noise. Whatever the output, every task logs one plain line when it ends (and one
-every :data:`PLAIN_EVERY_S` seconds while it runs when there is no bar) on the
-``regiontrt.progress`` logger, at INFO, so ``-v`` logs or a configured ``logging`` show them.
+carriage-return noise. Whatever the output, every task logs one plain line when it ends (and,
+when there is no bar, one when it starts and one every :data:`PLAIN_EVERY_S` seconds while it
+runs) on the ``regiontrt.progress`` logger, at INFO, so the CLI or a configured ``logging``
+shows them.
 
 ``REGIONTRT_PROGRESS=0`` (or :func:`set_enabled(False) <set_enabled>`) turns bars off,
 ``REGIONTRT_PROGRESS=1`` forces them on a terminal even under CI.
@@ -196,6 +197,9 @@ def task(
         except Exception:  # a bar must never break a build: fall back to plain lines
             display = None
             t._bar = None
+    if display is None:  # no bar: a plain line says the (possibly long) task has started
+        log.log(log_level, "%s: started%s", description,
+                f" ({total} steps)" if total is not None else "")
     ok = False
     try:
         yield t
@@ -205,8 +209,9 @@ def task(
             with contextlib.suppress(Exception):
                 display.remove_task(t._bar_id)
             _release_display()
-        log.log(log_level if ok else logging.WARNING, "%s: %s %s in %.2f s",
-                t.description, t._count(), "done" if ok else "stopped", t.seconds)
+        count = t._count() + " " if t.total is not None or t.completed else ""
+        log.log(log_level if ok else logging.WARNING, "%s: %s%s in %.2f s",
+                t.description, count, "done" if ok else "stopped", t.seconds)
 
 
 def track(

@@ -247,7 +247,7 @@ def _try_payload(
     """Build the payload; measure on it when it runs here and is not the ONNX variant itself."""
     with task(f"{backend.name} build ({name})"):
         result = backend.build(BuildRequest(variant, precision, profiles, state.tactics, name))
-    log.info("%s: built a %s payload of %d bytes for %s", name, result.payload_format,
+    log.info("%s: built the %s payload (%d bytes) for %s", name, result.payload_format,
              len(result.payload), result.target)
     if validator is None or not result.runnable_here or result.payload_format == "onnx":
         return result, None, "onnxruntime"

@@ -118,9 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser(
         "build", help="build one region's engine from an ONNX model", formatter_class=_FMT,
-        description="Build one region's engine: try the precisions the region allows, in order, "
-                    "check each against the FP32 model on the region's validation data, keep "
-                    "the first within the accuracy budget.",
+        description="Build one region's engine: try the precisions the region allows, in order,\n"
+                    "check each against the FP32 model on the region's validation data, and keep\n"
+                    "the first within the region's accuracy budget.",
         epilog="example:\n  regiontrt build rec.onnx --region APAC --validation val/ "
                "--calibration calib.npz \\\n      --shape x:1x3x48x32,8x3x48x320,16x3x48x1280 "
                "-o rec.APAC.engine\n\ndata files: docs/data.md (keys are input names; one file "
@@ -167,7 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     be = sub.add_parser(
         "bench", help="benchmark an engine", formatter_class=_FMT,
-        description="Time inferences on random inputs at the engine profile's opt shape (or "
+        description="Time inferences on random inputs at the engine profile's opt shape (or\n"
                     "--shape). Refuses to guess a dynamic dimension that no profile covers.",
         epilog="example:\n  regiontrt bench rec.EU.engine --shape x:8x3x48x320 --iterations 50")
     be.add_argument("engine", help="the .engine file, e.g. rec.EU.engine")
