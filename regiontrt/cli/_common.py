@@ -62,7 +62,7 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
 _FLAGS: tuple[tuple[str, str], ...] = (
     (r"\.with_calibrator\(data=\.\.\.\)", "--calibration FILE_OR_FOLDER"),
     (r"\.with_validation\(data\)", "--validation FILE_OR_FOLDER"),
-    (r"\.with_precision\(\[\.\.\.\]\)", "--precision (e.g. --precision fp16,fp32)"),
+    (r"\.with_precision\(\[\.\.\.\]\)", "--precision LIST, e.g. --precision fp16,fp32"),
     (r"call \.for_region\(name\) before \.build\(\)", "pass --region"),
     (r"add it to the ShapeProfile", "add it with --shape NAME:MIN,OPT,MAX"),
     (r"rebuild with a wider ShapeProfile", "rebuild with a wider --shape"),

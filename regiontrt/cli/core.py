@@ -69,10 +69,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ..engine import load_engine
+    from ..errors import ShapeOutOfProfile
 
     shapes = parse_input_shapes(args.shape) if args.shape else None
     with load_engine(args.engine) as engine:
         feeds = engine.sample_inputs(args.batch, shapes=shapes)
+        try:
+            engine.check_inputs(feeds)
+        except ShapeOutOfProfile as exc:
+            why = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
+            raise UsageError(f"--batch/--shape must fit the engine's shape profiles: {why}"
+                             ) from exc
         log.info("benchmarking %s on %s", args.engine,
                  ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items()))
         report = engine.benchmark(iterations=args.iterations, warmup=args.warmup, feeds=feeds)
