@@ -147,6 +147,23 @@ class LengthRules:
         return cls({s: (v[0], v[1]) for s, v in d["symbols"].items()}, dict(d["rules"]))
 
 
+def _infer(model: Any) -> Any:
+    """``SymbolicShapeInference.infer_shapes`` without its side effect.
+
+    ONNX Runtime's own entry point saves ``sym_shape_infer_temp.onnx`` into the current folder
+    when a single tensor stays unknown; a library must not write files it was not asked for, and
+    the outputs may be known even when some inner tensor is not. This runs the same steps.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+    inference._preprocess(model)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_
+
+
 def derive_length_rules(model: Any, outputs: Mapping[str, int]) -> LengthRules | None:
     """Formulas for ``outputs`` (``{output: axis}``) from symbolic shape inference of ``model``.
 
@@ -172,9 +189,7 @@ def derive_length_rules(model: Any, outputs: Mapping[str, int]) -> LengthRules |
     for vi in work.graph.output:  # declared output dims would pin the answer: infer them
         vi.type.tensor_type.ClearField("shape")
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(work, auto_merge=True)
+        inferred = _infer(work)
     except Exception as exc:  # sympy missing, unknown ops, >2 GB models: say so, fall back
         log.warning("cannot derive bucketed output lengths from the model (%s: %s); cutting "
                     "outputs back with floor(len * original / padded)", type(exc).__name__, exc)
