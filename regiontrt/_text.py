@@ -24,12 +24,19 @@ def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 def rich_table(
     rows: Sequence[Sequence[Any]], header: Sequence[str], title: str | None = None
 ) -> Any:
-    """A ``rich.table.Table`` of ``rows`` (``rich`` must be installed)."""
-    from rich.table import Table
+    """A ``rich.table.Table`` of ``rows`` (``rich`` must be installed).
 
-    table = Table(*header, title=title, header_style="bold")
+    Cells are plain text: square brackets in a value (shape lists, user descriptions) are shown
+    as written, never read as ``rich`` markup.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, header_style="bold")
+    for h in header:
+        table.add_column(Text(str(h)))
     for row in rows:
-        table.add_row(*(str(c) for c in row))
+        table.add_row(*(Text(str(c)) for c in row))
     return table
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -281,7 +282,7 @@ class Engine:
         n = int(first_shape[0]) if first_shape else 1
         mean = float(total.mean())
         gpu = self.backend_name != "onnxruntime"
-        return BenchmarkReport(
+        report = BenchmarkReport(
             backend=self.backend_name,
             timer="cuda-events" if gpu else "perf_counter_ns",
             iterations=iterations,
@@ -296,6 +297,12 @@ class Engine:
             d2h_ms=float(np.mean([t.d2h_ms for t in timings])),
             sla_p99_ms=self._metadata["region"].get("latency_p99_ms"),
         )
+        logging.getLogger("regiontrt.engine").info(
+            "benchmark %s: batch %d, %d runs, p50 %.3f ms, p99 %.3f ms%s", self.region, n,
+            iterations, report.p50_ms, report.p99_ms,
+            "" if report.meets_sla is None else f", SLA {report.sla_p99_ms} ms "
+            f"{'met' if report.meets_sla else 'MISSED'}", extra={"benchmark": report.to_dict()})
+        return report
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -205,7 +205,10 @@ def test_bench_uses_the_profile_opt_shape(tmp_path: Path, capsys, monkeypatch) -
     assert engine.sample_inputs()["input"].shape == (4, 1, 16, 32)
     assert engine.sample_inputs(batch=2)["input"].shape == (2, 1, 16, 32)
     assert main(["bench", "dyn.CERTIFIED.engine", "--iterations", "2", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["batch"] == 4
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["batch"] == 4
+    assert "on input (4, 1, 16, 32)" in captured.err
+    assert "benchmark CERTIFIED: batch 4, 2 runs, p50 " in captured.err
     assert main(["bench", "dyn.CERTIFIED.engine", "--shape", "input:1x1x64x64"]) == 2
     err = capsys.readouterr().err
     assert "--batch/--shape must fit" in err and "(1, 1, 64, 64) not within" in err

@@ -131,10 +131,12 @@ def test_print_table_into_a_pipe_keeps_whole_rows() -> None:
     pytest.importorskip("rich", reason="needs rich (pip install 'regiontrt[rich]')")
     out = io.StringIO()
     long = "x" * 300
-    print_table([("EU", long)], ("region", "description"), file=out)
+    print_table([("EU", long), ("[red]NA[/red]", "[[1, 8], [2, 8]]")], ("region", "description"),
+                file=out)
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["region", "description"]
     assert lines[2].split() == ["EU", long]  # not wrapped at 80 columns
+    assert lines[3].split(maxsplit=1) == ["[red]NA[/red]", "[[1, 8], [2, 8]]"]  # not markup
     assert all(line == line.rstrip() for line in lines)
 
 
