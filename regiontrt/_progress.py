@@ -106,7 +106,7 @@ def _acquire_display() -> Any:
 
     with _lock:
         if _display is None:
-            _display = Progress(
+            display = Progress(
                 SpinnerColumn(),
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
@@ -115,7 +115,8 @@ def _acquire_display() -> Any:
                 console=console(),
                 transient=True,
             )
-            _display.start()
+            display.start()  # may raise (older rich: another live display is active)
+            _display = display
         _users += 1
         return _display
 
@@ -191,12 +192,16 @@ def task(
     t = Task(description, total)
     display = None
     if bars_enabled():
-        try:
+        # A bar must never break a build: on any failure, fall back to plain lines.
+        with contextlib.suppress(Exception):
             display = _acquire_display()
-            t._bar, t._bar_id = display, display.add_task(description, total=total)
-        except Exception:  # a bar must never break a build: fall back to plain lines
-            display = None
-            t._bar = None
+        if display is not None:
+            try:
+                t._bar_id = display.add_task(description, total=total)
+                t._bar = display
+            except Exception:
+                _release_display()
+                display = None
     if display is None:  # no bar: a plain line says the (possibly long) task has started
         log.log(log_level, "%s: started%s", description,
                 f" ({total} steps)" if total is not None else "")

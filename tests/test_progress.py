@@ -207,3 +207,19 @@ def test_mixed_precision_search_reports_its_sensitivity_pass(caplog) -> None:
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("mixed precision: layer sensitivity: 3/3 done") for m in messages)
     assert any(m.startswith("mixed precision: most sensitive layers: conv0") for m in messages)
+
+
+def test_a_bar_that_cannot_start_falls_back_to_plain_lines(monkeypatch, caplog) -> None:
+    pytest.importorskip("rich", reason="needs rich (pip install 'regiontrt[rich]')")
+    from rich.progress import Progress
+
+    def refuse(self) -> None:
+        raise RuntimeError("Only one live display may be active at once")
+
+    monkeypatch.setattr(Progress, "start", refuse)
+    monkeypatch.setattr("sys.stderr", _Tty())
+    _progress.set_enabled(True)
+    caplog.set_level(logging.INFO, logger="regiontrt.progress")
+    assert list(track(range(3), "calibration")) == [0, 1, 2]
+    assert _progress._display is None and _progress._users == 0
+    assert caplog.records[0].getMessage() == "calibration: started (3 steps)"
