@@ -226,36 +226,9 @@ class Engine:
             InputError: an input has a dynamic dimension that neither a profile, ``shapes`` nor
                 (for axis 0) ``batch`` fixes; guessing 1 would time a meaningless input.
         """
-        rng = np.random.default_rng(seed)
-        ranges = self.profiles[0].ranges if self.profiles else {}
-        shapes = dict(shapes or {})
-        unknown = set(shapes) - {s.name for s in self.inputs}
-        if unknown:
-            raise InputError(f"shapes given for unknown inputs {sorted(unknown)}; inputs: "
-                             f"{[s.name for s in self.inputs]}")
-        feeds = {}
-        for spec in self.inputs:
-            if spec.name in shapes:
-                shape = [int(d) for d in shapes[spec.name]]
-            elif spec.name in ranges:
-                shape = list(ranges[spec.name].opt)
-            else:
-                free = [a for a, d in enumerate(spec.shape) if not isinstance(d, int)
-                        and not (a == 0 and batch is not None)]
-                if free:
-                    raise InputError(
-                        f"input {spec.name!r} has dynamic dimensions at axes {free} (shape "
-                        f"{list(spec.shape)}) and the engine has no shape profile for it: "
-                        f"give its shape, sample_inputs(shapes={{{spec.name!r}: (...)}})"
-                    )
-                shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-            if batch is not None and shape:
-                shape[0] = batch
-            if spec.dtype.kind == "f":
-                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            else:
-                feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-        return feeds
+        from ._sampling import sample_inputs
+
+        return sample_inputs(self.inputs, self.profiles, batch=batch, seed=seed, shapes=shapes)
 
     def benchmark(
         self,
@@ -297,11 +270,11 @@ class Engine:
             d2h_ms=float(np.mean([t.d2h_ms for t in timings])),
             sla_p99_ms=self._metadata["region"].get("latency_p99_ms"),
         )
+        sla = "" if report.meets_sla is None else f", SLA {report.sla_p99_ms} ms " + (
+            "met" if report.meets_sla else "MISSED")
         logging.getLogger("regiontrt.engine").info(
             "benchmark %s: batch %d, %d runs, p50 %.3f ms, p99 %.3f ms%s", self.region, n,
-            iterations, report.p50_ms, report.p99_ms,
-            "" if report.meets_sla is None else f", SLA {report.sla_p99_ms} ms "
-            f"{'met' if report.meets_sla else 'MISSED'}", extra={"benchmark": report.to_dict()})
+            iterations, report.p50_ms, report.p99_ms, sla, extra={"benchmark": report.to_dict()})
         return report
 
     # -- files ------------------------------------------------------------------------------

@@ -185,6 +185,9 @@ def test_bench_refuses_to_guess_a_dynamic_dimension(tmp_path: Path, capsys, monk
     engine = rt.load_engine(tmp_path / "dyn.CERTIFIED.engine")
     with pytest.raises(rt.errors.InputError, match="no shape profile"):
         engine.sample_inputs()
+    with pytest.raises(rt.errors.InputError, match="unknown inputs"):
+        engine.sample_inputs(shapes={"image": (1, 1, 8, 8)})
+    assert engine.sample_inputs(shapes={"input": (2, 1, 5, 7)})["input"].shape == (2, 1, 5, 7)
     capsys.readouterr()
     assert main(["bench", "dyn.CERTIFIED.engine", "--iterations", "2"]) == 2
     err = capsys.readouterr().err
