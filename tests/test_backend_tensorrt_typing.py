@@ -1,10 +1,12 @@
-"""mypy checks the TensorRT backends against ``tensorrt-stubs``.
+"""mypy checks the TensorRT backends, build side and runtime side, against ``tensorrt-stubs``.
 
 The stubs (10.13) install ``tensorrt/__init__.pyi`` without a ``py.typed`` marker, so mypy skips
 them, and their generated ``tensorrt.pyi`` has a few syntax errors (parameters named ``in``,
 non-default parameters after defaults). This test copies them into a temporary stub path with
 those signatures repaired, then runs mypy on the backend modules with that path. A probe with a
-misspelt TensorRT attribute must fail, which proves the stubs are really in effect.
+misspelt TensorRT attribute must fail, which proves the stubs are really in effect; a second
+probe proves that a ``TensorRT type | Any`` annotation (the runner's, since test doubles run there
+too) is still checked.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 
 pytest.importorskip("mypy", reason="needs mypy")
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["tensorrt.py", "trt_build.py", "plan.py", "timing_cache.py", "fusion.py"]
+MODULES = ["tensorrt.py", "tensorrt_rtx.py", "trt_build.py", "trt_env.py", "plan.py",
+           "timing_cache.py", "fusion.py", "trt_runner.py", "trt_slots.py", "trt_alloc.py"]
 
 
 def find_stubs() -> Path | None:
@@ -82,10 +85,16 @@ ignore_errors = true
 
 PROBE = """\
 from __future__ import annotations
+from typing import Any
 import tensorrt
 
 def probe(config: tensorrt.IBuilderConfig) -> None:
     config.max_num_tacticz = 3
+
+
+def probe_runtime(context: tensorrt.IExecutionContext | Any) -> None:
+    # the runner's objects are typed "TensorRT type | Any" (fakes run there too): still checked
+    context.set_optimization_profile_asynk(0, 0)
 """
 
 
@@ -115,3 +124,6 @@ def test_backends_type_check_against_tensorrt_stubs(tmp_path, request):
     assert ours == [], proc.stdout
     assert any('"IBuilderConfig" has no attribute "max_num_tacticz"' in e for e in errors), (
         "the probe passed: mypy did not use the TensorRT stubs\n" + proc.stdout)
+    assert any('has no attribute "set_optimization_profile_asynk"' in e for e in errors), (
+        "the runtime probe passed: a 'TensorRT type | Any' annotation is not checked\n"
+        + proc.stdout)

@@ -102,7 +102,7 @@ def test_bench_on_ppocr_without_a_profile_refuses_instead_of_timing_1x1(rec, tmp
     engine = "ch_PP-OCRv4_rec_infer.CERTIFIED.engine"
     assert main(["bench", engine, "--iterations", "1"]) == 2
     err = capsys.readouterr().err
-    assert "dynamic dimensions at axes [0, 2, 3]" in err and "--shape" in err
+    assert "dynamic dimensions at axes [2, 3]" in err and "--shape" in err
     assert main(["bench", engine, "--iterations", "1", "--warmup", "0", "--json",
                  "--shape", "x:1x3x48x320"]) == 0
     assert '"batch": 1' in capsys.readouterr().out

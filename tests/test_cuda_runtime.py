@@ -63,6 +63,15 @@ def test_cuda_call_names_driver_errors_even_without_a_driver():
         cuda.cuda_call((cuda_driver.CUresult.CUDA_ERROR_INVALID_VALUE,), what="cuLaunchKernel")
 
 
+def test_stream_handles_are_read_without_the_deprecated_int():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # int(handle) warns from cuda-bindings 12.9.1 on
+        assert cuda.native_handle(cudart.cudaStream_t(1234)) == 1234
+        assert cuda.native_handle(cuda_driver.CUstream(4321)) == 4321
+
+
 def test_interop_names_are_re_exported_by_cuda():
     from regiontrt.backends import cuda_interop
 

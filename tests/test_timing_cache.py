@@ -154,3 +154,20 @@ def test_runtime_cache_file_round_trip(tmp_path):
     assert cache_file.read() == b"kernels"
     cache_file.path.write_bytes(b"")
     assert cache_file.read() is None
+
+
+def test_save_without_merge_replaces_a_cache_tensorrt_refused(tmp_path):
+    path = tmp_path / "c.cache"
+    cache_file = TimingCacheFile(path, DictCodec())
+    cache_file.save(DictCache("sm90", {"timed-on-another-h100": 3.0}))
+    fresh = DictCache("sm90", {"conv1": 1.0})  # same compute capability: combine would merge
+    result = cache_file.save(fresh, merge=False)
+    assert result.merged is False and result.discarded_disk is True
+    assert on_disk(path) == {"conv1": 1.0}
+
+
+def test_cache_path_carries_the_gpu_name_when_known(tmp_path):
+    assert timing_cache_path(tmp_path, "10.16.1.11", "sm90", "nvidia-h200").name == \
+        "tensorrt-10.16.1.11-sm90-nvidia-h200.cache"
+    assert timing_cache_path(tmp_path / "t.bin", "11.4.0.106", "sm90", "nvidia-h100").name == \
+        "t.tensorrt-11.4.0.106-sm90-nvidia-h100.bin"

@@ -25,11 +25,11 @@ def default_output(model: str | Path, region: str) -> Path:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from ..builder import RegionalEngineBuilder
-    from ..regions import get_region, load_regions
+    from ..regions import default_regions, load_regions
 
-    if args.regions_file:
-        load_regions(args.regions_file)
-    region = get_region(args.region).name
+    # A --regions-file applies to this build only (the process-wide registry stays as it was).
+    registry = load_regions(args.regions_file) if args.regions_file else default_regions()
+    region = registry[args.region]
     if not Path(args.model).is_file():
         raise UsageError(f"model file not found: {args.model}")
     builder = RegionalEngineBuilder.from_onnx(args.model).for_region(region)
@@ -42,7 +42,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.validation:
         builder = builder.with_validation(args.validation, metric=args.metric)
     builder = builder.with_backend(args.backend)
-    output = args.output or default_output(args.model, region)
+    output = args.output or default_output(args.model, region.name)
     engine = builder.build(output)
     report = engine.metadata["validation"]
     rows = []
@@ -73,8 +73,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     shapes = parse_input_shapes(args.shape) if args.shape else None
     with load_engine(args.engine) as engine:
-        feeds = engine.sample_inputs(args.batch, shapes=shapes)
         try:
+            feeds = engine.sample_inputs(args.batch, shapes=shapes)
             engine.check_inputs(feeds)
         except ShapeOutOfProfile as exc:
             why = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
