@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from . import __version__
-from ._progress import task
+from ._progress import task, track
 from .backends import Backend, BuildRequest, BuildResult, Runner, get_backend
 from .compliance import check_model
 from .datasets import Batch, DataSource, profile_split
@@ -161,7 +161,8 @@ class Validator:
 
     def _outputs(self, runner: Runner) -> dict[str, Any]:
         try:
-            return collate([runner.run(b) for b in self.batches])
+            return collate([runner.run(b) for b in track(self.batches, "validation on the payload",
+                                                          log_level=logging.DEBUG)])
         finally:
             runner.close()
 
