@@ -44,7 +44,7 @@ def build_region(base: RegionalEngineBuilder, region: str, out: Path) -> DemoRow
     """Build, save, score and benchmark one region's engine."""
     started = time.perf_counter()
     region = _region_name(region)
-    log.info("demo: building region %s", region)
+    log.info("building region %s", region)
     data = region_data(region)
     builder = (
         base.for_region(region)
