@@ -35,9 +35,9 @@ class DataSource:
     Accepted sources:
       * a ``{input: array}`` mapping: one batch;
       * a numpy array: one batch of the model's single input;
-      * a path to an ``.npz`` file (its keys are input names; or ``input_name/...`` keyed
-        subsets are not supported - use one file per batch) or to a folder of ``.npz`` files,
-        each one batch, read in sorted order;
+      * a path to an ``.npz`` file (its keys are input names), to an ``.npy`` file (the
+        single input of a single-input model), or to a folder of such files, each one batch,
+        read in sorted order (see docs/data.md);
       * an iterable of mappings or arrays (lists, generators, Polygraphy data loaders);
       * a callable returning such an iterable (called once per pass, so generators re-run).
 
@@ -48,18 +48,50 @@ class DataSource:
         source: the data.
         inputs: the model's inputs, to name bare arrays and check names, ranks and dtypes.
         max_batches: stop after this many batches.
+        split: ``(max_size, size)``: a batch of more than ``max_size`` samples (axis 0) is cut
+            into batches of ``size`` (see :func:`profile_split`), so one file holding a whole
+            data set fits the engine's shape profile.
     """
 
     def __init__(
-        self, source: DataLike, inputs: Sequence[TensorSpec], *, max_batches: int | None = None
+        self,
+        source: DataLike,
+        inputs: Sequence[TensorSpec],
+        *,
+        max_batches: int | None = None,
+        split: tuple[int, int] | None = None,
     ) -> None:
+        if isinstance(source, DataSource) and split is None:
+            split = source.split
         self._source: Any = source._source if isinstance(source, DataSource) else source
         self._inputs = list(inputs)
         self._max = max_batches
+        self._split: tuple[int, int] | None = split
         self._consumed = False
         self._fingerprint: str | None = None
         self.num_batches = 0
         self.num_samples = 0
+
+    def size_hint(self) -> int | None:
+        """How many batches a pass yields, where that is known without reading them."""
+        src = self._source
+        if self._split is not None or not isinstance(src, (list, tuple, str, Path, np.ndarray,
+                                                            Mapping)):
+            return None
+        if isinstance(src, (np.ndarray, Mapping)):
+            n = 1
+        elif isinstance(src, (str, Path)):
+            path = Path(src)
+            n = sum(1 for p in path.iterdir() if p.suffix in (".npz", ".npy")) if path.is_dir() \
+                else 1
+        else:
+            n = len(src)
+        return n if self._max is None else min(n, self._max)
+
+    @property
+    def split(self) -> tuple[int, int] | None:
+        """``(max_size, size)`` batch splitting, or ``None``."""
+        return self._split
 
     @property
     def fingerprint(self) -> str:
@@ -96,10 +128,9 @@ class DataSource:
     def __iter__(self) -> Iterator[Batch]:
         digest = hashlib.sha256()
         batches = samples = 0
-        for raw in self._raw():
+        for batch in self._split_batches(self._raw()):
             if self._max is not None and batches >= self._max:
                 break
-            batch = self.to_batch(raw)
             for name in sorted(batch):
                 arr = batch[name]
                 digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
@@ -112,6 +143,21 @@ class DataSource:
             raise DataError("the data source is empty: it yielded no batch")
         self.num_batches, self.num_samples = batches, samples
         self._fingerprint = digest.hexdigest()
+
+    def _split_batches(self, raws: Iterable[Any]) -> Iterator[Batch]:
+        for raw in raws:
+            batch = self.to_batch(raw)
+            if self._split is None:
+                yield batch
+                continue
+            limit, size = self._split
+            sizes = {int(a.shape[0]) if a.ndim else 1 for a in batch.values()}
+            n = sizes.pop() if len(sizes) == 1 else 0  # disagreeing axis 0: not a batch axis
+            if n <= limit:
+                yield batch
+                continue
+            for i in range(0, n, size):
+                yield {k: v[i : i + size] for k, v in batch.items()}
 
     def to_batch(self, raw: Any) -> Batch:
         """Normalise one raw item into a checked ``{input: array}`` batch."""
@@ -194,11 +240,11 @@ def _content_bytes(arr: np.ndarray) -> bytes:
     return np.require(arr, requirements="C").tobytes()
 
 
-def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray]]:
+def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray] | np.ndarray]:
     if path.is_dir():
-        files = sorted(path.glob("*.npz"))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
         if not files:
-            raise DataError(f"no .npz files in {path}")
+            raise DataError(f"no .npz or .npy files in {path} (see docs/data.md)")
     elif path.is_file():
         files = [path]
     else:
@@ -207,15 +253,31 @@ def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray]]:
         try:
             loaded = np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
-        if not hasattr(loaded, "files"):  # a bare .npy array, not a .npz archive
-            raise DataError(f"{file}: a .npy array, not an .npz archive keyed by input names; "
-                            "save it with np.savez(path, INPUT_NAME=array)")
+            raise DataError(f"{file}: not a readable .npz/.npy file: {exc} "
+                            "(see docs/data.md)") from exc
+        if isinstance(loaded, np.ndarray):  # .npy: one array, the input of a single-input model
+            yield loaded
+            continue
         try:
             with loaded as npz:
-                yield {k: npz[k] for k in npz.files}
+                batch = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, EOFError) as exc:
             raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
+        yield batch
+
+
+def profile_split(profiles: Sequence[Any], inputs: Sequence[TensorSpec]) -> tuple[int, int] | None:
+    """``(max, opt)`` batch sizes of the first shape profile, for :class:`DataSource`'s ``split``.
+
+    ``None`` when the profile leaves axis 0 unconstrained (runtimes without profiles take any
+    batch) or the model has no input.
+    """
+    if not profiles or not inputs:
+        return None
+    rng = profiles[0].ranges.get(inputs[0].name)
+    if rng is None or not rng.opt:
+        return None
+    return int(rng.max[0]), max(1, int(rng.opt[0]))
 
 
 def split_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[Batch]:

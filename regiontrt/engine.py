@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
+import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -256,44 +256,31 @@ class Engine:
         except Exception as exc:  # the runtime failed on inputs that passed every check
             raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
 
-    def sample_inputs(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs at the first profile's ``opt`` shape (``batch`` overrides axis 0).
+    def sample_inputs(
+        self,
+        batch: int | None = None,
+        seed: int = 0,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Random inputs at the first profile's ``opt`` shape.
+
+        Args:
+            batch: overrides axis 0 of every input.
+            seed: seed of the random values.
+            shapes: ``{input: shape}`` to use instead of the profile's ``opt`` shape.
 
         Raises:
             InvalidArgumentError: ``batch`` is not a positive integer.
+            InputError: an input has a dynamic dimension other than axis 0 (which runs at
+                ``batch``, default 1) that neither a profile nor ``shapes`` fixes (guessing 1
+                would time a meaningless input), or the inputs would exceed
+                :data:`MAX_SAMPLE_BYTES`.
             ShapeOutOfProfile: the shapes lie outside every profile (checked before allocating).
-            InputError: the inputs would exceed :data:`MAX_SAMPLE_BYTES`.
         """
-        if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool)
-                                  or batch < 1):
-            raise InvalidArgumentError(f"batch must be a positive integer, got {batch!r}")
-        rng = np.random.default_rng(seed)
-        ranges = self.profiles[0].ranges if self.profiles else {}
-        shapes: dict[str, list[int]] = {}
-        for spec in self.inputs:
-            if spec.name in ranges:
-                shape = list(ranges[spec.name].opt)
-            else:
-                shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-            if batch is not None and shape:
-                shape[0] = batch
-            shapes[spec.name] = shape
-        select_profile(self.profiles, shapes)
-        total = sum(math.prod(s) * spec.dtype.itemsize for s, spec in zip(shapes.values(),
-                                                                          self.inputs))
-        if total > MAX_SAMPLE_BYTES:
-            raise InputError(
-                f"sample inputs of shapes {shapes} need {total} bytes, more than "
-                f"{MAX_SAMPLE_BYTES}; pass feeds= of your own or a smaller batch"
-            )
-        feeds = {}
-        for spec in self.inputs:
-            shape = shapes[spec.name]
-            if spec.dtype.kind == "f":
-                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            else:
-                feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-        return feeds
+        from ._sampling import sample_inputs
+
+        return sample_inputs(self.inputs, self.profiles, batch=batch, seed=seed, shapes=shapes,
+                             max_bytes=MAX_SAMPLE_BYTES)
 
     def benchmark(
         self,
@@ -326,7 +313,7 @@ class Engine:
         n = int(first_shape[0]) if first_shape else 1
         mean = float(total.mean())
         gpu = self.backend_name != "onnxruntime"
-        return BenchmarkReport(
+        report = BenchmarkReport(
             backend=self.backend_name,
             timer="cuda-events" if gpu else "perf_counter_ns",
             iterations=iterations,
@@ -341,6 +328,12 @@ class Engine:
             d2h_ms=float(np.mean([t.d2h_ms for t in timings])),
             sla_p99_ms=self._metadata["region"].get("latency_p99_ms"),
         )
+        sla = "" if report.meets_sla is None else f", SLA {report.sla_p99_ms} ms " + (
+            "met" if report.meets_sla else "MISSED")
+        logging.getLogger("regiontrt.engine").info(
+            "benchmark %s: batch %d, %d runs, p50 %.3f ms, p99 %.3f ms%s", self.region, n,
+            iterations, report.p50_ms, report.p99_ms, sla, extra={"benchmark": report.to_dict()})
+        return report
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

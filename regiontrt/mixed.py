@@ -11,9 +11,14 @@ layers and an ``evaluate(keep) -> loss`` callable (the loss of the model with th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._progress import track
+
+log = logging.getLogger("regiontrt.mixed")
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,11 @@ def search_mixed_precision(
     if not layers or limit == 0:
         return MixedPrecisionResult((), float("inf"), False)
     everything = frozenset(layers)
-    sensitivity = {name: float(evaluate(everything - {name})) for name in layers}
+    sensitivity = {name: float(evaluate(everything - {name}))
+                   for name in track(layers, "mixed precision: layer sensitivity")}
     order = sorted(layers, key=lambda n: (-sensitivity[n], layers.index(n)))
+    log.info("mixed precision: most sensitive layers: %s", ", ".join(
+        f"{n} ({sensitivity[n]:.4g})" for n in order[:5]))
     evaluations = len(layers)
     measured: dict[int, float] = {}
 
@@ -78,6 +86,8 @@ def search_mixed_precision(
         if k not in measured:
             measured[k] = float(evaluate(frozenset(order[:k])))
             evaluations += 1
+            log.debug("mixed precision: keeping %d layers gives loss %.4g (budget %.4g)", k,
+                      measured[k], budget)
         return measured[k]
 
     lo, hi, k = 0, None, 1

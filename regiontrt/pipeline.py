@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import platform
 import time
 import warnings
@@ -22,9 +23,10 @@ import numpy as np
 import onnx
 
 from . import __version__
+from ._progress import task, track
 from .backends import Backend, BuildRequest, BuildResult, Runner, get_backend
 from .compliance import check_model
-from .datasets import Batch, DataSource
+from .datasets import Batch, DataSource, profile_split
 from .datastats import summarize_inputs
 from .errors import (
     AccuracyBudgetExceeded,
@@ -76,6 +78,8 @@ if TYPE_CHECKING:
 # the cast pairs around them), so on the CPU an fp16 loss is a lower bound; the report says so.
 FP16_ON_CPU = "measured on ONNX Runtime CPU, which computes some fp16 ops in fp32: a lower bound"
 
+log = logging.getLogger("regiontrt.pipeline")
+
 
 class Validator:
     """The region's validation batches, their FP32 reference outputs, and the metric."""
@@ -87,11 +91,13 @@ class Validator:
         metric: tuple[str, MetricFn],
         profiles: Sequence[Profile] | None = None,
         threads: int = 0,
+        split: tuple[int, int] | None = None,
     ) -> None:
         self.inputs = input_specs(reference)
         if not self.inputs:
             raise DataError("the model has no inputs, so validation data cannot feed it")
-        source = DataSource(data, self.inputs)
+        self.split = split  # (max, opt): a batch over the profile's max is cut to opt batches
+        source = DataSource(data, self.inputs, split=split)
         try:
             self.batches: list[Batch] = source.materialize()
         except RegionTRTError:
@@ -100,6 +106,7 @@ class Validator:
             raise DataError(f"reading the validation data failed: {exc!r}") from exc
         self.fingerprint = source.fingerprint
         self.num_samples = source.num_samples
+        log.info("validation data: %d samples in %d batches", self.num_samples, len(self.batches))
         for i, batch in enumerate(self.batches):
             for name, arr in batch.items():
                 if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
@@ -148,12 +155,14 @@ class Validator:
         data = model_bytes(model)
         key = hashlib.sha256(data).hexdigest()
         if key not in self._runs:
-            self._runs[key] = run_onnx(data, self.batches, threads=self.threads)
+            with task(f"validation ({len(self.batches)} batches)", log_level=logging.DEBUG):
+                self._runs[key] = run_onnx(data, self.batches, threads=self.threads)
         return self._runs[key]
 
     def _outputs(self, runner: Runner) -> dict[str, Any]:
         try:
-            return collate([runner.run(b) for b in self.batches])
+            return collate([runner.run(b) for b in track(self.batches, "validation on the payload",
+                                                          log_level=logging.DEBUG)])
         finally:
             runner.close()
 
@@ -240,9 +249,11 @@ class _Int8:
         if not plan.nodes:
             return None, None, (), "no quantizable layer in the model"
         self.calibrator = self.state.calibrator or EntropyCalibrator()
-        result = self.calibrator.calibrate(
-            self.cleaned, self.state.calibration_data, plan.activations
-        )
+        self.data = DataSource(self.state.calibration_data, self.validator.inputs,
+                               split=self.validator.split)
+        log.info("int8: calibrating %d tensors of %d layers with %s", len(plan.activations),
+                 len(plan.nodes), self.calibrator.name)
+        result = self.calibrator.calibrate(self.cleaned, self.data, plan.activations)
         self.amax = dict(result.amax)
         mismatch = check_mismatch(self.cleaned, result.amax, self.validator.batches,
                                   threshold=self.state.mismatch_threshold)
@@ -259,6 +270,7 @@ class _Int8:
             "seconds": round(result.seconds, 3),
             "mismatch": mismatch.to_dict(),
         }
+        log.info("int8: calibration mismatch check: %s", mismatch.summary())
         if mismatch.exceeded:
             message = (
                 f"region {self.region.name!r}: the validation data lies outside the calibrated "
@@ -270,6 +282,7 @@ class _Int8:
         variant = self._variant(())
         loss = self.validator.loss_of_model(variant)
         budget = self.region.budget
+        log.info("int8: whole-model loss %.4g (budget %.4g)", loss, budget)
         if loss <= budget or not self.policy.search_mixed:
             return self._done(variant, loss, (), "")
         from .mixed import search_mixed_precision
@@ -279,6 +292,10 @@ class _Int8:
             max_kept=int(self.policy.max_kept_fraction * len(plan.nodes)),
         )
         self.metadata["mixed_precision"] = {"whole_model_loss": loss, **search.to_dict()}
+        log.info("int8: mixed-precision search kept %d of %d layers in float32 (loss %.4g, %s, "
+                 "%d evaluations): %s", len(search.kept), len(plan.nodes), search.loss,
+                 "fits" if search.fits else "over budget", search.evaluations,
+                 ", ".join(search.kept) or "-")
         if not search.fits:
             note = (f"whole-model int8 loss {loss:.4g}; keeping up to {len(search.kept)} "
                     f"sensitive layers still gave {search.loss:.4g}")
@@ -297,7 +314,8 @@ class _Int8:
         missing = [t for t in self.policy.quantization_plan(self.cleaned, keep).activations
                    if t not in self.amax]
         if missing:
-            extra = self.calibrator.calibrate(self.cleaned, self.state.calibration_data, missing)
+            log.debug("int8: calibrating %d more tensors: %s", len(missing), ", ".join(missing))
+            extra = self.calibrator.calibrate(self.cleaned, self.data, missing)
             self.amax.update(extra.amax)
         return self.policy.compile(self.cleaned, Precision.INT8, amax=self.amax, keep=keep)
 
@@ -325,7 +343,7 @@ def _base_metadata(region: Region, policy: PrecisionPolicy, shared: _Shared,
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
         "shape_profiles": [p.to_dict() for p in profiles],
-        "shape_buckets": state.shape_profile.buckets.to_dict()
+        "shape_buckets": state.shape_profile.buckets.for_model(shared.model).to_dict()
         if state.shape_profile is not None and state.shape_profile.buckets else None,
         "tactics": state.tactics.to_dict(),
         "toolchain": _toolchain(backend),
@@ -337,7 +355,10 @@ def _try_payload(
     state: _State, name: str, metadata: dict[str, Any], validator: Validator | None,
 ) -> tuple[BuildResult, float | None, str]:
     """Build the payload; measure on it when it runs here and is not the ONNX variant itself."""
-    result = backend.build(BuildRequest(variant, precision, profiles, state.tactics, name))
+    with task(f"{backend.name} build ({name})"):
+        result = backend.build(BuildRequest(variant, precision, profiles, state.tactics, name))
+    log.info("%s: built the %s payload (%d bytes) for %s", name, result.payload_format,
+             len(result.payload), result.target)
     if validator is None or not result.runnable_here or result.payload_format == "onnx":
         return result, None, "onnxruntime"
     runner = backend.load(result.payload, {**metadata, **_payload_metadata(backend, result)})
@@ -369,10 +390,15 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     enforce_compliance(cleaned, region)
     inputs, outputs = input_specs(cleaned), output_specs(cleaned)
     metric = get_metric(state.metric, default=region.metric)
+    log.info("region %s: trying %s in order, budget %g (%s), backend %s", region.name,
+             " > ".join(p.value for p in candidates), region.budget, metric[0], backend.name)
+    split = None  # one file holding more samples than the profile's max batch is cut to opt
+    if state.shape_profile is not None:
+        split = profile_split(state.shape_profile.resolve(inputs, require_all=False), inputs)
     validator = None
     if state.validation_data is not None:
         validator = Validator(state.validation_data, shared.model, metric,
-                              threads=state.tactics.cpu_threads)
+                              threads=state.tactics.cpu_threads, split=split)
     require_all = backend.name != "onnxruntime"
     if state.shape_profile is not None:  # a subclass may override resolve() without observed=
         profiles = state.shape_profile.resolve(inputs, require_all=require_all)
@@ -393,8 +419,10 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     metadata["graph_check"] = graph_check
     trials: list[PrecisionTrial] = []
     calibration: dict[str, Any] | None = None
+    log.info("region %s: shape profiles %s", region.name, [p.to_dict() for p in profiles])
     for precision in candidates:
         started = time.perf_counter()
+        log.info("region %s: trying %s", region.name, precision.value)
         kept: tuple[str, ...] = ()
         note = ""
         if precision is Precision.INT8:
@@ -421,6 +449,11 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
             note = (note + "; " if note else "") + FP16_ON_CPU
         trials.append(PrecisionTrial(precision.value, loss, region.budget, fits, measured_on,
                                      kept, note))
+        log.info("region %s: %s loss %s vs budget %.4g on %s: %s%s", region.name,
+                 precision.value, "not measured" if loss is None else f"{loss:.4g}",
+                 region.budget, measured_on, "accepted" if fits else "rejected",
+                 f" ({note})" if note else "", extra={"trial": trials[-1].to_dict(),
+                                                      "region": region.name})
         if fits and variant is not None:
             break
     else:
@@ -452,6 +485,9 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     if not built.compliant:
         raise PolicyViolation(f"region {region.name!r}: the built payload is refused: "
                               f"{built.summary()}")
+    log.info("region %s: chose %s (%d layers kept in float32)%s", region.name, precision.value,
+             len(kept), f"; writing {path}" if path is not None else "",
+             extra={"region": region.name, "chosen": precision.value, "kept": list(kept)})
     if path is not None:
         engine.save(path)
     return engine

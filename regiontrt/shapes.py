@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from ._shape_rules import LengthRules
 from .errors import ShapeOutOfProfile, ShapeProfileError
 from .graph.io import TensorSpec
 
 Shape = tuple[int, ...]
+
+# Key of :meth:`Bucketing.pad`'s info holding the unpadded shapes (no "name:axis" key equals it).
+_SHAPES = "shapes"
 
 
 @dataclass(frozen=True)
@@ -252,10 +256,17 @@ class Bucketing:
     would otherwise each be a new shape. Padding repeats the ``pad_value`` (default 0) at the end
     of the axis; :meth:`unpad` cuts outputs back along axes that scale with the padded input axis.
 
+    How long an output is for the real input is read from the model itself: at build time
+    :meth:`for_model` derives each bucketed output's length as a formula of the input shape by
+    symbolic shape inference (stored in the engine), and :meth:`unpad` evaluates it at the
+    request's real width (cached per width). Without formulas (an engine of an older version, a
+    model the inference cannot read) it falls back to ``floor(len * original / padded)``.
+
     Args:
         buckets: ``{input: {axis: sorted bucket sizes}}``.
         pad_value: value written into the padding.
         outputs: ``{output: axis}`` cut back by :meth:`unpad` after a padded run.
+        lengths: output length formulas (see :meth:`for_model`); usually left to the builder.
     """
 
     def __init__(
@@ -263,7 +274,9 @@ class Bucketing:
         buckets: Mapping[str, Mapping[int, Sequence[int]]],
         pad_value: float = 0.0,
         outputs: Mapping[str, int] | None = None,
+        lengths: LengthRules | None = None,
     ) -> None:
+        self.lengths = lengths
         self.outputs = {str(k): int(v) for k, v in (outputs or {}).items()}
         self.buckets = {
             name: {int(axis): sorted(int(b) for b in sizes) for axis, sizes in axes.items()}
@@ -293,6 +306,8 @@ class Bucketing:
         """Pad ``feeds``; returns the padded feeds and what :meth:`unpad` needs."""
         out = dict(feeds)
         info: dict[str, Any] = {}
+        if self.lengths is not None:  # the real shapes, for the output length formulas
+            info[_SHAPES] = {k: tuple(np.shape(v)) for k, v in feeds.items()}
         for name, axes in self.buckets.items():
             if name not in feeds:
                 continue
@@ -321,29 +336,47 @@ class Bucketing:
             axes: ``{output: axis}`` that scales with the padded input axis (default: the
                 ``outputs`` given at construction).
 
-        The kept length is ``floor(out_len * original / padded)``: exact for outputs that
-        downsample the padded axis by an integer stride with flooring (as PP-OCR's recogniser
-        does: a 100-pixel line gives 12 steps). The first padded input axis sets the ratio (one
-        variable-length axis, as in text lines).
+        The kept length is what the model gives for the unpadded input, from the formulas of
+        :meth:`for_model`; without them, ``floor(out_len * original / padded)`` with the first
+        padded input axis setting the ratio.
         """
         axes = self.outputs if axes is None else axes
-        if not info or not axes:
+        ratios = [v for k, v in info.items() if k != _SHAPES]
+        if not ratios or not axes:
             return dict(outputs)
-        original, padded = next(iter(info.values()))
+        original, padded = ratios[0]
+        known: dict[str, int] = {}
+        if self.lengths is not None and _SHAPES in info:
+            known = self.lengths.lengths(info[_SHAPES])
         out = dict(outputs)
         for name, axis in axes.items():
             arr = out[name]
-            keep = arr.shape[axis] * original // padded
-            out[name] = np.take(arr, np.arange(keep), axis=axis)
+            keep = known.get(name, arr.shape[axis] * original // padded)
+            out[name] = np.take(arr, np.arange(min(keep, arr.shape[axis])), axis=axis)
         return out
 
+    def for_model(self, model: Any) -> Bucketing:
+        """A copy whose output lengths are derived from ``model`` (an ONNX ``ModelProto``).
+
+        Runs symbolic shape inference once (about a second for PP-OCRv4's recogniser); when it
+        cannot, the copy keeps the ``floor`` rule and a warning says so.
+        """
+        from ._shape_rules import derive_length_rules
+
+        rules = derive_length_rules(model, self.outputs) if self.outputs else None
+        return Bucketing(self.buckets, self.pad_value, self.outputs, rules)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "buckets": {n: {str(a): s for a, s in ax.items()} for n, ax in self.buckets.items()},
             "pad_value": self.pad_value,
             "outputs": dict(self.outputs),
         }
+        if self.lengths is not None:
+            d["lengths"] = self.lengths.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Bucketing:
-        return cls(d["buckets"], d.get("pad_value", 0.0), d.get("outputs"))
+        lengths = LengthRules.from_dict(d["lengths"]) if d.get("lengths") else None
+        return cls(d["buckets"], d.get("pad_value", 0.0), d.get("outputs"), lengths)

@@ -173,7 +173,6 @@ def test_unknown_region_and_missing_region(base):
         (np.zeros((4, 8, 8), np.float32), "rank 3"),
         (np.zeros((4, 1, 9, 8), np.float32), "axis 2 is 9"),
         ({"image": np.zeros((4, 1, 8, 8), np.float32)}, "missing"),
-        (np.zeros((100, 1, 8, 8), np.float32), "shape profile"),
         (["text"], "mapping or an array"),
     ],
 )

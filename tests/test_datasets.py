@@ -92,5 +92,83 @@ def test_bad_npz_and_empty_folder(tmp_path):
     with pytest.raises(rt.DataError, match="not a readable"):
         list(DataSource(tmp_path / "bad.npz", SPECS))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(rt.DataError, match=r"no \.npz files"):
+    with pytest.raises(rt.DataError, match=r"no \.npz or \.npy files"):
         list(DataSource(tmp_path / "empty", SPECS))
+
+
+TWO_INPUTS = [TensorSpec("image", np.dtype("float32"), ("N", 1, 8, 8)),
+              TensorSpec("scale", np.dtype("float32"), ("N", 1))]
+
+
+def test_a_file_larger_than_the_profile_is_split_into_opt_batches(tmp_path):
+    np.savez(tmp_path / "all.npz", input=X)  # 10 samples, profile max 4, opt 3
+    src = DataSource(tmp_path / "all.npz", SPECS, split=(4, 3))
+    got = list(src)
+    assert [g["input"].shape[0] for g in got] == [3, 3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([g["input"] for g in got]), X)
+    assert src.num_batches == 4 and src.num_samples == 10
+    assert len(list(DataSource(tmp_path / "all.npz", SPECS, split=(10, 3)))) == 1  # fits: kept
+    assert len(list(DataSource(tmp_path / "all.npz", SPECS, split=(4, 3), max_batches=2))) == 2
+    # several inputs are cut together, along axis 0
+    two = {"image": X, "scale": np.arange(10, dtype=np.float32).reshape(10, 1)}
+    parts = list(DataSource([two], TWO_INPUTS, split=(4, 4)))
+    assert [p["scale"][:, 0].tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # wrapping keeps the split
+    assert DataSource(DataSource(tmp_path / "all.npz", SPECS, split=(4, 3)), SPECS).split == (4, 3)
+
+
+def test_profile_split_reads_the_first_profile():
+    from regiontrt.datasets import profile_split
+    from regiontrt.shapes import ShapeProfile
+
+    profiles = ShapeProfile({"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}).resolve(SPECS)
+    assert profile_split(profiles, SPECS) == (64, 32)
+    assert profile_split(ShapeProfile().resolve(SPECS, require_all=False), SPECS) is None
+
+
+def test_npy_files_and_folders_for_a_single_input_model(tmp_path):
+    np.save(tmp_path / "one.npy", X)
+    got = list(DataSource(tmp_path / "one.npy", SPECS))
+    np.testing.assert_array_equal(got[0]["input"], X)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    np.save(folder / "000.npy", X[:4])
+    np.savez(folder / "001.npz", input=X[4:])
+    (folder / "notes.txt").write_text("ignored")
+    src = DataSource(folder, SPECS)
+    assert [b["input"].shape[0] for b in src] == [4, 6] and src.size_hint() == 2
+    with pytest.raises(rt.DataError, match="single-input model"):
+        list(DataSource(tmp_path / "one.npy", TWO_INPUTS))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(rt.DataError, match="not a readable"):
+        list(DataSource(tmp_path / "objects.npy", SPECS))  # pickles are never loaded
+
+
+def test_size_hint():
+    assert DataSource([X, X, X], SPECS).size_hint() == 3
+    assert DataSource([X, X, X], SPECS, max_batches=2).size_hint() == 2
+    assert DataSource(X, SPECS).size_hint() == 1
+    assert DataSource(lambda: iter([X]), SPECS).size_hint() is None
+    assert DataSource([X], SPECS, split=(4, 2)).size_hint() is None
+
+
+def test_the_docs_example_makes_files_the_cli_reads(tmp_path, monkeypatch):
+    """The numpy snippet of docs/data.md, run as written, feeds `regiontrt build`."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks, "docs/data.md lost its python example"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {})
+    from regiontrt import demo
+    from regiontrt.cli import main
+
+    assert main(["build", str(demo.model_path()), "--region",
+                 "APAC", "--validation", "val.npz", "--calibration", "calib",
+                 "--shape", "input:1x1x8x8,32x1x8x8,64x1x8x8", "-q"]) == 0
+    meta = rt.inspect(tmp_path / "digits_cnn.APAC.engine")
+    assert meta["validation"]["num_samples"] == 360
+    assert meta["calibration"]["num_batches"] == 4 and meta["calibration"]["num_samples"] == 256

@@ -17,6 +17,7 @@ a method by overriding :meth:`Calibrator.compute_amax`::
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +31,8 @@ from ..graph.io import ModelSource
 from .collect import as_model, as_source, fold_batches, resolve_tensors
 from .entropy import entropy_threshold
 from .stats import TensorStats
+
+log = logging.getLogger("regiontrt.calibration")
 
 #: Range given to a tensor that was identically zero over the calibration data: scale 2**-14
 #: (the smallest normal float16, valid as an FP16 or FP32 Q/DQ scale). Q/DQ needs a positive
@@ -141,6 +144,11 @@ class Calibrator(ABC):
             if not math.isfinite(value) or value < 0:
                 raise DataError(f"{self.name}: invalid amax {value!r} for tensor {name!r}")
             amax[name] = value if value > 0 else ZERO_RANGE_AMAX
+        log.info("calibration (%s): %d tensors from %d samples in %d batches, %.2f s",
+                 self.name, len(amax), source.num_samples, source.num_batches,
+                 time.perf_counter() - start)
+        log.debug("calibration (%s) amax: %s", self.name,
+                  ", ".join(f"{k}={v:.4g}" for k, v in amax.items()))
         return CalibrationResult(
             amax=amax,
             method=self.name,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .._progress import track
 from ..datasets import DataLike, DataSource
 from ..errors import DataError, InvalidModelError
 from ..graph.io import ModelSource, input_specs, load_model
@@ -226,9 +227,11 @@ def fold_batches(
     tensors: Sequence[str],
     types: Mapping[str, int],
     fold: Callable[[str, np.ndarray], None],
+    description: str = "calibration",
 ) -> None:
     """Run every batch and call ``fold(tensor, array)`` on each activation."""
-    for values in iter_activations(model, source, tensors, types, overlap=OVERLAP):
+    activations = iter_activations(model, source, tensors, types, overlap=OVERLAP)
+    for values in track(activations, description, total=source.size_hint()):
         for name, array in values.items():
             fold(name, array)
 

@@ -153,7 +153,7 @@ def check_mismatch(
         total[name] += int(flat.size)
         stats[name].update(flat)
 
-    fold_batches(proto, source, names, types, fold)
+    fold_batches(proto, source, names, types, fold, "calibration mismatch check")
     per_tensor = {n: (beyond[n] / total[n] if total[n] else 0.0) for n in names}
     worst = max(per_tensor.items(), key=lambda item: item[1]) if per_tensor else None
     return MismatchReport(

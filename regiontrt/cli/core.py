@@ -4,50 +4,55 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import logging
 from pathlib import Path
 
-from .._text import format_table
+from .._text import print_table
+from ._common import UsageError, parse_input_shapes, parse_profile_shapes
+
+log = logging.getLogger("regiontrt.cli")
+
+_FMT = argparse.RawDescriptionHelpFormatter
 
 
-def _parse_shapes(specs: Sequence[str]) -> dict[str, list[tuple[int, ...]]]:
-    """``input:1x3x32x32,8x3x32x32,32x3x32x32`` -> ``{input: [min, opt, max]}``."""
-    out: dict[str, list[tuple[int, ...]]] = {}
-    for spec in specs:
-        name, sep, shapes = spec.rpartition(":")
-        if not sep or not name:
-            raise ValueError(f"--shape {spec!r}: expected NAME:MIN,OPT,MAX with dims joined by x")
-        try:
-            out[name] = [tuple(int(d) for d in s.split("x")) for s in shapes.split(",")]
-        except ValueError:
-            raise ValueError(f"--shape {spec!r}: dimensions must be integers") from None
-    return out
+def default_output(model: str | Path, region: str) -> Path:
+    """Where ``build`` writes without ``-o``: ``MODEL_STEM.REGION.engine`` in the current folder.
+
+    Never beside the model, which may sit in a read-only or shared place (site-packages).
+    """
+    return Path.cwd() / f"{Path(model).stem}.{region}.engine"
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from ..builder import RegionalEngineBuilder
-    from ..regions import load_regions
+    from ..regions import default_regions, load_regions
 
-    region = load_regions(args.regions_file)[args.region] if args.regions_file else args.region
+    # A --regions-file applies to this build only (the process-wide registry stays as it was).
+    registry = load_regions(args.regions_file) if args.regions_file else default_regions()
+    region = registry[args.region]
+    if not Path(args.model).is_file():
+        raise UsageError(f"model file not found: {args.model}")
     builder = RegionalEngineBuilder.from_onnx(args.model).for_region(region)
     if args.precision:
-        builder = builder.with_precision(args.precision.split(","))
+        builder = builder.with_precision([p.strip() for p in args.precision.split(",")])
     if args.calibration:
         builder = builder.with_calibrator(args.calibrator, data=args.calibration)
     if args.shape:
-        builder = builder.with_shape_profile(_parse_shapes(args.shape))
+        builder = builder.with_shape_profile(parse_profile_shapes(args.shape))
     if args.validation:
         builder = builder.with_validation(args.validation, metric=args.metric)
     builder = builder.with_backend(args.backend)
-    output = args.output or Path(args.model).with_suffix(f".{args.region}.engine")
+    output = args.output or default_output(args.model, region.name)
     engine = builder.build(output)
     report = engine.metadata["validation"]
-    print(f"built {output}: region {engine.region}, precision {engine.precision}, "
-          f"backend {engine.backend_name}")
+    rows = []
     for t in report["trials"]:
         loss = "-" if t["loss"] is None else f"{t['loss']:.4g}"
-        print(f"  {t['precision']}: loss {loss} / budget {t['budget']:.4g} "
-              f"{'accepted' if t['accepted'] else 'rejected'} {t['note']}".rstrip())
+        rows.append((t["precision"], loss, f"{t['budget']:.4g}",
+                     "accepted" if t["accepted"] else "rejected", t["note"] or "-"))
+    print(f"built {output}: region {engine.region}, precision {engine.precision}, "
+          f"backend {engine.backend_name}")
+    print_table(rows, ("precision", f"loss ({report['metric']})", "budget", "verdict", "note"))
     return 0
 
 
@@ -58,20 +63,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
     else:
-        print(format_table(summarize(meta), ("field", "value")))
+        print_table(summarize(meta), ("field", "value"))
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ..engine import load_engine
+    from ..errors import ShapeOutOfProfile
 
+    shapes = parse_input_shapes(args.shape) if args.shape else None
     with load_engine(args.engine) as engine:
-        report = engine.benchmark(iterations=args.iterations, warmup=args.warmup, batch=args.batch)
+        try:
+            feeds = engine.sample_inputs(args.batch, shapes=shapes)
+            engine.check_inputs(feeds)
+        except ShapeOutOfProfile as exc:
+            why = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
+            raise UsageError(f"--batch/--shape must fit the engine's shape profiles: {why}"
+                             ) from exc
+        log.info("benchmarking %s on %s", args.engine,
+                 ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items()))
+        report = engine.benchmark(iterations=args.iterations, warmup=args.warmup, feeds=feeds)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         rows = [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in report.to_dict().items()]
-        print(format_table(rows, ("metric", "value")))
+        print_table(rows, ("metric", "value"))
     return 0
 
 
@@ -88,57 +104,105 @@ def _cmd_regions(args: argparse.Namespace) -> int:
          f"{r.budget:g} ({r.metric})", r.latency_p99_ms or "-", r.description)
         for r in registry.values()
     ]
-    print(format_table(rows, ("region", "precisions", "forbidden", "budget", "p99 SLA ms",
-                        "description")))
+    print_table(rows, ("region", "precisions", "forbidden", "budget", "p99 SLA ms",
+                       "description"))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo.run import format_rows, run_demo
+    from .._progress import live_table
+    from ..demo.run import HEADER, demo_regions, iter_demo, row_cells
 
-    rows = run_demo(Path(args.out), regions=args.regions.split(",") if args.regions else None)
-    print(format_rows(rows))
+    regions = demo_regions(args.regions.split(",") if args.regions else None)
+    with live_table(HEADER, title="regiontrt demo") as table:
+        for row in iter_demo(Path(args.out), regions):
+            table.add_row(*row_cells(row))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the core commands to the ``regiontrt`` parser."""
 
-    b = sub.add_parser("build", help="build one region's engine from an ONNX model")
-    b.add_argument("model")
-    b.add_argument("--region", required=True)
-    b.add_argument("--precision", help="comma-separated precisions to try, e.g. fp16,fp32")
-    b.add_argument("--validation", help=".npz file or folder of the region's validation data")
-    b.add_argument("--metric", help="top1, relative_l2, max_abs or cosine")
-    b.add_argument("--calibration", help=".npz file or folder of the region's calibration data")
-    b.add_argument("--calibrator", default="entropy", choices=("entropy", "percentile", "minmax"))
-    b.add_argument("--shape", action="append", default=[],
-                   help="NAME:MIN,OPT,MAX shapes, dims joined by x (repeatable)")
+    b = sub.add_parser(
+        "build", help="build one region's engine from an ONNX model", formatter_class=_FMT,
+        description="Build one region's engine: try the precisions the region allows, in order,\n"
+                    "check each against the FP32 model on the region's validation data, and keep\n"
+                    "the first within the region's accuracy budget.",
+        epilog="example:\n  regiontrt build rec.onnx --region APAC --validation val/ "
+               "--calibration calib.npz \\\n      --shape x:1x3x48x32,8x3x48x320,16x3x48x1280 "
+               "-o rec.APAC.engine\n\ndata files: docs/data.md (keys are input names; one file "
+               "is one batch, split to the\n--shape opt batch when it holds more samples).")
+    b.add_argument("model", help="the ONNX model, e.g. rec.onnx")
+    b.add_argument("--region", required=True,
+                   help="region whose rules apply, case-insensitive, e.g. EU (list: regiontrt "
+                        "regions)")
+    b.add_argument("--precision",
+                   help="precisions to try instead of the region's, in order, e.g. fp16,fp32")
+    b.add_argument("--validation", metavar="FILE_OR_FOLDER",
+                   help="the region's validation data: .npz/.npy file or folder of them, "
+                        "e.g. val.npz (needed for any precision other than fp32)")
+    b.add_argument("--metric",
+                   help="loss metric instead of the region's: top1, relative_l2, max_abs or "
+                        "cosine, e.g. relative_l2")
+    b.add_argument("--calibration", metavar="FILE_OR_FOLDER",
+                   help="the region's int8 calibration data, same format as --validation, "
+                        "e.g. calib/ (needed when the region allows int8)")
+    b.add_argument("--calibrator", default="entropy", choices=("entropy", "percentile", "minmax"),
+                   help="how int8 ranges are chosen from the calibration data (default: "
+                        "entropy), e.g. percentile")
+    b.add_argument("--shape", action="append", default=[], metavar="NAME:MIN,OPT,MAX",
+                   help="input shapes the engine accepts, dims joined by x, repeatable, e.g. "
+                        "x:1x3x48x32,8x3x48x320,16x3x48x1280 (needed for dynamic dims on "
+                        "TensorRT)")
     b.add_argument("--backend", default="onnxruntime",
-                   choices=("auto", "onnxruntime", "tensorrt", "tensorrt-rtx"))
-    b.add_argument("--regions-file", help="TOML file adding or overriding regions")
-    b.add_argument("-o", "--output", type=Path)
+                   choices=("auto", "onnxruntime", "tensorrt", "tensorrt-rtx"),
+                   help="what runs the engine (default: onnxruntime on the CPU), e.g. "
+                        "tensorrt-rtx")
+    b.add_argument("--regions-file", metavar="TOML",
+                   help="TOML file adding or overriding regions, e.g. mine.toml")
+    b.add_argument("-o", "--output", type=Path, metavar="ENGINE",
+                   help="where to write the engine (default: ./MODEL.REGION.engine in the "
+                        "current folder), e.g. -o out/rec.EU.engine")
     b.set_defaults(func=_cmd_build)
 
-    i = sub.add_parser("inspect", help="show an engine's metadata (no GPU needed)")
-    i.add_argument("engine")
-    i.add_argument("--json", action="store_true")
+    i = sub.add_parser("inspect", help="show an engine's metadata (no GPU needed)",
+                       description="Show what an engine is, how and from what it was built; "
+                                   "reads only the file, needs no GPU.")
+    i.add_argument("engine", help="the .engine file, e.g. rec.EU.engine")
+    i.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     i.set_defaults(func=_cmd_inspect)
 
-    be = sub.add_parser("bench", help="benchmark an engine")
-    be.add_argument("engine")
-    be.add_argument("--iterations", type=int, default=100)
-    be.add_argument("--warmup", type=int, default=10)
-    be.add_argument("--batch", type=int)
-    be.add_argument("--json", action="store_true")
+    be = sub.add_parser(
+        "bench", help="benchmark an engine", formatter_class=_FMT,
+        description="Time inferences on random inputs at the engine profile's opt shape (or\n"
+                    "--shape). Refuses to guess a dynamic dimension that no profile covers.",
+        epilog="example:\n  regiontrt bench rec.EU.engine --shape x:8x3x48x320 --iterations 50")
+    be.add_argument("engine", help="the .engine file, e.g. rec.EU.engine")
+    be.add_argument("--iterations", type=int, default=100,
+                    help="timed runs (default: 100), e.g. 50")
+    be.add_argument("--warmup", type=int, default=10,
+                    help="untimed runs first (default: 10), e.g. 5")
+    be.add_argument("--batch", type=int,
+                    help="batch size instead of the profile's opt batch, e.g. 1")
+    be.add_argument("--shape", action="append", default=[], metavar="NAME:SHAPE",
+                    help="input shape to time, dims joined by x, repeatable, e.g. "
+                         "x:8x3x48x320 (default: the profile's opt shape)")
+    be.add_argument("--json", action="store_true", help="print the report as JSON")
     be.set_defaults(func=_cmd_bench)
 
-    r = sub.add_parser("regions", help="list the region registry")
-    r.add_argument("--regions-file")
-    r.add_argument("--json", action="store_true")
+    r = sub.add_parser("regions", help="list the region registry",
+                       description="List the regions: precisions tried, forbidden precisions, "
+                                   "accuracy budget and latency SLA.")
+    r.add_argument("--regions-file", metavar="TOML",
+                   help="TOML file adding or overriding regions, e.g. mine.toml")
+    r.add_argument("--json", action="store_true", help="print the regions as JSON")
     r.set_defaults(func=_cmd_regions)
 
-    d = sub.add_parser("demo", help="build every preset region from the bundled demo model")
-    d.add_argument("--out", default="regiontrt-demo", help="folder for the engines")
-    d.add_argument("--regions", help="comma-separated subset of regions")
+    d = sub.add_parser("demo", help="build every preset region from the bundled demo model",
+                       description="Build one engine per preset region from the small CNN and "
+                                   "region data shipped in the package, and print the table.")
+    d.add_argument("--out", default="regiontrt-demo",
+                   help="folder for the engines (default: ./regiontrt-demo), e.g. /tmp/demo")
+    d.add_argument("--regions",
+                   help="comma-separated subset of regions, case-insensitive, e.g. eu,apac")
     d.set_defaults(func=_cmd_demo)

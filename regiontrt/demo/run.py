@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from ..builder import RegionalEngineBuilder
 from ..datasets import split_batches
 from ..precision import Precision
 from ..regions import get_region
-from . import REGIONS, model_path, region_data
+from . import REGIONS, _region_name, model_path, region_data
+
+log = logging.getLogger("regiontrt.demo")
 
 PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
 BATCH = 64
@@ -40,6 +43,8 @@ class DemoRow:
 def build_region(base: RegionalEngineBuilder, region: str, out: Path) -> DemoRow:
     """Build, save, score and benchmark one region's engine."""
     started = time.perf_counter()
+    region = _region_name(region)
+    log.info("building region %s", region)
     data = region_data(region)
     builder = (
         base.for_region(region)
@@ -75,21 +80,44 @@ def build_region(base: RegionalEngineBuilder, region: str, out: Path) -> DemoRow
     )
 
 
-def run_demo(out: Path, regions: Sequence[str] | None = None) -> list[DemoRow]:
-    """Build every (or the given) preset region into ``out``."""
+def demo_regions(regions: Sequence[str] | None = None) -> list[str]:
+    """The demo's regions, upper-cased as the registry names them.
+
+    Raises:
+        UnknownRegionError: a name the demo ships no data for.
+    """
+    return [_region_name(r.strip()) for r in (regions or REGIONS)]
+
+
+def iter_demo(out: Path, regions: Sequence[str] | None = None) -> Iterator[DemoRow]:
+    """Build every (or the given) preset region into ``out``, yielding each row when done.
+
+    Region names are checked before ``out`` is created, so a typo leaves nothing on disk.
+    """
+    names = demo_regions(regions)
     out.mkdir(parents=True, exist_ok=True)
     base = RegionalEngineBuilder.from_onnx(model_path())
-    return [build_region(base, r, out) for r in (regions or REGIONS)]
+    for region in names:
+        yield build_region(base, region, out)
+
+
+def run_demo(out: Path, regions: Sequence[str] | None = None) -> list[DemoRow]:
+    """Build every (or the given) preset region into ``out``."""
+    return list(iter_demo(out, regions))
+
+
+HEADER = ("region", "precision", "loss / budget (metric)", "layers kept", "accuracy",
+          "p50 ms", "p99 ms", "build s", "artifact")
+
+
+def row_cells(r: DemoRow) -> tuple[str, ...]:
+    """One row's cells, in the order of :data:`HEADER`."""
+    loss = "-" if r.loss is None else f"{r.loss:.4f}"
+    return (r.region, r.precision, f"{loss} / {r.budget:g} ({r.metric})", str(r.kept),
+            f"{r.accuracy:.1%}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.seconds:.1f}",
+            str(r.path))
 
 
 def format_rows(rows: Sequence[DemoRow]) -> str:
-    """The demo's table."""
-    header = ("region", "precision", "loss / budget (metric)", "layers kept", "accuracy",
-              "p50 ms", "p99 ms", "build s", "artifact")
-    body = []
-    for r in rows:
-        loss = "-" if r.loss is None else f"{r.loss:.4f}"
-        body.append((r.region, r.precision, f"{loss} / {r.budget:g} ({r.metric})", str(r.kept),
-                     f"{r.accuracy:.1%}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-                     f"{r.seconds:.1f}", str(r.path)))
-    return format_table(body, header)
+    """The demo's table as plain text."""
+    return format_table([row_cells(r) for r in rows], HEADER)

@@ -1,0 +1,10 @@
+"""``python -m regiontrt``: the same command line as ``regiontrt``."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

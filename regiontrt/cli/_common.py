@@ -1,0 +1,78 @@
+"""Helpers shared by the CLI's command modules: shape arguments and errors in the CLI's words."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ..errors import RegionTRTError
+
+
+class UsageError(RegionTRTError, ValueError):
+    """A command-line argument is malformed (reported without a traceback, exit status 2)."""
+
+
+def _dims(text: str, flag: str, spec: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(
+            f"{flag} {spec!r}: dimensions must be integers joined by x, e.g. 1x3x48x320"
+        ) from None
+    if any(d < 1 for d in dims):
+        raise UsageError(f"{flag} {spec!r}: dimensions must be >= 1")
+    return dims
+
+
+def parse_profile_shapes(specs: Sequence[str]) -> dict[str, list[tuple[int, ...]]]:
+    """``build --shape``: ``NAME:MIN,OPT,MAX`` (or ``NAME:SHAPE`` for a fixed shape).
+
+    Example: ``input:1x1x8x8,32x1x8x8,64x1x8x8`` -> ``{"input": [min, opt, max]}``.
+    """
+    out: dict[str, list[tuple[int, ...]]] = {}
+    for spec in specs:
+        name, sep, shapes = spec.rpartition(":")
+        if not sep or not name:
+            raise UsageError(
+                f"--shape {spec!r}: expected NAME:MIN,OPT,MAX with dims joined by x, "
+                "e.g. --shape x:1x3x48x32,8x3x48x320,16x3x48x1280"
+            )
+        parts = [_dims(s, "--shape", spec) for s in shapes.split(",")]
+        if len(parts) not in (1, 3):
+            raise UsageError(f"--shape {spec!r}: give one shape or three (MIN,OPT,MAX)")
+        out[name] = parts * 3 if len(parts) == 1 else parts
+    return out
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """``bench --shape``: ``NAME:SHAPE``, e.g. ``x:1x3x48x320``."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        if not sep or not name or "," in dims:
+            raise UsageError(
+                f"--shape {spec!r}: expected NAME:SHAPE with dims joined by x, "
+                "e.g. --shape x:1x3x48x320"
+            )
+        out[name] = _dims(dims, "--shape", spec)
+    return out
+
+
+# The library's messages name its Python API; the CLI user needs the flag that does the same.
+_FLAGS: tuple[tuple[str, str], ...] = (
+    (r"\.with_calibrator\(data=\.\.\.\)", "--calibration FILE_OR_FOLDER"),
+    (r"\.with_validation\(data\)", "--validation FILE_OR_FOLDER"),
+    (r"\.with_precision\(\[\.\.\.\]\)", "--precision LIST, e.g. --precision fp16,fp32"),
+    (r"call \.for_region\(name\) before \.build\(\)", "pass --region"),
+    (r"add it to the ShapeProfile", "add it with --shape NAME:MIN,OPT,MAX"),
+    (r"rebuild with a wider ShapeProfile", "rebuild with a wider --shape"),
+    (r"sample_inputs\(shapes=\{[^}]*\}\)", "--shape NAME:SHAPE (e.g. --shape x:1x3x48x320)"),
+    (r"sample_inputs\(batch=\.\.\.\)", "--batch N"),
+)
+
+
+def cli_message(message: str) -> str:
+    """``message`` with Python API calls replaced by the command-line flags that do the same."""
+    for pattern, flag in _FLAGS:
+        message = re.sub(pattern, flag, message)
+    return message

@@ -1,0 +1,247 @@
+"""The command line as a new user meets it: help, versions, errors, where files land, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_cnn
+
+import regiontrt as rt
+from regiontrt import demo
+from regiontrt.cli import build_parser, main
+from regiontrt.cli.core import default_output
+
+README_SHAPE = "input:1x1x8x8,32x1x8x8,64x1x8x8"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "regiontrt", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_version_and_python_dash_m() -> None:
+    got = run("--version")
+    assert got.returncode == 0 and got.stdout.strip() == f"regiontrt {rt.__version__}"
+
+
+def test_top_level_help_is_for_users() -> None:
+    text = build_parser().format_help()
+    assert "Nothing in the library" not in text and "imports" not in text
+    assert "examples:" in text and "regiontrt build model.onnx" in text and "--version" in text
+
+
+def _actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+        else:
+            yield parser.prog, action
+
+
+CORE = ("build", "inspect", "bench", "regions", "demo")
+
+
+def test_every_argument_has_help_with_an_example() -> None:
+    """The top level and the core commands (other modules' commands: see their own tests)."""
+    flags = (argparse._HelpAction, argparse._VersionAction, argparse._StoreTrueAction,
+             argparse._CountAction)
+    missing = []
+    for command, action in _actions(build_parser()):
+        if command.split()[1:] not in ([], *([c] for c in CORE)):
+            continue
+        if not action.help:
+            missing.append(f"{command} {action.dest}: no help")
+        elif not isinstance(action, flags) and "e.g." not in action.help:
+            missing.append(f"{command} {action.dest}: no example in {action.help!r}")
+    assert not missing, "\n".join(missing)
+
+
+def test_closed_pipe_ends_quietly() -> None:
+    """``regiontrt regions | head -1``: the reader is gone before the output is written."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "regiontrt", "regions"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # closed long before the interpreter has started and printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+def test_regions_table_rows_are_whole_in_a_pipe(capsys) -> None:
+    assert main(["regions"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["region", "precisions", "forbidden"]
+    names = [line.split()[0] for line in lines[2:]]
+    assert names == list(rt.default_regions())
+
+
+def test_errors_name_cli_flags_not_python_methods(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    val = tmp_path / "val.npz"
+    np.savez(val, input=demo.region_data("NA").validation[:32])
+    assert main(["build", str(demo.model_path()), "--region", "na", "--validation", str(val),
+                 "--shape", README_SHAPE]) == 2
+    err = capsys.readouterr().err
+    assert "--calibration" in err and "--precision" in err
+    assert ".with_" not in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.engine"))  # nothing half-written
+    assert main(["build", str(demo.model_path()), "--region", "EU", "--shape", README_SHAPE]) == 2
+    err = capsys.readouterr().err
+    assert "--validation" in err and ".with_validation" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["build", "missing.onnx", "--region", "EU"], "model file not found"),
+        (["build", "{model}", "--region", "MARS"], "MARS"),
+        (["build", "{model}", "--region", "EU", "--shape", "input:1x1x8"], "rank"),
+        (["build", "{model}", "--region", "EU", "--shape", "input:axbxc"], "integers"),
+        (["build", "{model}", "--region", "EU", "--validation", "nowhere/"], "not found"),
+        (["inspect", "missing.engine"], "missing.engine"),
+        (["bench", "{model}"], "{model}"),
+        (["regions", "--regions-file", "nowhere.toml"], "nowhere.toml"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(argv, needle, tmp_path, capsys,
+                                                    monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = str(demo.model_path())
+    argv = [a.replace("{model}", model) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and needle.replace("{model}", model) in err
+    assert err.strip().splitlines()[-1].startswith("regiontrt: error: ")
+
+
+def test_build_writes_into_the_current_folder_and_logs_every_int8_decision(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """One .npz with all 360 validation samples and the README's --shape: split into batches."""
+    models = tmp_path / "models"
+    models.mkdir()
+    model = models / "digits.onnx"
+    shutil.copy(demo.model_path(), model)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data = demo.region_data("NA")
+    assert len(data.validation) == 360 > 64
+    np.savez(work / "val.npz", input=data.validation)
+    np.save(work / "calib.npy", data.calibration)  # .npy for a single-input model
+    assert main(["build", str(model), "--region", "na", "--validation", "val.npz",
+                 "--calibration", "calib.npy", "--shape", README_SHAPE]) == 0
+    captured = capsys.readouterr()
+    assert (work / "digits.NA.engine").is_file() and default_output(model, "NA").parent == work
+    assert not list(models.glob("*.engine"))  # never beside the model
+    meta = rt.inspect(work / "digits.NA.engine")
+    assert meta["validation"]["num_samples"] == 360
+    assert meta["calibration"]["num_batches"] == 8 and meta["calibration"]["num_samples"] == 256
+    assert captured.out.startswith(f"built {work / 'digits.NA.engine'}: region NA")
+    log = captured.err
+    for needle in ("validation data: 360 samples in 12 batches",
+                   "region NA: trying int8 > fp16 > fp32 in order",
+                   "int8: calibrating",
+                   "calibration (entropy):",
+                   "int8: whole-model loss",
+                   "region NA: int8 loss",
+                   "region NA: chose"):
+        assert needle in log, f"{needle!r} not in the log:\n{log}"
+
+
+def test_quiet_and_verbose(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["build", str(demo.model_path()), "--region", "CERTIFIED", "-o", "c.engine"]
+    assert main([*args, "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["-v", *args]) == 0
+    err = capsys.readouterr().err
+    assert "region CERTIFIED: chose fp32" in err
+    assert main([*args, "-v", "--regions-file", "nowhere.toml"]) == 2
+    assert "Traceback" in capsys.readouterr().err  # -v shows where an error came from
+    root = logging.getLogger("regiontrt")  # main() leaves the caller's logging as it was
+    assert root.level == logging.NOTSET and not any(
+        getattr(h, "_regiontrt_cli", False) for h in root.handlers)
+
+
+def _dynamic_cnn(path: Path) -> Path:
+    model = make_cnn()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.save(model, path)
+    return path
+
+
+def test_bench_refuses_to_guess_a_dynamic_dimension(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _dynamic_cnn(tmp_path / "dyn.onnx")
+    assert main(["build", str(model), "--region", "CERTIFIED", "-q"]) == 0
+    engine = rt.load_engine(tmp_path / "dyn.CERTIFIED.engine")
+    with pytest.raises(rt.errors.InputError, match="no shape profile"):
+        engine.sample_inputs()
+    with pytest.raises(rt.errors.InputError, match="unknown inputs"):
+        engine.sample_inputs(shapes={"image": (1, 1, 8, 8)})
+    assert engine.sample_inputs(shapes={"input": (2, 1, 5, 7)})["input"].shape == (2, 1, 5, 7)
+    capsys.readouterr()
+    assert main(["bench", "dyn.CERTIFIED.engine", "--iterations", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--shape" in err and "sample_inputs" not in err and "axes [2, 3]" in err
+    assert main(["bench", "dyn.CERTIFIED.engine", "--iterations", "2", "--warmup", "0",
+                 "--shape", "input:3x1x16x24", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["batch"] == 3 and report["iterations"] == 2
+
+
+def test_bench_uses_the_profile_opt_shape(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _dynamic_cnn(tmp_path / "dyn.onnx")
+    assert main(["build", str(model), "--region", "CERTIFIED", "-q",
+                 "--shape", "input:1x1x8x8,4x1x16x32,8x1x32x64"]) == 0
+    capsys.readouterr()
+    engine = rt.load_engine(tmp_path / "dyn.CERTIFIED.engine")
+    assert engine.sample_inputs()["input"].shape == (4, 1, 16, 32)
+    assert engine.sample_inputs(batch=2)["input"].shape == (2, 1, 16, 32)
+    assert main(["bench", "dyn.CERTIFIED.engine", "--iterations", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["batch"] == 4
+    assert "on input (4, 1, 16, 32)" in captured.err
+    assert "benchmark CERTIFIED: batch 4, 2 runs, p50 " in captured.err
+    assert main(["bench", "dyn.CERTIFIED.engine", "--shape", "input:1x1x64x64"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch/--shape must fit" in err and "(1, 1, 64, 64) not within" in err
+
+
+def test_demo_normalises_region_names(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "d"
+    assert main(["demo", "--out", str(out), "--regions", "eu,certified", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["digits_cnn.CERTIFIED.engine",
+                                                     "digits_cnn.EU.engine"]
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[0] for r in rows[3:]] == ["EU", "CERTIFIED"]
+    assert rt.inspect(out / "digits_cnn.EU.engine")["region"]["name"] == "EU"
+
+
+def test_demo_with_an_unknown_region_creates_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "d"
+    assert main(["demo", "--out", str(out), "--regions", "eu,XX"]) == 2
+    assert "XX" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_free_batch_axis_alone_benchmarks_batch_one() -> None:
+    engine = rt.RegionalEngineBuilder.from_onnx(make_cnn()).for_region("CERTIFIED").build()
+    assert engine.profiles == [] or "input" not in engine.profiles[0].ranges
+    assert engine.sample_inputs()["input"].shape == (1, 1, 8, 8)
+    assert engine.sample_inputs(batch=3)["input"].shape == (3, 1, 8, 8)
