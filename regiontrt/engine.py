@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from .backends import Backend, Runner, Timing, get_backend
 from .errors import ArtifactError, InputError
 from .graph.io import TensorSpec
 from .shapes import Bucketing, Profile, select_profile
+from .validation import ValidationReport
+
+if TYPE_CHECKING:
+    from .report import EngineInfo
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 
@@ -130,6 +134,16 @@ class Engine:
             f"Engine(region={self.region!r}, precision={self.precision!r}, "
             f"backend={self.backend_name!r})"
         )
+
+    @property
+    def report(self) -> ValidationReport:
+        """The validation report: every precision tried, its loss against the budget, the choice."""
+        return ValidationReport.from_dict(self._metadata.get("validation") or {})
+
+    def _repr_html_(self) -> str:
+        from .report import engine_html, html_fragment
+
+        return html_fragment(engine_html(self._metadata))
 
     # -- running ----------------------------------------------------------------------------
     def _get_runner(self) -> Runner:
@@ -328,14 +342,20 @@ def load_engine(path: str | Path, *, backend: str | Backend | None = None) -> En
     return Engine(metadata, payload, backend=chosen)
 
 
-def inspect(path: str | Path, *, verify_payload: bool = True) -> dict[str, Any]:
+def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
     """The engine's metadata, read without a GPU, TensorRT or any runtime.
+
+    The result is a ``dict`` of the header with accessors: ``info.region_name``, ``info.report``
+    (the validation report), ``info.region_rules`` (same as ``info["region"]``: the region's
+    whole rule set, not only its name) and an HTML view for notebooks.
 
     Args:
         path: the container file.
         verify_payload: also check the payload digest (reads the whole file).
     """
-    return artifact.verify(path) if verify_payload else artifact.read_header(path)
+    from .report import EngineInfo
+
+    return EngineInfo(artifact.verify(path) if verify_payload else artifact.read_header(path))
 
 
 def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:

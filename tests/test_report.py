@@ -1,0 +1,162 @@
+"""Report objects, notebook HTML, rt.inspect's accessors and ``regiontrt report``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+from _engines import build_engines
+
+import regiontrt as rt
+from regiontrt.cli import main
+from regiontrt.report import EngineInfo, figure_html, html_fragment, html_table
+from regiontrt.report_page import collect
+from regiontrt.validation import PrecisionTrial, ValidationReport
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    na, eu, strict = build_engines(tmp_path_factory.mktemp("engines"))
+    return {"NA": na, "EU": eu, "STRICT": strict}
+
+
+class _Collect(HTMLParser):
+    """Tags, text and <img> sources of an HTML document (a real parser, not regexes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.text, self.images = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html):
+    p = _Collect()
+    p.feed(html)
+    return p
+
+
+def test_engine_report_round_trips_and_reads_well(engines):
+    engine = rt.load_engine(engines["STRICT"])
+    report = engine.report
+    assert isinstance(report, ValidationReport)
+    assert report.to_dict() == engine.metadata["validation"]
+    assert ValidationReport.from_dict(report.to_dict()) == report
+    assert [t.precision for t in report.trials] == ["int8", "fp16", "fp32"]
+    assert [t.accepted for t in report.trials] == [False, False, True]
+    assert report.chosen == "fp32" and report.chosen_trial is report.trials[-1]
+    assert report.loss == report.trials[-1].loss < report.budget
+    text = repr(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("ValidationReport(chosen='fp32', metric='relative_l2'")
+    assert "int8: loss" in lines[1] and "rejected" in lines[1] and "2 layers kept" in lines[1]
+    assert "fp32: loss" in lines[3] and "accepted" in lines[3]
+
+
+def test_report_from_partial_dict_is_tolerant():
+    report = ValidationReport.from_dict({"chosen": "fp32", "trials": [{"precision": "fp32"}, 3]})
+    assert report.trials == (PrecisionTrial("fp32", None, 0.0, False),)
+    assert "fp32: loss –" in repr(report)
+
+
+def test_html_views_escape_hostile_text(engines):
+    # The STRICT region's description holds markup; the HTML must show it as text.
+    info = rt.inspect(engines["STRICT"])
+    assert info["region"]["description"] == "<b>strict</b> & co"
+    parsed = parse(info._repr_html_())
+    assert "b" not in parsed.tags
+    html = rt.load_engine(engines["STRICT"])._repr_html_()
+    assert html == info._repr_html_()
+    parsed = parse(html)
+    assert parsed.tags.count("table") == 2
+    text = "".join(parsed.text)
+    assert "Engine for region STRICT: fp32" in text and "rejected" in text
+    assert "compliance: pass" in text
+    table = html_table([{"a": "<script>x</script>", "b": 1.23456789}, {"a": None}])
+    assert "<script>" not in table and "&lt;script&gt;" in table and "1.235" in table
+    assert parse(table).tags.count("tr") == 3
+
+
+def test_inspect_keeps_the_dict_and_adds_accessors(engines):
+    info = rt.inspect(engines["EU"])
+    assert isinstance(info, dict) and isinstance(info, EngineInfo)
+    assert info["region"]["name"] == "EU" == info.region_name  # existing callers unchanged
+    assert info.region_rules == info["region"] and info.region_rules["forbidden"] == ["int8"]
+    assert info.precision == "fp16" and info.compliant is True
+    assert info.report.chosen == "fp16"
+    assert json.loads(json.dumps(info)) == dict(info)
+
+
+def test_compliance_flags_a_forbidden_precision(engines):
+    info = rt.inspect(engines["EU"])
+    tampered = EngineInfo(info, precision="int8")  # what a hostile header could claim
+    assert tampered.compliant is False
+    assert "VIOLATION" not in tampered._repr_html_() and "fail" in tampered._repr_html_()
+
+
+def test_figure_html_embeds_a_decodable_png():
+    pytest.importorskip("matplotlib", reason="needs matplotlib (pip install 'regiontrt[plot]')")
+    import base64
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([0, 1], [1, 0])
+    src = parse(figure_html(fig, "a <line>")).images[0]
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    assert base64.b64decode(src[len(prefix):]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert html_fragment("<p>x</p>").startswith('<div class="regiontrt"><style>')
+
+
+def test_cli_report_text(engines, capsys):
+    folder = engines["NA"].parent
+    assert main(["report", str(folder), "--bench", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["region", "target", "precision"]
+    rows = {line.split()[0]: line.split() for line in out[2:]}
+    assert set(rows) == {"NA", "EU", "STRICT"}
+    assert rows["EU"][1:3] == ["cpu", "fp16"] and rows["STRICT"][2] == "fp32"
+    assert float(rows["NA"][-1]) > 0  # a measured p99
+
+
+def test_cli_report_html_bundle_with_manifest_and_a_bad_file(engines, tmp_path, capsys):
+    bundle = tmp_path / "dist" / "digits" / "1.0" / "EU"
+    bundle.mkdir(parents=True)
+    shutil.copy(engines["EU"], bundle / "cpu.engine")
+    manifest = {"name": "digits", "version": "1.0", "region": {"name": "EU"},
+                "precision": "fp16", "future_key": {"nested": [1, 2]},
+                "variants": [{"target": "cpu-x86", "backend": "onnxruntime", "file": "cpu.engine"},
+                             {"target": "dc-h100", "status": "deferred: rebuild on node"}]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    bad = tmp_path / "dist" / "broken.engine"
+    bad.write_bytes(engines["NA"].read_bytes()[:200])  # truncated
+    (tmp_path / "dist" / "x" / "manifest.json").parent.mkdir()
+    (tmp_path / "dist" / "x" / "manifest.json").write_text("[1, 2")  # not JSON
+    out = tmp_path / "report.html"
+    status = main(["report", str(tmp_path / "dist"), "--html", str(out), "--bench", "0",
+                   "--no-plots"])
+    assert status == 1  # problems are reported and make the exit status non-zero
+    assert "1 engine(s), 1 manifest(s), 2 problem(s)" in capsys.readouterr().out
+    parsed = parse(out.read_text())
+    text = " ".join(parsed.text)
+    assert "cpu-x86" in text  # the manifest's target name labels the matrix column
+    assert "deferred: rebuild on node" in text and "future_key" in text
+    assert "ArtifactError" in text and "not JSON" in text
+    assert parsed.images == []
+
+
+def test_collect_refuses_missing_or_empty(tmp_path):
+    with pytest.raises(rt.DataError, match="no such file"):
+        collect(tmp_path / "nope")
+    with pytest.raises(rt.DataError, match=r"no \.engine file"):
+        collect(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
