@@ -143,7 +143,7 @@ class Engine:
     def _repr_html_(self) -> str:
         from .report import engine_html, html_fragment
 
-        return html_fragment(engine_html(self._metadata))
+        return html_fragment(engine_html(self._metadata, figures=True))
 
     # -- running ----------------------------------------------------------------------------
     def _get_runner(self) -> Runner:

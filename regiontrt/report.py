@@ -239,8 +239,25 @@ def engine_rows(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"field": k, "value": v} for k, v in fields]
 
 
-def engine_html(metadata: Mapping[str, Any]) -> str:
-    """An engine's identity, compliance and validation report as HTML (no wrapper)."""
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (plots are an extra: ``regiontrt[plot]``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def engine_html(metadata: Mapping[str, Any], *, figures: bool = False) -> str:
+    """An engine's identity, compliance and validation report as HTML (no wrapper).
+
+    Args:
+        metadata: the engine's metadata.
+        figures: also embed the loss-against-budget plot (when matplotlib is installed).
+    """
+    figure = ""
+    if figures and plots_available():
+        from .plots import accuracy_figure
+
+        figure = figure_html(accuracy_figure([metadata]), "loss against budget")
     ok, why = compliance(metadata)
     name = escape(region_of(metadata).get("name"))
     head = (
@@ -249,7 +266,7 @@ def engine_html(metadata: Mapping[str, Any]) -> str:
     )
     return (
         head + html_table(engine_rows(metadata), ("field", "value"))
-        + validation_html(metadata.get("validation") or {})
+        + validation_html(metadata.get("validation") or {}) + figure
     )
 
 
@@ -290,4 +307,4 @@ class EngineInfo(dict):  # type: ignore[type-arg]
         return compliance(self)[0]
 
     def _repr_html_(self) -> str:
-        return html_fragment(engine_html(self))
+        return html_fragment(engine_html(self, figures=True))

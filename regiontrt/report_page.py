@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from .report import (
     escape,
     figure_html,
     format_value,
+    html_fragment,
     html_page,
     html_table,
     region_of,
@@ -60,6 +61,9 @@ class ReportSource:
     engines: list[EngineEntry] = field(default_factory=list)
     manifests: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
     problems: list[tuple[Path, str]] = field(default_factory=list)
+    #: ``(region, target, precision, status)`` of manifest variants with no engine file here
+    #: (e.g. a TensorRT cell deferred to the node).
+    pending: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def _walk(root: Path) -> list[Path]:
@@ -84,19 +88,29 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def _variant_targets(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """Variant file name -> target name, from a bundle manifest's ``variants`` (if any)."""
-    out: dict[str, str] = {}
+def _variants(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A manifest's variants, given as a list or as a ``{target: variant}`` mapping."""
     variants = manifest.get("variants")
     if isinstance(variants, Mapping):
-        variants = [dict(v, target=k) if isinstance(v, Mapping) else v
-                    for k, v in variants.items()]
-    for v in variants if isinstance(variants, list) else []:
-        if isinstance(v, Mapping):
-            name = v.get("file") or v.get("path") or v.get("file_name")
-            if isinstance(name, str) and v.get("target") is not None:
-                out[Path(name).name] = str(v["target"])
-    return out
+        variants = [dict(v, target=v.get("target", k)) for k, v in variants.items()
+                    if isinstance(v, Mapping)]
+    return [v for v in variants if isinstance(v, Mapping)] if isinstance(variants, list) else []
+
+
+def _file_of(variant: Mapping[str, Any]) -> str | None:
+    name = variant.get("file") or variant.get("path") or variant.get("file_name")
+    return Path(name).name if isinstance(name, str) else None
+
+
+def _add_pending(source: ReportSource, folder: Path, manifest: Mapping[str, Any]) -> None:
+    region = manifest.get("region")
+    region_name = str(region.get("name") if isinstance(region, Mapping) else region)
+    present = {e.path.name for e in source.engines if e.path.parent == folder}
+    for v in _variants(manifest):
+        if v.get("target") is not None and _file_of(v) not in present:
+            status = v.get("status") or ("no engine file here" if _file_of(v) else "no file")
+            source.pending.append((region_name, str(v["target"]),
+                                   str(manifest.get("precision", "?")), str(status)))
 
 
 def collect(path: str | Path) -> ReportSource:
@@ -121,7 +135,9 @@ def collect(path: str | Path) -> ReportSource:
                 source.problems.append((f, f"manifest unreadable: {exc}"))
                 continue
             source.manifests.append((f, manifest))
-            targets[f.parent] = _variant_targets(manifest)
+            targets[f.parent] = {
+                name: str(v["target"]) for v in _variants(manifest)
+                if (name := _file_of(v)) and v.get("target") is not None}
     for f in files:
         if f.suffix != ".engine":
             continue
@@ -132,6 +148,8 @@ def collect(path: str | Path) -> ReportSource:
             continue
         target = targets.get(f.parent, {}).get(f.name) or str(info.get("target"))
         source.engines.append(EngineEntry(f, info, target))
+    for f, manifest in source.manifests:
+        _add_pending(source, f.parent, manifest)
     if not source.engines and not source.manifests and not source.problems:
         raise DataError(f"{root}: no .engine file and no {MANIFEST} found")
     return source
@@ -156,9 +174,14 @@ def _label(entry: EngineEntry) -> str:
 
 
 def _matrix(source: ReportSource) -> str:
-    regions = list(dict.fromkeys(e.region for e in source.engines))
-    targets = list(dict.fromkeys(e.target for e in source.engines))
+    regions = list(dict.fromkeys([*(e.region for e in source.engines),
+                                  *(p[0] for p in source.pending)]))
+    targets = list(dict.fromkeys([*(e.target for e in source.engines),
+                                  *(p[1] for p in source.pending)]))
     cells: dict[tuple[str, str], list[str]] = {}
+    for region, target, precision, status in source.pending:
+        cells.setdefault((region, target), []).append(
+            f'{escape(precision)} <span class="muted">{escape(status)}</span>')
     for e in source.engines:
         ok, why = compliance(e.info)
         cells.setdefault((e.region, e.target), []).append(
@@ -249,14 +272,15 @@ def _sensitivity(source: ReportSource) -> str:
     return "".join(parts)
 
 
-def _provenance(source: ReportSource) -> str:
+def _provenance(source: ReportSource, files: bool = True) -> str:
     rows = []
     for e in source.engines:
         info = e.info
         calib = info.get("calibration") or {}
         backend = info.get("backend") or {}
+        rel = e.path.relative_to(source.root) if e.path != source.root else e.path.name
         rows.append({
-            "file": str(e.path.relative_to(source.root) if e.path != source.root else e.path.name),
+            **({"file": str(rel)} if files else {}),
             "region": e.region, "target": e.target,
             "backend": f"{backend.get('name')} {backend.get('version')}",
             "model sha256": (info.get("model") or {}).get("sha256"),
@@ -274,8 +298,7 @@ def _manifests(source: ReportSource) -> str:
     for path, manifest in source.manifests:
         scalars = [{"key": k, "value": v} for k, v in manifest.items()
                    if isinstance(v, (str, int, float, bool)) or v is None]
-        variants = manifest.get("variants")
-        vrows = [v for v in variants or [] if isinstance(v, Mapping)]
+        vrows = _variants(manifest)
         parts.append(
             f"<h3>{escape(path.relative_to(source.root) if source.root.is_dir() else path)}</h3>"
             + html_table(scalars, ["key", "value"])
@@ -290,20 +313,42 @@ def _manifests(source: ReportSource) -> str:
 
 def build_page(source: ReportSource, *, figures: bool = True, title: str | None = None) -> str:
     """The HTML page for ``source`` (call :func:`measure` first for latencies)."""
+    return html_page(title or f"regiontrt report: {source.root.name}",
+                     body_html(source, figures=figures))
+
+
+def summary_html(engines: Sequence[tuple[Mapping[str, Any], str]], *,
+                 figures: bool = True) -> str:
+    """A notebook view (``_repr_html_``) of engines in memory, e.g. a bundle's variants.
+
+    Args:
+        engines: ``(metadata, target name)`` per engine.
+        figures: embed the plots when matplotlib is installed.
+    """
+    source = ReportSource(root=Path("."), engines=[
+        EngineEntry(Path(f"{i}.engine"), EngineInfo(meta), target)
+        for i, (meta, target) in enumerate(engines)])
+    return html_fragment(body_html(source, figures=figures, provenance_files=False))
+
+
+def body_html(source: ReportSource, *, figures: bool = True,
+              provenance_files: bool = True) -> str:
+    """The sections of the report (without the page around them)."""
     if figures:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             figures = False
+    origin = f" from <code>{escape(source.root)}</code>" if provenance_files else ""
     sections = [
-        f"<p>{len(source.engines)} engine(s) and {len(source.manifests)} manifest(s) from "
-        f"<code>{escape(source.root)}</code>"
+        f"<p>{len(source.engines)} engine(s) and {len(source.manifests)} manifest(s){origin}"
         + ("" if figures else " (plots need matplotlib: pip install 'regiontrt[plot]')")
         + "</p>"
     ]
+    if source.engines or source.pending:
+        sections.append("<h2>Region × target</h2>" + _matrix(source))
     if source.engines:
         sections += [
-            "<h2>Region × target</h2>" + _matrix(source),
             "<h2>Compliance</h2>" + _compliance(source),
             "<h2>Accuracy against budget</h2>" + _accuracy(source, figures),
             "<h2>Latency</h2>" + _latency(source, figures),
@@ -311,13 +356,13 @@ def build_page(source: ReportSource, *, figures: bool = True, title: str | None 
         sens = _sensitivity(source) if figures else ""
         if sens:
             sections.append("<h2>Mixed-precision sensitivity</h2>" + sens)
-        sections.append("<h2>Provenance</h2>" + _provenance(source))
+        sections.append("<h2>Provenance</h2>" + _provenance(source, provenance_files))
     if source.manifests:
         sections.append("<h2>Bundle manifests</h2>" + _manifests(source))
     if source.problems:
         rows = [{"file": str(p), "problem": m} for p, m in source.problems]
         sections.append("<h2>Problems</h2>" + html_table(rows))
-    return html_page(title or f"regiontrt report: {source.root.name}", "".join(sections))
+    return "".join(sections)
 
 
 def text_summary(source: ReportSource) -> list[tuple[str, ...]]:

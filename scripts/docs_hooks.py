@@ -3,16 +3,21 @@
 ``docs/cli.md`` holds the marker ``<!-- cli-reference -->``; :func:`on_page_markdown` replaces it
 with one section per command (nested commands included): usage, description and a table of
 arguments with their help and defaults. So the reference can never drift from the parser.
+
+Our docstrings use Sphinx cross-reference roles (``:class:`~regiontrt.Engine```), which
+mkdocstrings shows as text; :func:`on_page_content` renders them as plain code names.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- cli-reference -->"
+ROLE = re.compile(r":(?:meth|class|func|attr|data|exc|mod|obj):<code>(~?)([^<]*)</code>")
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -79,3 +84,13 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if MARKER in markdown:
         return markdown.replace(MARKER, cli_reference())
     return markdown
+
+
+def _role(match: re.Match[str]) -> str:
+    tilde, name = match.groups()
+    return f"<code>{name.rsplit('.', 1)[-1] if tilde else name}</code>"
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """MkDocs event: ``:class:`~a.b.C``` (shown as text by mkdocstrings) becomes ``C`` in code."""
+    return ROLE.sub(_role, html)

@@ -141,3 +141,48 @@ def test_site_builds_strict(tmp_path):
     api = (site / "api" / "index.html").read_text()
     assert "RegionalEngineBuilder" in api and "with_calibrator" in api and "region_name" in api
     assert (site / "tutorial" / "index.html").exists()
+
+
+OWN_PAGES = ("index.md", "getting-started.md", "tutorial.md", "regions.md", "int8.md",
+             "reports.md", "tensorrt.md", "cli.md")
+
+
+def test_every_documented_command_parses():
+    # Commands shown in these pages and the README use only flags the parser knows.
+    pages = [DOCS / name for name in OWN_PAGES] + [ROOT / "README.md"]
+    seen = 0
+    for page in pages:
+        for lang, line, code in code_blocks(page):
+            if lang != "bash":
+                continue
+            for command in shell_commands(code):
+                for part in command.split("&&"):
+                    argv = shlex.split(part.split("#")[0])
+                    if argv and argv[0] == "regiontrt":
+                        try:
+                            build_parser().parse_args(argv[1:])
+                        except SystemExit:
+                            pytest.fail(f"{page.name}:{line}: {part.strip()} does not parse")
+                        seen += 1
+    assert seen >= 10
+
+
+def test_regions_page_toml_loads(tmp_path):
+    from regiontrt.regions import RegionRegistry, load_regions
+
+    toml = next(code for lang, _, code in code_blocks(DOCS / "regions.md") if lang == "toml")
+    (tmp_path / "mine.toml").write_text(toml)
+    registry = load_regions(tmp_path / "mine.toml", into=RegionRegistry())
+    region = registry["JP-FACTORY"]
+    assert [p.value for p in region.precisions] == ["int8", "fp16", "fp32"]
+    assert region.budget == 0.001 and region.metric == "relative_l2"
+    assert region.latency_p99_ms == 5.0 and region.tags == {"site": "osaka"}
+
+
+def test_hook_renders_sphinx_roles_as_code():
+    hooks = _load_hooks()
+    html = ("Inverse of :meth:<code>to_dict</code>; a :class:<code>~regiontrt.engine.Engine</code>"
+            " and :func:<code>regiontrt.inspect</code>.")
+    assert hooks.on_page_content(html, None, None, None) == (
+        "Inverse of <code>to_dict</code>; a <code>Engine</code> and "
+        "<code>regiontrt.inspect</code>.")

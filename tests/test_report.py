@@ -11,8 +11,14 @@ from _engines import build_engines
 
 import regiontrt as rt
 from regiontrt.cli import main
-from regiontrt.report import EngineInfo, figure_html, html_fragment, html_table
-from regiontrt.report_page import collect
+from regiontrt.report import (
+    EngineInfo,
+    figure_html,
+    html_fragment,
+    html_table,
+    plots_available,
+)
+from regiontrt.report_page import collect, summary_html
 from regiontrt.validation import PrecisionTrial, ValidationReport
 
 
@@ -77,6 +83,8 @@ def test_html_views_escape_hostile_text(engines):
     assert html == info._repr_html_()
     parsed = parse(html)
     assert parsed.tags.count("table") == 2
+    # the loss-against-budget plot is inline where matplotlib is installed
+    assert len(parsed.images) == (1 if plots_available() else 0)
     text = "".join(parsed.text)
     assert "Engine for region STRICT: fp32" in text and "rejected" in text
     assert "compliance: pass" in text
@@ -146,9 +154,15 @@ def test_cli_report_html_bundle_with_manifest_and_a_bad_file(engines, tmp_path, 
                    "--no-plots"])
     assert status == 1  # problems are reported and make the exit status non-zero
     assert "1 engine(s), 1 manifest(s), 2 problem(s)" in capsys.readouterr().out
-    parsed = parse(out.read_text())
+    page = out.read_text()
+    parsed = parse(page)
     text = " ".join(parsed.text)
-    assert "cpu-x86" in text  # the manifest's target name labels the matrix column
+    # the matrix: the manifest's target names label the columns; the deferred cell is shown
+    matrix = page.split("<table>", 2)[1]
+    head = parse(matrix.split("</thead>")[0]).text
+    assert head == ["precision chosen per region (rows) and target (columns)", "region",
+                    "cpu-x86", "dc-h100"]
+    assert "deferred: rebuild on node" in matrix and "compliant" in matrix
     assert "deferred: rebuild on node" in text and "future_key" in text
     assert "ArtifactError" in text and "not JSON" in text
     assert parsed.images == []
@@ -160,3 +174,13 @@ def test_collect_refuses_missing_or_empty(tmp_path):
     with pytest.raises(rt.DataError, match=r"no \.engine file"):
         collect(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_summary_html_for_engines_in_memory(engines):
+    metas = [(rt.inspect(engines[r]), t) for r, t in (("NA", "cpu"), ("EU", "rtx-sm89"))]
+    html = summary_html(metas, figures=False)
+    assert html.startswith('<div class="regiontrt"><style>')
+    matrix = html.split("<table>", 2)[1]
+    assert parse(matrix.split("</thead>")[0]).text[1:] == ["region", "cpu", "rtx-sm89"]
+    assert "file" not in parse(html.split("<h2>Provenance</h2>")[1]).text
+    assert parse(html).images == []
