@@ -377,6 +377,8 @@ def text_summary(source: ReportSource) -> list[tuple[str, ...]]:
         rows.append((e.region, e.target, e.info.precision,
                      f"{format_value(loss)} / {format_value(val.get('budget'))}",
                      {True: "compliant", False: "VIOLATION", None: "-"}[ok], p99))
+    rows += [(region, target, precision, "-", status, "-")
+             for region, target, precision, status in source.pending]
     rows += [(str(p), "-", "-", "-", f"unreadable: {m}", "-") for p, m in source.problems]
     return rows
 

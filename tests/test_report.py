@@ -184,3 +184,29 @@ def test_summary_html_for_engines_in_memory(engines):
     assert parse(matrix.split("</thead>")[0]).text[1:] == ["region", "cpu", "rtx-sm89"]
     assert "file" not in parse(html.split("<h2>Provenance</h2>")[1]).text
     assert parse(html).images == []
+
+
+def test_engine_that_cannot_run_here_is_reported_not_fatal(engines, tmp_path, capsys):
+    # A TensorRT engine on a machine without TensorRT: listed with its reason, no latency.
+    from regiontrt import artifact
+    from regiontrt.backends import get_backend
+
+    try:
+        get_backend("tensorrt")
+    except rt.BackendUnavailable:
+        pass
+    else:
+        pytest.skip("needs a machine without TensorRT (here it would try to run the plan)")
+
+    meta, payload = artifact.read(engines["NA"])
+    meta.update(backend={"name": "tensorrt", "version": "10.13"}, target="sm90")
+    artifact.write(tmp_path / "digits.NA.sm90.engine", meta, payload)
+    shutil.copy(engines["NA"], tmp_path / "digits.NA.engine")
+    assert main(["report", str(tmp_path), "--bench", "3"]) == 0
+    rows = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"cpu", "sm90"}
+    assert rows["sm90"][-1] == "-" and float(rows["cpu"][-1]) > 0
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path), "--html", str(out), "--bench", "2", "--no-plots"]) == 0
+    text = " ".join(parse(out.read_text()).text)
+    assert "not run here: backend 'tensorrt' is not installed here" in text
