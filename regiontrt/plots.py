@@ -79,7 +79,8 @@ def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
     """Loss against budget per region, one panel per engine, one bar per precision tried.
 
     Bars are green when accepted, red when rejected; a precision that could not be built
-    (e.g. int8 with no layer fitting) shows as a grey mark. The dashed line is the budget.
+    (e.g. int8 with no layer fitting) or that the region forbids (never tried) is labelled at
+    zero. The dashed line is the budget.
     Panels have their own scales, since budgets range from 1e-5 (relative L2) to a few percent.
     """
     metas = [metadata_of(s) for s in sources]
@@ -92,6 +93,12 @@ def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
     for ax, meta in zip(axes, metas):
         val = meta.get("validation") or {}
         trials = [t for t in val.get("trials") or [] if isinstance(t, Mapping)]
+        # Forbidden precisions are never tried; show them so the panel tells the whole story.
+        region = meta.get("region")
+        region = region if isinstance(region, Mapping) else {}
+        tried = {t.get("precision") for t in trials}
+        trials += [{"precision": p, "loss": None, "forbidden": True}
+                   for p in region.get("forbidden") or [] if p not in tried]
         budget = val.get("budget")
         names = [str(t.get("precision")) for t in trials]
         losses = [t.get("loss") for t in trials]
@@ -107,7 +114,8 @@ def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
                   for t, v in zip(trials, losses)]
         ax.bar(names, heights, color=colors)
         for i, v in enumerate(losses):
-            text = "not built" if v is None else f"{float(v):.3g}"
+            text = f"{float(v):.3g}" if v is not None else (
+                "forbidden" if trials[i].get("forbidden") else "not built")
             ax.annotate(text, (i, heights[i]), ha="center", va="bottom", fontsize=8)
         if log:
             ax.set_yscale("log")
@@ -338,7 +346,9 @@ def sensitivity(source: MetadataSource) -> tuple[list[tuple[str, float]], set[st
     """
     meta = metadata_of(source)
     search = (meta.get("calibration") or {}).get("mixed_precision") or {}
-    raw = search.get("sensitivity") if isinstance(search, Mapping) else None
+    if not isinstance(search, Mapping):
+        search = {}
+    raw = next((search[k] for k in ("sensitivity", "per_layer", "layers") if k in search), None)
     rows: list[tuple[str, float]] = []
     if isinstance(raw, Mapping):
         rows = [(str(k), float(v)) for k, v in raw.items() if _is_number(v)]

@@ -45,6 +45,10 @@ def test_accuracy_figure_one_panel_per_region_every_trial(engines):
     budget_line = next(ln for ln in strict.get_lines() if ln.get_linestyle() == "--")
     assert budget_line.get_ydata()[0] == pytest.approx(1e-6)
     assert panels[0].get_yscale() == "linear"
+    # the EU forbids int8: never tried, shown as such beside the fp16 it chose
+    eu = panels[1]
+    assert [t.get_text() for t in eu.get_xticklabels()] == ["fp16", "int8"]
+    assert [t.get_text() for t in eu.texts] == ["0", "forbidden"]
     _png(fig)
 
 
@@ -111,8 +115,8 @@ def test_sensitivity_reads_the_search_and_tolerates_other_shapes(engines):
     assert plots.sensitivity(engines["NA"])[0] == []
     with pytest.raises(rt.DataError, match="no mixed-precision"):
         plots.sensitivity_figure(engines["EU"])
-    # a rewritten search may record a list of records instead of a mapping
-    meta = {"calibration": {"mixed_precision": {"sensitivity": [
+    # a rewritten search may record a list of records (under another key) instead of a mapping
+    meta = {"calibration": {"mixed_precision": {"per_layer": [
         {"layer": "a", "loss": 0.1}, {"name": "b", "sensitivity": 0.3}, {"layer": "c"}, 7]}},
         "kept_high_precision": ["b"]}
     assert plots.sensitivity(meta) == ([("b", 0.3), ("a", 0.1)], {"b"}, None)
