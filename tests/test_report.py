@@ -65,6 +65,12 @@ def test_engine_report_round_trips_and_reads_well(engines):
     assert lines[0].startswith("ValidationReport(chosen='fp32', metric='relative_l2'")
     assert "int8: loss" in lines[1] and "rejected" in lines[1] and "2 layers kept" in lines[1]
     assert "fp32: loss" in lines[3] and "accepted" in lines[3]
+    html = report._repr_html_()
+    parsed = parse(html)
+    assert parsed.tags.count("tr") == 4  # header + one row per trial
+    assert "chosen fp32: metric relative_l2, budget 1e-06, 360 validation samples" in parsed.text
+    cells = [t for t in parsed.text if t in ("accepted", "rejected")]
+    assert cells == ["accepted", "rejected", "rejected", "accepted"]  # the header, then each trial
 
 
 def test_report_from_partial_dict_is_tolerant():
