@@ -30,6 +30,20 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """The full hostile-file fuzz of every reader (CI runs a small count of the same test).
+
+    ``nox -s fuzz -- 50000`` sets another count; the summary lands in docs/results/fuzz.json.
+    """
+    session.install("-e", ".[test]")
+    count = session.posargs[0] if session.posargs else "20000"
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_hostile_fuzz.py",
+        env={"REGIONTRT_FUZZ_EXAMPLES": count, "REGIONTRT_FUZZ_REPORT": "docs/results/fuzz.json"},
+    )
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job on the embedded default: every preset region from the demo model."""
     session.install(".")

@@ -38,12 +38,17 @@ _LAZY = {
     "QuantizeOptions": "regiontrt.graph.quantize",
     "DataSource": "regiontrt.datasets",
     "available_backends": "regiontrt.backends",
+    "load_bundle": "regiontrt.deploy",
+    "serve": "regiontrt.serve",
 }
 _ERRORS = (
     "RegionTRTError", "InvalidModelError", "UnknownRegionError", "RegionConfigError",
     "PolicyViolation", "AccuracyBudgetExceeded", "DataError", "CalibrationMismatch", "InputError",
     "ShapeOutOfProfile", "ShapeProfileError", "ArtifactError", "IncompatibleEngineError",
     "BackendUnavailable", "BuildError", "CudaError", "SignatureError",
+    "Overloaded", "DeadlineExceeded", "ServerClosed",
+    "InvalidArgumentError", "MetricError", "EngineRuntimeError",
+    "FleetError", "BundleError", "RegistryError", "DowngradeError", "GraphPassError",
 )
 _LAZY.update({name: "regiontrt.errors" for name in _ERRORS})
 
@@ -68,21 +73,33 @@ if TYPE_CHECKING:
     from .builder import RegionalEngineBuilder
     from .calibration import Calibrator, EntropyCalibrator, MinMaxCalibrator, PercentileCalibrator
     from .datasets import DataSource
+    from .deploy import load_bundle
     from .engine import BenchmarkReport, Engine, inspect, load_engine
     from .errors import (
         AccuracyBudgetExceeded,
         ArtifactError,
         BackendUnavailable,
         BuildError,
+        BundleError,
         CalibrationMismatch,
         CudaError,
         DataError,
+        DeadlineExceeded,
+        DowngradeError,
+        EngineRuntimeError,
+        FleetError,
+        GraphPassError,
         IncompatibleEngineError,
         InputError,
+        InvalidArgumentError,
         InvalidModelError,
+        MetricError,
+        Overloaded,
         PolicyViolation,
         RegionConfigError,
         RegionTRTError,
+        RegistryError,
+        ServerClosed,
         ShapeOutOfProfile,
         ShapeProfileError,
         SignatureError,
@@ -92,5 +109,6 @@ if TYPE_CHECKING:
     from .policy import PrecisionPolicy
     from .precision import Precision
     from .regions import Region, RegionRegistry, default_regions, get_region, load_regions
+    from .serve import serve
     from .shapes import Bucketing, ShapeProfile
     from .tactics import TacticSelector

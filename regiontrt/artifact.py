@@ -12,18 +12,27 @@ Layout (all integers little-endian)::
 
 The header carries ``payload_sha256`` and ``payload_size``; both digests are checked on every read,
 so truncation, bit flips and edits of either part are refused with :class:`ArtifactError`.
-Reading the header needs neither a GPU nor TensorRT. Signing for distribution is done on top of
-this format by :mod:`regiontrt.deploy`.
+
+Files are treated as hostile: only regular files are opened (a FIFO or ``/dev/zero`` is refused
+without blocking or reading), the magic, the header length and the declared payload size are
+checked against the file's real size before anything large is read, the payload digest is computed
+in chunks, and the JSON header is parsed under limits (size, nesting depth, string length, finite
+numbers; see :mod:`regiontrt.schema`). Reading the header needs neither a GPU nor TensorRT.
+Signing for distribution is done on top of this format by :mod:`regiontrt.deploy`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ._fs import atomic_writer
 from .errors import ArtifactError
@@ -31,7 +40,16 @@ from .errors import ArtifactError
 MAGIC = b"RTRTENG\x00"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sII32s")
-MAX_HEADER = 64 * 1024 * 1024
+#: Largest header accepted (the JSON metadata, calibration ranges included).
+MAX_HEADER = 16 * 1024 * 1024
+#: Deepest nesting of JSON arrays/objects accepted in a header.
+MAX_DEPTH = 32
+#: Longest string (value or key) accepted anywhere in a header.
+MAX_STRING = 1024 * 1024
+#: Largest integer magnitude accepted in a header (beyond any size or dimension we use).
+MAX_INT = 2**63 - 1
+_CHUNK = 1024 * 1024
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 def encode(metadata: Mapping[str, Any], payload: bytes) -> bytes:
@@ -41,24 +59,122 @@ def encode(metadata: Mapping[str, Any], payload: bytes) -> bytes:
     header["payload_size"] = len(payload)
     raw = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     if len(raw) > MAX_HEADER:
-        raise ArtifactError(f"metadata too large: {len(raw)} bytes")
+        raise ArtifactError(f"metadata too large: {len(raw)} bytes (limit {MAX_HEADER})")
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(raw), hashlib.sha256(raw).digest())
     return prefix + raw + payload
 
 
 def write(path: str | Path, metadata: Mapping[str, Any], payload: bytes) -> Path:
-    """Write a container atomically; a failure leaves no partial file."""
-    data = encode(metadata, payload)
+    """Write a container atomically; a failure leaves no partial file.
+
+    Raises:
+        ArtifactError: the metadata cannot be encoded, or the file cannot be written (no space,
+            read-only file system, I/O error, parent is a file, target is a folder).
+    """
+    try:
+        data = encode(metadata, payload)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"metadata cannot be stored as JSON: {exc}") from exc
     path = Path(path)
-    with atomic_writer(path) as fh:
-        fh.write(data)
+    if path.is_dir():
+        raise ArtifactError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        with atomic_writer(path) as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 
-def _parse_prefix(blob: bytes, source: str) -> tuple[int, dict[str, Any]]:
-    if len(blob) < _PREFIX.size:
-        raise ArtifactError(f"{source}: truncated: {len(blob)} bytes is shorter than the header")
-    magic, version, hlen, hdigest = _PREFIX.unpack_from(blob)
+# -- header parsing ---------------------------------------------------------------------------
+class _Refused(Exception):
+    """Raised inside json hooks; turned into ArtifactError by the caller."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Refused(f"non-finite number {name} (NaN and Infinity are not allowed)")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"number {text[:40]} overflows to infinity")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 20:
+        raise _Refused(f"integer of {len(text)} digits")
+    value = int(text)
+    if abs(value) > MAX_INT:
+        raise _Refused(f"integer {text} out of range")
+    return value
+
+
+def _max_depth(raw: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` outside strings, without recursion."""
+    import numpy as np
+
+    bare = np.frombuffer(_STRINGS.sub(b"", raw), dtype=np.uint8)
+    steps = (np.isin(bare, (ord("["), ord("{"))).astype(np.int32)
+             - np.isin(bare, (ord("]"), ord("}"))).astype(np.int32))
+    return int(np.cumsum(steps).max()) if steps.size else 0
+
+
+def _check_values(value: Any) -> None:
+    """Depth and string limits over a parsed value, iteratively (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if len(item) > MAX_STRING:
+                raise _Refused(f"a string of {len(item)} characters (limit {MAX_STRING})")
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nesting deeper than {MAX_DEPTH} levels")
+            children = list(item.items()) if isinstance(item, dict) else item
+            for child in children:
+                if isinstance(child, tuple):
+                    stack.append((child[0], depth))
+                    stack.append((child[1], depth + 1))
+                else:
+                    stack.append((child, depth + 1))
+
+
+def parse_header(raw: bytes, source: str = "engine") -> dict[str, Any]:
+    """Parse header bytes under the limits above.
+
+    Raises:
+        ArtifactError: too large, too deep, not UTF-8 JSON, non-finite numbers, not an object.
+    """
+    if len(raw) > MAX_HEADER:
+        raise ArtifactError(f"{source}: header of {len(raw)} bytes exceeds {MAX_HEADER}")
+    try:
+        if _max_depth(raw) > MAX_DEPTH:
+            raise _Refused(f"nesting deeper than {MAX_DEPTH} levels")
+        header = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
+        _check_values(header)
+    except _Refused as exc:
+        raise ArtifactError(f"{source}: metadata refused: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{source}: unreadable metadata: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{source}: metadata is not a JSON object")
+    return header
+
+
+def _prefix(prefix: bytes, source: str, total: int) -> tuple[int, bytes]:
+    """Check the fixed prefix against the real size; returns ``(header end, header digest)``."""
+    if len(prefix) < _PREFIX.size:
+        raise ArtifactError(
+            f"{source}: truncated: {len(prefix)} bytes is shorter than the header"
+        )
+    magic, version, hlen, hdigest = _PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise ArtifactError(f"{source}: not a regiontrt engine (bad magic {magic!r})")
     if version != FORMAT_VERSION:
@@ -67,20 +183,32 @@ def _parse_prefix(blob: bytes, source: str) -> tuple[int, dict[str, Any]]:
             f"(this regiontrt reads version {FORMAT_VERSION})"
         )
     end = _PREFIX.size + hlen
-    if hlen > MAX_HEADER or len(blob) < end:
-        raise ArtifactError(f"{source}: truncated or corrupted header (length {hlen})")
-    raw = blob[_PREFIX.size : end]
-    if hashlib.sha256(raw).digest() != hdigest:
+    if hlen > MAX_HEADER or total < end:
+        raise ArtifactError(
+            f"{source}: truncated or corrupted header (declared length {hlen}, "
+            f"file size {total})"
+        )
+    return end, hdigest
+
+
+def _header(raw: bytes, digest: bytes, source: str) -> dict[str, Any]:
+    if hashlib.sha256(raw).digest() != digest:
         raise ArtifactError(
             f"{source}: header checksum mismatch: the metadata was corrupted or edited"
         )
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{source}: unreadable metadata: {exc}") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{source}: metadata is not a JSON object")
-    return end, header
+    return parse_header(raw, source)
+
+
+def _declared_payload(header: Mapping[str, Any], actual: int, source: str) -> str:
+    size, digest = header.get("payload_size"), header.get("payload_sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size != actual:
+        raise ArtifactError(
+            f"{source}: payload is {actual} bytes, the header says {size!r}: "
+            "the file is truncated or has trailing data"
+        )
+    if not isinstance(digest, str):
+        raise ArtifactError(f"{source}: header field payload_sha256 is missing or not a string")
+    return digest
 
 
 def decode(blob: bytes, source: str = "engine") -> tuple[dict[str, Any], bytes]:
@@ -89,50 +217,117 @@ def decode(blob: bytes, source: str = "engine") -> tuple[dict[str, Any], bytes]:
     Raises:
         ArtifactError: bad magic or version, truncation, or a digest mismatch.
     """
-    end, header = _parse_prefix(blob, source)
+    end, hdigest = _prefix(blob[: _PREFIX.size], source, len(blob))
+    header = _header(blob[_PREFIX.size : end], hdigest, source)
     payload = blob[end:]
-    size = header.get("payload_size")
-    if size != len(payload):
-        raise ArtifactError(
-            f"{source}: payload is {len(payload)} bytes, the header says {size}: "
-            "the file is truncated or has trailing data"
-        )
-    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+    digest = _declared_payload(header, len(payload), source)
+    if hashlib.sha256(payload).hexdigest() != digest:
         raise ArtifactError(
             f"{source}: payload checksum mismatch: the payload was corrupted or edited"
         )
     return header, payload
 
 
-def _read(path: str | Path, size: int | None = None) -> bytes:
-    path = Path(path)
+# -- files ------------------------------------------------------------------------------------
+def _open(path: str | Path) -> tuple[BinaryIO, int]:
+    """Open a regular file without blocking; returns the file and its size."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArtifactError(
+            f"an engine path must be a str or os.PathLike, got {type(path).__name__}"
+        )
     try:
-        with path.open("rb") as fh:
-            return fh.read() if size is None else fh.read(size)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ArtifactError(f"engine file not found: {path}") from None
-    except IsADirectoryError:
-        raise ArtifactError(f"{path} is a directory, not an engine file") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot open engine file {path}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ArtifactError(f"{path} is a directory, not an engine file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(
+                f"{path} is not a regular file (a device, FIFO or socket); refused unread"
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_exact(fh: BinaryIO, size: int, source: str) -> bytes:
+    data = fh.read(size)
+    if len(data) != size:
+        raise ArtifactError(f"{source}: the file changed size while being read")
+    return data
+
+
+def _open_header(path: str | Path) -> tuple[BinaryIO, int, int, dict[str, Any]]:
+    """Open, check the prefix against the real size, read and verify the header."""
+    fh, total = _open(path)
+    try:
+        source = str(path)
+        end, hdigest = _prefix(fh.read(_PREFIX.size), source, total)
+        try:
+            raw = _read_exact(fh, end - _PREFIX.size, source)
+        except OSError as exc:
+            raise ArtifactError(f"{source}: read error: {exc}") from exc
+        return fh, total, end, _header(raw, hdigest, source)
+    except BaseException:
+        fh.close()
+        raise
+
+
+def _payload(path: str | Path, keep: bool) -> tuple[dict[str, Any], bytes | None]:
+    fh, total, end, header = _open_header(path)
+    source = str(path)
+    with fh:
+        expected = _declared_payload(header, total - end, source)
+        digest = hashlib.sha256()
+        data: bytes | None = None
+        try:
+            if keep:  # one buffer of the payload's size, hashed in place
+                data = _read_exact(fh, total - end, source)
+                digest.update(data)
+            else:
+                done = 0
+                while done < total - end:
+                    chunk = fh.read(min(_CHUNK, total - end - done))
+                    if not chunk:
+                        raise ArtifactError(f"{source}: the file changed size while being read")
+                    digest.update(chunk)
+                    done += len(chunk)
+        except OSError as exc:
+            raise ArtifactError(f"{source}: read error: {exc}") from exc
+    if digest.hexdigest() != expected:
+        raise ArtifactError(
+            f"{source}: payload checksum mismatch: the payload was corrupted or edited"
+        )
+    return header, data
 
 
 def read(path: str | Path) -> tuple[dict[str, Any], bytes]:
-    """Read and verify a container file."""
-    return decode(_read(path), str(path))
+    """Read and verify a container file; memory use is about the payload's size."""
+    header, payload = _payload(path, keep=True)
+    assert payload is not None
+    return header, payload
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """The metadata alone, verified against its own digest, without reading the payload.
 
-    The payload's digest is checked by :func:`read` (and by :func:`verify`).
+    The declared payload size is checked against the file's size; the payload's digest is checked
+    by :func:`read` (and by :func:`verify`).
     """
-    prefix = _read(path, _PREFIX.size)
-    if len(prefix) < _PREFIX.size:
-        raise ArtifactError(f"{path}: truncated: shorter than the header")
-    hlen = _PREFIX.unpack_from(prefix)[2]
-    _, header = _parse_prefix(_read(path, _PREFIX.size + min(hlen, MAX_HEADER)), str(path))
+    fh, total, end, header = _open_header(path)
+    fh.close()
+    _declared_payload(header, total - end, str(path))
     return header
 
 
 def verify(path: str | Path) -> dict[str, Any]:
-    """Check both digests of a file; returns the metadata."""
-    return read(path)[0]
+    """Check both digests of a file, hashing the payload in chunks; returns the metadata."""
+    return _payload(path, keep=False)[0]

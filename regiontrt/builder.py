@@ -21,6 +21,7 @@ import onnx
 
 from .backends import Backend
 from .datasets import DataLike
+from .errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
 from .graph.io import ModelSource, load_model, model_sha256
 from .policy import PrecisionPolicy
 from .precision import Precision
@@ -81,8 +82,11 @@ class RegionalEngineBuilder:
     def from_onnx(cls, source: ModelSource) -> RegionalEngineBuilder:
         """Start from an ONNX model: a path, a ``ModelProto`` or serialized bytes.
 
+        External data is inlined (it must lie beside the model file), so every engine's payload
+        is self-contained and its hash covers the weights.
+
         Raises:
-            InvalidModelError: unreadable or invalid model.
+            InvalidModelError: unreadable or invalid model, or a source of the wrong type.
         """
         return cls(_Shared(load_model(source)), _State())
 
@@ -91,13 +95,22 @@ class RegionalEngineBuilder:
 
     # -- fluent configuration -----------------------------------------------------------------
     def for_region(self, region: str | Region) -> RegionalEngineBuilder:
-        """Target a preset or registered region name, or a :class:`Region`."""
+        """Target a preset or registered region name (case-insensitive), or a :class:`Region`."""
+        if not isinstance(region, (str, Region)):
+            raise InvalidArgumentError(
+                f"for_region takes a region name or a Region, not {type(region).__name__}"
+            )
         return self._with(region=get_region(region))
 
     def with_precision(
         self, policy: PrecisionPolicy | str | Precision | Sequence[str | Precision]
     ) -> RegionalEngineBuilder:
         """Override the region's precision list (a forbidden one is refused at build)."""
+        if not isinstance(policy, (PrecisionPolicy, str, Precision, list, tuple)):
+            raise InvalidArgumentError(
+                f"with_precision takes a PrecisionPolicy or precision names, not "
+                f"{type(policy).__name__}"
+            )
         if not isinstance(policy, PrecisionPolicy):
             policy = PrecisionPolicy(policy)
         return self._with(policy=policy)
@@ -106,10 +119,15 @@ class RegionalEngineBuilder:
         self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None
     ) -> RegionalEngineBuilder:
         """INT8: the range calibrator (default entropy) and the region's calibration data."""
-        if isinstance(calibrator, str):
-            from .calibration import get_calibrator
+        from .calibration import Calibrator, get_calibrator
 
+        if isinstance(calibrator, str):
             calibrator = get_calibrator(calibrator)
+        elif calibrator is not None and not isinstance(calibrator, Calibrator):
+            raise InvalidArgumentError(
+                f"with_calibrator takes a Calibrator or a method name, not "
+                f"{type(calibrator).__name__}"
+            )
         changes: dict[str, Any] = {"calibrator": calibrator}
         if data is not None:
             changes["calibration_data"] = data
@@ -120,11 +138,25 @@ class RegionalEngineBuilder:
     ) -> RegionalEngineBuilder:
         """Input shapes the engine accepts (a :class:`ShapeProfile` or its ``shapes`` dict)."""
         if not isinstance(profile, ShapeProfile):
-            profile = ShapeProfile(profile)
+            if not isinstance(profile, Mapping):
+                raise InvalidArgumentError(
+                    f"with_shape_profile takes a ShapeProfile or {{input: shapes}}, not "
+                    f"{type(profile).__name__}"
+                )
+            try:
+                profile = ShapeProfile(profile)
+            except RegionTRTError:
+                raise
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ShapeProfileError(f"invalid shape profile {profile!r:.200}: {exc}") from exc
         return self._with(shape_profile=profile)
 
     def with_tactics(self, tactics: TacticSelector) -> RegionalEngineBuilder:
         """Builder settings (optimization level, timing cache, RTX targets...)."""
+        if not isinstance(tactics, TacticSelector):
+            raise InvalidArgumentError(
+                f"with_tactics takes a TacticSelector, not {type(tactics).__name__}"
+            )
         return self._with(tactics=tactics)
 
     def with_backend(self, backend: str | Backend = "auto") -> RegionalEngineBuilder:
@@ -133,7 +165,13 @@ class RegionalEngineBuilder:
             from .backends import BACKENDS
 
             if backend != "auto" and backend not in BACKENDS:
-                raise ValueError(f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+                raise InvalidArgumentError(
+                    f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}"
+                )
+        elif not isinstance(backend, Backend):
+            raise InvalidArgumentError(
+                f"with_backend takes a backend name or a Backend, not {type(backend).__name__}"
+            )
         return self._with(backend=backend)
 
     def with_validation(
@@ -152,6 +190,11 @@ class RegionalEngineBuilder:
             strict: fail instead of warn (default: the region's ``strict_calibration``).
             threshold: largest accepted share of validation values beyond a calibrated range.
         """
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidArgumentError(f"strict must be True, False or None, not {strict!r:.40}")
+        if (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
+                or not 0 <= threshold <= 1):
+            raise InvalidArgumentError(f"threshold must be a number in 0..1, not {threshold!r:.40}")
         return self._with(strict_calibration=strict, mismatch_threshold=threshold)
 
     @property

@@ -103,10 +103,10 @@ class DataSource:
             for name in sorted(batch):
                 arr = batch[name]
                 digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-                digest.update(np.ascontiguousarray(arr).tobytes())
+                digest.update(_content_bytes(arr))
             batches += 1
-            first = next(iter(batch.values()))
-            samples += int(first.shape[0]) if first.ndim else 1
+            first = next(iter(batch.values()), None)  # a model without inputs has empty batches
+            samples += int(first.shape[0]) if first is not None and first.ndim else 1
             yield batch
         if batches == 0:
             raise DataError("the data source is empty: it yielded no batch")
@@ -134,11 +134,12 @@ class DataSource:
                 + (f"; unknown {sorted(unknown)}" if unknown else "")
             )
         batch: Batch = {}
-        for name, value in raw.items():
+        arrays = {name: np.asarray(value) for name, value in raw.items()}
+        if arrays and all(a.size == 0 for a in arrays.values()):
+            shapes = {name: a.shape for name, a in arrays.items()}
+            raise DataError(f"every input of the batch is an empty array: {shapes}")
+        for name, arr in arrays.items():
             spec = specs[name]
-            arr = np.asarray(value)
-            if arr.size == 0:
-                raise DataError(f"input {name!r}: empty array of shape {arr.shape}")
             if arr.ndim != spec.rank:
                 raise DataError(
                     f"input {name!r}: rank {arr.ndim} (shape {arr.shape}) but the model "
@@ -150,18 +151,47 @@ class DataSource:
                         f"input {name!r}: axis {axis} is {got}, the model declares {want} "
                         f"(shape {list(spec.shape)})"
                     )
-            if arr.dtype != spec.dtype:
-                if arr.dtype.kind != spec.dtype.kind and not (
-                    arr.dtype.kind in "fiu" and spec.dtype.kind in "fiu"
-                ):
-                    raise DataError(f"input {name!r}: dtype {arr.dtype} cannot feed {spec.dtype}")
-                arr = arr.astype(spec.dtype)
-            batch[name] = np.ascontiguousarray(arr)
+            # np.require keeps a 0-d array 0-d (np.ascontiguousarray makes it 1-d).
+            batch[name] = np.require(_to_input_dtype(name, arr, spec), requirements="C")
         return batch
 
     def materialize(self) -> list[Batch]:
         """All batches in a list (for validation sets, which are read many times)."""
         return list(self)
+
+
+def _to_input_dtype(name: str, arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``arr`` in the input's dtype, converted only where no value can change meaning.
+
+    Float inputs take any real numbers (uint8 images into a float model); integer inputs take
+    integers that fit; booleans take booleans; string inputs take text (as Python ``str``
+    objects, which ONNX Runtime expects). Nothing is ever turned into or out of text or bool,
+    and no float becomes an integer.
+    """
+    want, kind = spec.dtype, arr.dtype.kind
+    if arr.dtype == want:
+        return arr
+    if want.kind == "O" and kind in "USO":
+        text = np.vectorize(_as_text, otypes=[object])(arr) if arr.size else arr.astype(object)
+        return np.asarray(text, dtype=object).reshape(arr.shape)
+    if want.kind == "f" and kind in "fiu":
+        return arr.astype(want)
+    if want.kind in "iu" and kind in "iu" and (
+        arr.size == 0 or (np.iinfo(want).min <= arr.min() and arr.max() <= np.iinfo(want).max)
+    ):
+        return arr.astype(want)
+    raise DataError(f"input {name!r}: dtype {arr.dtype} cannot feed {want}")
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _content_bytes(arr: np.ndarray) -> bytes:
+    """The values of ``arr`` as bytes (object arrays by their text, not their pointers)."""
+    if arr.dtype.kind == "O":
+        return "\x00".join(_as_text(v) for v in arr.ravel()).encode("utf-8")
+    return np.require(arr, requirements="C").tobytes()
 
 
 def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray]]:
@@ -175,10 +205,17 @@ def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray]]:
         raise DataError(f"data path not found: {path}")
     for file in files:
         try:
-            with np.load(file, allow_pickle=False) as npz:
+            loaded = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
+        if not hasattr(loaded, "files"):  # a bare .npy array, not a .npz archive
+            raise DataError(f"{file}: a .npy array, not an .npz archive keyed by input names; "
+                            "save it with np.savez(path, INPUT_NAME=array)")
+        try:
+            with loaded as npz:
                 yield {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{file}: not a readable .npz file: {exc}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
 
 
 def split_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[Batch]:

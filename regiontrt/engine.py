@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -20,10 +21,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import artifact
-from ._fs import atomic_write_bytes, atomic_write_text
+from ._fs import atomic_write_all
 from .backends import Backend, Runner, Timing, get_backend
-from .errors import ArtifactError, InputError
+from .compliance import ComplianceReport, check_artifact
+from .errors import (
+    ArtifactError,
+    EngineRuntimeError,
+    InputError,
+    InvalidArgumentError,
+    PolicyViolation,
+    RegionTRTError,
+)
 from .graph.io import TensorSpec
+from .schema import check_payload, validate_header
 from .shapes import Bucketing, Profile, select_profile
 from .validation import ValidationReport
 
@@ -31,6 +41,8 @@ if TYPE_CHECKING:
     from .report import EngineInfo
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
+#: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
+MAX_SAMPLE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -93,19 +105,28 @@ class Engine:
     def __init__(
         self, metadata: Mapping[str, Any], payload: bytes, *, backend: Backend | None = None
     ) -> None:
-        self._metadata = copy.deepcopy(dict(metadata))
-        self._payload = bytes(payload)
+        try:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            self._metadata = copy.deepcopy(dict(metadata))
+            self._payload = bytes(payload)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ArtifactError(
+                "Engine needs a metadata mapping and payload bytes (use load_engine for files)"
+            ) from exc
+        validate_header(self._metadata, known_backend=backend is None, payload=False)
         self._backend = backend
         self._runner: Runner | None = None
         self._lock = threading.Lock()
+        self._payload_checked = False
         try:
             self.inputs = [TensorSpec.from_dict(d) for d in self._metadata["inputs"]]
             self.outputs = [TensorSpec.from_dict(d) for d in self._metadata["outputs"]]
             self.profiles = [Profile.from_dict(p) for p in self._metadata["shape_profiles"]]
             buckets = self._metadata.get("shape_buckets")
             self.bucketing = Bucketing.from_dict(buckets) if buckets else None
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise ArtifactError(f"engine metadata is incomplete: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AssertionError, OverflowError) as exc:
+            raise ArtifactError(f"engine metadata is inconsistent: {exc}") from exc
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -143,16 +164,27 @@ class Engine:
     def _repr_html_(self) -> str:
         from .report import engine_html, html_fragment
 
-        return html_fragment(engine_html(self._metadata, figures=True))
+        metadata = dict(self._metadata, compliance_check=self.compliance().to_dict())
+        return html_fragment(engine_html(metadata, figures=True))
 
     # -- running ----------------------------------------------------------------------------
     def _get_runner(self) -> Runner:
         with self._lock:
             if self._runner is None:
+                if not self._payload_checked:
+                    check_payload(self._metadata, self._payload)
+                    self._payload_checked = True
                 backend = self._backend or get_backend(self.backend_name)
-                backend.check_compatible(self._metadata)
+                try:
+                    backend.check_compatible(self._metadata)
+                    self._runner = backend.load(self._payload, self._metadata)
+                except RegionTRTError:
+                    raise
+                except Exception as exc:  # the runtime's own errors, on a payload it refuses
+                    raise EngineRuntimeError(
+                        f"the {backend.name} backend cannot load this engine's payload: {exc}"
+                    ) from exc
                 self._backend = backend
-                self._runner = backend.load(self._payload, self._metadata)
             return self._runner
 
     def check_inputs(self, feeds: Any) -> dict[str, Any]:
@@ -178,7 +210,15 @@ class Engine:
         shapes: dict[str, tuple[int, ...]] = {}
         for name, value in feeds.items():
             spec = expected[name]
-            shape, dtype = _shape_dtype(value)
+            if not _has_data(value):
+                raise InputError(
+                    f"input {name!r} is a {type(value).__name__} with a shape but no data: pass "
+                    "a numpy array, a CUDA array (__cuda_array_interface__) or a DLPack tensor"
+                )
+            try:
+                shape, dtype = _shape_dtype(value)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise InputError(f"input {name!r} cannot be read as an array: {exc}") from exc
             if dtype != spec.dtype:
                 raise InputError(
                     f"input {name!r} has dtype {dtype}, the engine expects {spec.dtype} "
@@ -219,14 +259,29 @@ class Engine:
             ):
                 feeds, info = self.bucketing.pad(feeds)
         checked = self.check_inputs(feeds)
-        result = self._get_runner().run(checked, outputs=outputs)
-        return self.bucketing.unpad(result, info) if info and self.bucketing else result
+        runner = self._get_runner()
+        try:
+            result = runner.run(checked, outputs=outputs)
+            return self.bucketing.unpad(result, info) if info and self.bucketing else result
+        except RegionTRTError:
+            raise
+        except Exception as exc:  # the runtime failed on inputs that passed every check
+            raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
 
     def sample_inputs(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs at the first profile's ``opt`` shape (``batch`` overrides axis 0)."""
+        """Random inputs at the first profile's ``opt`` shape (``batch`` overrides axis 0).
+
+        Raises:
+            InvalidArgumentError: ``batch`` is not a positive integer.
+            ShapeOutOfProfile: the shapes lie outside every profile (checked before allocating).
+            InputError: the inputs would exceed :data:`MAX_SAMPLE_BYTES`.
+        """
+        if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool)
+                                  or batch < 1):
+            raise InvalidArgumentError(f"batch must be a positive integer, got {batch!r}")
         rng = np.random.default_rng(seed)
         ranges = self.profiles[0].ranges if self.profiles else {}
-        feeds = {}
+        shapes: dict[str, list[int]] = {}
         for spec in self.inputs:
             if spec.name in ranges:
                 shape = list(ranges[spec.name].opt)
@@ -234,6 +289,18 @@ class Engine:
                 shape = [d if isinstance(d, int) else 1 for d in spec.shape]
             if batch is not None and shape:
                 shape[0] = batch
+            shapes[spec.name] = shape
+        select_profile(self.profiles, shapes)
+        total = sum(math.prod(s) * spec.dtype.itemsize for s, spec in zip(shapes.values(),
+                                                                          self.inputs))
+        if total > MAX_SAMPLE_BYTES:
+            raise InputError(
+                f"sample inputs of shapes {shapes} need {total} bytes, more than "
+                f"{MAX_SAMPLE_BYTES}; pass feeds= of your own or a smaller batch"
+            )
+        feeds = {}
+        for spec in self.inputs:
+            shape = shapes[spec.name]
             if spec.dtype.kind == "f":
                 feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             else:
@@ -252,13 +319,19 @@ class Engine:
         The CPU backend times each call with ``time.perf_counter_ns``; TensorRT times host-to-
         device, compute and device-to-host separately with CUDA events.
         """
-        if iterations < 1 or warmup < 0:
-            raise ValueError("iterations must be >= 1 and warmup >= 0")
+        for key, value, low in (("iterations", iterations, 1), ("warmup", warmup, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidArgumentError(f"{key} must be an integer >= {low}, got {value!r}")
         checked = self.check_inputs(feeds if feeds is not None else self.sample_inputs(batch))
         runner = self._get_runner()
-        for _ in range(warmup):
-            runner.run(checked)
-        timings: list[Timing] = [runner.time_once(checked) for _ in range(iterations)]
+        try:
+            for _ in range(warmup):
+                runner.run(checked)
+            timings: list[Timing] = [runner.time_once(checked) for _ in range(iterations)]
+        except RegionTRTError:
+            raise
+        except Exception as exc:
+            raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
         total = np.array([t.total_ms for t in timings])
         first = next(iter(checked.values()))
         first_shape = _shape_dtype(first)[0]
@@ -283,8 +356,22 @@ class Engine:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the ``.engine`` container atomically."""
+        """Write the ``.engine`` container atomically, after checking its compliance.
+
+        Raises:
+            PolicyViolation: the payload holds a precision its region forbids.
+            ArtifactError: the file cannot be written (nothing is left half-written).
+        """
+        report = self.compliance()
+        if not report.compliant:
+            raise PolicyViolation(f"not saved: {report.summary()}")
         return artifact.write(path, self._metadata, self._payload)
+
+    def compliance(self) -> ComplianceReport:
+        """Whether this engine's payload respects its region (see :mod:`regiontrt.compliance`)."""
+        model = check_payload(self._metadata, self._payload)
+        self._payload_checked = True
+        return check_artifact(self._metadata, model)
 
     def to_bytes(self) -> bytes:
         """The container bytes, as :meth:`save` writes them."""
@@ -303,8 +390,11 @@ class Engine:
         meta = self.metadata
         meta["payload_sha256"] = hashlib.sha256(self._payload).hexdigest()
         meta["payload_size"] = len(self._payload)
-        atomic_write_bytes(path, self._payload)
-        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True))
+        text = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
+        try:  # both files or neither
+            atomic_write_all({path: self._payload, sidecar: text})
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from exc
         return path, sidecar
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -327,64 +417,145 @@ class Engine:
         self.close()
 
 
-def load_engine(path: str | Path, *, backend: str | Backend | None = None) -> Engine:
+def load_engine(
+    path: str | Path, *, backend: str | Backend | None = None, trust: Any = None
+) -> Engine:
     """Read and verify an ``.engine`` file.
 
     Args:
         path: the container file.
         backend: backend to run it with; by default the one that built it.
+        trust: public key file(s) or folder; when given, the detached signature
+            ``<path>.sig`` must verify with one of them (see :mod:`regiontrt.trust`).
 
     Raises:
-        ArtifactError: truncated, corrupted or tampered file.
+        ArtifactError: truncated, corrupted or tampered file; a header outside the schema; an
+            ONNX payload that differs from its header or names external data.
+        PolicyViolation: the payload holds a precision the engine's region forbids.
+        InvalidArgumentError: ``backend`` is not a backend name or instance.
+        SignatureError: with ``trust``: unsigned, untrusted key, or changed file.
     """
+    chosen = _choose_backend(backend)
+    if trust is not None:
+        from .trust import verify_file
+
+        verify_file(path, trust)
     metadata, payload = artifact.read(path)
-    chosen = get_backend(backend) if isinstance(backend, str) else backend
-    return Engine(metadata, payload, backend=chosen)
+    validate_header(metadata, known_backend=chosen is None)
+    model = check_payload(metadata, payload)
+    report = check_artifact(metadata, model)
+    if not report.compliant:
+        raise PolicyViolation(f"{path}: refused at load: {report.summary()}")
+    engine = Engine(metadata, payload, backend=chosen)
+    engine._payload_checked = True
+    return engine
+
+
+def _choose_backend(backend: Any) -> Backend | None:
+    if backend is None or isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise InvalidArgumentError(
+            f"backend must be a name or a Backend instance, got {type(backend).__name__}"
+        )
+    try:
+        return get_backend(backend)
+    except RegionTRTError:
+        raise
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
 
 
 def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
     """The engine's metadata, read without a GPU, TensorRT or any runtime.
 
-    The result is a ``dict`` of the header with accessors: ``info.region_name``, ``info.report``
-    (the validation report), ``info.region_rules`` (same as ``info["region"]``: the region's
-    whole rule set, not only its name) and an HTML view for notebooks.
+    The header is checked against the schema; the result is the header plus a computed
+    ``compliance_check`` (``compliant``, ``checked``, ``reasons``...): on the ONNX payload itself
+    when it is read, on the header alone otherwise.
+
+    The result is a ``dict`` with accessors: ``info.region_name``, ``info.report`` (the
+    validation report), ``info.region_rules`` (same as ``info["region"]``: the region's whole
+    rule set, not only its name) and an HTML view for notebooks.
 
     Args:
         path: the container file.
-        verify_payload: also check the payload digest (reads the whole file).
+        verify_payload: also check the payload digest and scan an ONNX payload (reads the file).
+
+    Raises:
+        ArtifactError: the file is refused (see :func:`load_engine`).
     """
+    model = None
+    if not verify_payload:
+        metadata = artifact.read_header(path)
+        validate_header(metadata)
+    elif artifact.read_header(path).get("payload_format") == "onnx":
+        metadata, payload = artifact.read(path)
+        validate_header(metadata)
+        model = check_payload(metadata, payload)
+    else:
+        metadata = artifact.verify(path)
+        validate_header(metadata)
     from .report import EngineInfo
 
-    return EngineInfo(artifact.verify(path) if verify_payload else artifact.read_header(path))
+    out = EngineInfo(metadata)
+    out["compliance_check"] = check_artifact(metadata, model).to_dict()
+    return out
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    return data
 
 
 def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Human-readable ``(field, value)`` rows of an engine's metadata (for ``inspect``)."""
-    region = metadata.get("region", {})
-    val = metadata.get("validation") or {}
-    calib = metadata.get("calibration") or {}
+    """Human-readable ``(field, value)`` rows of an engine's metadata (for ``inspect``).
+
+    Tolerates any shape of input (a missing or mistyped field prints as ``-``/its ``repr``).
+    """
+    val = _dig(metadata, "validation")
+    kept = _dig(metadata, "kept_high_precision")
+    kept_text = ", ".join(str(k) for k in kept) if isinstance(kept, list) else str(kept or "")
     rows = [
-        ("region", str(region.get("name"))),
-        ("precision", str(metadata.get("precision"))),
-        ("kept high precision", ", ".join(metadata.get("kept_high_precision", [])) or "-"),
-        ("backend", f"{metadata.get('backend', {}).get('name')} "
-                    f"{metadata.get('backend', {}).get('version')}"),
-        ("target", str(metadata.get("target"))),
-        ("metric / budget", f"{val.get('metric')} <= {val.get('budget')}"),
+        ("region", str(_dig(metadata, "region", "name"))),
+        ("precision", str(_dig(metadata, "precision"))),
+        ("kept high precision", kept_text or "-"),
+        ("backend", f"{_dig(metadata, 'backend', 'name')} {_dig(metadata, 'backend', 'version')}"),
+        ("target", str(_dig(metadata, "target"))),
+        ("metric / budget", f"{_dig(val, 'metric')} <= {_dig(val, 'budget')}"),
     ]
-    for t in val.get("trials", []):
-        loss = "-" if t["loss"] is None else f"{t['loss']:.4g}"
-        verdict = "accepted" if t["accepted"] else "rejected"
-        rows.append((f"  tried {t['precision']}", f"loss {loss} ({verdict}, {t['measured_on']})"))
+    trials = _dig(val, "trials")
+    for t in trials if isinstance(trials, list) else []:
+        loss = _dig(t, "loss")
+        loss_text = f"{loss:.4g}" if isinstance(loss, (int, float)) else "-"
+        verdict = "accepted" if _dig(t, "accepted") is True else "rejected"
+        rows.append((f"  tried {_dig(t, 'precision')}",
+                     f"loss {loss_text} ({verdict}, {_dig(t, 'measured_on')})"))
+    check = _dig(metadata, "compliance_check")
+    if isinstance(check, Mapping):
+        reasons = check.get("reasons")
+        why = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
+        rows.append(("compliant", f"{'yes' if check.get('compliant') is True else 'no'}: {why}"))
+    override = _dig(metadata, "region", "override_compliance")
+    if override:
+        rows.append(("compliance override", str(override)))
     rows += [
-        ("model sha256", str(metadata.get("model", {}).get("sha256"))),
-        ("validation data", str(val.get("data_fingerprint"))),
-        ("calibration data", str(calib.get("fingerprint", "-"))),
-        ("calibration method", str(calib.get("method", "-"))),
-        ("shape profiles", json.dumps(metadata.get("shape_profiles"))),
-        ("regiontrt", str(metadata.get("regiontrt_version"))),
-        ("created", str(metadata.get("created_at"))),
-        ("gpu", str(metadata.get("gpu") or "-")),
+        ("model sha256", str(_dig(metadata, "model", "sha256"))),
+        ("validation data", str(_dig(val, "data_fingerprint"))),
+        ("calibration data", str(_dig(metadata, "calibration", "fingerprint") or "-")),
+        ("calibration method", str(_dig(metadata, "calibration", "method") or "-")),
+        ("shape profiles", json.dumps(_dig(metadata, "shape_profiles"), default=repr)),
+        ("regiontrt", str(_dig(metadata, "regiontrt_version"))),
+        ("created", str(_dig(metadata, "created_at"))),
+        ("gpu", str(_dig(metadata, "gpu") or "-")),
     ]
     return rows
 
+
+def _has_data(value: Any) -> bool:
+    """Whether ``value`` carries array data (not just ``shape``/``dtype`` attributes)."""
+    if isinstance(value, (np.ndarray, np.generic, list, tuple, int, float, bool)):
+        return True
+    return any(hasattr(value, a) for a in (
+        "__cuda_array_interface__", "__array__", "__array_interface__", "__dlpack__",
+    )) or not (hasattr(value, "shape") and hasattr(value, "dtype"))

@@ -109,3 +109,58 @@ class CudaError(RegionTRTError, RuntimeError):
 
 class SignatureError(RegionTRTError):
     """A bundle's signature or a file's digest does not verify."""
+
+
+class InvalidArgumentError(RegionTRTError, ValueError, TypeError):
+    """A Python API argument has the wrong type or an unknown value (precision, backend, metric...).
+
+    It is both a ``ValueError`` and a ``TypeError``, so code catching either keeps working.
+    """
+
+
+class MetricError(RegionTRTError, ValueError):
+    """A metric raised, or returned something other than a finite loss >= 0; names the metric."""
+
+
+class EngineRuntimeError(RegionTRTError, RuntimeError):
+    """The runtime failed to load or run an engine's payload (the cause is chained)."""
+
+
+class FleetError(RegionTRTError, ValueError):
+    """A fleet file is malformed, or names an unknown region, backend or data file."""
+
+
+class BundleError(ArtifactError):
+    """A bundle's manifest or files are missing, malformed, or disagree with each other."""
+
+
+class RegistryError(RegionTRTError, OSError):
+    """A registry cannot be read or written, or a pull was interrupted or refused."""
+
+
+class DowngradeError(RegistryError):
+    """A pull would install an older version than the installed one (rollback protection)."""
+
+
+class Overloaded(RegionTRTError, RuntimeError):
+    """The server's request queue is full; retry later (HTTP 503)."""
+
+
+class DeadlineExceeded(RegionTRTError, TimeoutError):
+    """A request's deadline passed before it ran; it was failed, not run (HTTP 504)."""
+
+
+class ServerClosed(RegionTRTError, RuntimeError):
+    """A request reached a server that is shutting down or closed."""
+
+
+class GraphPassError(RegionTRTError, RuntimeError):
+    """A graph pass changed what the model computes (or produced a graph that cannot run).
+
+    Attributes:
+        pass_name: the pass whose output differs from the original model (``"clean"``...).
+    """
+
+    def __init__(self, pass_name: str, detail: str) -> None:
+        self.pass_name = pass_name
+        super().__init__(f"graph pass {pass_name!r} changed the model: {detail}")

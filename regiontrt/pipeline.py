@@ -22,20 +22,30 @@ import onnx
 
 from . import __version__
 from .backends import Backend, BuildRequest, BuildResult, Runner, get_backend
-from .backends.onnxruntime import OnnxRuntimeRunner
+from .compliance import check_model
 from .datasets import Batch, DataSource
+from .datastats import summarize_inputs
 from .errors import (
     AccuracyBudgetExceeded,
     Attempt,
+    BuildError,
     CalibrationMismatch,
     DataError,
+    InvalidModelError,
     RegionConfigError,
+    RegionTRTError,
     ShapeOutOfProfile,
+)
+from .graph.check import (
+    check_pass,
+    generated_inputs,
+    metric_view,
+    nondeterministic_outputs,
+    run_onnx,
 )
 from .graph.io import (
     TensorSpec,
     input_specs,
-    model_bytes,
     model_sha256,
     opset_version,
     output_specs,
@@ -44,7 +54,15 @@ from .policy import PrecisionPolicy, enforce_compliance
 from .precision import Precision
 from .regions import Region
 from .shapes import Profile, ShapeProfile, select_profile
-from .validation import MetricFn, PrecisionTrial, ValidationReport, collate, get_metric
+from .validation import (
+    MetricFn,
+    PrecisionTrial,
+    ValidationReport,
+    all_finite,
+    checked_loss,
+    collate,
+    get_metric,
+)
 
 if TYPE_CHECKING:
     from .builder import _Shared, _State
@@ -64,22 +82,59 @@ class Validator:
         data: Any,
         reference: onnx.ModelProto,
         metric: tuple[str, MetricFn],
-        profiles: Sequence[Profile],
+        profiles: Sequence[Profile] | None = None,
     ) -> None:
         self.inputs = input_specs(reference)
+        if not self.inputs:
+            raise DataError("the model has no inputs, so validation data cannot feed it")
         source = DataSource(data, self.inputs)
-        self.batches: list[Batch] = source.materialize()
+        try:
+            self.batches: list[Batch] = source.materialize()
+        except RegionTRTError:
+            raise
+        except Exception as exc:  # a user iterable or loader that fails
+            raise DataError(f"reading the validation data failed: {exc!r}") from exc
         self.fingerprint = source.fingerprint
         self.num_samples = source.num_samples
         for i, batch in enumerate(self.batches):
+            for name, arr in batch.items():
+                if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                    raise DataError(
+                        f"validation batch {i}, input {name!r} holds NaN or Inf: the accuracy "
+                        "gate needs finite data"
+                    )
+        if profiles is not None:
+            self.check_profiles(profiles)
+        self.metric_name, self.metric = metric
+        try:
+            self.reference_batches = run_onnx(reference, self.batches)
+        except RegionTRTError:
+            raise
+        except Exception as exc:  # ONNX Runtime's own errors (custom ops, bad graphs)
+            raise InvalidModelError(
+                f"ONNX Runtime cannot run the FP32 model on the validation data (custom-domain "
+                f"ops need their runtime library): {exc}"
+            ) from exc
+        self.reference = collate(self.reference_batches)
+        if not all_finite(self.reference):
+            raise DataError(
+                "the FP32 model's outputs on the validation data hold NaN or Inf: no loss can be "
+                "measured against them; check the data and the model"
+            )
+
+    def shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        """The input shapes of each batch."""
+        return [{k: tuple(v.shape) for k, v in b.items()} for b in self.batches]
+
+    def check_profiles(self, profiles: Sequence[Profile]) -> None:
+        """Refuse validation batches that no profile covers."""
+        for i, shapes in enumerate(self.shapes()):
             try:
-                select_profile(profiles, {k: v.shape for k, v in batch.items()})
+                select_profile(profiles, shapes)
             except ShapeOutOfProfile as exc:
                 raise DataError(
                     f"validation batch {i} does not fit the shape profile: {exc}"
                 ) from None
-        self.metric_name, self.metric = metric
-        self.reference = self._outputs(OnnxRuntimeRunner(model_bytes(reference)))
 
     def _outputs(self, runner: Runner) -> dict[str, Any]:
         try:
@@ -87,13 +142,50 @@ class Validator:
         finally:
             runner.close()
 
+    def _score(self, outputs: dict[str, Any]) -> float:
+        # Non-float outputs must match exactly; NaN/inf that agree do not poison the metric.
+        ref, cand, differs = metric_view(self.reference, outputs)
+        if differs is not None:
+            return float("inf")
+        return checked_loss(self.metric_name, self.metric, ref, cand) if ref else 0.0
+
     def loss(self, runner: Runner) -> float:
-        """The metric's loss of ``runner`` against the FP32 reference."""
-        return float(self.metric(self.reference, self._outputs(runner)))
+        """The metric's loss of ``runner`` against the FP32 reference (``inf`` for NaN outputs)."""
+        return self._score(self._outputs(runner))
 
     def loss_of_model(self, model: onnx.ModelProto) -> float:
         """The loss of an ONNX variant, run with ONNX Runtime."""
-        return self.loss(OnnxRuntimeRunner(model_bytes(model)))
+        try:
+            outputs = run_onnx(model, self.batches)
+        except RegionTRTError:
+            raise
+        except Exception as exc:
+            raise BuildError(f"ONNX Runtime cannot load or run a compiled variant: {exc}") from exc
+        return self._score(collate(outputs))
+
+
+def _check_clean(original: onnx.ModelProto, cleaned: onnx.ModelProto,
+                 validator: Validator | None, profiles: Sequence[Profile]) -> dict[str, Any]:
+    """Check the cleaned graph against the original on the validation data or generated inputs.
+
+    Raises:
+        GraphPassError: the cleaned graph computes something else.
+    """
+    if validator is not None:
+        batches, reference = validator.batches, validator.reference_batches
+        source = "validation data"
+    else:
+        opt = {n: r.opt for n, r in profiles[0].ranges.items()} if profiles else {}
+        batches, source = [generated_inputs(input_specs(original), opt)], "generated inputs"
+        try:
+            reference = run_onnx(original, batches)
+        except Exception as exc:
+            warnings.warn(f"graph check not run: the original model rejects generated inputs "
+                          f"({exc}); pass validation data to check the cleaned graph", stacklevel=3)
+            return {"pass": "clean", "inputs": source, "checked": False, "reason": str(exc)[:300]}
+    skip = nondeterministic_outputs(original, batches[0], reference[0])
+    result = check_pass("clean", reference, cleaned, batches, skip_values=skip)
+    return {**result.to_dict(), "inputs": source, "checked": True}
 
 
 def _toolchain(backend: Backend) -> dict[str, str]:
@@ -256,23 +348,31 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     policy = state.policy or PrecisionPolicy()
     candidates = policy.candidates(region)
     backend = state.backend if isinstance(state.backend, Backend) else get_backend(state.backend)
+    enforce_compliance(shared.model, region)
     cleaned = shared.cleaned()
     enforce_compliance(cleaned, region)
     inputs, outputs = input_specs(cleaned), output_specs(cleaned)
-    profiles = (state.shape_profile or ShapeProfile()).resolve(
-        inputs, require_all=backend.name != "onnxruntime"
-    )
     metric = get_metric(state.metric, default=region.metric)
     validator = None
     if state.validation_data is not None:
-        validator = Validator(state.validation_data, shared.model, metric, profiles)
+        validator = Validator(state.validation_data, shared.model, metric)
+    require_all = backend.name != "onnxruntime"
+    if state.shape_profile is not None:  # a subclass may override resolve() without observed=
+        profiles = state.shape_profile.resolve(inputs, require_all=require_all)
+    else:  # the default profile spans the validation data's shapes
+        observed = validator.shapes() if validator is not None else None
+        profiles = ShapeProfile().resolve(inputs, require_all=require_all, observed=observed)
+    if validator is not None:
+        validator.check_profiles(profiles)
     elif any(p is not Precision.FP32 for p in candidates):
         lossy = ", ".join(p.value for p in candidates if p is not Precision.FP32)
         raise DataError(
             f"region {region.name!r} may build {lossy}, which must be checked against its "
             "accuracy budget: pass the region's data with .with_validation(data)"
         )
+    graph_check = _check_clean(shared.model, cleaned, validator, profiles)
     metadata = _base_metadata(region, policy, shared, inputs, outputs, profiles, state, backend)
+    metadata["graph_check"] = graph_check
     trials: list[PrecisionTrial] = []
     calibration: dict[str, Any] | None = None
     for precision in candidates:
@@ -320,8 +420,13 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         "precision": precision.value,
         "kept_high_precision": list(kept),
         "variant_sha256": model_sha256(variant),
+        "compliance": {
+            **check_model(variant, region.to_dict(), checked="onnx variant").to_dict(),
+            "variant_sha256": model_sha256(variant),
+        },
         "validation": report.to_dict(),
         "calibration": calibration,
+        "input_stats": summarize_inputs(validator.batches) if validator is not None else None,
         "build_seconds": round(time.perf_counter() - started, 3),
     })
     engine = Engine(metadata, result.payload, backend=backend)

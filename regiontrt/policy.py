@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from .errors import DataError, PolicyViolation
+from .errors import DataError, InvalidArgumentError, PolicyViolation
 from .precision import Precision
 from .regions import Region
 
@@ -54,17 +54,20 @@ class PrecisionPolicy:
     ) -> None:
         if isinstance(precisions, (str, Precision)):
             precisions = [precisions]
-        self.precisions = (
-            None if precisions is None else tuple(Precision.parse(p) for p in precisions)
-        )
+        try:
+            self.precisions = (
+                None if precisions is None else tuple(Precision.parse(p) for p in precisions)
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"precisions: {exc}") from exc
         if self.precisions is not None and not self.precisions:
-            raise ValueError("precisions must name at least one precision")
+            raise InvalidArgumentError("precisions must name at least one precision")
         self.fp32_ops = None if fp32_ops is None else frozenset(fp32_ops)
         self.fp32_nodes = frozenset(fp32_nodes)
         self.quantize = quantize
         self.search_mixed = search_mixed
-        if not 0 <= max_kept_fraction <= 1:
-            raise ValueError("max_kept_fraction must be within 0..1")
+        if not isinstance(max_kept_fraction, (int, float)) or not 0 <= max_kept_fraction <= 1:
+            raise InvalidArgumentError("max_kept_fraction must be a number within 0..1")
         self.max_kept_fraction = max_kept_fraction
 
     def candidates(self, region: Region) -> tuple[Precision, ...]:
@@ -149,33 +152,15 @@ class PrecisionPolicy:
 
 
 def enforce_compliance(model: onnx.ModelProto, region: Region) -> None:
-    """Refuse a compiled graph that contains what ``region`` forbids.
+    """Refuse a graph that holds what ``region`` forbids, anywhere in it.
 
-    A custom policy could compile anything; this check looks at the graph itself, so an EU engine
-    can never carry a Q/DQ node or an FP32-locked site a float16 tensor.
+    A custom policy could compile anything; this looks at the graph itself (subgraphs and local
+    functions included) with :func:`regiontrt.compliance.enforce`, so an EU engine can never carry
+    quantization, and a region forbidding fp16 never a float16 tensor or cast.
 
     Raises:
         PolicyViolation: the graph holds a forbidden precision.
     """
-    if Precision.INT8 in region.forbidden:
-        qdq = [n.name or n.op_type for n in model.graph.node
-               if n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
-                                "QLinearMatMul", "DynamicQuantizeLinear", "MatMulInteger",
-                                "ConvInteger")]
-        if qdq:
-            raise PolicyViolation(
-                f"region {region.name!r} forbids int8, but the graph holds {len(qdq)} quantization "
-                f"nodes (e.g. {qdq[:3]})"
-            )
-    if Precision.FP16 in region.forbidden:
-        f16 = onnx.TensorProto.FLOAT16
-        typed = [v.name for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)
-                 if v.type.tensor_type.elem_type == f16]
-        typed += [i.name for i in model.graph.initializer if i.data_type == f16]
-        casts = [n.name for n in model.graph.node if n.op_type == "Cast" and any(
-            a.name == "to" and a.i == f16 for a in n.attribute)]
-        if typed or casts:
-            raise PolicyViolation(
-                f"region {region.name!r} forbids fp16, but the graph holds float16 tensors or "
-                f"casts (e.g. {(typed + casts)[:3]})"
-            )
+    from .compliance import enforce
+
+    enforce(model, region.to_dict())

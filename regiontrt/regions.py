@@ -6,6 +6,9 @@ from a user's TOML file of the same shape. A :class:`Region` is an immutable val
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +25,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 METRICS = ("top1", "relative_l2", "max_abs", "cosine")
+_MAX_TOML = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class Region:
             the calibrated ranges.
         description: free text.
         tags: free key/value strings carried into engine metadata.
+        override_compliance: the reason for loosening a preset region's forbidden precisions.
+            A region named like a preset (case-insensitively) inherits the preset's forbidden
+            precisions unless this is given; the reason is recorded in engine metadata and shown
+            by ``inspect``.
     """
 
     name: str
@@ -51,15 +59,32 @@ class Region:
     strict_calibration: bool = False
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    override_compliance: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or not str(self.name).strip():
-            raise RegionConfigError("a region needs a non-empty name")
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 128:
+            raise RegionConfigError(
+                f"a region needs a non-empty name of at most 128 characters, got {self.name!r}"
+            )
+        _check_types(self)
         try:
-            precisions = tuple(Precision.parse(p) for p in self.precisions)
-            forbidden = frozenset(Precision.parse(p) for p in self.forbidden)
+            precisions = tuple(Precision.parse(p) for p in _strings(self, "precisions"))
+            forbidden = frozenset(Precision.parse(p) for p in _strings(self, "forbidden"))
         except ValueError as exc:
-            raise RegionConfigError(f"region {self.name!r}: {exc}") from None
+            raise RegionConfigError(f"region {self.name!r}: {exc}") from exc
+        preset = preset_forbidden(self.name)
+        if preset is not None and not self.override_compliance:
+            loosened = preset.intersection(precisions)
+            if loosened:
+                names = ", ".join(sorted(p.value for p in loosened))
+                raise RegionConfigError(
+                    f"region {self.name!r} is a preset whose compliance forbids {names}; "
+                    "allowing it needs override_compliance=\"<reason>\" (recorded in every "
+                    "engine's metadata and shown by inspect)"
+                )
+            forbidden = forbidden | preset
+        if preset is not None:  # one spelling of a preset's name everywhere ("eu" -> "EU")
+            object.__setattr__(self, "name", _preset_tables()[self.name.strip().upper()][0])
         if not precisions:
             raise RegionConfigError(f"region {self.name!r}: at least one precision is required")
         if len(set(precisions)) != len(precisions):
@@ -101,6 +126,7 @@ class Region:
             "strict_calibration": self.strict_calibration,
             "description": self.description,
             "tags": dict(self.tags),
+            "override_compliance": self.override_compliance,
         }
 
     @classmethod
@@ -108,7 +134,7 @@ class Region:
         """Build a region from one TOML table (or :meth:`to_dict` output)."""
         known = {
             "name", "precisions", "forbidden", "budget", "metric", "latency_p99_ms",
-            "strict_calibration", "description", "tags",
+            "strict_calibration", "description", "tags", "override_compliance",
         }
         unknown = set(table) - known
         if unknown:
@@ -117,12 +143,10 @@ class Region:
         for key in ("precisions", "forbidden"):
             if key in kwargs and isinstance(kwargs[key], str):
                 kwargs[key] = [kwargs[key]]
-        if "tags" in kwargs:
-            kwargs["tags"] = {str(k): str(v) for k, v in dict(kwargs["tags"]).items()}
         try:
             return cls(name=name, **kwargs)
         except TypeError as exc:
-            raise RegionConfigError(f"region {name!r}: {exc}") from None
+            raise RegionConfigError(f"region {name!r}: {exc}") from exc
 
 
 class RegionRegistry(Mapping[str, Region]):
@@ -139,14 +163,27 @@ class RegionRegistry(Mapping[str, Region]):
 
     def update_from_toml(self, path: str | Path) -> None:
         """Add or override regions from a TOML file with ``[regions.NAME]`` tables."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise RegionConfigError(f"a region file path must be a str or path, not {path!r:.60}")
         path = Path(path)
         try:
+            if not path.is_file():
+                raise RegionConfigError(f"region file not found (or not a regular file): {path}")
             with path.open("rb") as fh:
-                doc = tomllib.load(fh)
-        except FileNotFoundError:
-            raise RegionConfigError(f"region file not found: {path}") from None
+                raw = fh.read(_MAX_TOML + 1)
+            if len(raw) > _MAX_TOML:
+                raise RegionConfigError(f"{path}: larger than {_MAX_TOML} bytes")
+            doc = tomllib.loads(raw.decode("utf-8"))
+        except RegionConfigError:
+            raise
+        except FileNotFoundError as exc:
+            raise RegionConfigError(f"region file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise RegionConfigError(f"{path}: invalid TOML: {exc}") from None
+            raise RegionConfigError(f"{path}: invalid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise RegionConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+        except (OSError, RecursionError) as exc:
+            raise RegionConfigError(f"{path}: cannot read the region file: {exc}") from exc
         self._update(doc, str(path))
 
     def _update(self, doc: Mapping[str, Any], source: str) -> None:
@@ -176,10 +213,77 @@ class RegionRegistry(Mapping[str, Region]):
         return RegionRegistry({r.name: r for r in self._regions.values()})
 
 
+_PRESET_FILE = "data/regions.toml"
+
+
+@functools.lru_cache(maxsize=1)
+def _preset_tables() -> dict[str, tuple[str, frozenset[Precision]]]:
+    """``{NAME: (name as spelled in the presets, forbidden precisions)}``."""
+    text = resources.files("regiontrt").joinpath(_PRESET_FILE).read_text("utf-8")
+    tables = tomllib.loads(text)["regions"]
+    return {
+        str(name).upper(): (
+            str(name), frozenset(Precision.parse(p) for p in table.get("forbidden", ()))
+        )
+        for name, table in tables.items()
+    }
+
+
+def preset_forbidden(name: str) -> frozenset[Precision] | None:
+    """What the shipped preset of that name (case-insensitive) forbids; ``None``: no preset."""
+    entry = _preset_tables().get(str(name).strip().upper())
+    return None if entry is None else entry[1]
+
+
+def _strings(region: Region, key: str) -> tuple[Any, ...]:
+    value = getattr(region, key)
+    if isinstance(value, (str, Precision)):
+        value = (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise RegionConfigError(
+            f"region {region.name!r}: {key} must be a list of precision names, got {value!r:.60}"
+        )
+    for item in value:
+        if not isinstance(item, (str, Precision)):
+            raise RegionConfigError(
+                f"region {region.name!r}: {key} must hold precision names, got {item!r:.60}"
+            )
+    return tuple(value)
+
+
+def _check_types(region: Region) -> None:
+    """Field types, so a TOML typo (``budget = true``, ``tags = ["a"]``) is refused, not coerced."""
+    def bad(key: str, want: str) -> RegionConfigError:
+        got = getattr(region, key)
+        return RegionConfigError(f"region {region.name!r}: {key} must be {want}, got {got!r:.60}")
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not finite(region.budget):
+        raise bad("budget", "a finite number >= 0")
+    if region.latency_p99_ms is not None and not finite(region.latency_p99_ms):
+        raise bad("latency_p99_ms", "a finite number > 0")
+    if not isinstance(region.strict_calibration, bool):
+        raise bad("strict_calibration", "true or false")
+    if not isinstance(region.metric, str):
+        raise bad("metric", "a metric name")
+    if not isinstance(region.description, str):
+        raise bad("description", "a string")
+    tags = region.tags
+    if not isinstance(tags, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise bad("tags", "a table of string keys and string values")
+    override = region.override_compliance
+    if override is not None and (not isinstance(override, str) or not override.strip()):
+        raise bad("override_compliance", "a non-empty reason")
+
+
 def _presets() -> RegionRegistry:
     registry = RegionRegistry()
     text = resources.files("regiontrt").joinpath("data/regions.toml").read_text("utf-8")
-    registry._update(tomllib.loads(text), "regiontrt/data/regions.toml")
+    registry._update(tomllib.loads(text), f"regiontrt/{_PRESET_FILE}")
     return registry
 
 
@@ -194,17 +298,27 @@ def default_regions() -> RegionRegistry:
     return _DEFAULT
 
 
-def load_regions(path: str | Path, *, into: RegionRegistry | None = None) -> RegionRegistry:
+def load_regions(
+    path: str | Path, *, into: RegionRegistry | None = None, register: bool = False
+) -> RegionRegistry:
     """Add or override regions from a user TOML file.
+
+    The process-wide registry changes only when asked (``register=True``); otherwise the file is
+    applied to ``into`` or, without it, to a copy of the process-wide registry.
 
     Args:
         path: TOML file with ``[regions.NAME]`` tables (see the shipped presets).
-        into: registry to update; the process-wide default when omitted.
+        into: registry to update.
+        register: update the process-wide registry (what :func:`get_region` resolves names in).
 
     Returns:
         The updated registry.
     """
-    registry = default_regions() if into is None else into
+    if into is not None and register:
+        raise RegionConfigError("give either into= or register=True, not both")
+    registry = into if into is not None else (
+        default_regions() if register else default_regions().copy()
+    )
     registry.update_from_toml(path)
     return registry
 

@@ -191,12 +191,18 @@ def region_of(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def compliance(metadata: Mapping[str, Any]) -> tuple[bool | None, str]:
-    """Whether the engine's precision obeys its region's rules, and why (from the metadata).
+    """Whether the engine obeys its region's rules, and why.
 
-    The rules are those recorded in the engine: the precision must not be forbidden, must be
-    one the region allows, and the accepted trial's loss must be within the budget.
+    The checker's verdict (``compliance_check``, added by :func:`regiontrt.inspect` from the
+    payload itself, see :mod:`regiontrt.compliance`) comes first; then the rules recorded in the
+    engine: the precision must not be forbidden, must be one the region allows, and the accepted
+    trial's loss must be within the budget.
     """
     region, precision = region_of(metadata), metadata.get("precision")
+    check = metadata.get("compliance_check")
+    check = check if isinstance(check, Mapping) else {}
+    if check.get("compliant") is False:
+        return False, "; ".join(map(str, check.get("reasons") or ())) or "not compliant"
     if not region or precision is None:
         return None, "no region or precision recorded"
     if precision in (region.get("forbidden") or []):
@@ -210,8 +216,12 @@ def compliance(metadata: Mapping[str, Any]) -> tuple[bool | None, str]:
         loss, budget = chosen[-1]["loss"], chosen[-1].get("budget", region.get("budget"))
         if budget is not None and loss > budget:
             return False, f"loss {loss:.4g} over budget {budget:.4g}"
-        return True, f"loss {loss:.4g} within budget {format_value(budget)}"
-    return True, "precision allowed (loss not measured)"
+        why = f"loss {loss:.4g} within budget {format_value(budget)}"
+    else:
+        why = "precision allowed (loss not measured)"
+    if check.get("checked"):
+        why += f"; checked on the {check['checked']}"
+    return True, why
 
 
 def engine_rows(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:

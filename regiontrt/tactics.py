@@ -25,7 +25,9 @@ class TacticSelector:
     Args:
         optimization_level: TensorRT builder optimization level, 0 (fast build) .. 5.
         tactic_sources: names of ``trt.TacticSource`` members to enable (``None``: TensorRT's
-            default set), e.g. ``("CUBLAS", "EDGE_MASK_CONVOLUTIONS")``.
+            default set), e.g. ``("EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS")``. TensorRT 11
+            removed ``CUBLAS``, ``CUBLAS_LT`` and ``CUDNN`` (and renumbered the rest): naming
+            one there is a :class:`~regiontrt.errors.BuildError` that lists the known sources.
         max_tactics: cap on tactics timed per layer (``IBuilderConfig.max_num_tactics``).
         workspace_bytes: workspace memory-pool limit.
         hardware_compatibility: ``"none"``, ``"ampere_plus"`` or ``"same_compute_capability"``.

@@ -8,13 +8,14 @@ shapes differ, e.g. variable-width text lines).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, InvalidArgumentError, MetricError, RegionTRTError
 
 Outputs = Mapping[str, np.ndarray | Sequence[np.ndarray]]
 MetricFn = Callable[[Outputs, Outputs], float]
@@ -98,12 +99,56 @@ def get_metric(metric: str | MetricFn | None, default: str = "top1") -> tuple[st
         try:
             return metric, METRICS[metric]
         except KeyError:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unknown metric {metric!r}; built in: {', '.join(METRICS)}, or pass a callable"
             ) from None
     if not callable(metric):
-        raise TypeError("metric must be a name or a callable (reference, candidate) -> loss")
-    return getattr(metric, "__name__", type(metric).__name__), metric
+        raise InvalidArgumentError(
+            f"metric must be a name or a callable (reference, candidate) -> loss, got "
+            f"{type(metric).__name__} {metric!r:.40}"
+        )
+    return str(getattr(metric, "__name__", type(metric).__name__)), metric
+
+
+def all_finite(outputs: Outputs) -> bool:
+    """Whether every floating-point value of ``outputs`` is finite."""
+    for value in outputs.values():
+        for piece in _pieces(value):
+            if piece.dtype.kind in "fc" and not np.isfinite(piece).all():
+                return False
+    return True
+
+
+def checked_loss(name: str, metric: MetricFn, ref: Outputs, cand: Outputs) -> float:
+    """Run a metric and check its result.
+
+    A candidate whose outputs hold NaN or Inf loses outright (``inf``, never within a budget);
+    the reference must be finite (checked by the caller).
+
+    Raises:
+        MetricError: the metric raised, or returned something that is not a finite number >= 0
+            (the message names the metric; its exception is chained).
+    """
+    if not all_finite(cand):
+        return math.inf
+    try:
+        value = metric(ref, cand)
+    except RegionTRTError:
+        raise
+    except Exception as exc:
+        raise MetricError(f"metric {name!r} raised {type(exc).__name__}: {exc}") from exc
+    try:
+        loss = float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MetricError(
+            f"metric {name!r} returned {value!r:.60}, not a number; a metric returns a loss >= 0"
+        ) from exc
+    if not math.isfinite(loss) or loss < 0:
+        raise MetricError(
+            f"metric {name!r} returned {loss!r}; a metric must return a finite loss >= 0 "
+            "(0 is perfect)"
+        )
+    return loss
 
 
 def collate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
@@ -133,14 +178,16 @@ class PrecisionTrial:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        finite = self.loss is None or math.isfinite(self.loss)
         return {
             "precision": self.precision,
-            "loss": self.loss,
+            "loss": self.loss if finite else None,
             "budget": self.budget,
             "accepted": self.accepted,
             "measured_on": self.measured_on,
             "kept_high_precision": list(self.kept_high_precision),
-            "note": self.note,
+            "note": self.note if finite else "; ".join(
+                filter(None, [self.note, "non-finite outputs (NaN or Inf): rejected"])),
         }
 
     @classmethod

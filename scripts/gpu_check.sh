@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one script run on a lent NVIDIA GPU: every test marked `gpu` in the repository, then the GPU
-# benchmarks. Logs and JSON go to $OUT (7 files): nvidia-smi.txt, pytest-gpu.log, pytest-gpu.xml,
+# The one script run on a lent NVIDIA GPU: every test marked `gpu` (and `tensorrt`, which skip
+# unless a real TensorRT is installed) in the repository, then the GPU benchmarks. Logs and JSON go to $OUT (7 files): nvidia-smi.txt, pytest-gpu.log, pytest-gpu.xml,
 # bench_gpu_transfer.{txt,json}, bench_infer_overhead.{txt,json}.
 #
 # Pure-Python wheels the GPU image lacks travel in .whl/ (make them with
@@ -25,7 +25,7 @@ python3 -c "import sys, numpy, cuda.bindings; print(sys.version.split()[0], 'num
 
 timeout_flag=()  # a hung test is killed with its traceback instead of eating the lease
 if python3 -c "import pytest_timeout" 2>/dev/null; then timeout_flag=(--timeout=240); fi
-python3 -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
+python3 -m pytest -m "gpu or tensorrt" -q -rs -p no:cacheprovider --continue-on-collection-errors \
   "${timeout_flag[@]}" --junitxml="$OUT/pytest-gpu.xml" tests 2>&1 | tee "$OUT/pytest-gpu.log"
 rc=${PIPESTATUS[0]}
 

@@ -239,10 +239,40 @@ def test_load_refuses_when_the_gpu_is_not_targeted(backend, built):
         backend.load(result.payload, metadata)
 
 
-def test_load_refuses_a_truncated_plan(backend, built):
+def test_load_refuses_a_truncated_plan(backend, built, monkeypatch):
+    from regiontrt.backends import tensorrt_rtx
+
     result, metadata = built
+    monkeypatch.setattr(tensorrt_rtx, "device_sm", lambda device=0: "sm89")
+    monkeypatch.setattr(TensorRTRTXBackend, "_check_validity", lambda *a: None)  # needs a GPU
     with pytest.raises(ArtifactError, match="truncated"):
         backend.load(result.payload[:-100], metadata)
+
+
+def test_load_asks_the_library_before_reading_any_header_bits(backend, built, monkeypatch):
+    from regiontrt.backends import tensorrt_rtx
+
+    _, metadata = built
+    seen = []
+
+    def validity(self, trt, runtime, payload):
+        seen.append(payload)
+        raise IncompatibleEngineError("the library says no")
+
+    monkeypatch.setattr(tensorrt_rtx, "device_sm", lambda device=0: "sm89")
+    monkeypatch.setattr(TensorRTRTXBackend, "_check_validity", validity)
+    with pytest.raises(IncompatibleEngineError, match="the library says no"):
+        backend.load(b"\0" * 10, metadata)  # our header reader would call this truncated
+    assert seen == [b"\0" * 10]
+
+
+def test_load_without_a_gpu_says_why(backend, built, monkeypatch):
+    from regiontrt.backends import tensorrt_rtx
+
+    result, metadata = built
+    monkeypatch.setattr(tensorrt_rtx, "device_sm", lambda device=0: None)
+    with pytest.raises(IncompatibleEngineError, match="needs an NVIDIA GPU; none is usable"):
+        backend.load(result.payload, metadata)
 
 
 def test_runtime_cache_setting_is_recorded_and_used_at_load(backend, tmp_path):
@@ -319,7 +349,7 @@ def test_rtx_engine_validity_diagnostics_become_the_error_message():
 
 
 def test_gpu_checks_explain_what_to_do(monkeypatch):
-    from regiontrt.backends import tensorrt as module
+    from regiontrt.backends import tensorrt_rtx as module
 
     backend = TensorRTRTXBackend()
     monkeypatch.setattr(module, "device_sm", lambda device=0: "sm90")

@@ -20,7 +20,8 @@ import pytest
 
 pytest.importorskip("mypy", reason="needs mypy")
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["tensorrt.py", "trt_build.py", "plan.py", "timing_cache.py", "fusion.py"]
+MODULES = ["tensorrt.py", "tensorrt_rtx.py", "trt_build.py", "trt_env.py", "plan.py",
+           "timing_cache.py", "fusion.py", "trt_runner.py", "trt_slots.py", "trt_alloc.py"]
 
 
 def find_stubs() -> Path | None:
@@ -82,10 +83,16 @@ ignore_errors = true
 
 PROBE = """\
 from __future__ import annotations
+from typing import Any
 import tensorrt
 
 def probe(config: tensorrt.IBuilderConfig) -> None:
     config.max_num_tacticz = 3
+
+
+def probe_runtime(context: tensorrt.IExecutionContext | Any) -> None:
+    # the runner's objects are typed "TensorRT type | Any" (fakes run there too): still checked
+    context.set_optimization_profile_asynk(0, 0)
 """
 
 
@@ -115,3 +122,6 @@ def test_backends_type_check_against_tensorrt_stubs(tmp_path, request):
     assert ours == [], proc.stdout
     assert any('"IBuilderConfig" has no attribute "max_num_tacticz"' in e for e in errors), (
         "the probe passed: mypy did not use the TensorRT stubs\n" + proc.stdout)
+    assert any('has no attribute "set_optimization_profile_asynk"' in e for e in errors), (
+        "the runtime probe passed: a 'TensorRT type | Any' annotation is not checked\n"
+        + proc.stdout)

@@ -22,6 +22,8 @@ from regiontrt.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+OWN_PAGES = ("index.md", "getting-started.md", "tutorial.md", "regions.md", "int8.md",
+             "reports.md", "tensorrt.md", "cli.md")
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)
 
 
@@ -118,7 +120,9 @@ def test_docs_point_only_inside_the_repository():
     # a pointer like ../shared/... or /work/... cannot be followed from a clone
     for page in [*DOCS.glob("*.md"), ROOT / "README.md"]:
         text = page.read_text()
-        assert not re.search(r"(?<![\w.])\.\./|/work/", text), page.name
+        assert not re.search(r"(?<![\w.])\.\./[\w-]|/work/", text), page.name
+        if page.name not in (*OWN_PAGES, "benchmarks.md", "README.md"):
+            continue  # other pages may name files that a command writes
         for path in re.findall(r"`((?:scripts|benchmarks|tests|docs)/[\w./-]+\.\w+)`", text):
             assert (ROOT / path).exists(), f"{page.name} points to missing {path}"
 
@@ -142,9 +146,6 @@ def test_site_builds_strict(tmp_path):
     assert "RegionalEngineBuilder" in api and "with_calibrator" in api and "region_name" in api
     assert (site / "tutorial" / "index.html").exists()
 
-
-OWN_PAGES = ("index.md", "getting-started.md", "tutorial.md", "regions.md", "int8.md",
-             "reports.md", "tensorrt.md", "cli.md")
 
 
 def test_every_documented_command_parses():

@@ -1,4 +1,4 @@
-"""Plan headers: TensorRT-RTX fields checked on real plans built here; TensorRT per its docs."""
+"""Plan headers: TensorRT-RTX fields checked on real plans built here; TensorRT's are advisory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from onnx import TensorProto as TP
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from regiontrt.backends.plan import RTX_CC_BITS, read_plan_header, same_release, sm_name
+from regiontrt.backends.plan import (
+    RTX_CC_BITS,
+    advisory_plan_header,
+    read_plan_header,
+    same_release,
+    sm_name,
+)
 from regiontrt.backends.trt_build import device_sm
 from regiontrt.errors import ArtifactError
 
@@ -93,18 +99,37 @@ def test_rtx_header_refuses_truncated_and_padded_plans():
 
 
 def tensorrt_like(magic: bytes, version: tuple[int, int, int, int]) -> bytes:
-    """Bytes laid out as NVIDIA describes a TensorRT 8.6-10 plan header (not a real plan)."""
+    """Bytes laid out as one issue comment reports a TensorRT 8.6 plan header (not a real plan)."""
     head = bytearray(64)
     head[:4] = magic
     head[24:28] = bytes(version)
     return bytes(head) + b"x" * 100
 
 
-def test_tensorrt_version_bytes_are_read_as_documented():
+def test_tensorrt_version_bytes_are_read_but_marked_unverified():
     header = read_plan_header(tensorrt_like(b"ftrt", (10, 8, 0, 43)))
     assert (header.format, header.trt_version, header.compute_capabilities) == (
         "tensorrt", "10.8.0", ())
     assert header.raw["verified"] is False and header.raw["magic_known"] is True
+    assert header.verified is False and header.to_dict()["verified"] is False
+
+
+def test_advisory_header_never_raises():
+    header = advisory_plan_header(b"\x01" * 10)
+    assert (header.format, header.trt_version, header.verified) == ("tensorrt", None, False)
+    assert "shorter than its header" in header.raw["error"]
+    assert advisory_plan_header(tensorrt_like(b"ftrt", (10, 8, 0, 43))).trt_version == "10.8.0"
+
+
+@pytest.mark.rtx
+def test_rtx_header_of_another_release_is_read_but_not_trusted():
+    plan = bytearray(rtx_plan(("sm89",)))
+    assert read_plan_header(bytes(plan)).verified is True  # 1.7: the verified layout
+    plan[25] = 8  # the same bytes claiming TensorRT-RTX 1.8
+    header = read_plan_header(bytes(plan))
+    assert header.format == "tensorrt-rtx" and header.trt_version.startswith("1.8.")
+    assert header.verified is False and header.compute_capabilities == ()
+    assert header.raw["cc_mask"] == 1 << 3  # kept raw, not interpreted
 
 
 def test_unknown_magic_with_a_plausible_version_is_kept_but_flagged():

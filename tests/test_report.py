@@ -111,9 +111,13 @@ def test_inspect_keeps_the_dict_and_adds_accessors(engines):
 
 def test_compliance_flags_a_forbidden_precision(engines):
     info = rt.inspect(engines["EU"])
+    assert info["compliance_check"]["compliant"] is True
     tampered = EngineInfo(info, precision="int8")  # what a hostile header could claim
     assert tampered.compliant is False
     assert "VIOLATION" not in tampered._repr_html_() and "fail" in tampered._repr_html_()
+    # the payload checker's verdict comes first, with its reasons
+    flagged = EngineInfo(info, compliance_check={"compliant": False, "reasons": ["Q/DQ found"]})
+    assert flagged.compliant is False and "Q/DQ found" in flagged._repr_html_()
 
 
 def test_figure_html_embeds_a_decodable_png():

@@ -395,3 +395,146 @@ def test_torch_inputs_zero_copy():
             x2 = x * 2
             got = runner.run({"x": x2, "k": feed["k"]})  # DLPack hands over the stream
         check(engine, got, {"x": feed["x"] * 2, "k": feed["k"]})
+
+
+# -- where real TensorRT differs: alignment, profile switches, the allocator contract ---------
+def _bare_slot(context, device_ptrs=None):
+    """A Slot around ``context`` with stand-in stream and buffers (no CUDA call)."""
+    import types
+
+    from regiontrt.backends.trt_slots import Slot
+
+    slot = Slot.__new__(Slot)
+    slot.context, slot.stream, slot.profile = context, types.SimpleNamespace(handle=7), -1
+    slot.shapes, slot.graph, slot.graph_key, slot.wait_event = {}, None, None, None
+    slot.device = {n: types.SimpleNamespace(ptr=p) for n, p in (device_ptrs or {}).items()}
+    slot.host = {}
+    return slot
+
+
+def test_a_profile_switch_that_raises_becomes_a_cuda_error_without_a_gpu():
+    engine = FakeCudaEngine(profiles=[{"x": ((1, 1), (4, 4), (8, 8))},
+                                      {"x": ((9, 1), (9, 9), (16, 16))}], failing_profiles=[1])
+    slot = _bare_slot(engine.create_execution_context())
+    slot.set_profile(0)
+    with pytest.raises(CudaError, match="optimization profile 1: Error Code 1") as info:
+        slot.set_profile(1)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert slot.profile == -1  # unknown now: the next call switches again
+    with pytest.raises(CudaError, match="out of range"):
+        slot.set_profile(5)
+
+
+def test_misaligned_device_views_are_staged_not_bound(monkeypatch):
+    from regiontrt.backends.cuda_interop import DeviceView
+    from regiontrt.backends.trt_slots import Plan
+
+    copies = []
+    monkeypatch.setattr(cuda, "memcpy_async", lambda *a: copies.append(a[:4]))
+    slot = _bare_slot(None, {"x": 0x7000_0000, "k": 0x7000_1000})
+    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
+    plan = Plan(0, {}, {}, {"x": DeviceView(0x9000_0040, (2, 4), f32, None, None),  # +64 bytes
+                            "k": DeviceView(0x9000_0100, (2,), i32, None, None)})  # aligned
+    stats = RunnerStats()
+    bindings = slot.stage_inputs(plan, False, stats)
+    assert bindings == {"x": 0x7000_0000, "k": 0x9000_0100}
+    assert copies == [(0x7000_0000, 0x9000_0040, 32, 3)]  # device to device, into our buffer
+    assert stats.staged_misaligned == 1 and stats.zero_copy_inputs == 1
+
+
+def test_output_allocator_never_hands_out_null_for_an_empty_tensor(monkeypatch):
+    from regiontrt.backends import trt_alloc
+
+    sizes = []
+
+    class Buffer:
+        def __init__(self, nbytes):
+            sizes.append(nbytes)
+            self.ptr = 0x7000_0000 if nbytes else 0
+
+        def ensure(self, nbytes):
+            sizes.append(nbytes)
+
+    monkeypatch.setattr(trt_alloc.cuda, "DeviceBuffer", Buffer)
+    alloc = make_allocator(FakeCudaEngine())
+    assert alloc.reallocate_output("pos", 0, 0, 256) == 0x7000_0000  # TensorRT: >= 1 byte
+    assert alloc.reallocate_output_async("pos", 0, 1, 256, 7) == 0x7000_0000
+    assert sizes == [1, 1] and alloc.error is None
+    assert alloc.reallocate_output("pos", 0, 64, 512) == 0  # failure: null, error kept
+    assert isinstance(alloc.error, CudaError)
+
+
+def test_max_output_size_is_minus_one_until_shapes_are_set():
+    ctx = FakeCudaEngine(16, 32, data_dependent=True).create_execution_context()
+    assert ctx.get_max_output_size("pos") == -1
+    ctx.set_input_shape("x", (4, 4))
+    ctx.set_input_shape("k", (4,))
+    assert ctx.get_max_output_size("pos") == 16 * 32 * 8  # the profile's bound, not the call's
+    assert ctx.get_max_output_size("x") == -1  # not an output
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("library", ["torch", "cupy"])
+def test_misaligned_views_from_torch_and_cupy_are_staged(library):
+    lib = pytest.importorskip(library, reason=f"needs {library} with CUDA for device views")
+    engine = FakeCudaEngine(32, 16)
+    feed = feeds(9, 16)
+    padded = np.vstack([np.zeros((1, 16), np.float32), feed["x"]])
+    if library == "torch":
+        whole = lib.from_numpy(padded).cuda()
+        aligned, sliced = lib.from_numpy(feed["x"]).cuda(), whole[1:]
+    else:
+        whole = lib.asarray(padded)
+        aligned, sliced = lib.asarray(feed["x"]), whole[1:]
+    ptr = cuda.device_view(sliced).ptr
+    assert ptr % 256 == 64  # one 16-float row into a 256-aligned allocation
+    with TensorRTRunner(engine, []) as runner:
+        check(engine, runner.run({"x": sliced, "k": feed["k"]}), feed)
+        slot = runner._slots[0]
+        assert slot.context.last_addresses["x"] == slot.device["x"].ptr != ptr
+        assert slot.context.refused_addresses == []
+        assert runner.stats.staged_misaligned == 1 and runner.stats.zero_copy_inputs == 0
+        check(engine, runner.run({"x": aligned, "k": feed["k"]}), feed)
+        assert runner.stats.zero_copy_inputs == 1  # an aligned view is still used in place
+
+
+@pytest.mark.gpu
+def test_a_failing_profile_switch_is_typed_and_the_runner_recovers():
+    engine = FakeCudaEngine(profiles=[{"x": ((1, 1), (4, 8), (8, 16))},
+                                      {"x": ((9, 1), (32, 64), (64, 256))}], failing_profiles=[1])
+    with TensorRTRunner(engine, []) as runner:
+        small, large = feeds(3, 5), feeds(40, 200)
+        check(engine, runner.run(small), small)
+        with pytest.raises(CudaError, match="optimization profile 1") as info:
+            runner.run(large)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        check(engine, runner.run(small), small)  # the context is still usable
+        engine.failing_profiles.clear()
+        check(engine, runner.run(large), large)
+        assert runner._slots[0].context.active_optimization_profile == 1
+
+
+@pytest.mark.gpu
+def test_the_allocator_contract_of_data_dependent_outputs():
+    engine = FakeCudaEngine(16, 32, data_dependent=True)
+    with TensorRTRunner(engine, []) as runner:
+        none_positive = feeds(3, 3, low=-9.0, high=-1.0)
+        got = runner.run(none_positive)
+        assert got["pos"].shape == (0,) and got["pos"].dtype == np.int64
+        ctx = runner._slots[0].context
+        assert ctx.reallocations[-1] == ("pos", 1, 256)  # asked for one byte, got a real one
+        feed = feeds(16, 32)
+        check(engine, runner.run(feed), feed)
+        assert all(size >= 1 and align == 256 for _, size, align in ctx.reallocations)
+        assert ctx.max_output_size_calls > 0  # buffers sized from TensorRT's bound
+        alloc = runner._slots[0].allocator
+
+        def fail(*args):
+            alloc.error = CudaError("out of device memory (injected)")
+            return 0
+
+        alloc.reallocate_output_async = fail
+        with pytest.raises(CudaError, match="injected"):
+            runner.run(feed)  # TensorRT saw a null address: the run fails with our cause
+        del alloc.reallocate_output_async
+        check(engine, runner.run(feed), feed)

@@ -26,7 +26,7 @@ __all__ = [
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("regiontrt.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("regiontrt.backends.tensorrt", "TensorRTBackend"),
-    "tensorrt-rtx": ("regiontrt.backends.tensorrt", "TensorRTRTXBackend"),
+    "tensorrt-rtx": ("regiontrt.backends.tensorrt_rtx", "TensorRTRTXBackend"),
 }
 
 

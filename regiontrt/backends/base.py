@@ -137,7 +137,8 @@ class Backend(ABC):
 def cast_feeds(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """Contiguous numpy arrays in the declared dtypes (used by host-side runners)."""
     by_name = {s.name: s for s in specs}
+    # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).
     return {
-        name: np.ascontiguousarray(np.asarray(value), dtype=by_name[name].dtype)
+        name: np.require(np.asarray(value, dtype=by_name[name].dtype), requirements="C")
         for name, value in feeds.items()
     }

@@ -30,7 +30,8 @@ from .cuda_interop import DeviceView, device_pointer, device_view, dlpack_info
 __all__ = [
     "CudaGraph", "DeviceArray", "DeviceBuffer", "DeviceView", "Event", "PinnedBuffer", "Stream",
     "cuda_available", "cuda_call", "device_compute_capability", "device_pointer", "device_view",
-    "dlpack_info", "live_allocations", "mem_get_info", "memcpy_async", "set_device",
+    "dlpack_info", "live_allocations", "mem_get_info", "memcpy_async", "native_handle",
+    "set_device",
 ]
 
 _MODULES: dict[str, Any] = {}
@@ -77,6 +78,10 @@ def _error_text(err: Any) -> str:
     hint = ""
     if name in ("cudaErrorInsufficientDriver", "cudaErrorNoDevice", "CUDA_ERROR_NO_DEVICE"):
         hint = " (no usable NVIDIA GPU and driver on this machine)"
+        if name == "cudaErrorInsufficientDriver":
+            from .trt_env import gpu_problem  # stdlib only: tells an old driver from none
+
+            hint = f" (no usable NVIDIA GPU and driver on this machine: {gpu_problem()})"
     return f"{name} ({code}): {text}{hint}"
 
 
@@ -99,6 +104,22 @@ def cuda_call(result: tuple[Any, ...], *, what: str = "CUDA call") -> Any:
     if len(result) == 1:
         return None
     return result[1] if len(result) == 2 else result[1:]
+
+
+def native_handle(obj: Any) -> int:
+    """The address behind a cuda-python handle object (a stream for TensorRT's ``int``).
+
+    ``int(obj)`` is deprecated from cuda-bindings 12.9.1 in favour of
+    ``cuda.bindings.utils.get_cuda_native_handle``; older releases only have ``int``.
+    """
+    getter: Any = _MODULES.get("native_handle")
+    if getter is None:
+        try:
+            getter = importlib.import_module("cuda.bindings.utils").get_cuda_native_handle
+        except (ImportError, AttributeError):
+            getter = int
+        _MODULES["native_handle"] = getter
+    return int(getter(obj))
 
 
 def cuda_available() -> bool:
@@ -194,7 +215,7 @@ class Stream(_Resource):
         rt = _rt()
         flags = rt.cudaStreamNonBlocking if non_blocking else rt.cudaStreamDefault
         self.raw = cuda_call(rt.cudaStreamCreateWithFlags(flags), what="cudaStreamCreate")
-        self.handle = int(self.raw)
+        self.handle = native_handle(self.raw)
         self._closed = False
         _count("stream", 1)
 

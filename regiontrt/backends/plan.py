@@ -12,9 +12,9 @@ offset     size    field
 0          4       magic. ``b"vtrt"`` in every TensorRT-RTX 1.7 plan (verified).
 16         8       total plan size in bytes (TensorRT-RTX: verified equal to ``len(plan)``).
 24         1       major version  \\
-25         1       minor version   | TensorRT-RTX: verified (``1.7.1.116`` on 1.7.1.116).
-26         1       patch version   | TensorRT 8.6-10.x: documented by NVIDIA in
-27         1       build number   /  NVIDIA/TensorRT#3073, not verified here on real bytes.
+25         1       minor version   | TensorRT-RTX 1.7: verified (``1.7.1.116`` on 1.7.1.116).
+26         1       patch version   | TensorRT: NVIDIA publishes no layout; the offset comes from a
+27         1       build number   /  comment on NVIDIA/TensorRT#3073 (8.6 era), unverified here.
 32         8       TensorRT-RTX only: bit mask of compute-capability targets (verified, below).
 56         8       TensorRT-RTX only: size of the ``WGHT`` section (verified).
 64         24*n    TensorRT-RTX only: section table, ``tag[4] pad[4] offset u64 size u64``, with
@@ -26,12 +26,13 @@ a time with TensorRT-RTX 1.7.1 on the CPU (``IBuilderConfig.set_compute_capabili
 sm75, 1 sm80, 2 sm86, 3 sm89, 4 sm120, 5 sm121; a build for ``sm89+sm120`` sets bits 3 and 4.
 A build that names no target sets bits 1-6; bit 6 matches no ``ComputeCapability`` member of 1.7
 and is reported as unknown. TensorRT-RTX's own runtime reads the same 64 bytes
-(``Runtime.engine_header_size`` is 64 on 1.7).
+(``Runtime.engine_header_size`` is 64 on 1.7). Plans of other TensorRT-RTX releases are read the
+same way but marked unverified, and their compute-capability bits are not interpreted.
 
-Full TensorRT could not be installed where this was written, so for TensorRT plans only the
-version bytes are used, as NVIDIA describes them; the magic and the other fields are recorded raw
-and never trusted. TensorRT-RTX versions are 1.x and TensorRT versions 8 and up, so the major
-version byte tells the two formats apart even if they share a magic.
+For full TensorRT nothing here is authoritative (:func:`advisory_plan_header`): the version bytes
+are kept as unverified metadata, a build never fails on them and a load never refuses on them;
+``deserialize_cuda_engine`` decides. TensorRT-RTX versions are 1.x and TensorRT versions 8 and up,
+so the major version byte tells the two formats apart even if they share a magic.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ HEADER_BYTES = 64
 #: TensorRT-RTX 1.7 compute-capability bit -> target name (verified, see the module docstring).
 RTX_CC_BITS: dict[int, str] = {0: "sm75", 1: "sm80", 2: "sm86", 3: "sm89", 4: "sm120", 5: "sm121"}
 _MIN_TRT_MAJOR = 8  # TensorRT plans with this header layout start at 8.x; RTX is 1.x.
+#: TensorRT-RTX releases whose header fields were checked on real plans (major, minor).
+RTX_VERIFIED = ((1, 7),)
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,21 @@ class PlanHeader:
     Attributes:
         format: ``"tensorrt"`` or ``"tensorrt-rtx"``.
         trt_version: version of the library that built the plan: ``"major.minor.patch.build"`` for
-            TensorRT-RTX (verified), ``"major.minor.patch"`` for TensorRT (from NVIDIA's
-            description of the header), ``None`` if unreadable.
+            TensorRT-RTX, ``"major.minor.patch"`` for TensorRT (unverified, advisory only),
+            ``None`` if unreadable.
         compute_capabilities: TensorRT-RTX targets, e.g. ``("sm89", "sm120")``; empty for TensorRT
-            (a TensorRT plan records its GPU elsewhere, read it from the metadata's target).
+            (a TensorRT plan records its GPU elsewhere, read it from the metadata's target) and
+            for TensorRT-RTX releases whose bits were not verified.
         raw: every field read, for the metadata: magic, version bytes, sizes, masks, sections.
+        verified: whether this layout was checked on real plans of this release (TensorRT-RTX
+            1.7 only); an unverified header is metadata, never a reason to refuse a plan.
     """
 
     format: str
     trt_version: str | None
     compute_capabilities: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
+    verified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the engine metadata."""
@@ -76,6 +83,7 @@ class PlanHeader:
             "format": self.format,
             "trt_version": self.trt_version,
             "compute_capabilities": list(self.compute_capabilities),
+            "verified": self.verified,
             "raw": dict(self.raw),
         }
 
@@ -103,13 +111,26 @@ def read_plan_header(payload: bytes) -> PlanHeader:
     if magic == RTX_MAGIC and 1 <= major < _MIN_TRT_MAJOR:
         return _read_rtx(payload, data, raw)
     if _MIN_TRT_MAJOR <= major < 64 and minor < 100:
-        raw["verified"] = False  # layout per NVIDIA's description, not checked on real bytes
+        raw["verified"] = False  # layout from an issue comment, never checked on real bytes
         raw["magic_known"] = magic in KNOWN_MAGICS
         return PlanHeader("tensorrt", f"{major}.{minor}.{patch}", (), raw)
     raise ArtifactError(
         f"not a TensorRT or TensorRT-RTX plan: magic {magic!r}, version bytes "
         f"{major}.{minor}.{patch}.{build} are not plausible"
     )
+
+
+def advisory_plan_header(payload: bytes) -> PlanHeader:
+    """:func:`read_plan_header` for full TensorRT plans, which never raises.
+
+    The result is metadata only: ``verified`` is false for TensorRT, and bytes that do not parse
+    give a header with ``trt_version=None`` and the reason in ``raw["error"]``, so neither a build
+    nor a load depends on a layout NVIDIA does not publish.
+    """
+    try:
+        return read_plan_header(payload)
+    except ArtifactError as exc:
+        return PlanHeader("tensorrt", None, (), {"error": str(exc), "verified": False})
 
 
 def _read_rtx(payload: bytes, data: bytes, raw: dict[str, Any]) -> PlanHeader:
@@ -120,18 +141,21 @@ def _read_rtx(payload: bytes, data: bytes, raw: dict[str, Any]) -> PlanHeader:
             f"truncated or padded TensorRT-RTX plan: the header declares {raw['declared_size']} "
             f"bytes, the payload has {len(payload)}"
         )
+    major, minor, patch, build = raw["version_bytes"]
+    verified = (major, minor) in RTX_VERIFIED
     mask = struct.unpack_from("<Q", data, 32)[0]
     ccs = tuple(name for bit, name in sorted(RTX_CC_BITS.items()) if mask >> bit & 1)
     unknown = [bit for bit in range(64) if mask >> bit & 1 and bit not in RTX_CC_BITS]
+    if not verified:  # another release may number its targets differently: do not guess
+        ccs, unknown = (), []
     raw.update(
-        verified=True,
+        verified=verified,
         cc_mask=mask,
         unknown_cc_bits=unknown,
         weights_bytes=struct.unpack_from("<Q", data, 56)[0],
         sections=_rtx_sections(payload),
     )
-    major, minor, patch, build = raw["version_bytes"]
-    return PlanHeader("tensorrt-rtx", f"{major}.{minor}.{patch}.{build}", ccs, raw)
+    return PlanHeader("tensorrt-rtx", f"{major}.{minor}.{patch}.{build}", ccs, raw, verified)
 
 
 def _rtx_sections(payload: bytes) -> list[dict[str, Any]]:
@@ -153,7 +177,7 @@ def same_release(a: str | None, b: str | None) -> bool:
     """Whether two version strings name the same major.minor.patch release.
 
     Plans are tied to the exact release that built them; the build number is not compared since
-    TensorRT headers only document three version bytes.
+    a TensorRT plan's header is only thought to carry three version bytes.
     """
     if not a or not b:
         return False

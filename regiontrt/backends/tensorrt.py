@@ -1,7 +1,7 @@
 """The TensorRT and TensorRT-RTX backends: ONNX variant -> serialized plan -> runner.
 
-Both share one code path (:class:`_TensorRTFamily`, steps in :mod:`.trt_build`); the differences
-are isolated in two hooks:
+Both share one code path (:class:`_TensorRTFamily`, steps in :mod:`.trt_build`; the TensorRT-RTX
+class lives in :mod:`.tensorrt_rtx`); the differences are isolated in hooks:
 
 * **TensorRT** (``tensorrt``, 10.x/11.x; extra ``tensorrt``): builds on and for the local GPU
   (target ``"sm90"``, or ``"sm80+"`` with ``hardware_compatibility="ampere_plus"``), and keeps a
@@ -29,11 +29,8 @@ from ..errors import BackendUnavailable, BuildError, IncompatibleEngineError
 from ..shapes import Profile
 from ..tactics import TacticSelector
 from .base import Backend, BuildRequest, BuildResult, Runner
-from .plan import PlanHeader, read_plan_header, same_release
+from .plan import PlanHeader, advisory_plan_header, read_plan_header, same_release
 from .timing_cache import (
-    RuntimeCacheContexts,
-    RuntimeCacheFile,
-    RuntimeCacheOwner,
     TensorRTTimingCacheCodec,
     TimingCacheFile,
     timing_cache_path,
@@ -43,12 +40,15 @@ from .trt_build import (
     apply_tactics,
     build_plan,
     complete_profiles,
+    device_name,
     device_sm,
     engine_profiles,
     error_mark,
     errors_since,
     gpu_count,
+    gpu_problem,
     import_first,
+    init_plugins,
     inspect_plan,
     network_dtypes,
     network_flags,
@@ -136,7 +136,7 @@ class _TensorRTFamily(Backend):
         self._after_build(config, state, applied)
         layers, dtypes = network.num_layers, network_dtypes(network)
         del parser  # the parser owns the weights the network points to: free it only now
-        header = read_plan_header(payload)
+        header = self._read_header(payload)
         target = self._target(header, request.tactics, state)
         runnable = self._runnable(header, target)
         info: dict[str, Any] = {
@@ -160,6 +160,10 @@ class _TensorRTFamily(Backend):
 
     def _check_can_build(self) -> None:
         """Raise :class:`BuildError` if this machine cannot build (hook)."""
+
+    def _read_header(self, payload: bytes) -> PlanHeader:
+        """The plan header as metadata (hook: strict where the layout is verified)."""
+        return read_plan_header(payload)
 
     def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
                    applied: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +193,8 @@ class _TensorRTFamily(Backend):
         backend = metadata.get("backend")
         built = (_meta(metadata, "backend_version")
                  or (backend.get("version") if isinstance(backend, Mapping) else None)
-                 or header.get("trt_version"))
+                 # a TensorRT header's version is unverified: only TensorRT-RTX's counts
+                 or (header.get("trt_version") if self._rtx else None))
         self._check_version(built)
         ccs = tuple(header.get("compute_capabilities") or ())
         self._check_gpu(_meta(metadata, "target"), ccs)
@@ -206,23 +211,20 @@ class _TensorRTFamily(Backend):
         raise NotImplementedError
 
     def load(self, payload: bytes, metadata: Mapping[str, Any]) -> Runner:
-        header = read_plan_header(payload)
-        expected = "tensorrt-rtx" if self._rtx else "tensorrt"
-        if header.format != expected:
-            raise IncompatibleEngineError(
-                f"the payload is a {header.format} plan; the {self.name} backend loads {expected}"
-            )
-        self.check_compatible(metadata)
-        self._check_version(header.trt_version)  # the bytes outrank the metadata
-        self._check_gpu(_meta(metadata, "target"), header.compute_capabilities)
         trt = self._trt()
+        header = self._preflight(trt, payload, metadata)
+        init_plugins(trt, trt_logger(trt))  # plans that contain plugins need the registry
         runtime: tensorrt.Runtime = trt.Runtime(trt_logger(trt))
-        self._check_validity(trt, runtime, payload)
         mark = error_mark(trt)
-        engine: tensorrt.ICudaEngine = runtime.deserialize_cuda_engine(payload)
+        try:
+            engine: tensorrt.ICudaEngine = runtime.deserialize_cuda_engine(payload)
+        except RuntimeError as exc:
+            raise IncompatibleEngineError(
+                f"{self._label} could not load the plan: {exc}{self._hint(header)}") from exc
         if engine is None:
             errors = "; ".join(errors_since(trt, mark)) or "no details reported"
-            raise IncompatibleEngineError(f"{self._label} could not load the plan: {errors}")
+            raise IncompatibleEngineError(
+                f"{self._label} could not load the plan: {errors}{self._hint(header)}")
         profiles = engine_profiles(trt, engine) or [
             Profile.from_dict(p) for p in (_meta(metadata, "profiles") or ())
         ]
@@ -231,12 +233,24 @@ class _TensorRTFamily(Backend):
         create_context, owner = self._context_factory(runtime, metadata)
         return TensorRTRunner(engine, profiles, create_context=create_context, owner=owner)
 
+    def _preflight(self, trt: Any, payload: bytes, metadata: Mapping[str, Any]) -> PlanHeader:
+        """Checks before any TensorRT call: payload kind, metadata, GPU (hook)."""
+        raise NotImplementedError
+
+    def _hint(self, header: PlanHeader) -> str:
+        """What the (unverified) header suggests about a plan the library refused."""
+        built, installed = header.trt_version, self.version()
+        if built and not same_release(built, installed):
+            return (f" (its header suggests {self._label} {built}, unverified; "
+                    f"{installed} is installed: rebuild the engine with it)")
+        return ""
+
     def _context_factory(self, runtime: Any, metadata: Mapping[str, Any]) -> tuple[Any, Any]:
         """``(create_context or None, owner)`` for :class:`TensorRTRunner` (hook)."""
         return None, runtime
 
     def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
-        """Library-side header check before deserializing (hook; TensorRT-RTX has one)."""
+        """Library-side check before deserializing (hook; TensorRT-RTX has one)."""
 
 
 class TensorRTBackend(_TensorRTFamily):
@@ -251,9 +265,24 @@ class TensorRTBackend(_TensorRTFamily):
     def _check_can_build(self) -> None:
         if not self.gpu_present():
             raise BuildError(
-                "TensorRT builds need an NVIDIA GPU and none was found; build on the target GPU, "
-                "or use the 'tensorrt-rtx' backend, whose builder runs on the CPU"
+                f"TensorRT builds need an NVIDIA GPU and none is usable ({gpu_problem()}); "
+                "build on the target GPU, or use the 'tensorrt-rtx' backend, whose builder runs "
+                "on the CPU"
             )
+
+    def _read_header(self, payload: bytes) -> PlanHeader:
+        return advisory_plan_header(payload)  # metadata only: never fails a build
+
+    def _preflight(self, trt: Any, payload: bytes, metadata: Mapping[str, Any]) -> PlanHeader:
+        header = advisory_plan_header(payload)
+        if header.verified and header.format != "tensorrt":  # only a verified RTX layout counts
+            raise IncompatibleEngineError(
+                f"the payload is a {header.format} plan; the {self.name} backend loads tensorrt")
+        self.check_compatible(metadata)  # what we recorded at build time, not the header bits
+        if header.trt_version and not same_release(header.trt_version, self.version()):
+            log.info("plan header suggests TensorRT %s (unverified), %s is installed; "
+                     "TensorRT decides at deserialization", header.trt_version, self.version())
+        return header
 
     def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
                    applied: dict[str, Any]) -> dict[str, Any]:
@@ -268,19 +297,26 @@ class TensorRTBackend(_TensorRTFamily):
             applied["runtime_cache"] = "unsupported by TensorRT (TensorRT-RTX only)"
         if not tactics.timing_cache:
             return {"sm": local}
-        path = timing_cache_path(tactics.timing_cache, str(trt.__version__), local)
+        path = timing_cache_path(tactics.timing_cache, str(trt.__version__), local, device_name())
         cache_file = TimingCacheFile(path, TensorRTTimingCacheCodec(config))
         cache = cache_file.load()
-        if not config.set_timing_cache(cache, False):  # False: refuse another GPU's entries
-            raise BuildError(f"TensorRT refused the timing cache {path}")
         applied["timing_cache"] = str(path)
+        if not config.set_timing_cache(cache, False):  # False: refuse another GPU's entries
+            # e.g. a cache from another device of the same compute capability: time afresh
+            log.warning("TensorRT refused the timing cache %s (another GPU or release?); "
+                        "building with a fresh cache, which replaces it", path)
+            cache = cache_file.codec.load(b"")
+            if not config.set_timing_cache(cache, False):
+                raise BuildError(f"TensorRT refused even an empty timing cache for {path}")
+            applied["timing_cache_refused"] = True
+            return {"sm": local, "timing_cache": cache_file, "merge": False}
         return {"sm": local, "timing_cache": cache_file}
 
     def _after_build(self, config: tensorrt.IBuilderConfig, state: dict[str, Any],
                      applied: dict[str, Any]) -> None:
         cache_file = state.get("timing_cache")
         if cache_file is not None:
-            saved = cache_file.save(config.get_timing_cache())
+            saved = cache_file.save(config.get_timing_cache(), merge=state.get("merge", True))
             applied["timing_cache_saved"] = {"bytes": saved.size, "merged": saved.merged}
 
     def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
@@ -293,7 +329,8 @@ class TensorRTBackend(_TensorRTFamily):
     def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
         local = device_sm()
         if local is None:
-            raise IncompatibleEngineError("this TensorRT engine needs an NVIDIA GPU; none found")
+            raise IncompatibleEngineError(
+                f"this TensorRT engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")
         if not target or not target.startswith("sm") or target == "sm-unknown":
             return  # no record of the build GPU: TensorRT itself checks at deserialization
         ok = _sm_number(local) >= 80 if target.endswith("+") else local == target
@@ -304,109 +341,14 @@ class TensorRTBackend(_TensorRTFamily):
             )
 
 
-class TensorRTRTXBackend(_TensorRTFamily):
-    """TensorRT for RTX: builds on the CPU for compute-capability targets.
+def __getattr__(name: str) -> Any:
+    # TensorRT-RTX lives in .tensorrt_rtx (it subclasses this module's family); kept importable
+    # from here for existing callers without a circular import at load time.
+    if name in ("TensorRTRTXBackend", "_rtx_targets", "_runtime_cache_from"):
+        from . import tensorrt_rtx
 
-    Args:
-        runtime_cache: runtime-cache file used at load (overrides the one in the metadata).
-    """
-
-    name = "tensorrt-rtx"
-    extra = "rtx"
-    payload_format = "tensorrt-rtx-plan"
-    _modules = ("tensorrt_rtx", "tensorrt_rtx_bindings")
-    _rtx = True
-    _label = "TensorRT-RTX"
-
-    def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
-                   applied: dict[str, Any]) -> dict[str, Any]:
-        cfg: Any = config  # compute-capability targets are RTX-only API, absent from the stubs
-        supported = _rtx_targets(trt)
-        if tactics.compute_capabilities:
-            missing = [c for c in tactics.compute_capabilities if c not in supported]
-            if missing:
-                raise BuildError(
-                    f"{self._label} {trt.__version__} cannot target {missing}; it supports "
-                    f"{sorted(supported, key=_sm_number)}"
-                )
-            cfg.num_compute_capabilities = len(tactics.compute_capabilities)
-            for i, sm in enumerate(tactics.compute_capabilities):
-                if not cfg.set_compute_capability(supported[sm], i):
-                    raise BuildError(f"{self._label} refused compute capability {sm}")
-            applied["compute_capabilities"] = list(tactics.compute_capabilities)
-        else:
-            local = device_sm()
-            if local in supported:
-                cfg.num_compute_capabilities = 1
-                cfg.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
-                applied["compute_capabilities"] = f"current ({local})"
-            else:  # no (supported) GPU: the library's default set of targets
-                applied["compute_capabilities"] = "default (every supported target)"
-        if tactics.timing_cache:  # RTX 1.2+ makes timing-cache calls no-ops
-            applied["timing_cache"] = "unsupported by TensorRT-RTX (see runtime_cache)"
-        if tactics.runtime_cache:
-            applied["runtime_cache"] = tactics.runtime_cache
-        return {}
-
-    def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
-        return "+".join(header.compute_capabilities) or "+".join(tactics.compute_capabilities)
-
-    def _runnable(self, header: PlanHeader, target: str) -> bool:
-        local = device_sm()
-        return local is not None and local in header.compute_capabilities
-
-    def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
-        targets = ccs or tuple(t for t in (target or "").split("+") if t)
-        local = device_sm()
-        if local is None:
-            raise IncompatibleEngineError(
-                "this TensorRT-RTX engine needs an NVIDIA GPU; none found")
-        if not targets or local in targets:
-            return
-        module = self._module()
-        supported = _rtx_targets(module) if module is not None else {}
-        if module is not None and supported and local not in supported:
-            advice = (f"TensorRT-RTX {module.__version__} cannot target {local} (it supports "
-                      f"{', '.join(sorted(supported, key=_sm_number))}): use the 'tensorrt' "
-                      "backend on this GPU")
-        else:
-            advice = f"rebuild it with compute_capabilities including {local!r}"
-        raise IncompatibleEngineError(
-            f"this TensorRT-RTX engine targets {', '.join(targets)} and this GPU is {local}; "
-            + advice
-        )
-
-    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
-        check = getattr(runtime, "get_engine_validity", None)  # RTX: reads the header only
-        if check is None:
-            return
-        validity, diagnostics = check(payload)
-        if int(validity) != int(trt.EngineValidity.INVALID):
-            return
-        reasons = [name.lower().replace("_", " ")
-                   for name, flag in trt.EngineInvalidityDiagnostics.__members__.items()
-                   if int(diagnostics) & int(flag)]
-        raise IncompatibleEngineError(
-            f"{self._label} {trt.__version__} reports this plan invalid here: "
-            f"{', '.join(reasons) or 'no reason given'}"
-        )
-
-    def _context_factory(self, runtime: Any, metadata: Mapping[str, Any]) -> tuple[Any, Any]:
-        path = self.runtime_cache or _runtime_cache_from(metadata)
-        contexts = RuntimeCacheContexts(RuntimeCacheFile(path) if path else None)
-        return contexts, RuntimeCacheOwner(runtime, contexts)
+        return getattr(tensorrt_rtx, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _rtx_targets(trt: Any) -> dict[str, Any]:
-    """``{"sm89": ComputeCapability.SM89, ...}``: the targets this TensorRT-RTX can build for."""
-    members = getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
-    return {name.lower(): m for name, m in members.items() if name.startswith("SM")}
-
-
-def _runtime_cache_from(metadata: Mapping[str, Any]) -> str | None:
-    applied = _meta(metadata, "builder_config")
-    value = applied.get("runtime_cache") if isinstance(applied, Mapping) else None
-    return value if isinstance(value, str) and not value.startswith("unsupported") else None
-
-
-__all__ = ["TensorRTBackend", "TensorRTRTXBackend"]
+__all__ = ["TensorRTBackend"]  # TensorRTRTXBackend: see .tensorrt_rtx

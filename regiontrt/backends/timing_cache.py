@@ -2,7 +2,9 @@
 
 TensorRT times candidate kernels (tactics) while building; a *timing cache* keeps those timings so
 the next build of a similar network skips them. A cache is only valid for one TensorRT version and
-one GPU, so the file name carries both (:func:`timing_cache_path`). Around a build the cache is
+one GPU model (two GPUs of one compute capability, such as an H100 and an H200 or MIG slices, do
+not share caches), so the file name carries the version, the compute capability and the device
+name (:func:`timing_cache_path`). Around a build the cache is
 loaded, the build adds to it, and on save the entries another build wrote meanwhile are merged in
 (``ITimingCache.combine``) under an exclusive lock before the file is atomically replaced, so two
 concurrent builds never lose each other's work and a reader never sees half a file.
@@ -108,18 +110,20 @@ def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def timing_cache_path(base: str | Path, trt_version: str, target: str) -> Path:
-    """The cache file for one TensorRT version and GPU target.
+def timing_cache_path(base: str | Path, trt_version: str, target: str,
+                      device: str | None = None) -> Path:
+    """The cache file for one TensorRT version, GPU target and GPU model.
 
     ``base`` is a directory (existing, or given with a trailing separator, or without a suffix),
-    giving ``<base>/tensorrt-<version>-<target>.cache``; or a file name, giving
-    ``<stem>.tensorrt-<version>-<target><suffix>`` beside it.
+    giving ``<base>/tensorrt-<version>-<target>[-<device>].cache``; or a file name, giving
+    ``<stem>.tensorrt-<version>-<target>[-<device>]<suffix>`` beside it. ``device`` is the GPU's
+    name as a slug (:func:`~regiontrt.backends.trt_env.device_name`).
 
     Example:
-        >>> str(timing_cache_path("caches/", "10.8.0.43", "sm90"))
-        'caches/tensorrt-10.8.0.43-sm90.cache'
+        >>> str(timing_cache_path("caches/", "10.8.0.43", "sm90", "nvidia-h200"))
+        'caches/tensorrt-10.8.0.43-sm90-nvidia-h200.cache'
     """
-    key = f"tensorrt-{trt_version}-{target}"
+    key = f"tensorrt-{trt_version}-{target}" + (f"-{device}" if device else "")
     text = str(base)
     path = Path(base)
     if text.endswith(("/", os.sep)) or path.is_dir() or not path.suffix:
@@ -181,16 +185,19 @@ class TimingCacheFile(Generic[C]):
         cache, _ = self._read()
         return self.codec.load(b"") if cache is None else cache
 
-    def save(self, cache: C) -> SaveResult:
+    def save(self, cache: C, *, merge: bool = True) -> SaveResult:
         """Merge what is on disk now into ``cache`` and write it, under the file lock.
 
         Entries added by a concurrent build since :meth:`load` are kept. A disk cache that is
-        unreadable or incompatible (``combine`` refuses it) is replaced by ``cache``.
+        unreadable or incompatible (``combine`` refuses it), or any disk cache when ``merge`` is
+        false (TensorRT refused it before the build), is replaced by ``cache``.
         """
         with file_lock(self.path, self.lock_timeout):
             disk, discarded = self._read()
             merged = False
-            if disk is not None:
+            if disk is not None and not merge:
+                discarded = True
+            elif disk is not None:
                 merged = bool(self.codec.combine(cache, disk))
                 if not merged:
                     log.warning("timing cache %s is incompatible; replacing it", self.path)

@@ -24,6 +24,14 @@ from ..graph.io import model_bytes
 from ..shapes import Profile, Range
 from ..tactics import TacticSelector
 from .fusion import fusion_report
+from .trt_env import device_name, device_sm, gpu_count, gpu_problem, init_plugins
+
+__all__ = [  # the GPU helpers live in .trt_env; they are re-exported for existing callers
+    "add_profiles", "apply_tactics", "build_plan", "complete_profiles", "device_name",
+    "device_sm", "engine_profiles", "error_mark", "errors_since", "gpu_count", "gpu_problem",
+    "import_first", "init_plugins", "inspect_plan", "network_dtypes", "network_flags",
+    "network_inputs", "parse_onnx", "trt_logger",
+]
 
 if TYPE_CHECKING:
     import tensorrt
@@ -111,9 +119,15 @@ def parse_onnx(trt: Any, network: tensorrt.INetworkDefinition, model: onnx.Model
     Raises:
         BuildError: listing every parser error with its node index, name and operator.
     """
+    init_plugins(trt, trt_logger(trt))  # ops the parser maps to plugins need the registry
     parser: tensorrt.OnnxParser = trt.OnnxParser(network, trt_logger(trt))
-    if parser.parse(model_bytes(model)):
-        return parser
+    mark = error_mark(trt)
+    try:
+        if parser.parse(model_bytes(model)):
+            return parser
+    except RuntimeError as exc:  # some releases raise instead of returning False
+        raise BuildError(f"the ONNX parser of {trt.__name__} failed: {exc}; "
+                         + "; ".join(errors_since(trt, mark))) from exc
     lines = []
     for i in range(parser.num_errors):
         err: tensorrt.ParserError = parser.get_error(i)
@@ -224,8 +238,13 @@ def add_profiles(trt: Any, builder: tensorrt.Builder, config: tensorrt.IBuilderC
     for i, profile in enumerate(profiles):
         opt: tensorrt.IOptimizationProfile = builder.create_optimization_profile()
         for name, rng in profile.ranges.items():
-            opt.set_shape(name, trt.Dims(list(rng.min)), trt.Dims(list(rng.opt)),
-                          trt.Dims(list(rng.max)))
+            try:
+                opt.set_shape(name, trt.Dims(list(rng.min)), trt.Dims(list(rng.opt)),
+                              trt.Dims(list(rng.max)))
+            except RuntimeError as exc:  # TensorRT 10+ raises on inconsistent min/opt/max
+                raise ShapeProfileError(
+                    f"TensorRT rejected profile {i} for input {name!r} (min {list(rng.min)}, "
+                    f"opt {list(rng.opt)}, max {list(rng.max)}): {exc}") from exc
         if config.add_optimization_profile(opt) < 0:
             raise ShapeProfileError(
                 f"TensorRT rejected optimization profile {i}: {profile.to_dict()}")
@@ -301,6 +320,7 @@ def inspect_plan(trt: Any, payload: bytes, profiles: Sequence[Profile],
     An execution context at the first profile's opt shapes is attached to the inspector, since
     without one dynamic-shape layers print no datatype.
     """
+    init_plugins(trt, trt_logger(trt))  # plans with plugins only deserialize with the registry
     runtime: tensorrt.Runtime = trt.Runtime(trt_logger(trt))
     engine: tensorrt.ICudaEngine = runtime.deserialize_cuda_engine(payload)
     if engine is None:
@@ -336,42 +356,3 @@ def engine_profiles(trt: Any, engine: tensorrt.ICudaEngine) -> list[Profile]:
     except Exception as exc:  # fall back to the metadata's profiles
         log.debug("could not read profiles from the engine: %s", exc)
         return []
-
-
-def _cudart() -> Any | None:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-        except ImportError:
-            return None
-    return cudart
-
-
-def gpu_count() -> int:
-    """Number of CUDA devices; 0 without cuda-python, a driver or a GPU (never raises)."""
-    cudart = _cudart()
-    if cudart is None:
-        return 0
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-    except Exception:
-        return 0
-    return int(count) if int(err) == 0 and count else 0
-
-
-def device_sm(device: int = 0) -> str | None:
-    """The compute capability of ``device`` as ``"sm90"``, or ``None`` if there is no GPU."""
-    cudart = _cudart()
-    if cudart is None or gpu_count() <= device:
-        return None
-    attr = cudart.cudaDeviceAttr
-    try:
-        err1, major = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device)
-        err2, minor = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device)
-    except Exception:
-        return None
-    if int(err1) or int(err2):
-        return None
-    return f"sm{int(major)}{int(minor)}"

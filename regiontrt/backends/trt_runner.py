@@ -26,7 +26,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,11 +39,15 @@ from .trt_slots import (
     Plan,
     RunnerStats,
     Slot,
+    dims,
     engine_profile,
     infer_shapes,
     make_allocator,
     trt_dtype_to_numpy,
 )
+
+if TYPE_CHECKING:
+    import tensorrt
 
 __all__ = ["RunnerStats", "TensorRTRunner", "trt_dtype_to_numpy"]
 
@@ -71,7 +75,7 @@ class TensorRTRunner(Runner):
                  device: int = 0, max_contexts: int = 1, use_cuda_graph: bool = False) -> None:
         if max_contexts < 1:
             raise InputError(f"max_contexts must be >= 1, got {max_contexts}")
-        self._engine: Any = engine
+        self._engine: tensorrt.ICudaEngine | Any = engine  # or a test double
         self._owner = owner
         self._create_context = create_context or (lambda e: e.create_execution_context())
         self._device = int(device)
@@ -222,7 +226,7 @@ class TensorRTRunner(Runner):
                 raise InputError(f"cannot size outputs at profile {k}'s maximum input shapes: "
                                  f"{exc}") from None
             for spec in self.outputs:
-                shape = tuple(int(d) for d in ctx.get_tensor_shape(spec.name))
+                shape = dims(ctx.get_tensor_shape(spec.name))
                 if min(shape, default=0) < 0:
                     self._dds.add(spec.name)
                     continue

@@ -9,10 +9,9 @@ re-exports the public names (:func:`trt_dtype_to_numpy`, :class:`RunnerStats`).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +19,15 @@ from ..errors import CudaError, InputError, ShapeOutOfProfile
 from ..graph.io import TensorSpec
 from ..shapes import Profile, Range
 from . import cuda
+from .trt_alloc import TENSOR_ALIGNMENT, OutputAllocator, make_allocator
 
+if TYPE_CHECKING:
+    import tensorrt
+
+__all__ = [  # OutputAllocator and make_allocator live in .trt_alloc
+    "TENSOR_ALIGNMENT", "OutputAllocator", "Plan", "RunnerStats", "Slot", "dims", "engine_profile",
+    "infer_shapes", "make_allocator", "trt_dtype_to_numpy",
+]
 _NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
           "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "DOUBLE": "float64"}
 # (ml_dtypes name, itemsize): without ml_dtypes these travel as raw bytes of the right size.
@@ -58,6 +65,7 @@ class RunnerStats:
     d2h_copies: int = 0
     d2h_bytes: int = 0
     zero_copy_inputs: int = 0
+    staged_misaligned: int = 0  # device inputs copied because TensorRT needs 256-byte alignment
     graph_captures: int = 0
     graph_launches: int = 0
     contexts: int = 0
@@ -78,6 +86,12 @@ class Plan:
     shapes: dict[str, tuple[int, ...]]
     host: dict[str, np.ndarray]
     views: dict[str, cuda.DeviceView]
+
+
+def dims(shape: Any) -> tuple[int, ...]:
+    """A ``trt.Dims`` (or any sequence) as a tuple, by index (the stubs give ``Dims`` no
+    ``__iter__``)."""
+    return tuple(int(shape[i]) for i in range(len(shape)))
 
 
 def engine_profile(engine: Any, inputs: Sequence[TensorSpec], k: int) -> Profile:
@@ -104,64 +118,12 @@ def infer_shapes(ctx: Any) -> None:
         raise InputError(f"TensorRT cannot infer shapes; not specified: {list(missing)}")
 
 
-class OutputAllocator:
-    """``IOutputAllocator`` protocol: device memory for outputs whose shapes the engine learns
-    while running. Errors are kept and re-raised by the runner (TensorRT only sees a null)."""
-
-    def __init__(self) -> None:
-        super().__init__()  # pybind11 trampolines (trt.IOutputAllocator) need their __init__
-        self.buffers: dict[str, cuda.DeviceBuffer] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.error: BaseException | None = None
-
-    def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
-        try:
-            if alignment > 256:  # cudaMalloc guarantees 256 bytes
-                raise CudaError(f"{tensor_name}: alignment {alignment} > 256 is not supported")
-            buf = self.buffers.get(tensor_name)
-            if buf is None:
-                buf = self.buffers[tensor_name] = cuda.DeviceBuffer(int(size))
-            else:
-                buf.ensure(int(size))
-            self.shapes.pop(tensor_name, None)
-            return buf.ptr
-        except BaseException as exc:
-            self.error = exc
-            return 0
-
-    def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int,
-                                stream: int) -> int:
-        return self.reallocate_output(tensor_name, memory, size, alignment)
-
-    def notify_shape(self, tensor_name: str, shape: Sequence[int]) -> None:
-        self.shapes[tensor_name] = tuple(int(d) for d in shape)
-
-    def close(self) -> None:
-        for buf in self.buffers.values():
-            buf.close()
-
-
-_ALLOCATOR_CLASSES: dict[type, type] = {}
-
-
-def make_allocator(engine: Any) -> Any:
-    """An :class:`OutputAllocator` that also derives from the engine module's
-    ``IOutputAllocator`` when it has one (TensorRT only accepts its own subclasses)."""
-    base = getattr(sys.modules.get(type(engine).__module__), "IOutputAllocator", None)
-    base = base if isinstance(base, type) else object
-    cls = _ALLOCATOR_CLASSES.get(base)
-    if cls is None:
-        bases = (OutputAllocator,) if base is object else (OutputAllocator, base)
-        cls = _ALLOCATOR_CLASSES[base] = type("RegionTRTOutputAllocator", bases, {})
-    return cls()
-
-
 class Slot:
     """One execution context (``create_context(engine)``) with its stream, four timing events,
     buffers and caches. The runner hands a slot to one call at a time, so nothing here locks."""
 
     def __init__(self, create_context: Callable[[Any], Any], engine: Any) -> None:
-        self.context: Any = None
+        self.context: tensorrt.IExecutionContext | Any = None
         self.stream: cuda.Stream | None = None
         self.events: list[cuda.Event] = []
         self.device: dict[str, cuda.DeviceBuffer] = {}
@@ -225,8 +187,15 @@ class Slot:
         if self.profile == k:
             return
         assert self.stream is not None
-        if not self.context.set_optimization_profile_async(k, self.stream.handle):
-            raise CudaError(f"TensorRT refused optimization profile {k}")
+        try:  # TensorRT 10+ raises RuntimeError on failure; older releases returned False
+            ok = self.context.set_optimization_profile_async(k, self.stream.handle)
+        except RuntimeError as exc:
+            self.profile = -1  # the context's profile is unknown now: set it again next call
+            raise CudaError(f"TensorRT refused to switch to optimization profile {k}: {exc}"
+                            ) from exc
+        if not ok:
+            self.profile = -1
+            raise CudaError(f"TensorRT refused to switch to optimization profile {k}")
         self.profile = k
         self.shapes.clear()
         self.drop_graph()
@@ -238,7 +207,12 @@ class Slot:
         changed = False
         for name, shape in shapes.items():
             if self.shapes.get(name) != shape:
-                if not self.context.set_input_shape(name, shape):
+                try:
+                    ok = self.context.set_input_shape(name, shape)
+                except RuntimeError as exc:  # a binding that raises instead of returning False
+                    raise ShapeOutOfProfile(f"TensorRT refused shape {shape} for {name!r} in "
+                                            f"profile {self.profile}: {exc}") from exc
+                if not ok:
                     raise ShapeOutOfProfile(f"TensorRT refused shape {shape} for {name!r} in "
                                             f"profile {self.profile}")
                 self.shapes[name] = shape
@@ -250,7 +224,7 @@ class Slot:
         for spec in outputs:
             if spec.name in dds:
                 continue
-            shape = tuple(int(d) for d in self.context.get_tensor_shape(spec.name))
+            shape = dims(self.context.get_tensor_shape(spec.name))
             if math.prod(shape) * spec.dtype.itemsize > self.device[spec.name].capacity:
                 raise ShapeOutOfProfile(f"output {spec.name!r} of shape {shape} exceeds the buffer "
                                         f"sized from profile {self.profile}'s maximum shapes")
@@ -260,7 +234,8 @@ class Slot:
         """Enqueue the input copies of ``plan`` and return each input's device address.
 
         Host arrays go through the pinned buffers; device views are used in place unless
-        ``copy_views`` (CUDA graphs need stable addresses) or their pointer is null.
+        ``copy_views`` (CUDA graphs need stable addresses), their pointer is null, or it is not
+        256-byte aligned (a sliced torch or CuPy view: TensorRT refuses such addresses).
         """
         stream = self.stream
         assert stream is not None
@@ -271,9 +246,11 @@ class Slot:
                 self.wait_event.record(view.stream)
                 stream.wait(self.wait_event)
             nbytes = math.prod(view.shape) * view.dtype.itemsize
-            if copy_views or not view.ptr:
+            misaligned = bool(view.ptr) and view.ptr % TENSOR_ALIGNMENT != 0
+            if copy_views or not view.ptr or misaligned:
                 cuda.memcpy_async(self.device[name].ptr, view.ptr, nbytes, 3, stream)
                 bindings[name] = self.device[name].ptr
+                stats.staged_misaligned += misaligned
             else:
                 bindings[name] = view.ptr
                 stats.zero_copy_inputs += 1
@@ -308,10 +285,11 @@ class Slot:
             return None
         if self.allocator is not None:
             self.allocator.error = None
-        if not ctx.execute_async_v3(stream.handle):
-            raise CudaError("execute_async_v3 failed (TensorRT logged the reason)")
+        ok = ctx.execute_async_v3(stream.handle)
         if self.allocator is not None and self.allocator.error is not None:
-            raise self.allocator.error
+            raise self.allocator.error  # the cause TensorRT only saw as a null address
+        if not ok:
+            raise CudaError("execute_async_v3 failed (TensorRT logged the reason)")
         if key is None:
             return None
         # TensorRT wants one plain enqueue after a shape change before a capture (done above)

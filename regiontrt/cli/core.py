@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,9 +28,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from ..builder import RegionalEngineBuilder
     from ..regions import load_regions
 
-    if args.regions_file:
-        load_regions(args.regions_file)
-    builder = RegionalEngineBuilder.from_onnx(args.model).for_region(args.region)
+    region = load_regions(args.regions_file)[args.region] if args.regions_file else args.region
+    builder = RegionalEngineBuilder.from_onnx(args.model).for_region(region)
     if args.precision:
         builder = builder.with_precision(args.precision.split(","))
     if args.calibration:

@@ -5,12 +5,20 @@ ahead of time:
 
 * ``Identity`` nodes and inference-mode ``Dropout`` nodes are bypassed;
 * constant sub-expressions are folded (ONNX-GraphSurgeon's folder, which evaluates them with
-  ONNX Runtime), including ``Shape`` of statically shaped tensors, but never ``QuantizeLinear``
-  or ``DequantizeLinear`` (explicit INT8 quantization must reach TensorRT as written);
+  ONNX Runtime), including ``Shape`` of statically shaped tensors (its ``start``/``end``
+  attributes applied), but never ``QuantizeLinear`` or ``DequantizeLinear`` (explicit INT8
+  quantization must reach TensorRT as written);
 * a ``BatchNormalization`` that directly follows a ``Conv`` or ``ConvTranspose`` whose output it
   alone consumes is folded into that convolution's weights and bias;
 * dead nodes and unused initializers are dropped, nodes are sorted topologically and shapes are
   inferred.
+
+What it does not understand it leaves as it is: a model holding sequence, optional, map or
+sparse values (GraphSurgeon cannot represent them) is returned with its nodes untouched; names a
+subgraph reads from the outer scope are never rewired; ``If`` branches are never inlined. A
+result that the ONNX checker refuses where the original passes is never returned: the passes
+are retried without folding, then not at all (with a warning naming the step). See
+``docs/graph-passes.md``.
 
 The graph inputs and outputs keep their names, element types and declared shapes, and the model
 keeps its IR version, opsets and metadata. Initializers that old exporters also list as graph
@@ -21,17 +29,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from ..errors import InvalidModelError
+from .scope import non_tensor_values, subgraph_references, walk_nodes
 
 _CONV_OPS = ("Conv", "ConvTranspose")
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+# While GraphSurgeon folds, a Shape with start/end wears this op name: its shape folders read
+# every "Shape" as the whole shape and would fold Shape(x, start=1) of a 3x4x5 x to [3, 4, 5].
+_HIDDEN_SHAPE = "RegionTRTShapeWithRange"
 
 
 def clean(model: onnx.ModelProto, *, fold_batchnorm: bool = True) -> onnx.ModelProto:
@@ -47,28 +59,137 @@ def clean(model: onnx.ModelProto, *, fold_batchnorm: bool = True) -> onnx.ModelP
     Raises:
         InvalidModelError: ``model`` is not an ONNX model GraphSurgeon can read.
     """
+    if not isinstance(model, onnx.ModelProto):
+        raise InvalidModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
+    if non_tensor_values(model):
+        return _finish(model, _copy(model))
+    original_ok = _passes_checker(model)
+    steps: list[tuple[str, Callable[[], onnx.ModelProto]]] = [
+        ("clean", lambda: _clean(model, fold=True, fold_bn=fold_batchnorm)),
+        ("clean without constant folding", lambda: _clean(model, fold=False, fold_bn=False)),
+    ]
+    for step, run in steps:
+        try:
+            result = run()
+        except Exception as exc:  # GraphSurgeon fails in many ways on odd graphs
+            why = f"{type(exc).__name__}: {exc}"
+        else:
+            if not original_ok or _passes_checker(result):
+                return result
+            why = "the result fails the ONNX checker"
+        warnings.warn(f"{step} skipped ({why}); trying a more conservative pass",
+                      RuntimeWarning, stacklevel=2)
+    return _finish(model, _copy(model))
+
+
+def _clean(model: onnx.ModelProto, *, fold: bool, fold_bn: bool) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
 
-    graph = _import(model)
-    protected = _subgraph_references(model.graph)
+    protected = subgraph_references(model.graph)
+    graph = _import(_with_inferred_shapes(model) if fold else model)
     with _quiet_graphsurgeon():
         _bypass_identities(graph, protected)
-        try:
-            graph.fold_constants(error_ok=True, should_exclude_node=_keep_unfolded)
-        except Exception:  # GraphSurgeon gives up on some graphs (sequence constants...)
-            graph = _import(model)
-            _bypass_identities(graph, protected)
+        if fold:
+            _fold_constants(graph, gs)
         graph.cleanup()
-        if fold_batchnorm:
+        if fold_bn:
             _fold_batchnorm(graph, gs)
         graph.cleanup().toposort()
         cleaned = gs.export_onnx(graph, do_type_check=False)
     return _finish(model, cleaned)
 
 
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose intermediate shapes come from ONNX inference, not the file's value_info.
+
+    GraphSurgeon folds ``Shape`` from the shapes it is given; declared intermediate shapes can
+    be wrong (ONNX Runtime never enforces them), inferred ones follow from the graph inputs.
+    """
+    private = _copy(model)
+    del private.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(private, strict_mode=False)
+    except Exception:  # custom ops: fold only what needs no shapes
+        return private
+
+
+def _fold_constants(graph: Any, gs: Any) -> None:
+    """Fold constants in ``graph`` and each subgraph, never folding what is excluded."""
+    _fold_sliced_shapes(graph, gs)
+    hidden = [n for n in _gs_nodes(graph) if _is_sliced_shape(n)]
+    for node in hidden:
+        node.op = _HIDDEN_SHAPE
+    try:
+        for sub in _gs_graphs(graph):
+            # Subgraphs are folded one by one here (not by GraphSurgeon's recursion, which drops
+            # should_exclude_node), and If branches are never inlined: inlining renames
+            # branch-local tensors that nested subgraphs may still read.
+            sub.fold_constants(
+                error_ok=True, recurse_subgraphs=False, flatten_subgraphs=False,
+                recurse_functions=False, should_exclude_node=_keep_unfolded,
+            )
+    finally:
+        for node in hidden:
+            node.op = "Shape"
+
+
+def _is_sliced_shape(node: Any) -> bool:
+    return bool(node.op == "Shape" and ("start" in node.attrs or "end" in node.attrs))
+
+
+def _fold_sliced_shapes(graph: Any, gs: Any) -> None:
+    """Fold ``Shape(x, start, end)`` of statically shaped ``x`` to ``shape(x)[start:end]``.
+
+    ONNX clamps ``start``/``end`` to the rank after adding it to negative values, exactly as a
+    Python slice does.
+    """
+    for node in _gs_nodes(graph):
+        if not _is_sliced_shape(node) or not node.inputs or not node.outputs:
+            continue
+        shape = node.inputs[0].shape
+        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            continue
+        start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
+        dims = list(shape)[start : None if end is None else int(end)]
+        out = node.outputs[0]
+        out.to_constant(np.array(dims, dtype=np.int64))
+        out.inputs.clear()
+
+
+def _gs_graphs(graph: Any) -> Iterator[Any]:
+    yield graph
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            yield from _gs_graphs(sub)
+
+
+def _gs_nodes(graph: Any) -> Iterator[Any]:
+    for g in _gs_graphs(graph):
+        yield from g.nodes
+
+
 def _keep_unfolded(node: Any) -> bool:
-    """Q/DQ pairs on weights are the INT8 policy's explicit quantization: never fold them away."""
-    return bool(node.op in _QDQ_OPS)
+    """Q/DQ pairs on weights are the INT8 policy's explicit quantization: never fold them away.
+
+    Ops outside the default domain are left too: GraphSurgeon would evaluate them with ONNX
+    Runtime's kernels, whose semantics need not be the model's.
+    """
+    foreign = node.domain not in ("", None, "ai.onnx")
+    return bool(node.op in _QDQ_OPS or node.op == _HIDDEN_SHAPE or foreign)
+
+
+def _passes_checker(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception:  # any refusal counts the same
+        return False
+    return True
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -101,33 +222,9 @@ def count_ops(model: onnx.ModelProto) -> collections.Counter[str]:
     be fooled by nodes hidden in a branch.
     """
     counts: collections.Counter[str] = collections.Counter()
-    for node in _walk_nodes(model.graph):
+    for node in walk_nodes(model.graph):
         counts[node.op_type] += 1
     return counts
-
-
-def _walk_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _walk_nodes(sub)
-
-
-def _subgraph_references(graph: onnx.GraphProto) -> set[str]:
-    """Names used by nodes inside subgraphs: rewiring them could break outer-scope references."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                for inner in _walk_nodes(sub):
-                    names.update(inner.input)
-                    names.update(inner.output)
-    return names
 
 
 def _import(model: onnx.ModelProto) -> Any:
@@ -339,67 +436,3 @@ def _finish(original: onnx.ModelProto, result: onnx.ModelProto) -> onnx.ModelPro
     except Exception:  # custom ops or partial models: keep the model without inferred shapes
         return result
     return inferred
-
-
-_FLOAT_WIDTH: dict[int, int] = {
-    TensorProto.FLOAT16: 16,
-    TensorProto.FLOAT: 32,
-    TensorProto.DOUBLE: 64,
-}
-
-
-def _fold_cast_chains(graph: onnx.GraphProto) -> int:
-    """Fold ``Cast(A->B) -> Cast(B->C)`` into ``Cast(A->C)`` and drop Casts that change nothing.
-
-    Works in place on ``graph`` (nodes in topological order) and returns how many Casts went. A
-    pair folds when A->B is exact (float16->float32, float32->float64...) or when B and C are
-    floats with B at least as wide as C (C's rounding then decides). A narrowing followed by a
-    widening (float32->float16->float32) is a deliberate rounding and stays. A Cast whose output
-    is a graph output, read by a subgraph or read by another node too is never removed.
-    """
-    keep = {o.name for o in graph.output} | _subgraph_references(graph)
-    types = _declared_types(graph)
-    nodes = list(graph.node)
-    producers = {o: n for n in nodes for o in n.output}
-    readers = collections.Counter(i for n in nodes for i in n.input)
-    removed: set[int] = set()
-    for node in nodes:
-        while node.op_type == "Cast":
-            first = producers.get(node.input[0])
-            if first is None or first.op_type != "Cast" or first.output[0] in keep:
-                break
-            a, b, c = types.get(first.input[0]), _cast_to(first), _cast_to(node)
-            exact = a is not None and _FLOAT_WIDTH.get(a, 99) <= _FLOAT_WIDTH.get(b, 0)
-            narrowing = _FLOAT_WIDTH.get(b, 0) >= _FLOAT_WIDTH.get(c, 99)
-            if readers[first.output[0]] != 1 or a is None or not (a == b or exact or narrowing):
-                break
-            node.input[0] = first.input[0]
-            removed.add(id(first))
-    alias: dict[str, str] = {}
-    for node in nodes:
-        if node.op_type == "Cast" and id(node) not in removed and node.output[0] not in keep:
-            src = alias.get(node.input[0], node.input[0])
-            if types.get(src) == _cast_to(node):
-                alias[node.output[0]] = src
-                removed.add(id(node))
-    kept = [n for n in nodes if id(n) not in removed]
-    for node in kept:
-        for i, name in enumerate(node.input):
-            node.input[i] = alias.get(name, name)
-    del graph.node[:]
-    graph.node.extend(kept)
-    return len(removed)
-
-
-def _cast_to(node: onnx.NodeProto) -> int:
-    return next(int(a.i) for a in node.attribute if a.name == "to")
-
-
-def _declared_types(graph: onnx.GraphProto) -> dict[str, int]:
-    types = {
-        v.name: int(v.type.tensor_type.elem_type)
-        for v in (*graph.input, *graph.output, *graph.value_info)
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
-    }
-    types.update({i.name: int(i.data_type) for i in graph.initializer})
-    return types

@@ -27,51 +27,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InvalidModelError
-from .clean import _fold_cast_chains, _subgraph_references, count_ops
+from .casts import fold_cast_chains
+from .clean import count_ops
+from .fp16_rules import DEFAULT_FP32_OPS, ISLAND_OPS, kept_by_rule, types_agree
+from .scope import subgraph_references
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+__all__ = ["DEFAULT_FP32_OPS", "ISLAND_OPS", "cast_count", "to_fp16"]
 _FP16_MAX = float(np.finfo(np.float16).max)
-
-DEFAULT_FP32_OPS: frozenset[str] = frozenset(
-    {
-        # Overflow: float16 tops out at 65504. exp(x) overflows for x > 11.1, x**2 for |x| > 256,
-        # and sums or products of many elements exceed the range although each term fits.
-        "Exp", "Pow", "Softplus",
-        "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceProd", "ReduceLogSumExp", "CumSum",
-        # Precision-critical normalisation: statistics over a whole axis (mean, variance) lose
-        # digits to cancellation in float16's 11-bit mantissa, and their small denominators
-        # (var + eps; eps = 1e-5 is subnormal in float16, 1e-12 is zero) divide by ~0.
-        "Softmax", "LogSoftmax", "ReduceMean", "ReduceLogSum", "Log", "Sqrt", "Reciprocal",
-        "LayerNormalization", "GroupNormalization", "InstanceNormalization",
-        "MeanVarianceNormalization", "LpNormalization",
-        # Index and shape producers: a float16 rounding can flip which element wins (TopK,
-        # ArgMax), positions beyond 2048 are no longer integers (Range), and box coordinates
-        # with IoU thresholds decide detections (NonMaxSuppression, RoiAlign).
-        "TopK", "ArgMax", "ArgMin", "Range", "NonMaxSuppression", "RoiAlign",
-        # Quantization scales can be smaller than float16's smallest normal (6.1e-5); the INT8
-        # policy decides their type, not the FP16 conversion.
-        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-        # Random generators: their dtype is an attribute; left alone rather than rewritten.
-        "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-        "Bernoulli",
-    }
-)  # fmt: skip
-"""Ops kept in float32 by default, each for overflow, precision or index stability (see source).
-
-Deliberately *not* listed: ``Conv``, ``MatMul``, ``Gemm`` (the point of float16; GPU kernels
-accumulate in float32), ``GlobalAveragePool``/``AveragePool`` (a mean is bounded by its inputs;
-backends accumulate pooling in float32), ``BatchNormalization`` (at inference a per-channel
-affine map with fixed statistics, mostly folded into convolutions by ``clean()``; keeping a
-leftover one in float32 costs two casts and cannot undo the rounding of its float16 input, as in
-PyTorch autocast), ``Erf``, ``Tanh``, ``Sigmoid`` (bounded), ``Div``
-(ubiquitous scaling; a divisor that can be tiny normally comes from ``Sqrt``/``Reduce*``, which
-are listed, and an elementwise op fed only by float32 tensors stays float32 anyway).
-"""
-
-ISLAND_OPS: frozenset[str] = frozenset(
-    {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Max", "Min", "Sum", "Mean", "Clip", "Relu"}
-)
-"""Elementwise ops that stay float32 when all their non-constant float inputs are float32."""
 
 # Inputs kept at their type even where the schema would allow float16.
 _KEEP_INPUTS: dict[str, frozenset[int]] = {"Resize": frozenset({1})}
@@ -116,7 +79,7 @@ def to_fp16(
     result = onnx.ModelProto()
     result.CopyFrom(model)
     _Converter(result, blocked_ops, blocked_names).run()
-    _fold_cast_chains(result.graph)
+    fold_cast_chains(result.graph)
     return result
 
 
@@ -152,7 +115,7 @@ class _Converter:
             and _value_attr(n) is not None
         }
         self.consts |= set(self.value_nodes)
-        self.bound = {o.name for o in self.graph.output} | _subgraph_references(self.graph)
+        self.bound = {o.name for o in self.graph.output} | subgraph_references(self.graph)
         self.used = {n for node in self.graph.node for n in (*node.input, *node.output)}
         self.used |= inputs | set(self.inits) | self.bound
         self.new_types = dict(self.types)
@@ -170,6 +133,7 @@ class _Converter:
             or node.domain not in _DEFAULT_DOMAINS
             or any(a.type in (onnx.AttributeProto.GRAPH, a.GRAPHS) for a in node.attribute)
             or any(n and self.types.get(n) is None for n in (*node.input, *node.output))
+            or kept_by_rule(node)
         ):
             return None
         if node.op_type in ISLAND_OPS:
@@ -210,6 +174,8 @@ class _Converter:
                 (wants if is_in else outs)[i] = FLOAT16
         if FLOAT16 not in outs and FLOAT16 not in wants:
             return None
+        if not types_agree(schema, node, wants, outs, self.info, self.types, self.model):
+            return None  # ONNX's own inference disagrees with the plan: leave the node float32
         return wants, outs
 
     def run(self) -> None:

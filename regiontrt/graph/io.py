@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +47,101 @@ class TensorSpec:
         return cls(str(d["name"]), np.dtype(str(d["dtype"])), tuple(shape))
 
 
-def load_model(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
+AnyGraph = onnx.GraphProto | onnx.FunctionProto
+
+
+def iter_graphs(model: onnx.ModelProto) -> Iterator[tuple[str, AnyGraph]]:
+    """Every graph of ``model``, with a path naming where it sits.
+
+    The main graph, each subgraph (``If``/``Loop``/``Scan`` bodies, at any depth) and each
+    model-local function (and the subgraphs inside them).
+    """
+    stack: list[tuple[str, AnyGraph]] = [("graph", model.graph)]
+    stack += [(f"function {f.domain}:{f.name}", f) for f in model.functions]
+    while stack:
+        where, graph = stack.pop()
+        yield where, graph
+        for node in graph.node:
+            for attr in node.attribute:
+                label = f"{where} > {node.op_type} {node.name or '?'}.{attr.name}"
+                if attr.HasField("g"):
+                    stack.append((label, attr.g))
+                stack.extend((f"{label}[{i}]", g) for i, g in enumerate(attr.graphs))
+
+
+def iter_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every stored tensor: initializers, sparse initializers and tensor attributes, everywhere."""
+    for where, graph in iter_graphs(model):
+        if isinstance(graph, onnx.GraphProto):
+            for t in graph.initializer:
+                yield f"{where} initializer {t.name}", t
+            for sp in graph.sparse_initializer:
+                yield f"{where} sparse initializer {sp.values.name}", sp.values
+                yield f"{where} sparse initializer {sp.values.name} indices", sp.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                label = f"{where} > {node.op_type} {node.name or '?'}.{attr.name}"
+                if attr.HasField("t"):
+                    yield label, attr.t
+                if attr.HasField("sparse_tensor"):
+                    yield label, attr.sparse_tensor.values
+                    yield label + " indices", attr.sparse_tensor.indices
+                yield from ((f"{label}[{i}]", t) for i, t in enumerate(attr.tensors))
+                for i, sp in enumerate(attr.sparse_tensors):
+                    yield f"{label}[{i}]", sp.values
+                    yield f"{label}[{i}] indices", sp.indices
+
+
+def external_data_refs(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """``(where, location)`` of every tensor whose data lives outside the model bytes."""
+    out = []
+    for where, tensor in iter_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            entries = {e.key: e.value for e in tensor.external_data}
+            out.append((where, entries.get("location", "")))
+    return out
+
+
+def _inline_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Read external data that lies inside ``base_dir`` into the model; refuse anything else."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    root = base_dir.resolve()
+    for where, location in external_data_refs(model):
+        rel = Path(location)
+        target = (root / rel).resolve()
+        if (not location or rel.is_absolute() or ".." in rel.parts
+                or not target.is_relative_to(root) or not target.is_file()):
+            raise InvalidModelError(
+                f"{where}: external data location {location!r} is not a file beside the model "
+                f"in {root}; refused"
+            )
+    try:
+        load_external_data_for_model(model, str(root))
+    except Exception as exc:
+        raise InvalidModelError(f"cannot read the model's external data: {exc}") from exc
+    left = external_data_refs(model)
+    if left:
+        raise InvalidModelError(
+            f"external data that cannot be inlined (e.g. {left[0][0]}); save the model with its "
+            "weights inside the file (onnx.save(model, path, save_as_external_data=False))"
+        )
+
+
+def load_model(
+    source: ModelSource, *, check: bool = True, base_dir: str | Path | None = None
+) -> onnx.ModelProto:
     """Load an ONNX model from a path, raw bytes or a ``ModelProto``.
 
-    External data next to a file is loaded too. The model is validated with the ONNX checker.
+    External data is always inlined, so the returned model (and every payload built from it) is
+    self-contained and its hash covers the weights. For a path, the data files must lie in the
+    model's folder (no absolute or ``..`` locations); for bytes or a ``ModelProto`` that names
+    external data, pass ``base_dir``, the folder holding it. The model is validated with the ONNX
+    checker.
 
     Raises:
-        InvalidModelError: the file is missing, unreadable, not ONNX, or fails the checker.
+        InvalidModelError: the source is of the wrong type, the file is missing, unreadable, not
+            ONNX, names external data outside its folder, or fails the checker.
     """
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
@@ -62,22 +151,36 @@ def load_model(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
         try:
             model.ParseFromString(bytes(source))
         except Exception as exc:  # protobuf raises DecodeError and friends
-            raise InvalidModelError(f"bytes are not a serialized ONNX model: {exc}") from None
-    else:
+            raise InvalidModelError(f"bytes are not a serialized ONNX model: {exc}") from exc
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise InvalidModelError(f"ONNX model not found: {path}")
+            raise InvalidModelError(f"ONNX model not found (or not a file): {path}")
         try:
-            model = onnx.load(str(path))
+            model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
-            raise InvalidModelError(f"{path}: not a readable ONNX model: {exc}") from None
+            raise InvalidModelError(f"{path}: not a readable ONNX model: {exc}") from exc
+        base_dir = path.parent if base_dir is None else base_dir
+    else:
+        raise InvalidModelError(
+            f"a model source must be a path, bytes or an onnx.ModelProto, not "
+            f"{type(source).__name__}"
+        )
+    refs = external_data_refs(model)
+    if refs:
+        if base_dir is None:
+            raise InvalidModelError(
+                f"the model names external data ({refs[0][1]!r} for {refs[0][0]}) but was given "
+                "as bytes or a ModelProto: pass its path, or base_dir= (the folder of the data)"
+            )
+        _inline_external_data(model, Path(base_dir))
     if not model.graph.node and not model.graph.output:
         raise InvalidModelError("the ONNX model has an empty graph")
     if check:
         try:
             onnx.checker.check_model(model)
         except Exception as exc:
-            raise InvalidModelError(f"the ONNX model fails the checker: {exc}") from None
+            raise InvalidModelError(f"the ONNX model fails the checker: {exc}") from exc
     return model
 
 

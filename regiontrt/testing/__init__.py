@@ -3,7 +3,9 @@
 :mod:`regiontrt.testing.fake_trt` holds :class:`FakeCudaEngine` and :class:`FakeExecutionContext`,
 test doubles of ``trt.ICudaEngine`` and ``trt.IExecutionContext`` whose ``execute_async_v3``
 launches a real NVRTC-compiled kernel, plus the enum shims :class:`TensorIOMode` and
-:class:`DataType`. Importing this package needs no GPU.
+:class:`DataType`. :func:`~regiontrt.testing.recording_trt.make_recording_trt` fakes the
+builder side of the ``tensorrt`` module and records every call. Importing this package needs no
+GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .fake_trt import (
     IOutputAllocator,
     TensorIOMode,
 )
+from .recording_trt import make_recording_trt
 
 __all__ = [
     "DataType",
@@ -22,4 +25,5 @@ __all__ = [
     "FakeExecutionContext",
     "IOutputAllocator",
     "TensorIOMode",
+    "make_recording_trt",
 ]

@@ -1,11 +1,16 @@
 """Test doubles of ``trt.ICudaEngine`` and ``trt.IExecutionContext`` that run real GPU kernels.
 
 Full TensorRT cannot be installed on our machines, so :class:`FakeCudaEngine` and
-:class:`FakeExecutionContext` implement the subset of the TensorRT 10 Python API that
-:class:`~regiontrt.backends.trt_runner.TensorRTRunner` uses. ``execute_async_v3`` launches a
-kernel compiled with NVRTC through cuda-python on exactly the tensor addresses that were set and
-on the stream it is given, so addresses, shapes, streams and synchronization are exercised on real
-hardware. The "network" is::
+:class:`FakeExecutionContext` implement the subset of the TensorRT 10/11 Python API that
+:class:`~regiontrt.backends.trt_runner.TensorRTRunner` uses, with the bindings' method and
+parameter names (``tests/test_tensorrt_conformance.py`` checks them against the compiled modules)
+and TensorRT's failure modes: ``set_optimization_profile_async`` raises ``RuntimeError`` (as
+TensorRT 10+ does), ``set_tensor_address`` refuses an address that is not 256-byte aligned, the
+output allocator is asked for at least one byte even for an empty tensor and a null address fails
+the execution, and ``get_max_output_size`` returns -1 until the input shapes are set.
+``execute_async_v3`` launches a kernel compiled with NVRTC through cuda-python on exactly the
+tensor addresses that were set and on the stream it is given, so addresses, shapes, streams and
+synchronization are exercised on real hardware. The "network" is::
 
     y[i, j] = max(x[i, j] * w + b, 0)          # output "y", float32 (N, C)
     s[i]    = sum_j y[i, j] + k[i]             # output "s", float32 (N,)
@@ -60,6 +65,7 @@ class DataType(enum.Enum):
     INT64 = 8
     INT4 = 9
     FP4 = 10
+    E8M0 = 11
 
 
 class IOutputAllocator:
@@ -160,11 +166,15 @@ class FakeCudaEngine:
         w: the scale of the affine map.
         b: its offset.
         data_dependent: add the output ``pos`` whose shape only the kernel knows.
+        failing_profiles: profile indices whose switch fails (TensorRT raises ``RuntimeError``,
+            e.g. when another context already uses the profile).
     """
 
     def __init__(self, max_rows: int = 64, max_cols: int = 256, *,
                  profiles: Sequence[Mapping[str, Sequence[Sequence[int]]]] | None = None,
-                 w: float = 1.5, b: float = -0.25, data_dependent: bool = False) -> None:
+                 w: float = 1.5, b: float = -0.25, data_dependent: bool = False,
+                 failing_profiles: Sequence[int] = ()) -> None:
+        self.failing_profiles = set(failing_profiles)
         specs = profiles or [{"x": ((1, 1), (max_rows, max_cols), (max_rows, max_cols))}]
         self.profiles: list[dict[str, Shape3]] = []
         for spec in specs:
@@ -242,12 +252,18 @@ class FakeExecutionContext:
         self.set_address_calls = 0
         self.last_stream: int | None = None
         self.last_addresses: dict[str, int] = {}
+        self.refused_addresses: list[tuple[str, int]] = []
+        self.reallocations: list[tuple[str, int, int]] = []  # (name, size, alignment) asked for
+        self.max_output_size_calls = 0
         self._counter: DeviceBuffer | None = None
         self._count_host: PinnedBuffer | None = None
 
     def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+        # TensorRT 10+ raises instead of returning False
         if not 0 <= profile_index < self.engine.num_optimization_profiles:
-            return False
+            raise RuntimeError(f"profile index {profile_index} is out of range")
+        if profile_index in self.engine.failing_profiles:
+            raise RuntimeError(f"Error Code 1: profile {profile_index} cannot be selected")
         self.active_optimization_profile = profile_index
         self.shapes.clear()  # TensorRT needs the input shapes again after a switch
         return True
@@ -273,6 +289,14 @@ class FakeExecutionContext:
             return x[:1] if x else (-1,)
         return (-1,)  # "pos": data-dependent until the kernel has run
 
+    def get_max_output_size(self, name: str) -> int:
+        """Upper bound in bytes of an output at the current profile; -1 before input shapes."""
+        self.max_output_size_calls += 1
+        if self.engine.get_tensor_mode(name) is not TensorIOMode.OUTPUT or self.infer_shapes():
+            return -1
+        _, _, (rows, cols) = self.engine.profiles[self.active_optimization_profile]["x"]
+        return {"y": rows * cols * 4, "s": rows * 4, "pos": rows * cols * 8}[name]
+
     def infer_shapes(self) -> list[str]:
         missing = [n for n in ("x", "k") if n not in self.shapes]
         if not missing and self.shapes["k"][0] != self.shapes["x"][0]:
@@ -286,6 +310,9 @@ class FakeExecutionContext:
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self.set_address_calls += 1
         if self.engine.get_tensor_mode(name) is TensorIOMode.NONE or not memory:
+            return False
+        if int(memory) % 256:  # TensorRT's documented minimum alignment for tensor addresses
+            self.refused_addresses.append((name, int(memory)))
             return False
         self.addresses[name] = int(memory)
         return True
@@ -337,10 +364,10 @@ class FakeExecutionContext:
                     _ptr(counter)]
             _launch(kern["affine_relu"], rows, _BLOCK, stream_handle, args)
         if self.engine.data_dependent:
-            self._run_data_dependent(kern, stream_handle, rows * cols)
+            return self._run_data_dependent(kern, stream_handle, rows * cols)
         return True
 
-    def _run_data_dependent(self, kern: dict[str, Any], stream: int, n: int) -> None:
+    def _run_data_dependent(self, kern: dict[str, Any], stream: int, n: int) -> bool:
         # TensorRT syncs to learn a data-dependent size, then asks the allocator for memory.
         from cuda.bindings import runtime as cudart
 
@@ -349,15 +376,18 @@ class FakeExecutionContext:
         cuda_call(cudart.cudaStreamSynchronize(stream), what="cudaStreamSynchronize")
         count = int(self._count_host.array(np.int32, (1,))[0])
         alloc = self.allocators["pos"]
-        ptr = int(alloc.reallocate_output_async("pos", self.addresses.get("pos", 0), count * 8,
-                                                256, stream))
-        if count and not ptr:
-            raise CudaError("the output allocator returned a null pointer for 'pos'")
+        size = max(count * 8, 1)  # TensorRT never asks for 0 bytes, even for an empty tensor
+        self.reallocations.append(("pos", size, 256))
+        ptr = int(alloc.reallocate_output_async("pos", self.addresses.get("pos", 0), size,
+                                                256, stream) or 0)
+        if not ptr:  # TensorRT treats a null address as a failed allocation: enqueue fails
+            return False
         self.addresses["pos"] = ptr
         if count:
             _launch(kern["compact_positive"], 1, 1, stream,
                     [_ptr(self.addresses["y"]), np.array([n], np.int64), _ptr(ptr)])
         alloc.notify_shape("pos", (count,))
+        return True
 
     def __del__(self) -> None:
         for buf in (self._counter, self._count_host):

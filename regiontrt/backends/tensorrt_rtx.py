@@ -1,0 +1,147 @@
+"""The TensorRT-RTX backend: builds on the CPU for compute-capability targets.
+
+It shares the build and load path of :mod:`.tensorrt` (:class:`~.tensorrt._TensorRTFamily`) and
+differs in the hooks: targets instead of the local GPU, a runtime cache instead of a timing cache,
+``Runtime.get_engine_validity`` consulted before any header bits, and a plan header whose layout
+was verified on TensorRT-RTX 1.7 (:mod:`.plan`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BuildError, IncompatibleEngineError
+from ..tactics import TacticSelector
+from .plan import PlanHeader, read_plan_header
+from .tensorrt import _meta, _sm_number, _TensorRTFamily
+from .timing_cache import RuntimeCacheContexts, RuntimeCacheFile, RuntimeCacheOwner
+from .trt_build import device_sm, gpu_problem, trt_logger
+
+if TYPE_CHECKING:
+    import tensorrt
+
+
+class TensorRTRTXBackend(_TensorRTFamily):
+    """TensorRT for RTX: builds on the CPU for compute-capability targets.
+
+    Args:
+        runtime_cache: runtime-cache file used at load (overrides the one in the metadata).
+    """
+
+    name = "tensorrt-rtx"
+    extra = "rtx"
+    payload_format = "tensorrt-rtx-plan"
+    _modules = ("tensorrt_rtx", "tensorrt_rtx_bindings")
+    _rtx = True
+    _label = "TensorRT-RTX"
+
+    def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
+                   applied: dict[str, Any]) -> dict[str, Any]:
+        cfg: Any = config  # compute-capability targets are RTX-only API, absent from the stubs
+        supported = _rtx_targets(trt)
+        if tactics.compute_capabilities:
+            missing = [c for c in tactics.compute_capabilities if c not in supported]
+            if missing:
+                raise BuildError(
+                    f"{self._label} {trt.__version__} cannot target {missing}; it supports "
+                    f"{sorted(supported, key=_sm_number)}"
+                )
+            cfg.num_compute_capabilities = len(tactics.compute_capabilities)
+            for i, sm in enumerate(tactics.compute_capabilities):
+                if not cfg.set_compute_capability(supported[sm], i):
+                    raise BuildError(f"{self._label} refused compute capability {sm}")
+            applied["compute_capabilities"] = list(tactics.compute_capabilities)
+        else:
+            local = device_sm()
+            if local in supported:
+                cfg.num_compute_capabilities = 1
+                cfg.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
+                applied["compute_capabilities"] = f"current ({local})"
+            else:  # no (supported) GPU: the library's default set of targets
+                applied["compute_capabilities"] = "default (every supported target)"
+        if tactics.timing_cache:  # RTX 1.2+ makes timing-cache calls no-ops
+            applied["timing_cache"] = "unsupported by TensorRT-RTX (see runtime_cache)"
+        if tactics.runtime_cache:
+            applied["runtime_cache"] = tactics.runtime_cache
+        return {}
+
+    def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
+        return "+".join(header.compute_capabilities) or "+".join(tactics.compute_capabilities)
+
+    def _runnable(self, header: PlanHeader, target: str) -> bool:
+        local = device_sm()
+        targets = header.compute_capabilities or tuple(t for t in target.split("+") if t)
+        return local is not None and (local in targets or not header.verified)
+
+    def _preflight(self, trt: Any, payload: bytes, metadata: Mapping[str, Any]) -> PlanHeader:
+        if device_sm() is None:  # the library's check below needs a GPU's properties
+            raise IncompatibleEngineError(
+                f"this TensorRT-RTX engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")
+        # the library's own verdict comes first, before any header bits of ours
+        self._check_validity(trt, trt.Runtime(trt_logger(trt)), payload)
+        header = read_plan_header(payload)
+        if header.format != "tensorrt-rtx":
+            raise IncompatibleEngineError(
+                f"the payload is a {header.format} plan; the {self.name} backend loads "
+                "tensorrt-rtx")
+        self.check_compatible(metadata)
+        self._check_version(header.trt_version)  # the bytes outrank the metadata
+        self._check_gpu(_meta(metadata, "target"), header.compute_capabilities)
+        return header
+
+    def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
+        targets = ccs or tuple(t for t in (target or "").split("+") if t)
+        local = device_sm()
+        if local is None:
+            raise IncompatibleEngineError(
+                f"this TensorRT-RTX engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")
+        if not targets or local in targets:
+            return
+        module = self._module()
+        supported = _rtx_targets(module) if module is not None else {}
+        if module is not None and supported and local not in supported:
+            advice = (f"TensorRT-RTX {module.__version__} cannot target {local} (it supports "
+                      f"{', '.join(sorted(supported, key=_sm_number))}): use the 'tensorrt' "
+                      "backend on this GPU")
+        else:
+            advice = f"rebuild it with compute_capabilities including {local!r}"
+        raise IncompatibleEngineError(
+            f"this TensorRT-RTX engine targets {', '.join(targets)} and this GPU is {local}; "
+            + advice
+        )
+
+    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
+        check = getattr(runtime, "get_engine_validity", None)  # RTX: reads the header only
+        if check is None:
+            return
+        validity, diagnostics = check(payload)
+        if int(validity) != int(trt.EngineValidity.INVALID):
+            return
+        reasons = [name.lower().replace("_", " ")
+                   for name, flag in trt.EngineInvalidityDiagnostics.__members__.items()
+                   if int(diagnostics) & int(flag)]
+        raise IncompatibleEngineError(
+            f"{self._label} {trt.__version__} reports this plan invalid here: "
+            f"{', '.join(reasons) or 'no reason given'}"
+        )
+
+    def _context_factory(self, runtime: Any, metadata: Mapping[str, Any]) -> tuple[Any, Any]:
+        path = self.runtime_cache or _runtime_cache_from(metadata)
+        contexts = RuntimeCacheContexts(RuntimeCacheFile(path) if path else None)
+        return contexts, RuntimeCacheOwner(runtime, contexts)
+
+
+def _rtx_targets(trt: Any) -> dict[str, Any]:
+    """``{"sm89": ComputeCapability.SM89, ...}``: the targets this TensorRT-RTX can build for."""
+    members = getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
+    return {name.lower(): m for name, m in members.items() if name.startswith("SM")}
+
+
+def _runtime_cache_from(metadata: Mapping[str, Any]) -> str | None:
+    applied = _meta(metadata, "builder_config")
+    value = applied.get("runtime_cache") if isinstance(applied, Mapping) else None
+    return value if isinstance(value, str) and not value.startswith("unsupported") else None
+
+
+__all__ = ["TensorRTRTXBackend"]

@@ -1,0 +1,193 @@
+"""The fleet commands: fleet build, keygen, sign, publish, pull, select, rollback, triton-export.
+
+Thin over :mod:`regiontrt.deploy`: every failure is a one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import RegionTRTError
+
+
+class _CommandError(RegionTRTError):
+    """An operating-system error met by a command (a missing file, no permission...)."""
+
+
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn stray OS errors into the CLI's one-line message (regiontrt errors already are)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except RegionTRTError:
+            raise
+        except OSError as exc:
+            raise _CommandError(str(exc)) from exc
+
+    return run
+
+
+@_guard
+def _cmd_fleet_build(args: argparse.Namespace) -> int:
+    from ..deploy import build_fleet
+
+    result = build_fleet(args.fleet, args.out, workers=args.workers, scheduler=args.scheduler,
+                         sign_key=args.sign)
+    if args.json:
+        print(json.dumps({"ok": result.ok, "seconds": result.seconds,
+                          "cells": [c.to_dict() for c in result.cells],
+                          "bundles": {k: str(v) for k, v in result.bundles.items()}}, indent=2))
+    else:
+        print(result.table())
+        for region, folder in result.bundles.items():
+            print(f"bundle {region}: {folder}{' (signed)' if args.sign else ''}")
+        failed = sum(c.status == "failed" for c in result.cells)
+        print(f"{len(result.cells)} cells, {failed} failed, {result.seconds:.1f} s")
+    return 0 if result.ok else 1
+
+
+@_guard
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ..trust import keygen
+
+    private, public = keygen(args.dir, overwrite=args.force)
+    print(f"private key: {private} (keep it off bundles and registries)\npublic key: {public}")
+    return 0
+
+
+@_guard
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from ..deploy.signing import sign_bundle
+    from ..trust import sign_file
+
+    target = Path(args.target)
+    if target.is_file():
+        print(f"signed {target}: {sign_file(target, args.key)}")
+        return 0
+    folders = sorted(p.parent for p in target.rglob("manifest.json"))
+    if not folders:
+        raise _CommandError(f"no bundle (manifest.json) under {target}")
+    for folder in folders:
+        print(f"signed {folder}: {sign_bundle(folder, args.key)}")
+    return 0
+
+
+@_guard
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from ..deploy import publish
+
+    for dest in publish(args.dist, args.registry, overwrite=args.overwrite):
+        print(f"published {dest}")
+    return 0
+
+
+@_guard
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from ..deploy import pull
+
+    result = pull(args.registry, args.name, region=args.region, into=args.into, trust=args.trust,
+                  version=args.version, allow_downgrade=args.allow_downgrade)
+    if result.changed:
+        before = f" (was {result.previous})" if result.previous else ""
+        print(f"installed {result.name} {result.version} {result.region}{before}: {result.path}")
+    else:
+        print(f"{result.name} {result.version} {result.region} is already current (verified)")
+    return 0
+
+
+@_guard
+def _cmd_select(args: argparse.Namespace) -> int:
+    from ..deploy import load_bundle
+
+    bundle = load_bundle(args.path, trust=args.trust)
+    selection = bundle.select(role=args.role, rebuild=not args.no_rebuild)
+    print(f"{bundle.name} {bundle.version} {bundle.region} ({bundle.precision}): "
+          f"{selection.engine.backend_name}"
+          f"{' variant ' + selection.variant.target if selection.variant else ''}"
+          f"{' (rebuilt here)' if selection.rebuilt else ''}")
+    print(selection.explain())
+    return 0
+
+
+@_guard
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from ..deploy import rollback
+
+    print(f"rolled back {args.path} to {rollback(args.path)}")
+    return 0
+
+
+@_guard
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from ..deploy import export_triton
+
+    folder = export_triton(args.bundle, args.into, target=args.target, trust=args.trust)
+    print(f"wrote {folder / 'config.pbtxt'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the fleet commands to the ``regiontrt`` parser."""
+    f = sub.add_parser("fleet", help="build every region x target of a fleet file")
+    fsub = f.add_subparsers(dest="fleet_command", required=True)
+    b = fsub.add_parser("build", help="build every (region, target) cell into signed bundles")
+    b.add_argument("fleet", help="fleet TOML file (see docs/fleet.md)")
+    b.add_argument("--out", required=True, help="output folder for the bundles")
+    where = b.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, help="local worker processes")
+    where.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")
+    b.add_argument("--sign", metavar="PRIVATE.pem", help="sign each bundle with this key")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_cmd_fleet_build)
+
+    k = sub.add_parser("keygen", help="write DIR/private.pem and DIR/public.pem (ECDSA P-256)")
+    k.add_argument("dir")
+    k.add_argument("--force", action="store_true", help="overwrite an existing private key")
+    k.set_defaults(func=_cmd_keygen)
+
+    s = sub.add_parser("sign", help="sign every bundle under DIST (or one .engine file)")
+    s.add_argument("target", metavar="DIST")
+    s.add_argument("--key", required=True, metavar="PRIVATE.pem")
+    s.set_defaults(func=_cmd_sign)
+
+    p = sub.add_parser("publish", help="upload signed bundles to a registry (folder/fsspec URL)")
+    p.add_argument("dist")
+    p.add_argument("registry")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an already published version (refused by default)")
+    p.set_defaults(func=_cmd_publish)
+
+    pl = sub.add_parser("pull", help="verify and install a region's bundle from a registry")
+    pl.add_argument("registry")
+    pl.add_argument("name")
+    pl.add_argument("--region", required=True)
+    pl.add_argument("--version", help="default: the registry's latest")
+    pl.add_argument("--trust", required=True, metavar="PUBLIC.pem",
+                    help="trusted public key (file or folder of .pem)")
+    pl.add_argument("--into", required=True, help="folder of installs (DIR; install is DIR/NAME)")
+    pl.add_argument("--allow-downgrade", action="store_true")
+    pl.set_defaults(func=_cmd_pull)
+
+    se = sub.add_parser("select", help="pick the variant this machine runs, and say why")
+    se.add_argument("path", metavar="DIR/NAME", help="an install folder or a bundle folder")
+    se.add_argument("--trust", metavar="PUBLIC.pem", help="verify the signature too")
+    se.add_argument("--role", choices=("latency", "throughput"))
+    se.add_argument("--no-rebuild", action="store_true", help="never rebuild a plan here")
+    se.set_defaults(func=_cmd_select)
+
+    r = sub.add_parser("rollback", help="switch an install back to its previous version")
+    r.add_argument("path", metavar="DIR/NAME")
+    r.set_defaults(func=_cmd_rollback)
+
+    t = sub.add_parser("triton-export", help="write a Triton model repository for a bundle")
+    t.add_argument("bundle")
+    t.add_argument("--into", required=True, metavar="REPO")
+    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else ONNX)")
+    t.add_argument("--trust", metavar="PUBLIC.pem")
+    t.set_defaults(func=_cmd_triton)

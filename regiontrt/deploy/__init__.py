@@ -1,0 +1,27 @@
+"""The fleet layer: build every region x target, ship signed bundles, verify, pick and run.
+
+Stages, one module each: :mod:`.fleet` (the fleet file), :mod:`.tasks` and :mod:`.matrix` (the
+build matrix on any ``concurrent.futures.Executor``), :mod:`.bundle` (bundles and their
+manifest), :mod:`.signing` (OpenSSF model-signing keys), :mod:`.registry` (publish over fsspec),
+:mod:`.install` (pull, atomic switch, rollback), :mod:`.select` (which variant runs here) and
+:mod:`.triton` (a Triton model repository). Dask, fsspec and model-signing come with the
+``fleet`` extra and are imported only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from .bundle import Bundle, Variant, load_bundle, write_bundle
+from .fleet import FleetSpec, RegionSpec, TargetSpec
+from .install import PullResult, installed_version, pull, rollback
+from .matrix import CellResult, FleetResult, build_fleet, open_executor
+from .registry import publish, read_index
+from .select import Candidate, Selection, select
+from .signing import keygen, sign_bundle, sign_file, verify_bundle, verify_file
+from .triton import export_triton
+
+__all__ = [
+    "Bundle", "Candidate", "CellResult", "FleetResult", "FleetSpec", "PullResult", "RegionSpec",
+    "Selection", "TargetSpec", "Variant", "build_fleet", "export_triton", "installed_version",
+    "keygen", "load_bundle", "open_executor", "publish", "pull", "read_index", "rollback",
+    "select", "sign_bundle", "sign_file", "verify_bundle", "verify_file", "write_bundle",
+]

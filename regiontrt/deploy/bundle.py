@@ -1,0 +1,318 @@
+"""Bundles: one folder per (model, version, region) with a manifest, its ONNX and its variants.
+
+Layout (see docs/fleet.md)::
+
+    manifest.json    name, version, region and policy, precision and validation report, the
+                     precision-compiled ONNX's SHA-256, every variant (target, backend, compute
+                     capabilities, toolchain, file, size, SHA-256) and the deferred targets
+    model.onnx       the precision-compiled ONNX: the single source of every variant
+    <target>.engine  one ``.engine`` container per built variant
+    bundle.sig       the signature (see :mod:`.signing`)
+
+:func:`load_bundle` refuses a whole bundle, with a typed error, when any file disagrees with the
+manifest, a variant belongs to another region or derives from another graph, or anything holds a
+precision the region forbids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__, artifact
+from .._fs import atomic_write_text
+from ..engine import Engine
+from ..errors import BundleError, PolicyViolation
+from ..precision import Precision
+from ..regions import Region
+from ..retarget import check_onnx_compliance
+from ._util import safe_name, sha256_bytes, sha256_file
+
+if TYPE_CHECKING:
+    from .select import Selection
+    from .signing import TrustLike
+
+FORMAT = "regiontrt-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+MAX_MANIFEST = 16 << 20
+POINTER = "current"
+_PAYLOAD_KEYS = ("payload_sha256", "payload_size")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One built engine of a bundle, as the manifest lists it."""
+
+    target: str
+    backend: str
+    file: str
+    sha256: str
+    size: int
+    role: str | None = None
+    compute_capabilities: tuple[str, ...] = ()
+    payload_format: str = ""
+    precision: str = ""
+    toolchain: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Variant:
+        try:
+            return cls(
+                target=safe_name(d["target"], "variant target"),
+                backend=str(d["backend"]), file=safe_name(d["file"], "variant file"),
+                sha256=str(d["sha256"]), size=int(d["size"]), role=d.get("role"),
+                compute_capabilities=tuple(d.get("compute_capabilities") or ()),
+                payload_format=str(d.get("payload_format", "")),
+                precision=str(d.get("precision", "")), toolchain=dict(d.get("toolchain") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest: malformed variant entry: {exc!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "backend": self.backend, "file": self.file,
+                "sha256": self.sha256, "size": self.size, "role": self.role,
+                "compute_capabilities": list(self.compute_capabilities),
+                "payload_format": self.payload_format, "precision": self.precision,
+                "toolchain": dict(self.toolchain)}
+
+
+class Bundle:
+    """A verified bundle (create it with :func:`load_bundle`)."""
+
+    def __init__(self, path: Path, manifest: Mapping[str, Any], install: Path | None) -> None:
+        self.path = path
+        self.manifest = dict(manifest)
+        self.install = install
+        self.name: str = manifest["name"]
+        self.version: str = manifest["version"]
+        self.region: str = manifest["region"]["name"]
+        self.precision: str = manifest["precision"]
+        self.variants = tuple(Variant.from_dict(v) for v in manifest["variants"])
+        self.deferred: tuple[dict[str, Any], ...] = tuple(manifest.get("deferred") or ())
+        self.onnx_sha256: str = manifest["onnx"]["sha256"]
+
+    def __repr__(self) -> str:
+        return (f"Bundle(name={self.name!r}, version={self.version!r}, region={self.region!r}, "
+                f"precision={self.precision!r}, variants={[v.target for v in self.variants]})")
+
+    def _read(self, file: str, sha256: str) -> bytes:
+        data = (self.path / file).read_bytes()
+        if sha256_bytes(data) != sha256:  # re-checked on use: the folder may change after load
+            raise BundleError(f"{self.path / file}: SHA-256 differs from the manifest")
+        return data
+
+    def load_variant(self, variant: Variant) -> Engine:
+        """The variant's engine (its file re-checked against the manifest)."""
+        metadata, payload = artifact.decode(self._read(variant.file, variant.sha256),
+                                            str(self.path / variant.file))
+        return Engine(metadata, payload)
+
+    def onnx_engine(self) -> Engine:
+        """An ONNX Runtime engine of the bundled precision-compiled ONNX."""
+        meta = dict(self.manifest["engine_metadata"])
+        meta.update({"backend": {"name": "onnxruntime", "version": ""}, "payload_format": "onnx",
+                     "target": "cpu"})
+        return Engine(meta, self._read(ONNX_FILE, self.onnx_sha256))
+
+    def select(self, *, role: str | None = None, rebuild: bool = True) -> Selection:
+        """Pick and load the variant for this machine; see :func:`regiontrt.deploy.select`."""
+        from .select import select
+
+        return select(self, role=role, rebuild=rebuild)
+
+
+def write_bundle(
+    folder: str | Path, *, name: str, version: str, region_engine: Engine,
+    variants: Sequence[tuple[Mapping[str, Any], Engine]],
+    deferred: Sequence[Mapping[str, Any]] = (),
+) -> Path:
+    """Write a bundle folder atomically (a temporary folder renamed into place).
+
+    Args:
+        folder: the bundle folder to create (replaced if it exists).
+        name, version: the model's name and version.
+        region_engine: the region's ONNX Runtime engine (its payload is the compiled ONNX).
+        variants: ``(target dict, engine)`` per built target (see ``TargetSpec.to_dict``).
+        deferred: target dicts with a ``reason``, for targets the node must rebuild.
+    """
+    from ..retarget import source_onnx
+
+    folder = Path(folder)
+    onnx_bytes = source_onnx(region_engine)
+    meta = region_engine.metadata
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+        entries = []
+        for target, engine in variants:
+            file = f"{safe_name(target['name'], 'target name')}.engine"
+            blob = engine.to_bytes()
+            (tmp / file).write_bytes(blob)
+            vmeta = engine.metadata
+            entries.append(Variant(
+                target=target["name"], backend=engine.backend_name, file=file,
+                sha256=sha256_bytes(blob), size=len(blob), role=target.get("role"),
+                compute_capabilities=tuple(target.get("compute_capabilities") or ()),
+                payload_format=vmeta["payload_format"], precision=engine.precision,
+                toolchain=vmeta.get("toolchain", {})).to_dict()
+                | {"source_onnx_sha256": vmeta.get("source_onnx_sha256"),
+                   "built_target": vmeta.get("target")})
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "name": safe_name(name, "name"), "version": safe_name(version, "version"),
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "regiontrt_version": __version__,
+            "region": meta["region"], "policy": meta.get("policy"),
+            "precision": meta["precision"],
+            "kept_high_precision": meta.get("kept_high_precision", []),
+            "validation": meta.get("validation"),
+            "model": meta.get("model"),
+            "onnx": {"file": ONNX_FILE, "sha256": sha256_bytes(onnx_bytes),
+                     "size": len(onnx_bytes)},
+            "engine_metadata": {k: v for k, v in meta.items() if k not in _PAYLOAD_KEYS},
+            "variants": entries,
+            "deferred": [dict(d) for d in deferred],
+        }
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Parse and shape-check ``folder/manifest.json`` (never trusting its content).
+
+    Raises:
+        BundleError: missing, too large, not JSON, or of another format.
+    """
+    path = folder / MANIFEST
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST + 1)
+    except OSError as exc:
+        raise BundleError(f"{folder} is not a bundle: {exc}") from None
+    if len(raw) > MAX_MANIFEST:
+        raise BundleError(f"{path}: larger than {MAX_MANIFEST} bytes")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a regiontrt bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {manifest.get('format_version')} "
+                          f"is not supported (this regiontrt reads {FORMAT_VERSION})")
+    for key in ("name", "version", "region", "precision", "onnx", "variants", "engine_metadata"):
+        if key not in manifest:
+            raise BundleError(f"{path}: no {key!r}")
+    safe_name(manifest["name"], "name")
+    safe_name(manifest["version"], "version")
+    if not isinstance(manifest["variants"], list) or not isinstance(manifest["region"], dict):
+        raise BundleError(f"{path}: malformed variants or region")
+    return manifest
+
+
+def _check_file(folder: Path, file: str, sha256: Any, size: Any) -> None:
+    path = folder / safe_name(file, "file")
+    if not path.is_file() or path.is_symlink():
+        raise BundleError(f"{path}: missing (or not a regular file)")
+    if path.stat().st_size != size or sha256_file(path) != sha256:
+        raise BundleError(f"{path}: size or SHA-256 differs from the manifest")
+
+
+def _precision(value: Any, where: str) -> Precision:
+    try:
+        return Precision.parse(value)
+    except ValueError:
+        raise BundleError(f"{where}: unknown precision {value!r}") from None
+
+
+def verify_contents(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Every file against the manifest, every variant against the region and its graph.
+
+    Raises:
+        BundleError: a file missing or changed; a variant of another region or graph.
+        PolicyViolation: the ONNX or a variant holds a precision the region forbids.
+    """
+    region_dict = manifest["region"]
+    try:
+        region = Region.from_dict(str(region_dict["name"]), region_dict)
+    except Exception as exc:
+        raise BundleError(f"manifest: unreadable region policy: {exc}") from None
+    if not region.allows(_precision(manifest["precision"], "the bundle")):
+        raise PolicyViolation(f"bundle precision {manifest['precision']} is forbidden in "
+                              f"region {region.name}")
+    onnx = manifest["onnx"]
+    _check_file(folder, onnx.get("file", ""), onnx.get("sha256"), onnx.get("size"))
+    check_onnx_compliance((folder / onnx["file"]).read_bytes(), region_dict)
+    for entry in manifest["variants"]:
+        v = Variant.from_dict(entry)
+        _check_file(folder, v.file, v.sha256, v.size)
+        meta, payload = artifact.read(folder / v.file)
+        where = f"variant {v.target!r} ({v.file})"
+        if meta.get("region", {}).get("name") != region.name:
+            raise BundleError(f"{where} was built for region {meta.get('region', {}).get('name')!r}"
+                              f", not this bundle's {region.name!r}")
+        precision = str(meta.get("precision"))
+        if not region.allows(_precision(precision, where)):
+            raise PolicyViolation(f"{where} holds {precision}, which region {region.name} forbids")
+        if precision != manifest["precision"]:
+            raise BundleError(f"{where} holds {precision}; the region's decision was "
+                              f"{manifest['precision']}")
+        if meta.get("source_onnx_sha256") != onnx["sha256"]:
+            raise BundleError(f"{where} was not built from this bundle's ONNX")
+        if meta.get("payload_format") == "onnx":
+            check_onnx_compliance(payload, region_dict)
+
+
+def _resolve_install(path: Path) -> tuple[Path, Path | None]:
+    """``(bundle folder, install folder or None)``; an install folder has a ``current`` pointer."""
+    pointer = path / POINTER
+    if not pointer.is_file():
+        return path, None
+    from .install import current_dir
+
+    return current_dir(path), path
+
+
+def load_bundle(path: str | Path, trust: TrustLike | None = None) -> Bundle:
+    """Open and verify a bundle folder, or an install folder (following its ``current``).
+
+    Args:
+        path: the bundle folder, or an install folder written by :func:`pull`.
+        trust: public key(s) the signature must verify with; ``None`` skips the signature check
+            (for bundles you built yourself), never the hash and compliance checks.
+
+    Raises:
+        SignatureError: unsigned, untrusted, or changed (with ``trust``).
+        BundleError: malformed, a file missing or changed, a variant of another region.
+        PolicyViolation: a precision the region forbids.
+    """
+    folder, install = _resolve_install(Path(path))
+    if trust is not None:
+        from .signing import verify_bundle
+
+        verify_bundle(folder, trust)
+    manifest = read_manifest(folder)
+    verify_contents(folder, manifest)
+    return Bundle(folder, manifest, install)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder if present (debris of an interrupted write)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)

@@ -1,0 +1,201 @@
+"""The build matrix: every (region, target) cell of a fleet, on any ``concurrent.futures.Executor``.
+
+Each region's precision is decided once (one :func:`.tasks.decide_region` task); as soon as it
+is, one :func:`.tasks.build_cell` task per target builds that target from the region's
+precision-compiled ONNX. Tasks carry bytes and URLs only, so the executor can be a local process
+pool (default) or Dask (``Client.get_executor()``, or ``scheduler="tcp://host:8786"``). A failed
+cell never stops the others; every cell ends up in :attr:`FleetResult.cells`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import artifact
+from .._text import format_table
+from ..engine import Engine
+from .bundle import write_bundle
+from .fleet import FleetSpec, TargetSpec
+from .tasks import build_cell, decide_region
+
+
+@dataclass
+class CellResult:
+    """The outcome of one (region, target) cell."""
+
+    region: str
+    target: str
+    backend: str
+    status: str  # "built", "deferred" or "failed"
+    precision: str | None = None
+    loss: float | None = None
+    budget: float | None = None
+    metric: str | None = None
+    size: int | None = None
+    seconds: float = 0.0
+    error: str = ""
+    engine: bytes | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in vars(self).items() if k != "engine"}
+        return d
+
+
+@dataclass
+class FleetResult:
+    """Every cell of a fleet build, and where its bundles were written."""
+
+    fleet: FleetSpec
+    cells: list[CellResult]
+    bundles: dict[str, Path]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """No cell failed (deferred cells are not failures)."""
+        return all(c.status != "failed" for c in self.cells)
+
+    def table(self) -> str:
+        """The final table: one row per cell."""
+        rows = []
+        for c in self.cells:
+            loss = "-" if c.loss is None else f"{c.loss:.4g}"
+            budget = "-" if c.budget is None else f"{c.budget:g}"
+            size = "-" if c.size is None else f"{c.size / 1024:.0f} KiB"
+            status = c.status + (f": {c.error}" if c.error else "")
+            rows.append((c.region, c.target, c.backend, c.precision or "-",
+                         f"{loss} / {budget}", size, f"{c.seconds:.1f}", status))
+        return format_table(rows, ("region", "target", "backend", "precision", "loss / budget",
+                                   "size", "build s", "status"))
+
+
+@contextlib.contextmanager
+def open_executor(workers: int = 1, scheduler: str | None = None) -> Iterator[cf.Executor]:
+    """A local process pool of ``workers`` processes, or a Dask executor for ``scheduler``."""
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise ValueError(
+                "--scheduler needs Dask: pip install 'regiontrt[fleet]'") from exc
+        with Client(scheduler) as client:
+            executor = client.get_executor()
+            try:
+                yield executor
+            finally:
+                executor.shutdown(wait=True)
+        return
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    # "spawn": a forked child would inherit ONNX Runtime's and TensorRT's threads mid-state.
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _region_cells(fleet: FleetSpec, region: str, outcome: Mapping[str, Any]) -> list[CellResult]:
+    """Failed cells for every target of a region whose precision decision failed."""
+    return [CellResult(region, t.name, t.backend, "failed", seconds=outcome.get("seconds", 0.0),
+                       error=f"region decision failed: {outcome['error']}")
+            for t in fleet.targets]
+
+
+def _cell(region: str, target: TargetSpec, engine: Engine, out: Mapping[str, Any]) -> CellResult:
+    report = engine.metadata.get("validation") or {}
+    chosen: dict[str, Any] = next((t for t in report.get("trials", []) if t.get("accepted")), {})
+    blob = out.get("engine")
+    return CellResult(
+        region, target.name, target.backend, out["status"], precision=engine.precision,
+        loss=chosen.get("loss"), budget=report.get("budget"), metric=report.get("metric"),
+        size=len(blob) if blob else None, seconds=float(out.get("seconds", 0.0)),
+        error=out.get("reason") or out.get("error") or "", engine=blob)
+
+
+def run_matrix(fleet: FleetSpec, executor: cf.Executor) -> tuple[list[CellResult],
+                                                                   dict[str, Engine]]:
+    """Run every cell of ``fleet`` on ``executor``; returns the cells and each region's engine."""
+    model = fleet.model_bytes()
+    pending: dict[cf.Future[dict[str, Any]], tuple[str, TargetSpec | None]] = {}
+    for spec in fleet.regions:
+        job = {"model": model, "region": spec.to_job(), "shape_profile": fleet.shape_profile}
+        pending[executor.submit(decide_region, job)] = (spec.name, None)
+    cells: list[CellResult] = []
+    engines: dict[str, Engine] = {}
+    while pending:
+        done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            region, target = pending.pop(future)
+            out = future.result()  # tasks never raise (see tasks.py)
+            if target is None and not out["ok"]:
+                cells.extend(_region_cells(fleet, region, out))
+            elif target is None:
+                blob = out["engine"]
+                engines[region] = Engine(*artifact.decode(blob, f"region {region}"))
+                for t in fleet.targets:
+                    pending[executor.submit(build_cell, {"engine": blob, "target": t.to_dict()})] \
+                        = (region, t)
+            else:
+                cells.append(_cell(region, target, engines[region], out))
+    order = {(r.name, t.name): i for i, (r, t) in
+             enumerate((r, t) for r in fleet.regions for t in fleet.targets)}
+    cells.sort(key=lambda c: order[(c.region, c.target)])
+    return cells, engines
+
+
+def bundle_dir(out: str | Path, name: str, version: str, region: str) -> Path:
+    """Where a bundle goes in a build output or a registry: ``<name>/<version>/<region>``."""
+    return Path(out) / name / version / region
+
+
+def build_fleet(
+    fleet: FleetSpec | str | Path,
+    out: str | Path,
+    *,
+    executor: cf.Executor | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    sign_key: str | Path | None = None,
+) -> FleetResult:
+    """Build every (region, target) cell and write one bundle per region under ``out``.
+
+    Args:
+        fleet: a :class:`FleetSpec` or the path/URL of a fleet TOML file.
+        out: the output folder; bundles go to ``out/<name>/<version>/<region>/``.
+        executor: any ``concurrent.futures.Executor`` (e.g. ``client.get_executor()``); when
+            omitted, ``scheduler`` (a Dask address) or a local pool of ``workers`` processes.
+        sign_key: a private key to sign each bundle with.
+
+    Returns:
+        The cells and bundle folders; ``result.ok`` is False when any cell failed (a region
+        whose decision succeeded still gets a bundle of the cells that did not fail).
+    """
+    spec = fleet if isinstance(fleet, FleetSpec) else FleetSpec.load(fleet)
+    started = time.perf_counter()
+    if executor is None:
+        with open_executor(workers, scheduler) as own:
+            cells, engines = run_matrix(spec, own)
+    else:
+        cells, engines = run_matrix(spec, executor)
+    bundles: dict[str, Path] = {}
+    for region, engine in engines.items():
+        mine = [c for c in cells if c.region == region]
+        targets = {t.name: t for t in spec.targets}
+        variants = [(targets[c.target].to_dict(), Engine(*artifact.decode(c.engine)))
+                    for c in mine if c.status == "built" and c.engine]
+        deferred = [{**targets[c.target].to_dict(), "reason": c.error}
+                    for c in mine if c.status == "deferred"]
+        folder = write_bundle(bundle_dir(out, spec.name, spec.version, region), name=spec.name,
+                              version=spec.version, region_engine=engine, variants=variants,
+                              deferred=deferred)
+        if sign_key is not None:
+            from .signing import sign_bundle
+
+            sign_bundle(folder, sign_key)
+        bundles[region] = folder
+    return FleetResult(spec, cells, bundles, time.perf_counter() - started)

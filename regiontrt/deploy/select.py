@@ -1,0 +1,144 @@
+"""Selection: which of a bundle's variants this machine runs, and why, candidate by candidate.
+
+Order: a TensorRT plan for this GPU and the installed TensorRT; else a TensorRT-RTX plan this GPU
+and package support; else a TensorRT plan rebuilt here from the bundled precision-compiled ONNX
+(saved atomically under the install's ``local/`` folder and reused on the next start); else ONNX
+Runtime. A rebuild never re-quantizes: the precision is in the graph, so the region's compliance
+and accuracy decisions carry over. Compatibility is asked of each backend through the public
+:meth:`Backend.check_compatible`, never decided here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import artifact
+from ..engine import Engine
+from ..errors import RegionTRTError
+from .hardware import backend_or_reason, tensorrt_build_blocker
+
+if TYPE_CHECKING:
+    from .bundle import Bundle, Variant
+
+_ORDER = ("tensorrt", "tensorrt-rtx")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option considered: what it is, whether it was taken, and why."""
+
+    option: str  # "variant", "rebuild" or "onnx"
+    target: str
+    backend: str
+    chosen: bool
+    reason: str
+
+    def __str__(self) -> str:
+        verdict = "chosen" if self.chosen else "skipped"
+        return f"{self.target} ({self.backend}, {self.option}): {verdict}: {self.reason}"
+
+
+@dataclass
+class Selection:
+    """The engine picked for this machine, the variant it came from, and every reason."""
+
+    engine: Engine
+    variant: Variant | None
+    reasons: list[Candidate] = field(default_factory=list)
+    rebuilt: bool = False
+
+    def explain(self) -> str:
+        """One line per candidate."""
+        return "\n".join(str(c) for c in self.reasons)
+
+
+def _try_variant(bundle: Bundle, variant: Variant) -> tuple[Engine | None, str]:
+    backend, why = backend_or_reason(variant.backend)
+    if backend is None:
+        return None, why
+    try:
+        metadata = artifact.read_header(bundle.path / variant.file)
+        backend.check_compatible(metadata)
+        engine = bundle.load_variant(variant)
+    except RegionTRTError as exc:
+        return None, str(exc)
+    return engine, f"runs here ({backend.name} {backend.version()})"
+
+
+def _rebuild(bundle: Bundle) -> tuple[Engine | None, str, bool]:
+    """A TensorRT plan for this GPU from the bundled ONNX, cached under ``install/local``."""
+    blocker = tensorrt_build_blocker()
+    if blocker is not None:
+        return None, blocker, False
+    backend, why = backend_or_reason("tensorrt")
+    if backend is None:
+        return None, why, False
+    cache = None
+    if bundle.install is not None:
+        cache = (bundle.install / "local" / f"{bundle.version}_{bundle.region}"
+                 / f"tensorrt-{backend.version()}-{bundle.onnx_sha256[:16]}.engine")
+    if cache is not None and cache.is_file():
+        try:
+            metadata, payload = artifact.read(cache)
+            if metadata.get("source_onnx_sha256") == bundle.onnx_sha256:
+                backend.check_compatible(metadata)
+                return Engine(metadata, payload), f"reused the plan rebuilt earlier ({cache})", True
+        except RegionTRTError:
+            pass  # stale or damaged cache (another GPU, a crash): rebuild below
+    from ..retarget import retarget
+
+    try:
+        engine = retarget(bundle.onnx_engine(), backend, label=f"{bundle.region}-node")
+    except RegionTRTError as exc:
+        return None, f"rebuild failed: {exc}", False
+    if cache is not None:
+        engine.save(cache)  # atomic: a crash mid-write leaves the previous file or none
+    return engine, "rebuilt here from the bundled precision-compiled ONNX", True
+
+
+def select(bundle: Bundle, *, role: str | None = None, rebuild: bool = True) -> Selection:
+    """Pick and load the engine of ``bundle`` for this machine.
+
+    Args:
+        bundle: a verified bundle (:func:`load_bundle`).
+        role: prefer variants of this role (``latency``/``throughput``) within each tier.
+        rebuild: allow a TensorRT rebuild on this node when no plan fits.
+
+    Raises:
+        BundleError: nothing in the bundle can run here (cannot happen while ONNX Runtime is
+            installed, since the bundle always carries its ONNX).
+    """
+    reasons: list[Candidate] = []
+    for backend in _ORDER:
+        tier = [v for v in bundle.variants if v.backend == backend]
+        tier.sort(key=lambda v: role is not None and v.role != role)
+        for variant in tier:
+            engine, reason = _try_variant(bundle, variant)
+            reasons.append(Candidate("variant", variant.target, backend, engine is not None,
+                                     reason))
+            if engine is not None:
+                return Selection(engine, variant, reasons)
+    for d in bundle.deferred:
+        reasons.append(Candidate("variant", str(d.get("name")), str(d.get("backend")), False,
+                                 f"deferred at build ({d.get('reason', '')})"))
+    if rebuild:
+        engine, reason, ok = _rebuild(bundle)
+        reasons.append(Candidate("rebuild", "local-gpu", "tensorrt", ok, reason))
+        if engine is not None:
+            return Selection(engine, None, reasons, rebuilt=True)
+    else:
+        reasons.append(Candidate("rebuild", "local-gpu", "tensorrt", False, "disabled"))
+    ort = sorted((v for v in bundle.variants if v.backend == "onnxruntime"),
+                 key=lambda v: role is not None and v.role != role)
+    if ort:
+        engine, reason = _try_variant(bundle, ort[0])
+        reasons.append(Candidate("variant", ort[0].target, "onnxruntime", engine is not None,
+                                 reason))
+        if engine is not None:
+            return Selection(engine, ort[0], reasons)
+    engine = bundle.onnx_engine()
+    reasons.append(Candidate("onnx", Path(bundle.manifest["onnx"]["file"]).stem, "onnxruntime",
+                             True, "the bundled precision-compiled ONNX on ONNX Runtime"))
+    return Selection(engine, None, reasons)

@@ -1,0 +1,258 @@
+"""Batching modes: how many requests a batch may hold and how long the batcher waits to fill it.
+
+A :class:`BatchPolicy` is asked, before every batch, for a :class:`BatchPlan` given the measured
+load (:class:`LoadStats`). Three are shipped:
+
+* :class:`LatencyPolicy` (``"latency"``): dispatch at once, one request per run, on the
+  ``latency`` variant. Best when the server is quiet; falls behind in a surge.
+* :class:`ThroughputPolicy` (``"throughput"``): fill up to ``max_batch`` or wait ``max_delay_ms``
+  for the oldest request, on the ``throughput`` variant. Keeps up in a surge; in a quiet phase
+  every request pays the wait.
+* :class:`AdaptivePolicy` (``"adaptive"``): a two-state machine driven by the utilisation one-by-one
+  serving would need (arrival rate x single-request service time) and the queue depth, with
+  separate up and down thresholds and a minimum dwell time, so it does not flap. Quiet: dispatch
+  at once with whatever is queued. Busy: batch, waiting only as long as the region's SLA leaves
+  room for. Where batches are measured to cost as much per row as single requests, it runs
+  requests one by one in either state (re-measuring a full batch every few seconds).
+
+Subclass :class:`BatchPolicy` and pass an instance as ``mode=`` to plug in another rule.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+LATENCY, THROUGHPUT = "latency", "throughput"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What the next batch may be.
+
+    Attributes:
+        max_batch: most rows (along axis 0) in the batch.
+        max_wait_s: longest the oldest queued request waits for the batch to fill.
+        role: the variant role preferred for the batch (``"latency"``/``"throughput"``).
+    """
+
+    max_batch: int
+    max_wait_s: float
+    role: str
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    """The load a policy decides on.
+
+    Attributes:
+        arrival_rate: requests per second over the recent window.
+        queue_depth: requests waiting now.
+        service_s: estimated seconds to run one request alone (``None`` before any run).
+        batch_service_s: estimated seconds to run the largest batch seen (``None`` before any).
+        sla_s: the region's p99 latency SLA in seconds (``None`` without one).
+        now: the monotonic time of the decision.
+        batch_rows: the rows of that largest batch.
+    """
+
+    arrival_rate: float
+    queue_depth: int
+    service_s: float | None
+    batch_service_s: float | None
+    sla_s: float | None
+    now: float
+    batch_rows: int = 0
+
+    @property
+    def batching_pays(self) -> bool | None:
+        """Whether a row costs less in the largest batch seen than alone (``None``: unknown).
+
+        Known only once a batch of at least 4 rows ran; "less" means by a fifth, so noise in the
+        estimates does not count as a gain.
+        """
+        if self.service_s is None or self.batch_service_s is None or self.batch_rows < 4:
+            return None
+        return self.batch_service_s / self.batch_rows < 0.8 * self.service_s
+
+
+class BatchPolicy(abc.ABC):
+    """Decides each batch's size and wait. Implementations must be cheap and thread-safe.
+
+    Args:
+        max_batch: most rows in one batch.
+        max_delay_ms: longest wait to fill a batch.
+    """
+
+    name = "custom"
+
+    def __init__(self, max_batch: int = 32, max_delay_ms: float = 5.0) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not (max_delay_ms >= 0 and math.isfinite(max_delay_ms)):
+            raise ValueError(f"max_delay_ms must be finite and >= 0, got {max_delay_ms}")
+        self.max_batch = int(max_batch)
+        self.max_delay_s = float(max_delay_ms) / 1e3
+        self.switches = 0
+
+    @property
+    def state(self) -> str:
+        """The configuration in force (``"latency"`` or ``"throughput"``)."""
+        return self.name
+
+    @abc.abstractmethod
+    def plan(self, load: LoadStats) -> BatchPlan:
+        """The plan for the next batch under ``load``."""
+
+
+class LatencyPolicy(BatchPolicy):
+    """Dispatch each request at once, alone."""
+
+    name = LATENCY
+
+    def plan(self, load: LoadStats) -> BatchPlan:
+        return BatchPlan(1, 0.0, LATENCY)
+
+
+class ThroughputPolicy(BatchPolicy):
+    """Fill to ``max_batch`` or wait ``max_delay_ms`` for the oldest request."""
+
+    name = THROUGHPUT
+
+    def plan(self, load: LoadStats) -> BatchPlan:
+        return BatchPlan(self.max_batch, self.max_delay_s, THROUGHPUT)
+
+
+class AdaptivePolicy(BatchPolicy):
+    """Switch between dispatch-at-once and batching from the measured load, with hysteresis.
+
+    Args:
+        max_batch: most rows in one batch.
+        max_delay_ms: longest wait to fill a batch in the busy state.
+        up: switch to batching when one-by-one utilisation reaches this (or the queue reaches
+            ``high_water``).
+        down: switch back when utilisation falls to this and at most one request waits.
+        dwell_s: least time between two switches.
+        high_water: queue depth that forces batching (default ``max_batch``).
+    """
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        max_batch: int = 32,
+        max_delay_ms: float = 5.0,
+        *,
+        up: float = 0.6,
+        down: float = 0.3,
+        dwell_s: float = 0.5,
+        high_water: int | None = None,
+    ) -> None:
+        super().__init__(max_batch, max_delay_ms)
+        if not 0 < down < up:
+            raise ValueError(f"need 0 < down < up, got down={down}, up={up}")
+        self.up, self.down, self.dwell_s = float(up), float(down), float(dwell_s)
+        self.high_water = int(high_water) if high_water is not None else max(2, self.max_batch)
+        self._state = LATENCY
+        self._since = -math.inf
+        self._explored = -math.inf
+        self.explore_s = 5.0
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _wanted(self, load: LoadStats) -> str:
+        rho = load.arrival_rate * load.service_s if load.service_s is not None else 0.0
+        if self._state == LATENCY and (rho >= self.up or load.queue_depth >= self.high_water):
+            return THROUGHPUT
+        if self._state == THROUGHPUT and rho <= self.down and load.queue_depth <= 1:
+            return LATENCY
+        return self._state
+
+    def plan(self, load: LoadStats) -> BatchPlan:
+        with self._lock:
+            wanted = self._wanted(load)
+            if wanted != self._state and load.now - self._since >= self.dwell_s:
+                self._state, self._since = wanted, load.now
+                self.switches += 1
+            state = self._state
+        if load.batching_pays is False:
+            # Measured: rows cost no less together (a CPU already short of cores, say), so
+            # waiting or joining requests only adds latency: run them one by one, except for
+            # one full batch every explore_s, which keeps that measurement current.
+            with self._lock:
+                explore = load.now - self._explored >= self.explore_s
+                if explore:
+                    self._explored = load.now
+            return BatchPlan(self.max_batch if explore else 1, 0.0, state)
+        if state == LATENCY:
+            return BatchPlan(self.max_batch, 0.0, LATENCY)
+        wait = self.max_delay_s
+        if load.sla_s is not None:
+            # Leave room in the SLA for running the full batch twice (the one in flight and
+            # ours): waiting longer would trade the SLA for a fuller batch.
+            run = load.batch_service_s or load.service_s or 0.0
+            wait = min(wait, max(0.0, (load.sla_s - 2.0 * run) / 2.0))
+        return BatchPlan(self.max_batch, wait, THROUGHPUT)
+
+
+def make_policy(mode: str | BatchPolicy, max_batch: int, max_delay_ms: float) -> BatchPolicy:
+    """The policy for ``mode`` (a name or a ready instance)."""
+    if isinstance(mode, BatchPolicy):
+        return mode
+    table: dict[str, type[BatchPolicy]] = {
+        LATENCY: LatencyPolicy, THROUGHPUT: ThroughputPolicy, "adaptive": AdaptivePolicy,
+    }
+    try:
+        return table[str(mode)](max_batch, max_delay_ms)
+    except KeyError:
+        raise ValueError(f"unknown mode {mode!r}; choose latency, throughput or adaptive") from None
+
+
+class LoadTracker:
+    """Arrival rate over a sliding window and service-time estimates (EWMA), thread-safe.
+
+    Args:
+        window_s: length of the arrival-rate window.
+        alpha: weight of the newest sample in the service-time averages.
+    """
+
+    def __init__(self, window_s: float = 1.0, alpha: float = 0.2) -> None:
+        self.window_s, self.alpha = float(window_s), float(alpha)
+        self._arrivals: deque[float] = deque()
+        self._per_request: float | None = None
+        self._per_batch: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def arrived(self, now: float) -> None:
+        with self._lock:
+            self._arrivals.append(now)
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self._arrivals and self._arrivals[0] < cutoff:
+            self._arrivals.popleft()
+
+    def ran(self, rows: int, seconds: float) -> None:
+        """Fold in one batch of ``rows`` that ran for ``seconds``."""
+        with self._lock:
+            old = self._per_batch.get(rows)
+            self._per_batch[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+            if rows == 1 or self._per_request is None:
+                # A batch of one is the single-request cost; before one has run, the smallest
+                # batch seen stands in for it (an overestimate, so it errs towards batching).
+                one = self._per_batch.get(1, min(self._per_batch.items())[1])
+                self._per_request = one
+
+    def snapshot(self, queue_depth: int, sla_s: float | None, now: float) -> LoadStats:
+        with self._lock:
+            self._trim(now)
+            rate = len(self._arrivals) / self.window_s
+            rows = max(self._per_batch) if self._per_batch else 0
+            return LoadStats(rate, queue_depth, self._per_request, self._per_batch.get(rows),
+                             sla_s, now, rows)

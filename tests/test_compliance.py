@@ -1,0 +1,284 @@
+"""One compliance checker over the whole model, at build, save, load and inspect (issue 8, #4).
+
+Every EU bypass the issue lists is built here and must be refused: quantization hidden in an
+``If`` branch or a model-local function, float->int8->float casts in the source model or added by
+a ``compile()`` subclass, region files and ``Region`` objects that loosen the EU preset, and an EU
+artifact whose payload was swapped for an int8 one with its hashes recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hostile import build_blob, forge, qdq_model, relu_model
+from onnx import TensorProto, helper
+
+import regiontrt as rt
+from regiontrt import artifact
+from regiontrt.cli import main
+from regiontrt.compliance import check_model, scan_model
+from regiontrt.precision import Precision
+from regiontrt.regions import RegionRegistry, default_regions, load_regions
+
+EU = rt.get_region("EU").to_dict()
+
+
+def _model(nodes, inits=(), *, functions=(), opsets=(("", 17),)) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], list(inits))
+    model = helper.make_model(graph, functions=list(functions),
+                              opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    model.ir_version = 8
+    return model
+
+
+def qdq_in_if_branch() -> onnx.ModelProto:
+    """Q/DQ only in the ``then`` branch of an ``If`` whose condition depends on the data."""
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.05])
+    zero = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    then = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["t"])],
+        "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 4])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 4])])
+    return _model([
+        helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+        helper.make_node("Greater", ["sum", "zero_f"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ], [scale, zero, helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0])])
+
+
+def qdq_in_local_function() -> onnx.ModelProto:
+    fn = helper.make_function(
+        "custom", "FakeQuant", ["a"], ["b"],
+        [helper.make_node("Constant", [], ["s"], value_float=0.05),
+         helper.make_node("QuantizeLinear", ["a", "s"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s"], ["b"])],
+        [helper.make_opsetid("", 17)])
+    return _model([helper.make_node("FakeQuant", ["x"], ["y"], domain="custom")],
+                  functions=[fn], opsets=(("", 17), ("custom", 1)))
+
+
+def cast_chain() -> onnx.ModelProto:
+    return _model([helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT8),
+                   helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)])
+
+
+def _single(op, domain="", **attrs):
+    return _model([helper.make_node(op, ["x"], ["y"], domain=domain, **attrs)],
+                  opsets=(("", 21), (domain, 1)) if domain else (("", 21),))
+
+
+SITES = {
+    "qdq-in-if-branch": qdq_in_if_branch,
+    "qdq-in-local-function": qdq_in_local_function,
+    "cast-chain": cast_chain,
+    "com.microsoft-quantize": lambda: _single("QuantizeLinear", "com.microsoft"),
+    "dynamic-quantize": lambda: _single("DynamicQuantizeLinear"),
+    "qlinear-conv": lambda: _single("QLinearConv"),
+    "matmul-integer": lambda: _single("MatMulInteger"),
+    "conv-integer": lambda: _single("ConvInteger"),
+    "matmul-integer-to-float": lambda: _single("MatMulIntegerToFloat", "com.microsoft"),
+    "cast-to-float8": lambda: _single("Cast", to=TensorProto.FLOAT8E4M3FN),
+    "cast-to-uint4": lambda: _single("Cast", to=TensorProto.UINT4),
+    "castlike-int8": lambda: _model(
+        [helper.make_node("CastLike", ["x", "like"], ["y"])],
+        [helper.make_tensor("like", TensorProto.INT8, [], [0])]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SITES))
+def test_scan_finds_int8_wherever_it_hides(case):
+    model = SITES[case]()
+    found = [f for f in scan_model(model) if f.precision is Precision.INT8]
+    assert found, case
+    report = check_model(model, EU)
+    assert not report.compliant and "int8" in report.summary()
+    assert report.summary().startswith("no:")
+
+
+def test_a_plain_fp32_model_is_compliant_and_says_why():
+    report = check_model(relu_model(), EU)
+    assert report.compliant and report.summary().startswith("yes (")
+    assert "int8" in report.summary()
+
+
+def test_fp16_is_found_for_a_region_that_forbids_it():
+    model = _single("Cast", to=TensorProto.FLOAT16)
+    assert not check_model(model, rt.get_region("CERTIFIED").to_dict()).compliant
+    assert check_model(model, EU).compliant  # EU allows fp16
+
+
+@pytest.mark.parametrize("case", ["qdq-in-if-branch", "qdq-in-local-function", "cast-chain"])
+def test_eu_build_refuses_source_models_that_hide_int8(case):
+    model = SITES[case]()
+    builder = rt.RegionalEngineBuilder.from_onnx(model).for_region("eu")  # case-insensitive
+    with pytest.raises(rt.PolicyViolation, match="int8"):
+        builder.build()
+
+
+def test_eu_build_refuses_a_compile_subclass_that_adds_int8_casts():
+    class Sneaky(rt.PrecisionPolicy):
+        def compile(self, model, precision, **kwargs):
+            out = super().compile(model, precision, **kwargs)
+            first = out.graph.node[0]
+            first.input[0] = "x_back"
+            out.graph.node.insert(0, helper.make_node("Cast", ["x_i8"], ["x_back"],
+                                                      to=TensorProto.FLOAT))
+            out.graph.node.insert(0, helper.make_node("Cast", ["x"], ["x_i8"],
+                                                      to=TensorProto.INT8))
+            return out
+
+    builder = (rt.RegionalEngineBuilder.from_onnx(relu_model()).for_region("EU")
+               .with_precision(Sneaky("fp32")))
+    with pytest.raises(rt.PolicyViolation, match="int8"):
+        builder.build()
+
+
+# -- regions: a preset's forbidden precisions are loosened only with a recorded reason -----------
+def test_region_named_like_a_preset_inherits_its_forbidden_precisions():
+    with pytest.raises(rt.RegionConfigError, match="override_compliance"):
+        rt.Region("EU", precisions=["int8"])
+    with pytest.raises(rt.RegionConfigError, match="override_compliance"):
+        rt.Region("eu", precisions=["int8", "fp32"])
+    assert Precision.INT8 in rt.Region("Eu").forbidden  # inherited, though not given
+
+
+@pytest.mark.parametrize("name", ["EU", "eu"])
+def test_region_file_cannot_loosen_the_eu_preset(tmp_path, name):
+    path = tmp_path / "r.toml"
+    path.write_text(f'[regions.{name}]\nprecisions = ["int8", "fp32"]\nforbidden = []\n')
+    with pytest.raises(rt.RegionConfigError, match="override_compliance"):
+        load_regions(path, into=RegionRegistry())
+    path.write_text(f'[regions.{name}]\nprecisions = ["fp32"]\nforbidden = []\n')
+    region = load_regions(path, into=RegionRegistry())[name.upper()]
+    assert Precision.INT8 in region.forbidden  # replacing the preset keeps its compliance
+
+
+def test_override_is_recorded_in_metadata_and_shown_by_inspect(tmp_path, capsys):
+    region = rt.Region("EU", precisions=["int8", "fp32"],
+                       override_compliance="legal sign-off 2026-11 for the pilot site")
+    assert Precision.INT8 not in region.forbidden
+    engine = rt.RegionalEngineBuilder.from_onnx(relu_model()).for_region(region) \
+        .with_precision("fp32").build(tmp_path / "e.engine")
+    assert engine.metadata["region"]["override_compliance"].startswith("legal sign-off")
+    meta = rt.inspect(tmp_path / "e.engine")
+    assert meta["compliance_check"]["override"].startswith("legal sign-off")
+    assert main(["inspect", str(tmp_path / "e.engine")]) == 0
+    assert "legal sign-off" in capsys.readouterr().out
+
+
+def test_load_regions_changes_the_global_registry_only_when_asked(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[regions.LAB]\nprecisions = ["fp32"]\n')
+    before = set(default_regions())
+    registry = load_regions(path)
+    assert "LAB" in registry and set(default_regions()) == before
+    with pytest.raises(rt.UnknownRegionError):
+        rt.get_region("LAB")
+    registry = RegionRegistry()
+    assert load_regions(path, into=registry) is registry and "lab" in {n.lower() for n in registry}
+
+
+# -- at load, save and inspect: the artifact itself ---------------------------------------------
+def _eu_with(blob: bytes, payload: bytes) -> bytes:
+    def as_eu(meta):
+        meta["region"] = dict(EU)
+        meta["precision"] = "fp16"
+        meta.pop("compliance", None)
+    return forge(blob, as_eu, payload=payload)
+
+
+@pytest.fixture(scope="module")
+def blob() -> bytes:
+    return build_blob()
+
+
+def test_eu_artifact_with_a_swapped_int8_payload_is_refused_at_load(tmp_path, blob, capsys):
+    path = tmp_path / "eu.engine"
+    path.write_bytes(_eu_with(blob, qdq_model().SerializeToString()))
+    artifact.read(path)  # digests are consistent: only the compliance check can refuse it
+    with pytest.raises(rt.PolicyViolation, match="int8"):
+        rt.load_engine(path)
+    meta = rt.inspect(path)
+    assert meta["compliance_check"]["compliant"] is False
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "compliant" in out and "no: onnx payload holds int8" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["compliance_check"]["compliant"] is False
+
+
+def test_eu_artifact_whose_region_was_loosened_is_still_checked_against_the_preset(
+        tmp_path, blob):
+    def loosen(meta):
+        meta["region"] = {**EU, "forbidden": [], "precisions": ["int8", "fp16", "fp32"]}
+        meta["precision"] = "int8"
+    path = tmp_path / "eu.engine"
+    path.write_bytes(forge(blob, loosen, payload=qdq_model().SerializeToString()))
+    with pytest.raises(rt.PolicyViolation, match="forbids"):
+        rt.load_engine(path)
+
+
+def test_save_refuses_a_non_compliant_engine(tmp_path, blob):
+    meta, payload = artifact.decode(_eu_with(blob, qdq_model().SerializeToString()))
+    engine = rt.Engine(meta, payload)
+    with pytest.raises(rt.PolicyViolation, match="not saved"):
+        engine.save(tmp_path / "x.engine")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_compliant_eu_artifact_loads_and_runs(tmp_path, blob):
+    path = tmp_path / "ok.engine"
+    path.write_bytes(_eu_with(blob, relu_model().SerializeToString()))
+    with rt.load_engine(path) as engine:
+        assert engine.compliance().compliant
+        out = engine.infer(np.ones((1, 4), np.float32))["y"]
+    np.testing.assert_allclose(out, [[1, 2, 3, 4]])
+
+
+def test_plan_payload_needs_the_build_record_of_its_variant(tmp_path, blob):
+    def plan(record: bool):
+        def edit(meta):
+            meta["region"] = dict(EU)
+            meta["payload_format"] = "tensorrt-rtx-plan"
+            meta["backend"]["name"] = "tensorrt-rtx"
+            if not record:
+                meta.pop("compliance")
+        return edit
+
+    for record, compliant in ((True, True), (False, False)):
+        path = tmp_path / f"plan-{record}.engine"
+        path.write_bytes(forge(blob, plan(record), payload=b"opaque plan bytes"))
+        check = rt.inspect(path)["compliance_check"]
+        assert check["compliant"] is compliant, check
+        assert ("build record" in " ".join(check["reasons"])) is record
+
+
+def test_preset_names_are_one_spelling_everywhere(tmp_path):
+    assert rt.Region("eu").name == "EU" and rt.Region(" Eu ").name == "EU"
+    path = tmp_path / "r.toml"
+    path.write_text('[regions.eu]\nprecisions = ["fp32"]\n')
+    registry = load_regions(path, into=RegionRegistry())
+    assert registry["Eu"].name == "EU" and list(registry) == ["EU"]
+    assert rt.RegionalEngineBuilder.from_onnx(relu_model()).for_region("eU").region.name == "EU"
+
+
+def test_cli_build_uses_the_regions_file_without_touching_the_global_registry(tmp_path, capsys):
+    onnx.save(relu_model(), str(tmp_path / "m.onnx"))
+    regions = tmp_path / "r.toml"
+    regions.write_text('[regions.LAB2]\nprecisions = ["fp32"]\n')
+    out = tmp_path / "m.engine"
+    assert main(["build", str(tmp_path / "m.onnx"), "--region", "lab2", "--regions-file",
+                 str(regions), "-o", str(out)]) == 0
+    assert rt.inspect(out)["region"]["name"] == "LAB2"
+    assert "LAB2" not in default_regions()
+    regions.write_text('[regions.eu]\nprecisions = ["int8"]\n')
+    assert main(["build", str(tmp_path / "m.onnx"), "--region", "EU", "--regions-file",
+                 str(regions), "-o", str(out)]) == 2
+    assert "override_compliance" in capsys.readouterr().err
