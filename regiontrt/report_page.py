@@ -111,6 +111,14 @@ def _add_pending(source: ReportSource, folder: Path, manifest: Mapping[str, Any]
             status = v.get("status") or ("no engine file here" if _file_of(v) else "no file")
             source.pending.append((region_name, str(v["target"]),
                                    str(manifest.get("precision", "?")), str(status)))
+    deferred = manifest.get("deferred")
+    for d in deferred if isinstance(deferred, list) else []:
+        target = (d.get("name") or d.get("target")) if isinstance(d, Mapping) else (
+            d if isinstance(d, str) else None)
+        if target is not None:
+            reason = d.get("reason") if isinstance(d, Mapping) else None
+            source.pending.append((region_name, str(target), str(manifest.get("precision", "?")),
+                                   f"deferred: {reason}" if reason else "deferred"))
 
 
 def collect(path: str | Path) -> ReportSource:

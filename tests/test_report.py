@@ -153,7 +153,8 @@ def test_cli_report_html_bundle_with_manifest_and_a_bad_file(engines, tmp_path, 
     manifest = {"name": "digits", "version": "1.0", "region": {"name": "EU"},
                 "precision": "fp16", "future_key": {"nested": [1, 2]},
                 "variants": [{"target": "cpu-x86", "backend": "onnxruntime", "file": "cpu.engine"},
-                             {"target": "dc-h100", "status": "deferred: rebuild on node"}]}
+                             {"target": "dc-h100", "status": "deferred: rebuild on node"}],
+                "deferred": [{"name": "dc-b200", "reason": "rebuild on node: no TensorRT"}, 3]}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     bad = tmp_path / "dist" / "broken.engine"
     bad.write_bytes(engines["NA"].read_bytes()[:200])  # truncated
@@ -171,8 +172,9 @@ def test_cli_report_html_bundle_with_manifest_and_a_bad_file(engines, tmp_path, 
     matrix = page.split("<table>", 2)[1]
     head = parse(matrix.split("</thead>")[0]).text
     assert head == ["precision chosen per region (rows) and target (columns)", "region",
-                    "cpu-x86", "dc-h100"]
+                    "cpu-x86", "dc-h100", "dc-b200"]
     assert "deferred: rebuild on node" in matrix and "compliant" in matrix
+    assert "deferred: rebuild on node: no TensorRT" in matrix
     assert "deferred: rebuild on node" in text and "future_key" in text
     assert "ArtifactError" in text and "not JSON" in text
     assert parsed.images == []
@@ -220,3 +222,28 @@ def test_engine_that_cannot_run_here_is_reported_not_fatal(engines, tmp_path, ca
     assert main(["report", str(tmp_path), "--html", str(out), "--bench", "2", "--no-plots"]) == 0
     text = " ".join(parse(out.read_text()).text)
     assert "not run here: backend 'tensorrt' is not installed here" in text
+
+
+def test_report_on_a_real_fleet_output(tmp_path, capsys):
+    # The bundles regiontrt.deploy writes: manifest.json + cpu.engine per region.
+    import concurrent.futures as cf
+
+    from fleet_support import write_fleet
+
+    from regiontrt import deploy
+
+    fleet = write_fleet(tmp_path / "src", regions=("NA", "EU"))
+    with cf.ThreadPoolExecutor(2) as pool:
+        result = deploy.build_fleet(fleet, tmp_path / "dist", executor=pool)
+    assert result.ok
+    out = tmp_path / "fleet.html"
+    assert main(["report", str(tmp_path / "dist"), "--html", str(out), "--bench", "2",
+                 "--no-plots"]) == 0
+    assert "2 engine(s), 2 manifest(s), 0 problem(s)" in capsys.readouterr().out
+    page = out.read_text()
+    matrix = page.split("<table>", 2)[1]
+    rows = [parse(r).text for r in matrix.split("<tr>")[2:]]
+    assert {r[0]: r[1].split()[0] for r in rows} == {"NA": "int8", "EU": "fp16"}
+    assert "checked on the onnx payload" in page  # the payload compliance scan ran
+    for region in ("NA", "EU"):
+        assert f"digits/1.0.0/{region}/manifest.json" in page
