@@ -23,7 +23,7 @@ from regiontrt.cli import build_parser, main
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 OWN_PAGES = ("index.md", "getting-started.md", "tutorial.md", "regions.md", "int8.md",
-             "reports.md", "tensorrt.md", "cli.md")
+             "reports.md", "tensorrt.md", "cli.md", "fleet.md")
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)
 
 
@@ -187,3 +187,13 @@ def test_hook_renders_sphinx_roles_as_code():
     assert hooks.on_page_content(html, None, None, None) == (
         "Inverse of <code>to_dict</code>; a <code>Engine</code> and "
         "<code>regiontrt.inspect</code>.")
+
+
+def test_fleet_page_toml_loads(tmp_path):
+    pytest.importorskip("fsspec", reason="needs the fleet extra (pip install 'regiontrt[fleet]')")
+    from regiontrt.deploy import FleetSpec
+
+    toml = next(code for lang, _, code in code_blocks(DOCS / "fleet.md") if lang == "toml")
+    (tmp_path / "fleet.toml").write_text(toml)
+    spec = FleetSpec.load(tmp_path / "fleet.toml")
+    assert spec.name == "ocr-rec" and [r.name for r in spec.regions] == ["NA", "EU"]
