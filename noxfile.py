@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck demo``."""
+"""Developer sessions: ``nox -s tests lint typecheck demo docs``."""
 
 from __future__ import annotations
 
@@ -48,3 +48,10 @@ def demo(session: nox.Session) -> None:
     """The main job on the embedded default: every preset region from the demo model."""
     session.install(".")
     session.run("regiontrt", "demo", "--out", str(session.create_tmp()))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built with ``--strict`` (any warning fails) into ``site/``."""
+    session.install("-e", ".[docs,plot]")
+    session.run("mkdocs", "build", "--strict", "-d", "site", *session.posargs)

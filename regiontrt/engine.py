@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,10 @@ from .errors import (
 from .graph.io import TensorSpec
 from .schema import check_payload, validate_header
 from .shapes import Bucketing, Profile, select_profile
+from .validation import ValidationReport
+
+if TYPE_CHECKING:
+    from .report import EngineInfo
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 #: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
@@ -152,6 +156,17 @@ class Engine:
             f"Engine(region={self.region!r}, precision={self.precision!r}, "
             f"backend={self.backend_name!r})"
         )
+
+    @property
+    def report(self) -> ValidationReport:
+        """The validation report: every precision tried, its loss against the budget, the choice."""
+        return ValidationReport.from_dict(self._metadata.get("validation") or {})
+
+    def _repr_html_(self) -> str:
+        from .report import engine_html, html_fragment
+
+        metadata = dict(self._metadata, compliance_check=self.compliance().to_dict())
+        return html_fragment(engine_html(metadata, figures=True))
 
     # -- running ----------------------------------------------------------------------------
     def _get_runner(self) -> Runner:
@@ -449,12 +464,16 @@ def _choose_backend(backend: Any) -> Backend | None:
         raise InvalidArgumentError(str(exc)) from exc
 
 
-def inspect(path: str | Path, *, verify_payload: bool = True) -> dict[str, Any]:
+def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
     """The engine's metadata, read without a GPU, TensorRT or any runtime.
 
     The header is checked against the schema; the result is the header plus a computed
     ``compliance_check`` (``compliant``, ``checked``, ``reasons``...): on the ONNX payload itself
     when it is read, on the header alone otherwise.
+
+    The result is a ``dict`` with accessors: ``info.region_name``, ``info.report`` (the
+    validation report), ``info.region_rules`` (same as ``info["region"]``: the region's whole
+    rule set, not only its name) and an HTML view for notebooks.
 
     Args:
         path: the container file.
@@ -474,7 +493,9 @@ def inspect(path: str | Path, *, verify_payload: bool = True) -> dict[str, Any]:
     else:
         metadata = artifact.verify(path)
         validate_header(metadata)
-    out = dict(metadata)
+    from .report import EngineInfo
+
+    out = EngineInfo(metadata)
     out["compliance_check"] = check_artifact(metadata, model).to_dict()
     return out
 

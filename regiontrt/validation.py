@@ -190,6 +190,20 @@ class PrecisionTrial:
                 filter(None, [self.note, "non-finite outputs (NaN or Inf): rejected"])),
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrecisionTrial:
+        """Inverse of :meth:`to_dict`; missing fields take their defaults."""
+        loss = d.get("loss")
+        return cls(
+            precision=str(d.get("precision")),
+            loss=None if loss is None else float(loss),
+            budget=float(d.get("budget") or 0.0),
+            accepted=bool(d.get("accepted")),
+            measured_on=str(d.get("measured_on") or "onnxruntime"),
+            kept_high_precision=tuple(str(k) for k in d.get("kept_high_precision") or ()),
+            note=str(d.get("note") or ""),
+        )
+
 
 @dataclass(frozen=True)
 class ValidationReport:
@@ -211,3 +225,39 @@ class ValidationReport:
             "data_fingerprint": self.data_fingerprint,
             "trials": [t.to_dict() for t in self.trials],
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ValidationReport:
+        """Inverse of :meth:`to_dict` (``engine.metadata["validation"]``); tolerant of gaps."""
+        trials = tuple(
+            PrecisionTrial.from_dict(t) for t in d.get("trials") or () if isinstance(t, Mapping)
+        )
+        return cls(
+            metric=str(d.get("metric")),
+            budget=float(d.get("budget") or 0.0),
+            trials=trials,
+            chosen=str(d.get("chosen")),
+            num_samples=int(d.get("num_samples") or 0),
+            data_fingerprint=str(d.get("data_fingerprint") or ""),
+        )
+
+    @property
+    def chosen_trial(self) -> PrecisionTrial | None:
+        """The accepted trial of the chosen precision (``None`` if none was accepted)."""
+        return next((t for t in self.trials if t.accepted and t.precision == self.chosen), None)
+
+    @property
+    def loss(self) -> float | None:
+        """The chosen precision's measured loss."""
+        trial = self.chosen_trial
+        return None if trial is None else trial.loss
+
+    def __repr__(self) -> str:
+        from .report import validation_text
+
+        return validation_text(self.to_dict())
+
+    def _repr_html_(self) -> str:
+        from .report import html_fragment, validation_html
+
+        return html_fragment(validation_html(self.to_dict()))

@@ -1,0 +1,401 @@
+"""One self-contained HTML page about a set of engines (``regiontrt report``).
+
+The input is an ``.engine`` file or a folder: every ``.engine`` below it and, for bundles and
+fleet outputs, every ``manifest.json`` (read tolerantly: unknown keys are shown, missing ones are
+skipped). The page holds the region x target matrix, compliance, accuracy against the budget,
+latencies measured here, provenance and the manifests; plots are embedded as base64 PNGs, so the
+file can be mailed or archived alone. Unreadable or tampered files are listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._fs import atomic_write_text
+from .errors import DataError, RegionTRTError
+from .report import (
+    EngineInfo,
+    compliance,
+    escape,
+    figure_html,
+    format_value,
+    html_fragment,
+    html_page,
+    html_table,
+    region_of,
+    status_html,
+)
+
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_DEPTH = 6
+
+
+@dataclass
+class EngineEntry:
+    """One engine found: its file, header and (when in a bundle) the manifest's target name."""
+
+    path: Path
+    info: EngineInfo
+    target: str
+    latencies_ms: np.ndarray | None = None
+    latency_note: str = ""
+
+    @property
+    def region(self) -> str:
+        return self.info.region_name
+
+
+@dataclass
+class ReportSource:
+    """What :func:`collect` found under a path."""
+
+    root: Path
+    engines: list[EngineEntry] = field(default_factory=list)
+    manifests: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    #: ``(region, target, precision, status)`` of manifest variants with no engine file here
+    #: (e.g. a TensorRT cell deferred to the node).
+    pending: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+def _walk(root: Path) -> list[Path]:
+    """Files below ``root``, depth-bounded, without following links out of the tree."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if depth < MAX_DEPTH and not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames)]
+    return found
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise DataError(f"larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataError("not a JSON object")
+    return data
+
+
+def _variants(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A manifest's variants, given as a list or as a ``{target: variant}`` mapping."""
+    variants = manifest.get("variants")
+    if isinstance(variants, Mapping):
+        variants = [dict(v, target=v.get("target", k)) for k, v in variants.items()
+                    if isinstance(v, Mapping)]
+    return [v for v in variants if isinstance(v, Mapping)] if isinstance(variants, list) else []
+
+
+def _file_of(variant: Mapping[str, Any]) -> str | None:
+    name = variant.get("file") or variant.get("path") or variant.get("file_name")
+    return Path(name).name if isinstance(name, str) else None
+
+
+def _add_pending(source: ReportSource, folder: Path, manifest: Mapping[str, Any]) -> None:
+    region = manifest.get("region")
+    region_name = str(region.get("name") if isinstance(region, Mapping) else region)
+    present = {e.path.name for e in source.engines if e.path.parent == folder}
+    for v in _variants(manifest):
+        if v.get("target") is not None and _file_of(v) not in present:
+            status = v.get("status") or ("no engine file here" if _file_of(v) else "no file")
+            source.pending.append((region_name, str(v["target"]),
+                                   str(manifest.get("precision", "?")), str(status)))
+    deferred = manifest.get("deferred")
+    for d in deferred if isinstance(deferred, list) else []:
+        target = (d.get("name") or d.get("target")) if isinstance(d, Mapping) else (
+            d if isinstance(d, str) else None)
+        if target is not None:
+            reason = d.get("reason") if isinstance(d, Mapping) else None
+            source.pending.append((region_name, str(target), str(manifest.get("precision", "?")),
+                                   f"deferred: {reason}" if reason else "deferred"))
+
+
+def collect(path: str | Path) -> ReportSource:
+    """Find the engines and manifests under ``path`` (a file or a folder).
+
+    Raises:
+        DataError: ``path`` does not exist, or holds no engine and no manifest.
+    """
+    from .engine import inspect
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    files = [root] if root.is_file() else _walk(root)
+    source = ReportSource(root=root)
+    targets: dict[Path, dict[str, str]] = {}
+    for f in files:
+        if f.name == MANIFEST:
+            try:
+                manifest = _read_manifest(f)
+            except (OSError, DataError) as exc:
+                source.problems.append((f, f"manifest unreadable: {exc}"))
+                continue
+            source.manifests.append((f, manifest))
+            targets[f.parent] = {
+                name: str(v["target"]) for v in _variants(manifest)
+                if (name := _file_of(v)) and v.get("target") is not None}
+    for f in files:
+        if f.suffix != ".engine":
+            continue
+        try:
+            info = inspect(f)
+        except (OSError, RegionTRTError) as exc:
+            source.problems.append((f, f"{type(exc).__name__}: {exc}"))
+            continue
+        target = targets.get(f.parent, {}).get(f.name) or str(info.get("target"))
+        source.engines.append(EngineEntry(f, info, target))
+    for f, manifest in source.manifests:
+        _add_pending(source, f.parent, manifest)
+    if not source.engines and not source.manifests and not source.problems:
+        raise DataError(f"{root}: no .engine file and no {MANIFEST} found")
+    return source
+
+
+def measure(source: ReportSource, iterations: int, batch: int | None = None) -> None:
+    """Time every engine that can run on this machine (``iterations`` calls each)."""
+    from .engine import load_engine
+    from .plots import latency_samples
+
+    for entry in source.engines:
+        try:
+            with load_engine(entry.path) as engine:
+                entry.latencies_ms = latency_samples(
+                    engine, iterations=iterations, warmup=max(1, iterations // 10), batch=batch)
+        except (RegionTRTError, ValueError, OSError) as exc:
+            entry.latency_note = f"not run here: {exc}"
+
+
+def _label(entry: EngineEntry) -> str:
+    return f"{entry.region} / {entry.target} / {entry.info.precision}"
+
+
+def _matrix(source: ReportSource) -> str:
+    regions = list(dict.fromkeys([*(e.region for e in source.engines),
+                                  *(p[0] for p in source.pending)]))
+    targets = list(dict.fromkeys([*(e.target for e in source.engines),
+                                  *(p[1] for p in source.pending)]))
+    cells: dict[tuple[str, str], list[str]] = {}
+    for region, target, precision, status in source.pending:
+        cells.setdefault((region, target), []).append(
+            f'{escape(precision)} <span class="muted">{escape(status)}</span>')
+    for e in source.engines:
+        ok, why = compliance(e.info)
+        cells.setdefault((e.region, e.target), []).append(
+            f'{escape(e.info.precision)} {status_html(ok, "compliant", "VIOLATION")}'
+            f'<br><span class="muted">{escape(why)}</span>')
+    rows = [{"region": r, **{t: "<br>".join(cells.get((r, t), ["–"])) for t in targets}}
+            for r in regions]
+    for row in rows:
+        row["region"] = escape(row["region"])
+    return html_table(rows, ["region", *targets], raw=["region", *targets],
+                      caption="precision chosen per region (rows) and target (columns)")
+
+
+def _compliance(source: ReportSource) -> str:
+    rows = []
+    for e in source.engines:
+        region = region_of(e.info)
+        ok, why = compliance(e.info)
+        rows.append({
+            "region": e.region, "target": e.target, "precision": e.info.precision,
+            "allowed, in order": region.get("precisions"), "forbidden": region.get("forbidden"),
+            "status": status_html(ok, "compliant", "VIOLATION"), "why": why,
+        })
+    return html_table(rows, raw=["status"])
+
+
+def _accuracy(source: ReportSource, figures: bool) -> str:
+    rows = []
+    for e in source.engines:
+        val = e.info.get("validation") or {}
+        for t in val.get("trials") or []:
+            if isinstance(t, Mapping):
+                rows.append({
+                    "region": e.region, "target": e.target, "metric": val.get("metric"),
+                    "precision": t.get("precision"), "loss": t.get("loss"),
+                    "budget": t.get("budget", val.get("budget")),
+                    "verdict": status_html(t.get("accepted"), "accepted", "rejected"),
+                    "measured on": t.get("measured_on"), "note": t.get("note"),
+                })
+    body = html_table(rows, raw=["verdict"])
+    if figures and source.engines:
+        from .plots import accuracy_figure
+
+        fig = accuracy_figure([e.info for e in _one_per_region(source)])
+        body = figure_html(fig, "accuracy loss against budget per region") + body
+    return body
+
+
+def _one_per_region(source: ReportSource) -> list[EngineEntry]:
+    # Every target of a region shares the region's precision decision: one panel per region.
+    return list({e.region: e for e in reversed(source.engines)}.values())[::-1]
+
+
+def _latency(source: ReportSource, figures: bool) -> str:
+    rows, series, slas = [], {}, {}
+    for e in source.engines:
+        sla = region_of(e.info).get("latency_p99_ms")
+        row: dict[str, Any] = {"engine": _label(e), "SLA p99 ms": sla}
+        if e.latencies_ms is not None and e.latencies_ms.size:
+            lat = e.latencies_ms
+            p99 = float(np.percentile(lat, 99))
+            row.update({"calls": lat.size, "p50 ms": float(np.percentile(lat, 50)),
+                        "p99 ms": p99,
+                        "meets SLA": status_html(None if sla is None else p99 <= sla)})
+            series[_label(e)] = lat
+            if sla is not None:
+                slas[_label(e)] = float(sla)
+        else:
+            row["meets SLA"] = escape(e.latency_note or "not measured (--bench 0)")
+        rows.append(row)
+    body = html_table(rows, ["engine", "calls", "p50 ms", "p99 ms", "SLA p99 ms", "meets SLA"],
+                      raw=["meets SLA"], caption="wall-clock latency of infer() on this machine")
+    if figures and series:
+        from .plots import latency_figure
+
+        body = figure_html(latency_figure(series, sla_ms=slas), "latency distributions") + body
+    return body
+
+
+def _sensitivity(source: ReportSource) -> str:
+    from .plots import sensitivity, sensitivity_figure
+
+    parts = []
+    for e in _one_per_region(source):
+        if sensitivity(e.info)[0]:
+            parts.append(f"<h3>{escape(e.region)}</h3>"
+                         + figure_html(sensitivity_figure(e.info), f"sensitivity {e.region}"))
+    return "".join(parts)
+
+
+def _provenance(source: ReportSource, files: bool = True) -> str:
+    rows = []
+    for e in source.engines:
+        info = e.info
+        calib = info.get("calibration") or {}
+        backend = info.get("backend") or {}
+        rel = e.path.relative_to(source.root) if e.path != source.root else e.path.name
+        rows.append({
+            **({"file": str(rel)} if files else {}),
+            "region": e.region, "target": e.target,
+            "backend": f"{backend.get('name')} {backend.get('version')}",
+            "model sha256": (info.get("model") or {}).get("sha256"),
+            "payload sha256": info.get("payload_sha256"),
+            "validation data": (info.get("validation") or {}).get("data_fingerprint"),
+            "calibration data": calib.get("fingerprint"),
+            "regiontrt": info.get("regiontrt_version"), "created": info.get("created_at"),
+            "toolchain": ", ".join(f"{k} {v}" for k, v in (info.get("toolchain") or {}).items()),
+        })
+    return html_table(rows)
+
+
+def _manifests(source: ReportSource) -> str:
+    parts = []
+    for path, manifest in source.manifests:
+        scalars = [{"key": k, "value": v} for k, v in manifest.items()
+                   if isinstance(v, (str, int, float, bool)) or v is None]
+        vrows = _variants(manifest)
+        parts.append(
+            f"<h3>{escape(path.relative_to(source.root) if source.root.is_dir() else path)}</h3>"
+            + html_table(scalars, ["key", "value"])
+            + (html_table([{k: (v if isinstance(v, (str, int, float, bool)) or v is None
+                                else json.dumps(v)) for k, v in r.items()} for r in vrows],
+                          caption="variants") if vrows else "")
+            + f"<details><summary>manifest JSON</summary><pre>"
+              f"{escape(json.dumps(manifest, indent=2, sort_keys=True))}</pre></details>"
+        )
+    return "".join(parts)
+
+
+def build_page(source: ReportSource, *, figures: bool = True, title: str | None = None) -> str:
+    """The HTML page for ``source`` (call :func:`measure` first for latencies)."""
+    return html_page(title or f"regiontrt report: {source.root.name}",
+                     body_html(source, figures=figures))
+
+
+def summary_html(engines: Sequence[tuple[Mapping[str, Any], str]], *,
+                 figures: bool = True) -> str:
+    """A notebook view (``_repr_html_``) of engines in memory, e.g. a bundle's variants.
+
+    Args:
+        engines: ``(metadata, target name)`` per engine.
+        figures: embed the plots when matplotlib is installed.
+    """
+    source = ReportSource(root=Path("."), engines=[
+        EngineEntry(Path(f"{i}.engine"), EngineInfo(meta), target)
+        for i, (meta, target) in enumerate(engines)])
+    return html_fragment(body_html(source, figures=figures, provenance_files=False))
+
+
+def body_html(source: ReportSource, *, figures: bool = True,
+              provenance_files: bool = True) -> str:
+    """The sections of the report (without the page around them)."""
+    if figures:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            figures = False
+    origin = f" from <code>{escape(source.root)}</code>" if provenance_files else ""
+    sections = [
+        f"<p>{len(source.engines)} engine(s) and {len(source.manifests)} manifest(s){origin}"
+        + ("" if figures else " (plots need matplotlib: pip install 'regiontrt[plot]')")
+        + "</p>"
+    ]
+    if source.engines or source.pending:
+        sections.append("<h2>Region × target</h2>" + _matrix(source))
+    if source.engines:
+        sections += [
+            "<h2>Compliance</h2>" + _compliance(source),
+            "<h2>Accuracy against budget</h2>" + _accuracy(source, figures),
+            "<h2>Latency</h2>" + _latency(source, figures),
+        ]
+        sens = _sensitivity(source) if figures else ""
+        if sens:
+            sections.append("<h2>Mixed-precision sensitivity</h2>" + sens)
+        sections.append("<h2>Provenance</h2>" + _provenance(source, provenance_files))
+    if source.manifests:
+        sections.append("<h2>Bundle manifests</h2>" + _manifests(source))
+    if source.problems:
+        rows = [{"file": str(p), "problem": m} for p, m in source.problems]
+        sections.append("<h2>Problems</h2>" + html_table(rows))
+    return "".join(sections)
+
+
+def text_summary(source: ReportSource) -> list[tuple[str, ...]]:
+    """One row per engine: region, target, precision, loss / budget, compliance, p99."""
+    rows: list[tuple[str, ...]] = []
+    for e in source.engines:
+        val = e.info.get("validation") or {}
+        loss = e.info.report.loss
+        ok, _ = compliance(e.info)
+        p99 = (f"{float(np.percentile(e.latencies_ms, 99)):.3g}"
+               if e.latencies_ms is not None else "-")
+        rows.append((e.region, e.target, e.info.precision,
+                     f"{format_value(loss)} / {format_value(val.get('budget'))}",
+                     {True: "compliant", False: "VIOLATION", None: "-"}[ok], p99))
+    rows += [(region, target, precision, "-", status, "-")
+             for region, target, precision, status in source.pending]
+    rows += [(str(p), "-", "-", "-", f"unreadable: {m}", "-") for p, m in source.problems]
+    return rows
+
+
+def write_report(path: str | Path, out: str | Path, *, iterations: int = 30,
+                 figures: bool = True) -> ReportSource:
+    """Collect, measure (``iterations`` > 0) and write the page to ``out`` atomically."""
+    source = collect(path)
+    if iterations > 0:
+        measure(source, iterations)
+    atomic_write_text(Path(out), build_page(source, figures=figures))
+    return source
