@@ -90,7 +90,7 @@ class Int8Attempt:
 
     def compile(self) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
         """Returns ``(variant, loss, kept layers, note)``; ``variant`` is None if it can't fit."""
-        from .calibration import EntropyCalibrator, check_mismatch
+        from .calibration import AutoCalibrator, check_mismatch
         from .graph.quantize import QDQ_MIN_OPSET, name_nodes, upgrade_opset
 
         if self.state.calibration_data is None:
@@ -104,7 +104,7 @@ class Int8Attempt:
         plan = self.policy.quantization_plan(self.base)
         if not plan.nodes:
             return None, None, (), "no quantizable layer in the model"
-        self.calibrator = self.state.calibrator or EntropyCalibrator()
+        self.calibrator = self.state.calibrator or AutoCalibrator()
         result = self.calibrator.calibrate(
             self.base, self.state.calibration_data, plan.activations
         )
