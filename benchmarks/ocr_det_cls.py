@@ -82,7 +82,9 @@ def db_boxes(prob: np.ndarray) -> list[Box]:
     """PaddleOCR's DB post-processing of one ``[H, W]`` probability map (see module doc)."""
     from scipy import ndimage
 
-    mask = ndimage.binary_dilation(prob > DB_THRESH, structure=np.ones((2, 2), bool))
+    # origin -1: the 2x2 kernel grows regions right and down, as OpenCV's dilate does with its
+    # default anchor (PaddleOCR dilates with cv2)
+    mask = ndimage.binary_dilation(prob > DB_THRESH, structure=np.ones((2, 2), bool), origin=-1)
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
     h, w = prob.shape
     boxes: list[Box] = []

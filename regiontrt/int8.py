@@ -56,17 +56,23 @@ def probe_sensitivity(
     probe: onnx.ModelProto, pairs: dict[str, tuple[str, str]], outputs: Sequence[str],
     batches: Sequence[Batch],
 ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
-    """Run the probe over ``batches``: per-layer relative L2 error and the model's outputs."""
+    """Run the probe over ``batches``: per-layer relative L2 error and the model's outputs.
+
+    One batch's layer outputs (two per probed layer) are alive at a time.
+    """
+    from .backends.base import cast_feeds
     from .backends.onnxruntime import make_session
     from .calibration.collect import _session_options
+    from .graph.io import input_specs
 
     session = make_session(probe, _session_options())
+    specs = input_specs(probe)
     fetch = list(outputs) + [t for pair in pairs.values() for t in pair]
     err = dict.fromkeys(pairs, 0.0)
     ref = dict.fromkeys(pairs, 0.0)
     model_outputs: list[dict[str, np.ndarray]] = []
     for batch in batches:
-        values = dict(zip(fetch, session.run(fetch, dict(batch))))
+        values = dict(zip(fetch, session.run(fetch, cast_feeds(batch, specs))))
         model_outputs.append({name: np.asarray(values[name]) for name in outputs})
         for layer, (a, b) in pairs.items():
             x = np.asarray(values[a], dtype=np.float64)
