@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "regiontrt" / "demo" / "digits_cnn.onnx"
 # "entropy-plain": TensorRT's KL search alone (EntropyCalibrator(floor_percentile=None)), to show
 # in the same run what the default's 99.99th-percentile floor fixes on long-tailed tensors.
-OURS_METHODS = ("entropy", "percentile", "minmax", "entropy-plain")
+OURS_METHODS = ("auto", "entropy", "percentile", "minmax", "entropy-plain")
 OCR_CAL_WIDTH = 640  # ONNX Runtime's histogram calibrators need one input shape
+WHOLE_FITS_BUDGET = 1e9  # a budget any int8 build meets: the builder skips the search
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Case:
     # Validation inputs for the mixed-precision search (never the held-out ones).
     val_path: str = ""
     val_texts: list[str] | None = None
+    kind: str = "classify"  # or "ocr" (CER), "det" (box F1 against FP32 boxes)
 
 
 def _split(x: np.ndarray, size: int, name: str) -> list[dict[str, np.ndarray]]:
@@ -105,8 +107,46 @@ def make_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Cas
             notes={"ocr": sets.info},
             val_path=str(val_path),
             val_texts=[t for b in val for t in b.texts],
+            kind="ocr",
         )
-    raise SystemExit(f"unknown model {name!r}: choose from demo, resnet13, ocr")
+    if name in ("det", "cls"):
+        return _det_cls_case(name, workdir, quick, samples)
+    raise SystemExit(f"unknown model {name!r}: choose from demo, resnet13, ocr, det, cls")
+
+
+def _det_cls_case(name: str, workdir: Path, quick: bool, samples: int | None) -> Case:
+    """PP-OCRv4's detector (pages, box F1) or direction classifier (lines, top-1)."""
+    from benchmarks import ocr_det_cls as dc
+
+    if name == "det":
+        n = samples or (4 if quick else 8)
+        cal = dc.render_pages(n, seed=0)
+        held = dc.render_pages(8 if quick else 24, seed=1)
+        val = dc.render_pages(4 if quick else 8, seed=2)
+        path = dc.model_path(dc.DET_MODEL_NAME)
+        return Case(
+            name, str(path), str(peers.save_batches([{"x": p} for p in cal], workdir / "det.npz")),
+            n, [{"x": p} for p in held], kind="det", notes={"page": dc.DET_SHAPE},
+            val_path=str(peers.save_batches([{"x": p} for p in val], workdir / "det_val.npz")),
+        )
+    n = samples or (32 if quick else 64)
+    # The shipped classifier declares its batch axis as the fixed size -1; regiontrt (rightly)
+    # refuses batches against that, so every quantizer gets a copy where it is named "N".
+    import onnx
+
+    model = onnx.load(str(dc.model_path(dc.CLS_MODEL_NAME)))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[:1]:
+        dim.dim_param = "N"
+    onnx.save(model, str(workdir / "cls_model.onnx"))
+    x_cal, _ = dc.cls_lines(n, seed=0)
+    x_held, labels = dc.cls_lines(40 if quick else 200, seed=1)
+    x_val, _ = dc.cls_lines(32 if quick else 64, seed=2)
+    return Case(
+        name, str(workdir / "cls_model.onnx"),
+        str(peers.save_batches(_split(x_cal, 32, "x"), workdir / "cls.npz")), n,
+        _split(x_held, 50, "x"), labels=labels,
+        val_path=str(peers.save_batches(_split(x_val, 32, "x"), workdir / "cls_val.npz")),
+    )
 
 
 # --- contenders (run in child processes) -------------------------------------------------------
@@ -163,6 +203,7 @@ def ours_mixed(
     val_path: str,
     budget: float,
     val_texts: list[str] | None = None,
+    kind: str = "classify",
 ) -> dict[str, Any]:
     """regiontrt's builder with int8 only: its mixed-precision search keeps the most sensitive
     layers out of INT8 when whole-model INT8 misses ``budget``.
@@ -188,6 +229,18 @@ def ours_mixed(
             return cer(candidate) - cer(reference)
 
         metric = cer_increase
+    elif kind == "det":
+        from benchmarks import ocr_det_cls as dc
+
+        def f1_loss(reference: Any, candidate: Any) -> float:
+            def pages(out: Any) -> list[np.ndarray]:
+                value = next(iter(out.values()))
+                return value if isinstance(value, list) else [value]
+
+            ref, cand = dc.page_boxes(pages(reference)), dc.page_boxes(pages(candidate))
+            return 1.0 - dc.box_f1(ref, cand)
+
+        metric = f1_loss
     region = rt.Region("BENCH", (rt.Precision.INT8,), budget=budget, metric="top1")
     builder = (
         rt.RegionalEngineBuilder.from_onnx(model_path)
@@ -212,6 +265,9 @@ def ours_mixed(
         "int8_val_loss": search.get("whole_model_loss", trial["loss"]),
         "budget": budget,
         "evaluations": search.get("evaluations", 1),
+        "screen_evaluations": search.get("screen_evaluations", 0),
+        "search_s": search.get("seconds"),
+        "calibration_s": meta["calibration"].get("seconds"),
         "most_sensitive": list(search.get("sensitivity", {}).items())[:8],
     }
 
@@ -228,9 +284,15 @@ def contenders(
     if args.mixed is not None:
         path = str(workdir / f"{case.name}_ours_mixed.onnx")
         budget = args.mixed / 100.0
-        fargs = (m, d, path, args.mixed_method, case.val_path, budget, case.val_texts)
+        fargs = (m, d, path, args.mixed_method, case.val_path, budget, case.val_texts, case.kind)
         label = f"regiontrt {args.mixed_method} + mixed precision (budget {args.mixed:g} pt)"
         out.append((label, (ours_mixed, fargs, path)))
+        # The same build with a budget whole-model int8 meets: the search's cost is the ratio.
+        path = str(workdir / f"{case.name}_ours_whole.onnx")
+        fargs = (m, d, path, args.mixed_method, case.val_path, WHOLE_FITS_BUDGET, case.val_texts,
+                 case.kind)
+        out.append((f"regiontrt {args.mixed_method} builder, whole-model fits", (ours_mixed, fargs,
+                                                                                  path)))
     for meth in peers.ORT_METHODS:
         path = str(workdir / f"{case.name}_ort_{meth}.onnx")
         out.append((f"onnxruntime {meth}", (peers.ort_quantize, (m, d, path, meth), path)))
@@ -271,6 +333,11 @@ def score(case: Case, outs: list[np.ndarray], ref: list[np.ndarray]) -> dict[str
     den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
     agree = np.concatenate([(o.argmax(-1) == r.argmax(-1)).ravel() for o, r in zip(outs, ref)])
     s: dict[str, Any] = {"rel_l2": (num / den) ** 0.5, "top1_agreement": float(agree.mean())}
+    if case.kind == "det":
+        from benchmarks import ocr_det_cls as dc
+
+        del s["top1_agreement"]  # argmax over a probability map's last axis means nothing
+        s["box_f1"] = dc.box_f1(dc.page_boxes(ref), dc.page_boxes(outs))
     if case.labels is not None:
         pred = np.concatenate([o.argmax(-1) for o in outs])
         s["accuracy"] = float((pred == case.labels).mean())
@@ -320,7 +387,22 @@ def bench_model(
             row["info"] = {k: v for k, v in info.items() if k not in ("amax",)}
         result["rows"][label] = row
         log(f"[{case.name}] {label}: {_brief(row)}")
+    _search_ratio(result, log, case.name)
     return result
+
+
+def _search_ratio(result: dict[str, Any], log: Callable[[str], None], name: str) -> None:
+    """Builder time with the search over builder time when whole-model int8 fits."""
+    rows = result["rows"]
+    mixed = next((r for k, r in rows.items() if "mixed precision" in k), None)
+    whole = next((r for k, r in rows.items() if "whole-model fits" in k), None)
+    if mixed and whole and mixed.get("wall_s") and whole.get("wall_s"):
+        ratio = mixed["wall_s"] / whole["wall_s"]
+        result["search_vs_whole"] = {
+            "search_s": mixed["wall_s"], "whole_s": whole["wall_s"], "ratio": ratio,
+        }
+        log(f"[{name}] build with the search / build whose whole-model int8 fits: "
+            f"{mixed['wall_s']:.1f} s / {whole['wall_s']:.1f} s = {ratio:.2f}x (goal <= 4x)")
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -334,6 +416,7 @@ def _brief(row: dict[str, Any]) -> str:
         "cer",
         "cer_latin",
         "cer_cjk",
+        "box_f1",
         "error",
     )
     return ", ".join(f"{k}={_fmt(row[k])}" for k in keys if row.get(k) is not None)
@@ -349,9 +432,9 @@ def _fmt(v: Any) -> str:
 def markdown(results: dict[str, Any]) -> str:
     head = (
         "| model | quantizer | status | time (s) | peak RSS (MB) | rel L2 | top-1 agree "
-        "| accuracy | CER mean | CER Latin | CER CJK |"
+        "| accuracy | box F1 | CER mean | CER Latin | CER CJK |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
 
     def pct(v: Any) -> str:
         return "" if v is None else f"{100 * v:.2f} %"
@@ -365,6 +448,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {label} | {r.get('status', '')} | {time_s} | {rss} | {l2} "
                 f"| {pct(r.get('top1_agreement'))} | {pct(r.get('accuracy'))} "
+                f"| {pct(r.get('box_f1'))} "
                 f"| {pct(r.get('cer'))} | {pct(r.get('cer_latin'))} | {pct(r.get('cer_cjk'))} |"
             )
     return "\n".join(lines)
@@ -392,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the mixed-precision search with this budget, in "
         "percentage points of CER (OCR) or of top-1 disagreement",
     )
-    parser.add_argument("--mixed-method", default="percentile", choices=OURS_METHODS)
+    parser.add_argument("--mixed-method", default="auto", choices=OURS_METHODS)
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 MODELOPT_METHODS = ("entropy", "max")
 MODELOPT_VENV_PYTHON = Path("/work/venvs/modelopt/bin/python")
+MODELOPT_VENV_FALLBACKS = (Path("/work/modelopt-venv/bin/python"),)
 _SEP = "__"
 
 
@@ -268,6 +269,8 @@ def modelopt_python() -> Path | None:
     import subprocess
 
     path = Path(os.environ.get("REGIONTRT_MODELOPT_PYTHON", MODELOPT_VENV_PYTHON))
+    if "REGIONTRT_MODELOPT_PYTHON" not in os.environ and not path.is_file():
+        path = next((p for p in MODELOPT_VENV_FALLBACKS if p.is_file()), path)
     if not path.is_file():
         return None
     probe = subprocess.run(

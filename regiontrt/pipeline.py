@@ -15,7 +15,7 @@ import logging
 import platform
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,6 @@ from .errors import (
     AccuracyBudgetExceeded,
     Attempt,
     BuildError,
-    CalibrationMismatch,
     DataError,
     InvalidModelError,
     PolicyViolation,
@@ -55,6 +54,7 @@ from .graph.io import (
     opset_version,
     output_specs,
 )
+from .int8 import Int8Attempt
 from .policy import PrecisionPolicy, enforce_compliance
 from .precision import Precision
 from .regions import Region
@@ -226,103 +226,8 @@ def _toolchain(backend: Backend) -> dict[str, str]:
     }
 
 
-class _Int8:
-    """Calibration, mismatch check and mixed-precision search for one region's int8 attempt."""
-
-    def __init__(self, state: _State, policy: PrecisionPolicy, cleaned: onnx.ModelProto,
-                 region: Region, validator: Validator) -> None:
-        self.state, self.policy, self.cleaned = state, policy, cleaned
-        self.region, self.validator = region, validator
-        self.metadata: dict[str, Any] = {}
-
-    def compile(self) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
-        """Returns ``(variant, loss, kept layers, note)``; ``variant`` is None if it can't fit."""
-        from .calibration import EntropyCalibrator, check_mismatch
-
-        if self.state.calibration_data is None:
-            raise DataError(
-                f"region {self.region.name!r} allows int8, which needs the region's own "
-                "calibration data: .with_calibrator(data=...) (or remove int8 with "
-                ".with_precision([...]))"
-            )
-        plan = self.policy.quantization_plan(self.cleaned)
-        if not plan.nodes:
-            return None, None, (), "no quantizable layer in the model"
-        self.calibrator = self.state.calibrator or EntropyCalibrator()
-        self.data = DataSource(self.state.calibration_data, self.validator.inputs,
-                               split=self.validator.split)
-        log.info("int8: calibrating %d tensors of %d layers with %s", len(plan.activations),
-                 len(plan.nodes), self.calibrator.name)
-        result = self.calibrator.calibrate(self.cleaned, self.data, plan.activations)
-        self.amax = dict(result.amax)
-        mismatch = check_mismatch(self.cleaned, result.amax, self.validator.batches,
-                                  threshold=self.state.mismatch_threshold)
-        strict = self.state.strict_calibration
-        if strict is None:
-            strict = self.region.strict_calibration
-        self.metadata = {
-            "method": result.method,
-            "calibrator": f"{type(self.calibrator).__module__}."
-                          f"{type(self.calibrator).__qualname__}",
-            "fingerprint": result.fingerprint,
-            "num_samples": result.num_samples,
-            "num_batches": result.num_batches,
-            "seconds": round(result.seconds, 3),
-            "mismatch": mismatch.to_dict(),
-        }
-        log.info("int8: calibration mismatch check: %s", mismatch.summary())
-        if mismatch.exceeded:
-            message = (
-                f"region {self.region.name!r}: the validation data lies outside the calibrated "
-                f"ranges; was the calibration set drawn from another region? {mismatch.summary()}"
-            )
-            if strict:
-                raise CalibrationMismatch(message)
-            warnings.warn(message, stacklevel=4)
-        variant = self._variant(())
-        loss = self.validator.loss_of_model(variant)
-        budget = self.region.budget
-        log.info("int8: whole-model loss %.4g (budget %.4g)", loss, budget)
-        if loss <= budget or not self.policy.search_mixed:
-            return self._done(variant, loss, (), "")
-        from .mixed import search_mixed_precision
-
-        search = search_mixed_precision(
-            plan.nodes, lambda keep: self.validator.loss_of_model(self._variant(keep)), budget,
-            max_kept=int(self.policy.max_kept_fraction * len(plan.nodes)),
-        )
-        self.metadata["mixed_precision"] = {"whole_model_loss": loss, **search.to_dict()}
-        log.info("int8: mixed-precision search kept %d of %d layers in float32 (loss %.4g, %s, "
-                 "%d evaluations): %s", len(search.kept), len(plan.nodes), search.loss,
-                 "fits" if search.fits else "over budget", search.evaluations,
-                 ", ".join(search.kept) or "-")
-        if not search.fits:
-            note = (f"whole-model int8 loss {loss:.4g}; keeping up to {len(search.kept)} "
-                    f"sensitive layers still gave {search.loss:.4g}")
-            return self._done(None, search.loss, search.kept, note)
-        note = (f"whole-model int8 loss {loss:.4g} over budget; kept {len(search.kept)} of "
-                f"{len(plan.nodes)} layers in float32")
-        return self._done(self._variant(search.kept), search.loss, search.kept, note)
-
-    def _variant(self, keep: Iterable[str]) -> onnx.ModelProto:
-        """The int8 graph with ``keep`` left in float32.
-
-        Leaving a layer out can move Q/DQ onto tensors the first plan did not need (the skip
-        branch of a residual Add whose conv is no longer quantized); those are calibrated here,
-        on the same calibration data, the first time they are needed.
-        """
-        missing = [t for t in self.policy.quantization_plan(self.cleaned, keep).activations
-                   if t not in self.amax]
-        if missing:
-            log.debug("int8: calibrating %d more tensors: %s", len(missing), ", ".join(missing))
-            extra = self.calibrator.calibrate(self.cleaned, self.data, missing)
-            self.amax.update(extra.amax)
-        return self.policy.compile(self.cleaned, Precision.INT8, amax=self.amax, keep=keep)
-
-    def _done(self, variant: onnx.ModelProto | None, loss: float | None, kept: tuple[str, ...],
-              note: str) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
-        self.metadata["amax"] = {k: float(v) for k, v in sorted(self.amax.items())}
-        return variant, loss, kept, note
+# The int8 attempt lives in its own module; the old name stays for importers.
+_Int8 = Int8Attempt
 
 
 def _base_metadata(region: Region, policy: PrecisionPolicy, shared: _Shared,

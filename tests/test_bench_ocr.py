@@ -173,3 +173,23 @@ def test_make_ocr_sets_batches_share_one_width(renderable: None) -> None:
     assert {b.script for b in sets.held_out} == {"latin", "cjk"}
     for b in sets.held_out:
         assert b.x.shape[0] == len(b.texts) and b.x.shape[-1] % ocr.WIDTH_STEP == 0
+
+
+def test_db_post_processing_and_box_f1():
+    pytest.importorskip("scipy", reason="the detector benchmark's DB post-processing needs scipy")
+    dc = pytest.importorskip("benchmarks.ocr_det_cls", reason="run from the repository root")
+    prob = np.zeros((64, 96), np.float32)
+    prob[10:20, 10:60] = 0.9  # a text line: kept, unclipped by area * 1.6 / perimeter
+    prob[40:42, 10:60] = 0.9  # 2 px high: dilated to 3 rows, kept
+    prob[50:56, 70:90] = 0.35  # above the pixel threshold, under the box-score threshold
+    boxes = dc.db_boxes(prob)
+    assert len(boxes) == 2
+    x0, y0, x1, y1 = boxes[0]
+    # the 2x2 dilation grows the 50x10 region to 51x11, then each side moves out by d
+    d = 51 * 11 * dc.DB_UNCLIP / (2 * (51 + 11))
+    assert (x0, y0, x1, y1) == pytest.approx((10 - d, 10 - d, 61 + d, 21 + d))
+    ref = [[(0, 0, 10, 10), (20, 0, 30, 10)], [(0, 0, 5, 5)]]
+    assert dc.box_f1(ref, ref) == 1.0
+    shifted = [[(1, 0, 11, 10), (40, 0, 50, 10)], []]  # IoU 0.82 match, a miss, a false box
+    assert dc.box_f1(ref, shifted) == pytest.approx(2 * 1 / (3 + 2))
+    assert dc.box_f1([[]], [[]]) == 1.0

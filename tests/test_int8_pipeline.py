@@ -40,7 +40,9 @@ def test_mixed_precision_meets_a_budget_whole_model_int8_misses(base):
         rt.PrecisionPolicy("int8", search_mixed=False)).build()
     whole_loss = whole.metadata["validation"]["trials"][0]["loss"]
     assert whole_loss > 0
-    budget = whole_loss * 0.6
+    # The five demo layers have near-equal local int8 errors: a budget that needs all but one
+    # kept would test the ranking's tie-breaks, not the search.
+    budget = whole_loss * 0.8
     # whole-model int8 now misses the budget ...
     with pytest.raises(rt.AccuracyBudgetExceeded):
         common.for_region(int8_region(budget=budget)).with_precision(

@@ -70,3 +70,31 @@ def test_user_metric_and_unknown_names():
     assert fn({}, {}) == 0.25
     with pytest.raises(ValueError, match="unknown metric"):
         get_metric("bleu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(costs=st.lists(st.integers(0, 100), min_size=1, max_size=40),
+       budget=st.integers(0, 500), optimism=st.floats(0.5, 1.0))
+def test_ranked_search_with_an_optimistic_screen(costs, budget, optimism):
+    layers = [f"l{i}" for i in range(len(costs))]
+    cost = dict(zip(layers, costs))
+    full_calls = []
+
+    def evaluate(keep):
+        full_calls.append(keep)
+        return sum(c for n, c in cost.items() if n not in keep)
+
+    def screen(keep):  # a subset's loss: proportional, and optimistic
+        return optimism * sum(c for n, c in cost.items() if n not in keep)
+
+    result = search_mixed_precision(layers, evaluate, budget, sensitivity=cost, screen=screen)
+    total, ordered = sum(costs), sorted(costs, reverse=True)
+    need = next((k for k in range(1, len(costs) + 1) if total - sum(ordered[:k]) <= budget), None)
+    assert result.fits == (need is not None)
+    if result.fits:
+        assert len(result.kept) == need and result.loss <= budget
+    # no evaluation spent on ranking; full ones only to confirm (and resume after an optimistic
+    # screen), all counted
+    assert result.evaluations == len(full_calls)
+    assert result.evaluations <= 2 * len(costs).bit_length() + 2
+    assert result.screen_evaluations <= 2 * len(costs).bit_length() + 2

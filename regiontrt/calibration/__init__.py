@@ -1,5 +1,7 @@
 """INT8 calibration from a region's own data: streaming statistics, calibrators, caches, checks.
 
+* :class:`AutoCalibrator` (the default): per tensor, the candidate range (entropy, percentiles,
+  max) of least int8 error on the tensor's histogram.
 * :class:`Calibrator` and its methods :class:`EntropyCalibrator` (TensorRT's KL-divergence
   search, vectorised), :class:`PercentileCalibrator` and :class:`MinMaxCalibrator`; subclass
   :class:`Calibrator` and override :meth:`~Calibrator.compute_amax` for a new method.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+from .auto import AutoCalibrator, quantization_mse
 from .base import (
     CalibrationResult,
     Calibrator,
@@ -31,6 +34,7 @@ from .mismatch import MismatchReport, check_mismatch
 from .stats import TensorStats
 
 __all__ = [
+    "AutoCalibrator",
     "CalibrationResult",
     "Calibrator",
     "EntropyCalibrator",
@@ -47,6 +51,7 @@ __all__ = [
     "entropy_threshold_reference",
     "get_calibrator",
     "parse_calibration_cache",
+    "quantization_mse",
     "read_calibration_cache",
     "write_calibration_cache",
 ]

@@ -258,6 +258,12 @@ class EntropyCalibrator(Calibrator):
         return min(amax, stats.amax)
 
 
+def _auto() -> type[Calibrator]:
+    from .auto import AutoCalibrator
+
+    return AutoCalibrator
+
+
 _CALIBRATORS: dict[str, type[Calibrator]] = {
     "entropy": EntropyCalibrator,
     "percentile": PercentileCalibrator,
@@ -266,7 +272,7 @@ _CALIBRATORS: dict[str, type[Calibrator]] = {
 
 
 def get_calibrator(name: str, **kwargs: Any) -> Calibrator:
-    """A calibrator by method name: ``"entropy"``, ``"percentile"`` or ``"minmax"``.
+    """A calibrator by method name: ``"auto"``, ``"entropy"``, ``"percentile"`` or ``"minmax"``.
 
     Keyword arguments go to its constructor (e.g. ``percentile=99.9``).
 
@@ -274,7 +280,8 @@ def get_calibrator(name: str, **kwargs: Any) -> Calibrator:
         RegionConfigError: an unknown name or bad arguments.
     """
     key = name.strip().lower().replace("-", "").replace("_", "")
-    cls = _CALIBRATORS.get(key)
+    cls = _auto() if key == "auto" else _CALIBRATORS.get(key)
     if cls is None:
-        raise RegionConfigError(f"unknown calibrator {name!r}; known: {', '.join(_CALIBRATORS)}")
+        known = ", ".join(["auto", *_CALIBRATORS])
+        raise RegionConfigError(f"unknown calibrator {name!r}; known: {known}")
     return cls(**kwargs)

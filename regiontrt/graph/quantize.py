@@ -43,6 +43,7 @@ __all__ = [
     "QuantizationPlan",
     "QuantizeOptions",
     "count_qdq",
+    "name_nodes",
     "plan_quantization",
     "quantize_model",
     "upgrade_opset",
@@ -116,6 +117,16 @@ def _named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         seen.add(name)
         taken.add(name)
     return out
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose nodes carry the names plans and quantized models use.
+
+    Planning or quantizing the copy gives the same node names as the original, and a copy
+    raised to opset 13 with :func:`upgrade_opset` keeps them: a caller that quantizes one
+    model many times (the mixed-precision search) names and upgrades it once.
+    """
+    return _named_copy(model)
 
 
 def _element_types(model: onnx.ModelProto) -> dict[str, int]:
