@@ -6,10 +6,13 @@ or :func:`generated_inputs` when there is none) and compares every output:
 
 * the same output names, element types and shapes;
 * integers, booleans and strings exactly;
-* floats element by element within ``rtol`` (default: 1e-4, or 8 machine epsilons of the
-  output's type where that is larger: float16 round-off is far above 1e-4) and ``atol`` =
+* floats element by element within ``rtol`` (default: 1e-3, or 8 machine epsilons of the
+  output's type where that is larger: float16 round-off is far above it) and ``atol`` =
   ``rtol`` times the largest finite magnitude of the reference output, with NaN where the
-  reference has NaN and the same infinities.
+  reference has NaN and the same infinities. 1e-3 of the output's scale is what folding a
+  BatchNormalization into a convolution legitimately moves a deep network's float32 outputs by
+  (PP-OCRv4 rec: 1.7e-4 on a softmax); a wrong fold (a sliced ``Shape``, a dropped attribute)
+  moves them by far more.
 
 Outputs that differ between two runs of the *original* model (unseeded random ops, training-mode
 Dropout) are compared by type and shape only. A difference raises :class:`~regiontrt.errors.
@@ -51,6 +54,9 @@ class CheckResult:
             "values_not_compared": list(self.values_skipped),
         }
 
+
+
+DEFAULT_RTOL = 1e-3
 
 def run_onnx(model: onnx.ModelProto | bytes, batches: Sequence[Batch], *,
              threads: int = 0) -> list[Outputs]:
@@ -101,7 +107,7 @@ def check_pass(
     batches: Sequence[Batch],
     *,
     skip_values: set[str] | frozenset[str] = frozenset(),
-    rtol: float = 1e-4,
+    rtol: float = DEFAULT_RTOL,
 ) -> CheckResult:
     """Compare ``candidate`` on ``batches`` with the original model's ``reference`` outputs.
 
@@ -136,7 +142,7 @@ def check_pass(
                        tuple(sorted(skip_values)))
 
 
-def compare(want: Any, got: Any, *, rtol: float = 1e-4, values: bool = True) -> float | str:
+def compare(want: Any, got: Any, *, rtol: float = DEFAULT_RTOL, values: bool = True) -> float | str:
     """The largest absolute float difference of ``got`` from ``want``, or why they differ."""
     if isinstance(want, list) or isinstance(got, list):  # sequence outputs
         if not isinstance(want, list) or not isinstance(got, list) or len(want) != len(got):
