@@ -195,5 +195,7 @@ def test_fleet_page_toml_loads(tmp_path):
 
     toml = next(code for lang, _, code in code_blocks(DOCS / "fleet.md") if lang == "toml")
     (tmp_path / "fleet.toml").write_text(toml)
+    (tmp_path / "regions.toml").write_text(  # the page's optional regions_file
+        '[regions.OCR]\nprecisions = ["fp16", "fp32"]\nbudget = 0.01\nmetric = "top1"\n')
     spec = FleetSpec.load(tmp_path / "fleet.toml")
     assert spec.name == "ocr-rec" and [r.name for r in spec.regions] == ["NA", "EU"]
