@@ -147,9 +147,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--calibration", metavar="FILE_OR_FOLDER",
                    help="the region's int8 calibration data, same format as --validation, "
                         "e.g. calib/ (needed when the region allows int8)")
-    b.add_argument("--calibrator", default="entropy", choices=("entropy", "percentile", "minmax"),
-                   help="how int8 ranges are chosen from the calibration data (default: "
-                        "entropy), e.g. percentile")
+    b.add_argument("--calibrator", default="auto",
+                   choices=("auto", "entropy", "percentile", "minmax"),
+                   help="how int8 ranges are chosen from the calibration data (default: auto, "
+                        "the lowest-error of entropy, percentile and max per tensor), "
+                        "e.g. entropy")
     b.add_argument("--shape", action="append", default=[], metavar="NAME:MIN,OPT,MAX",
                    help="input shapes the engine accepts, dims joined by x, repeatable, e.g. "
                         "x:1x3x48x32,8x3x48x320,16x3x48x1280 (needed for dynamic dims on "
