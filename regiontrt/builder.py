@@ -118,7 +118,7 @@ class RegionalEngineBuilder:
     def with_calibrator(
         self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None
     ) -> RegionalEngineBuilder:
-        """INT8: the range calibrator (default ``auto``: per tensor, the lowest-error range) and the region's calibration data."""
+        """INT8: the range calibrator (default ``auto``: lowest-error range per tensor) and data."""
         from .calibration import Calibrator, get_calibrator
 
         if isinstance(calibrator, str):

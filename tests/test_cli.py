@@ -154,7 +154,7 @@ def test_build_writes_into_the_current_folder_and_logs_every_int8_decision(
     for needle in ("validation data: 360 samples in 12 batches",
                    "region NA: trying int8 > fp16 > fp32 in order",
                    "int8: calibrating",
-                   "calibration (entropy):",
+                   "calibration (auto):",
                    "int8: whole-model loss",
                    "region NA: int8 loss",
                    "region NA: chose"):

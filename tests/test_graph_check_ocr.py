@@ -11,9 +11,9 @@ import onnx
 import pytest
 
 import regiontrt as rt
+from regiontrt.errors import GraphPassError
 from regiontrt.graph.check import check_pass, run_onnx
 from regiontrt.graph.clean import clean
-from regiontrt.errors import GraphPassError
 
 ocr = pytest.importorskip("benchmarks.ocr", reason="run from the repository root")
 
