@@ -104,3 +104,26 @@ def demo_model_path():
     from regiontrt import demo
 
     return demo.model_path()
+
+
+def demo_engine(region: str):
+    """The demo model built for a preset region on its own data (int8 regions calibrate)."""
+    import regiontrt as rt
+    from regiontrt import demo
+    from regiontrt.datasets import split_batches
+    from regiontrt.demo.run import PROFILE
+
+    d = demo.region_data(region)
+    builder = (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region(region)
+               .with_shape_profile(PROFILE)
+               .with_validation(split_batches({"input": d.validation}, 64)))
+    if region != "EU":
+        builder = builder.with_calibrator("entropy",
+                                          data=split_batches({"input": d.calibration}, 64))
+    return builder.build()
+
+
+@pytest.fixture(scope="session")
+def na_engine():
+    """The demo NA engine (int8), built once for the serving tests."""
+    return demo_engine("NA")

@@ -16,19 +16,6 @@ from regiontrt.serve import AdaptivePolicy, LoadStats
 from regiontrt.serve.modes import LATENCY, THROUGHPUT
 
 
-@pytest.fixture(scope="module")
-def na_engine():
-    from regiontrt import demo
-    from regiontrt.datasets import split_batches
-    from regiontrt.demo.run import PROFILE
-
-    d = demo.region_data("NA")
-    return (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region("NA")
-            .with_shape_profile(PROFILE)
-            .with_calibrator("entropy", data=split_batches({"input": d.calibration}, 64))
-            .with_validation(split_batches({"input": d.validation}, 64)).build())
-
-
 def _sequence_model() -> onnx.ModelProto:
     """y = 2x + 1 per step ([N, T]) and s = sum over T ([N]): a width-bucketed sequence model."""
     nodes = [

@@ -7,31 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import demo_engine as _build
 
 import regiontrt as rt
 from regiontrt import demo
-from regiontrt.datasets import split_batches
-from regiontrt.demo.run import PROFILE
 from regiontrt.serve.drift import DriftWarning
 
 # Alerts raised on the monitor's worker thread would otherwise clutter the summary.
 pytestmark = pytest.mark.filterwarnings("ignore::regiontrt.serve.drift.DriftWarning")
-
-
-def _build(region: str) -> rt.Engine:
-    d = demo.region_data(region)
-    builder = (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region(region)
-               .with_shape_profile(PROFILE)
-               .with_validation(split_batches({"input": d.validation}, 64)))
-    if region != "EU":
-        builder = builder.with_calibrator("entropy",
-                                          data=split_batches({"input": d.calibration}, 64))
-    return builder.build()
-
-
-@pytest.fixture(scope="module")
-def na_engine():
-    return _build("NA")
 
 
 @pytest.fixture(scope="module")

@@ -27,19 +27,6 @@ MODEL = "digits_cnn_NA"
 
 
 @pytest.fixture(scope="module")
-def na_engine():
-    from regiontrt import demo
-    from regiontrt.datasets import split_batches
-    from regiontrt.demo.run import PROFILE
-
-    d = demo.region_data("NA")
-    return (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region("NA")
-            .with_shape_profile(PROFILE)
-            .with_calibrator("entropy", data=split_batches({"input": d.calibration}, 64))
-            .with_validation(split_batches({"input": d.validation}, 64)).build())
-
-
-@pytest.fixture(scope="module")
 def samples():
     from regiontrt import demo
 
