@@ -30,7 +30,7 @@ _LAZY = {
     "Engine": "regiontrt.engine",
     "BenchmarkReport": "regiontrt.engine",
     "load_engine": "regiontrt.engine",
-    "inspect": "regiontrt.engine",
+    "inspect": "regiontrt.inspection",
     "Calibrator": "regiontrt.calibration",
     "EntropyCalibrator": "regiontrt.calibration",
     "PercentileCalibrator": "regiontrt.calibration",
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from .calibration import Calibrator, EntropyCalibrator, MinMaxCalibrator, PercentileCalibrator
     from .datasets import DataSource
     from .deploy import load_bundle
-    from .engine import BenchmarkReport, Engine, inspect, load_engine
+    from .engine import BenchmarkReport, Engine, load_engine
     from .errors import (
         AccuracyBudgetExceeded,
         ArtifactError,
@@ -106,6 +106,7 @@ if TYPE_CHECKING:
         UnknownRegionError,
     )
     from .graph.quantize import QuantizeOptions
+    from .inspection import inspect
     from .policy import PrecisionPolicy
     from .precision import Precision
     from .regions import Region, RegionRegistry, default_regions, get_region, load_regions

@@ -11,7 +11,7 @@ every ``If``/``Loop``/``Scan`` subgraph at any depth and every model-local funct
 * **fp16** (lossy 16-bit floats): float16/bfloat16 tensors, initializers and casts.
 
 The same checker runs at build (the source model and each compiled variant), at save, at load
-(on the ONNX payload, before any runtime sees it) and in :func:`~regiontrt.engine.inspect`. A
+(on the ONNX payload, before any runtime sees it) and in :func:`~regiontrt.inspection.inspect`. A
 TensorRT plan cannot be opened without TensorRT: there the check is on the header (the chosen
 precision, and the build-time record of the variant the plan was built from, by its hash).
 

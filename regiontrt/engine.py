@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +37,6 @@ from .graph.io import TensorSpec
 from .schema import check_payload, validate_header
 from .shapes import Bucketing, Profile, select_profile
 from .validation import ValidationReport
-
-if TYPE_CHECKING:
-    from .report import EngineInfo
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 #: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
@@ -462,92 +459,6 @@ def _choose_backend(backend: Any) -> Backend | None:
         raise
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from exc
-
-
-def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
-    """The engine's metadata, read without a GPU, TensorRT or any runtime.
-
-    The header is checked against the schema; the result is the header plus a computed
-    ``compliance_check`` (``compliant``, ``checked``, ``reasons``...): on the ONNX payload itself
-    when it is read, on the header alone otherwise.
-
-    The result is a ``dict`` with accessors: ``info.region_name``, ``info.report`` (the
-    validation report), ``info.region_rules`` (same as ``info["region"]``: the region's whole
-    rule set, not only its name) and an HTML view for notebooks.
-
-    Args:
-        path: the container file.
-        verify_payload: also check the payload digest and scan an ONNX payload (reads the file).
-
-    Raises:
-        ArtifactError: the file is refused (see :func:`load_engine`).
-    """
-    model = None
-    if not verify_payload:
-        metadata = artifact.read_header(path)
-        validate_header(metadata)
-    elif artifact.read_header(path).get("payload_format") == "onnx":
-        metadata, payload = artifact.read(path)
-        validate_header(metadata)
-        model = check_payload(metadata, payload)
-    else:
-        metadata = artifact.verify(path)
-        validate_header(metadata)
-    from .report import EngineInfo
-
-    out = EngineInfo(metadata)
-    out["compliance_check"] = check_artifact(metadata, model).to_dict()
-    return out
-
-
-def _dig(data: Any, *keys: str) -> Any:
-    for key in keys:
-        data = data.get(key) if isinstance(data, Mapping) else None
-    return data
-
-
-def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Human-readable ``(field, value)`` rows of an engine's metadata (for ``inspect``).
-
-    Tolerates any shape of input (a missing or mistyped field prints as ``-``/its ``repr``).
-    """
-    val = _dig(metadata, "validation")
-    kept = _dig(metadata, "kept_high_precision")
-    kept_text = ", ".join(str(k) for k in kept) if isinstance(kept, list) else str(kept or "")
-    rows = [
-        ("region", str(_dig(metadata, "region", "name"))),
-        ("precision", str(_dig(metadata, "precision"))),
-        ("kept high precision", kept_text or "-"),
-        ("backend", f"{_dig(metadata, 'backend', 'name')} {_dig(metadata, 'backend', 'version')}"),
-        ("target", str(_dig(metadata, "target"))),
-        ("metric / budget", f"{_dig(val, 'metric')} <= {_dig(val, 'budget')}"),
-    ]
-    trials = _dig(val, "trials")
-    for t in trials if isinstance(trials, list) else []:
-        loss = _dig(t, "loss")
-        loss_text = f"{loss:.4g}" if isinstance(loss, (int, float)) else "-"
-        verdict = "accepted" if _dig(t, "accepted") is True else "rejected"
-        rows.append((f"  tried {_dig(t, 'precision')}",
-                     f"loss {loss_text} ({verdict}, {_dig(t, 'measured_on')})"))
-    check = _dig(metadata, "compliance_check")
-    if isinstance(check, Mapping):
-        reasons = check.get("reasons")
-        why = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
-        rows.append(("compliant", f"{'yes' if check.get('compliant') is True else 'no'}: {why}"))
-    override = _dig(metadata, "region", "override_compliance")
-    if override:
-        rows.append(("compliance override", str(override)))
-    rows += [
-        ("model sha256", str(_dig(metadata, "model", "sha256"))),
-        ("validation data", str(_dig(val, "data_fingerprint"))),
-        ("calibration data", str(_dig(metadata, "calibration", "fingerprint") or "-")),
-        ("calibration method", str(_dig(metadata, "calibration", "method") or "-")),
-        ("shape profiles", json.dumps(_dig(metadata, "shape_profiles"), default=repr)),
-        ("regiontrt", str(_dig(metadata, "regiontrt_version"))),
-        ("created", str(_dig(metadata, "created_at"))),
-        ("gpu", str(_dig(metadata, "gpu") or "-")),
-    ]
-    return rows
 
 
 def _has_data(value: Any) -> bool:

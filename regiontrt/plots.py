@@ -59,7 +59,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def metadata_of(source: MetadataSource) -> dict[str, Any]:
     """The metadata dict of an engine, a metadata mapping or an ``.engine`` path."""
     if isinstance(source, (str, Path)):
-        from .engine import inspect
+        from .inspection import inspect
 
         return dict(inspect(source, verify_payload=False))
     meta = getattr(source, "metadata", source)

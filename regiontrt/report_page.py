@@ -127,7 +127,7 @@ def collect(path: str | Path) -> ReportSource:
     Raises:
         DataError: ``path`` does not exist, or holds no engine and no manifest.
     """
-    from .engine import inspect
+    from .inspection import inspect
 
     root = Path(path)
     if not root.exists():

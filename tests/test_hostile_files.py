@@ -18,7 +18,7 @@ from hostile import build_blob, container, forge, forge_raw_header, relu_model, 
 import regiontrt as rt
 from regiontrt import artifact
 from regiontrt.cli import main
-from regiontrt.engine import summarize
+from regiontrt.inspection import summarize
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ..engine import inspect, summarize
+    from ..inspection import inspect, summarize
 
     meta = inspect(args.engine)
     if args.json:
