@@ -56,6 +56,17 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _panel_grid(count: int, max_cols: int, width: float, height: float) -> tuple[Figure, Any]:
+    """A figure of ``count`` panels of ``width`` x ``height`` inches, the unused ones hidden."""
+    cols = min(count, max_cols)
+    rows = math.ceil(count / cols)
+    fig = _new_figure(width * cols, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def metadata_of(source: MetadataSource) -> dict[str, Any]:
     """The metadata dict of an engine, a metadata mapping or an ``.engine`` path."""
     if isinstance(source, (str, Path)):
@@ -86,10 +97,7 @@ def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
     metas = [metadata_of(s) for s in sources]
     if not metas:
         raise DataError("accuracy_figure: no engine given")
-    cols = min(len(metas), 4)
-    rows = math.ceil(len(metas) / cols)
-    fig = _new_figure(3.0 * cols, 2.6 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = _panel_grid(len(metas), 4, 3.0, 2.6)
     for ax, meta in zip(axes, metas):
         val = meta.get("validation") or {}
         trials = [t for t in val.get("trials") or [] if isinstance(t, Mapping)]
@@ -129,8 +137,6 @@ def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
         ax.set_title(f"{_region_name(meta)} → {meta.get('precision')}", fontsize=10)
         ax.set_ylabel(f"loss ({val.get('metric')})", fontsize=9)
         ax.tick_params(labelsize=8)
-    for ax in axes[len(metas):]:
-        ax.set_visible(False)
     return fig
 
 
@@ -303,10 +309,7 @@ def calibration_figure(histograms: Sequence[TensorHistogram], *, bins: int = 128
     """
     if not histograms:
         raise DataError("calibration_figure: no histogram given")
-    cols = min(len(histograms), 3)
-    rows = math.ceil(len(histograms) / cols)
-    fig = _new_figure(3.6 * cols, 2.6 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = _panel_grid(len(histograms), 3, 3.6, 2.6)
     for ax, h in zip(axes, histograms):
         group = max(1, len(h.counts) // bins)
         n = len(h.counts) // group * group
@@ -328,8 +331,6 @@ def calibration_figure(histograms: Sequence[TensorHistogram], *, bins: int = 128
         ax.set_xlabel("|x|", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    for ax in axes[len(histograms):]:
-        ax.set_visible(False)
     return fig
 
 
