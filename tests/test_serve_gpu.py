@@ -60,6 +60,8 @@ def test_batched_gpu_outputs_equal_each_request_run_alone(engine):
 def test_tritonclient_over_the_gpu_runner(engine):
     httpclient = pytest.importorskip("tritonclient.http",
                                      reason="needs tritonclient[http] (the test extra)")
+    for module in ("starlette", "uvicorn"):  # the HTTP server's stack (the serve extra)
+        pytest.importorskip(module, reason=f"needs {module} (pip install 'regiontrt[serve]')")
     from regiontrt.serve.runner import BackgroundHTTP
 
     before = {t.ident for t in threading.enumerate()}
@@ -88,6 +90,8 @@ def test_tritonclient_over_the_gpu_runner(engine):
 def test_step_load_on_the_gpu_runner_records_figures(engine):
     bench = pytest.importorskip("benchmarks.bench_serving", reason="run from the repository root")
     pytest.importorskip("aiohttp", reason="needs aiohttp for the HTTP load generator")
+    for module in ("starlette", "uvicorn"):  # the HTTP server's stack (the serve extra)
+        pytest.importorskip(module, reason=f"needs {module} (pip install 'regiontrt[serve]')")
     request = {"x": np.ones((1, 64), np.float32), "k": np.zeros(1, np.int32)}
     setup = bench.Setup("gpu-double", engine, request, sla_ms=50.0)
     report = bench.step_load(setup, phase_s=1.5, http_in_process=True)
