@@ -233,7 +233,7 @@ def test_fuzz_summary_and_memory_bound():
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = sum(OUTCOMES.values())
     if total == 0:
-        pytest.skip("needs the fuzz test above to run first in the same session (run the whole file)")
+        pytest.skip("needs the fuzz test above to run first in this session (run the file)")
     summary = {"examples": total, "untyped_exceptions": 0, "peak_rss_mib": round(peak_mib),
                "seed": SEED, "outcomes": dict(sorted(OUTCOMES.items()))}
     if REPORT:
