@@ -171,15 +171,12 @@ class Int8Attempt:
             screen_ref = collate(reference)
 
             def screen_loss(keep: frozenset[str]) -> float:
-                from .backends.onnxruntime import OnnxRuntimeRunner
-                from .graph.io import model_bytes
+                # The same runner and metric checks as the full evaluation, on the subset.
+                from .graph.check import run_onnx
+                from .validation import checked_loss
 
-                runner = OnnxRuntimeRunner(model_bytes(self._variant(keep)))
-                try:
-                    outs = collate([runner.run(b) for b in subset])
-                finally:
-                    runner.close()
-                return float(v.metric(screen_ref, outs))
+                outs = collate(run_onnx(self._variant(keep), subset))
+                return checked_loss(v.metric_name, v.metric, screen_ref, outs)
 
             screen = screen_loss
             try:  # a metric that cannot score a subset (labels of its own): no screening
