@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 import regiontrt as rt
 from regiontrt.serve import AdaptivePolicy, LoadStats
-from regiontrt.serve.modes import LATENCY, THROUGHPUT
+from regiontrt.serve.modes import LATENCY, THROUGHPUT, BatchPlan, LoadTracker
 
 
 def _sequence_model() -> onnx.ModelProto:
@@ -161,9 +161,9 @@ def test_adaptive_policy_switches_with_hysteresis_and_dwell():
 
 
 def test_adaptive_policy_does_not_wait_when_batching_is_measured_not_to_pay():
-    policy = AdaptivePolicy(max_batch=16, max_delay_ms=8, dwell_s=0.0)
-    pays = LoadStats(900, 5, 0.001, 0.004, 0.050, 1.0, batch_rows=16)      # 0.25 ms a row
-    assert pays.batching_pays and policy.plan(pays).max_wait_s == pytest.approx(0.008)
+    policy = AdaptivePolicy(max_batch=16, max_delay_ms=8, dwell_s=0.5)
+    quiet = LoadStats(200, 0, 0.001, 0.004, 0.050, 1.0, batch_rows=16)     # 0.25 ms a row
+    assert quiet.batching_pays and policy.plan(quiet) == BatchPlan(4, 0.0, LATENCY)
     costly = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0, batch_rows=16)    # 0.94 ms a row
     plan = policy.plan(costly)                                               # explores once
     assert costly.batching_pays is False and plan.role == THROUGHPUT and plan.max_wait_s == 0
@@ -172,6 +172,32 @@ def test_adaptive_policy_does_not_wait_when_batching_is_measured_not_to_pay():
     assert policy.plan(later).max_batch == 1                                 # one by one
     again = LoadStats(900, 5, 0.001, 0.015, 0.050, 2.0 + policy.explore_s, batch_rows=16)
     assert policy.plan(again).max_batch == 4                                 # re-measures
+    # A queue past high water says one by one is falling behind: batch what waits, at once.
+    deep = LoadStats(900, 16, 0.001, 0.015, 0.050, 2.6 + policy.explore_s, batch_rows=16,
+                     largest_batch=16)
+    assert policy.plan(deep) == BatchPlan(16, 0.0, THROUGHPUT)
+
+
+def test_load_tracker_estimates_are_not_thrown_by_one_slow_run():
+    tracker = LoadTracker()
+    for _ in range(5):
+        tracker.ran(1, 0.001)
+        tracker.ran(8, 0.002)
+    before = tracker.snapshot(0, None, 0.0)
+    assert before.service_s == pytest.approx(0.001) and before.batching_pays
+    tracker.ran(8, 0.050)   # a garbage collection, a busy core
+    tracker.ran(1, 0.030)
+    after = tracker.snapshot(0, None, 0.0)
+    assert after.batching_pays and after.service_s == pytest.approx(0.001)
+    assert after.batch_service_s == pytest.approx(0.002)
+    # Two runs of a batch are no verdict yet; a third is.
+    fresh = LoadTracker()
+    fresh.ran(1, 0.001)
+    for i in range(3):
+        stats = fresh.snapshot(0, None, 0.0)
+        assert (stats.batching_pays is None) == (i < 3)
+        fresh.ran(4 + i, 0.010 * (4 + i))
+    assert fresh.snapshot(0, None, 0.0).batching_pays is False
 
 
 def test_adaptive_batches_grow_by_doubling_while_they_pay():

@@ -227,7 +227,6 @@ class ModelBatcher:
                                [done - r.enqueued for r in live], ok=False)
             return
         done = time.monotonic()
-        self.load.ran(rows, done - started)
         offset = 0
         bucketing = variant.engine.bucketing
         for r in live:
@@ -239,6 +238,9 @@ class ModelBatcher:
             r.future.set_result(part)
             if self.on_result is not None:
                 self.on_result(r.feeds)
+        # The policy's service time is the worker's whole time on the batch, handing results
+        # back included: that, not the engine's share alone, is what a batch costs the queue.
+        self.load.ran(rows, time.monotonic() - started)
         self.metrics.batch(self.model.name, variant.label, rows, done - started,
                            [started - r.enqueued for r in live],
                            [done - r.enqueued for r in live], ok=True)

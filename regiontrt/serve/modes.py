@@ -12,9 +12,10 @@ load (:class:`LoadStats`). Three are shipped:
   serving would need (arrival rate x single-request service time) and the queue depth, with
   separate up and down thresholds and a minimum dwell time, so it does not flap. Quiet: dispatch
   at once with whatever is queued. Busy: batch, waiting only as long as the region's SLA leaves
-  room for. Batches grow by doubling (4, 8, 16...) as long as they are measured to pay; where a
-  batch costs as much per row as single requests, it runs requests one by one in either state
-  (re-measuring a batch of 4 every few seconds).
+  room for. Batches grow by doubling (4, 8, 16...) as long as they are measured to pay; where
+  a batch costs as much per row as single requests, it runs requests one by one in either
+  state (re-measuring a batch of 4 every few seconds) until the queue passes high water.
+  Service times are medians of recent runs, so one slow run does not flip a decision.
 
 Subclass :class:`BatchPolicy` and pass an instance as ``mode=`` to plug in another rule.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import math
+import statistics
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -56,11 +58,13 @@ class LoadStats:
         arrival_rate: requests per second over the recent window.
         queue_depth: requests waiting now.
         service_s: estimated seconds to run one request alone (``None`` before any run).
-        batch_service_s: estimated seconds to run a batch of ``batch_rows`` (``None`` before any).
+        batch_service_s: estimated seconds to run a batch of ``batch_rows`` (``None`` before
+            any, and before three batches of at least :data:`PROBE_ROWS` rows ran).
         sla_s: the region's p99 latency SLA in seconds (``None`` without one).
         now: the monotonic time of the decision.
-        batch_rows: the rows of the latest batch of at least :data:`PROBE_ROWS` rows (else of the
-            largest batch so far): what :attr:`batching_pays` compares with single requests.
+        batch_rows: the median rows of the recent batches of at least :data:`PROBE_ROWS` rows
+            (else of the largest batch so far): what :attr:`batching_pays` compares with
+            single requests.
         largest_batch: the most rows any batch held so far.
     """
 
@@ -188,10 +192,14 @@ class AdaptivePolicy(BatchPolicy):
                 self._state, self._since = wanted, load.now
                 self.switches += 1
             state = self._state
-        if load.batching_pays is False:
+        pays = load.batching_pays
+        if pays is False and load.queue_depth < self.high_water:
             # Measured: rows cost no less together (a CPU already short of cores, say), so
             # waiting or joining requests only adds latency: run them one by one, except for
-            # one small batch every explore_s, which keeps that measurement current.
+            # one small batch every explore_s, which keeps that measurement current. Past high
+            # water one by one is falling behind for sure, and a verdict measured under that
+            # load (the batch timings then carry the contention of the callers' threads) is
+            # not worth the queue: batch whatever waits, without waiting for more.
             with self._lock:
                 explore = load.now - self._explored >= self.explore_s
                 if explore:
@@ -200,8 +208,8 @@ class AdaptivePolicy(BatchPolicy):
         # Slow start: a batch may hold at most twice the largest one measured so far, so a model
         # on which batching turns out not to pay never stalls on one huge batch to find out.
         grow = min(self.max_batch, max(PROBE_ROWS, 2 * load.largest_batch))
-        if state == LATENCY:
-            return BatchPlan(grow, 0.0, LATENCY)
+        if state == LATENCY or pays is False:
+            return BatchPlan(grow, 0.0, state)
         wait = self.max_delay_s
         if load.sla_s is not None:
             # Leave room in the SLA for running the full batch twice (the one in flight and
@@ -225,19 +233,23 @@ def make_policy(mode: str | BatchPolicy, max_batch: int, max_delay_ms: float) ->
 
 
 class LoadTracker:
-    """Arrival rate over a sliding window and service-time estimates (EWMA), thread-safe.
+    """Arrival rate over a sliding window and service-time estimates, thread-safe.
+
+    Service times are the median of the latest ``samples`` runs of each batch size: one run
+    slowed by something else on the machine (a garbage collection, a busy core, the GIL) must
+    not flip the policy's view of what batching costs, as a running mean would.
 
     Args:
         window_s: length of the arrival-rate window.
-        alpha: weight of the newest sample in the service-time averages.
+        samples: runs per batch size the medians are taken over.
     """
 
-    def __init__(self, window_s: float = 1.0, alpha: float = 0.2) -> None:
-        self.window_s, self.alpha = float(window_s), float(alpha)
+    def __init__(self, window_s: float = 1.0, samples: int = 9) -> None:
+        self.window_s = float(window_s)
         self._arrivals: deque[float] = deque()
-        self._per_request: float | None = None
-        self._per_batch: dict[int, float] = {}
-        self._probe = 0  # rows of the latest batch of at least PROBE_ROWS rows
+        self._runs: dict[int, deque[float]] = {}
+        self._big: deque[tuple[int, float]] = deque(maxlen=int(samples))
+        self._samples = int(samples)
         self._lock = threading.Lock()
 
     def arrived(self, now: float) -> None:
@@ -253,21 +265,25 @@ class LoadTracker:
     def ran(self, rows: int, seconds: float) -> None:
         """Fold in one batch of ``rows`` that ran for ``seconds``."""
         with self._lock:
-            old = self._per_batch.get(rows)
-            self._per_batch[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+            self._runs.setdefault(rows, deque(maxlen=self._samples)).append(seconds)
             if rows >= PROBE_ROWS:
-                self._probe = rows
-            if rows == 1 or self._per_request is None:
-                # A batch of one is the single-request cost; before one has run, the smallest
-                # batch seen stands in for it (an overestimate, so it errs towards batching).
-                one = self._per_batch.get(1, min(self._per_batch.items())[1])
-                self._per_request = one
+                self._big.append((rows, seconds))
 
     def snapshot(self, queue_depth: int, sla_s: float | None, now: float) -> LoadStats:
         with self._lock:
             self._trim(now)
             rate = len(self._arrivals) / self.window_s
-            largest = max(self._per_batch) if self._per_batch else 0
-            rows = self._probe or largest
-            return LoadStats(rate, queue_depth, self._per_request, self._per_batch.get(rows),
-                             sla_s, now, rows, largest)
+            largest = max(self._runs) if self._runs else 0
+            # Before a batch of one has run, the smallest batch seen stands in for it (an
+            # overestimate, so it errs towards batching).
+            smallest = 1 if 1 in self._runs else min(self._runs, default=0)
+            one = statistics.median(self._runs[smallest]) if smallest else None
+            rows, batch = 0, None
+            if len(self._big) >= 3:
+                # Batches of PROBE_ROWS rows or more, whatever their size: the median row count
+                # and the median cost a row. Fewer than three runs are no verdict.
+                rows = int(statistics.median(r for r, _ in self._big))
+                batch = rows * statistics.median(t / r for r, t in self._big)
+            elif not self._big and largest:
+                rows, batch = largest, statistics.median(self._runs[largest])
+            return LoadStats(rate, queue_depth, one, batch, sla_s, now, rows, largest)
