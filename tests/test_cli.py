@@ -50,22 +50,47 @@ def _actions(parser: argparse.ArgumentParser):
             yield parser.prog, action
 
 
-CORE = ("build", "inspect", "bench", "regions", "demo")
-
-
 def test_every_argument_has_help_with_an_example() -> None:
-    """The top level and the core commands (other modules' commands: see their own tests)."""
+    """Every argument of every command, nested ones included, found by walking the parser."""
     flags = (argparse._HelpAction, argparse._VersionAction, argparse._StoreTrueAction,
              argparse._CountAction)
-    missing = []
+    missing, commands = [], set()
     for command, action in _actions(build_parser()):
-        if command.split()[1:] not in ([], *([c] for c in CORE)):
-            continue
+        commands.add(command)
         if not action.help:
             missing.append(f"{command} {action.dest}: no help")
         elif not isinstance(action, flags) and "e.g." not in action.help:
             missing.append(f"{command} {action.dest}: no example in {action.help!r}")
     assert not missing, "\n".join(missing)
+    # The walk reached the commands of every module, nested ones too.
+    assert {"regiontrt build", "regiontrt serve", "regiontrt report", "regiontrt fleet build",
+            "regiontrt pull", "regiontrt triton-export"} <= commands
+
+
+def test_every_command_takes_verbosity_after_its_name() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["fleet", "build", "f.toml", "--out", "d", "-q", "-q"])
+    assert args.quiet == 2 and args.verbose == 0
+    assert parser.parse_args(["-v", "fleet", "build", "f.toml", "--out", "d"]).verbose == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["fleet", "build", "f.toml", "--out", "d", "--workers", "0"], "argument --workers"),
+        (["serve", "x.engine", "--max-batch", "0"], "argument --max-batch"),
+        (["serve", "x.engine", "--max-delay-ms", "nan"], "argument --max-delay-ms"),
+        (["serve", "x.engine", "--monitor", "1.5"], "argument --monitor"),
+        (["serve", "x.engine", "--sla-ms", "-1"], "argument --sla-ms"),
+        (["serve", "x.engine", "--max-queue", "many"], "argument --max-queue"),
+    ],
+)
+def test_fleet_and_serve_numbers_are_refused_naming_the_flag(argv, needle, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and needle in err
+    assert "max_batch" not in err and "Traceback" not in err
 
 
 def test_closed_pipe_ends_quietly() -> None:
