@@ -62,6 +62,25 @@ class FleetResult:
         """No cell failed (deferred cells are not failures)."""
         return all(c.status != "failed" for c in self.cells)
 
+    def __repr__(self) -> str:
+        counts = {s: sum(c.status == s for c in self.cells) for s in ("built", "deferred",
+                                                                     "failed")}
+        return (f"FleetResult(fleet={self.fleet.name!r}, version={self.fleet.version!r}, "
+                f"cells={len(self.cells)} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+                f"bundles={sorted(self.bundles)}, seconds={self.seconds:.1f})")
+
+    def _repr_html_(self) -> str:
+        """A notebook view: every cell's status, then the report of the engines built."""
+        from ..report_page import summary_html
+
+        engines = [(artifact.decode(c.engine)[0], c.target) for c in self.cells
+                   if c.status == "built" and c.engine]
+        pending = [(c.region, c.target, c.precision or "–", c.status) for c in self.cells
+                   if not (c.status == "built" and c.engine)]
+        return summary_html(engines, pending=pending, cells=[c.to_dict() for c in self.cells],
+                            heading=f"fleet {self.fleet.name} {self.fleet.version}: "
+                                    f"{len(self.cells)} cells, {self.seconds:.1f} s")
+
     def table(self) -> str:
         """The final table: one row per cell."""
         rows = []
