@@ -270,3 +270,59 @@ def test_a_free_batch_axis_alone_benchmarks_batch_one() -> None:
     assert engine.profiles == [] or "input" not in engine.profiles[0].ranges
     assert engine.sample_inputs()["input"].shape == (1, 1, 8, 8)
     assert engine.sample_inputs(batch=3)["input"].shape == (3, 1, 8, 8)
+
+
+def test_fleet_build_reports_each_cell_as_it_finishes(tmp_path: Path) -> None:
+    """In a pipe: a plain line per cell on stderr, the table on stdout; -q: no progress at all."""
+    pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
+    from fleet_support import write_fleet
+
+    fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED", "EU"), targets=("cpu", "cpu-batch"))
+    got = run("fleet", "build", str(fleet), "--out", str(tmp_path / "dist"))
+    assert got.returncode == 0, got.stderr
+    cells = [line for line in got.stderr.splitlines() if "region=" in line]
+    assert sorted(line.split()[2:4] for line in cells) == [
+        [f"region={r}", f"target={t}"] for r in ("CERTIFIED", "EU") for t in ("cpu", "cpu-batch")]
+    assert all(line.rstrip().endswith("status=built") for line in cells)
+    assert "fleet digits 1.0.0: cells: 4/4 done" in got.stderr
+    assert "\r" not in got.stderr and "\x1b[" not in got.stderr + got.stdout  # no bars in a pipe
+    rows = [line.split()[:2] for line in got.stdout.splitlines() if line.endswith("built")]
+    assert rows == [[r, t] for r in ("CERTIFIED", "EU") for t in ("cpu", "cpu-batch")]
+
+    quiet = run("fleet", "build", str(fleet), "--out", str(tmp_path / "dist-q"), "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout.splitlines()[-1].startswith("4 cells, 0 failed")  # the result stays
+
+
+def test_fleet_build_draws_a_live_table_on_a_terminal(tmp_path: Path) -> None:
+    pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
+    pytest.importorskip("rich", reason="needs rich (pip install 'regiontrt[rich]')")
+    pty = pytest.importorskip("pty", reason="needs a POSIX pseudo-terminal")
+    from fleet_support import write_fleet
+
+    fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED",), targets=("cpu", "cpu-batch"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "COLUMNS": "160", "TERM": "xterm"}
+    env.pop("CI", None)
+    env.pop("REGIONTRT_PROGRESS", None)
+    parent, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "regiontrt", "fleet", "build", str(fleet),
+                             "--out", str(tmp_path / "dist")],
+                            stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(parent)
+    assert proc.wait(timeout=120) == 0, screen.decode(errors="replace")
+    text = screen.decode()
+    assert "region=" not in text  # no plain lines: the table is drawn in place
+    for target in ("cpu ", "cpu-batch"):
+        assert any(line.startswith("│ CERTIFIED │ " + target) for line in text.splitlines())
+    assert "\x1b[1A" in text  # redrawn as cells arrive

@@ -10,9 +10,13 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RegionTRTError
 from ._common import positive_int
+
+if TYPE_CHECKING:
+    from ..deploy.matrix import CellResult, FleetResult
 
 
 class _CommandError(RegionTRTError):
@@ -36,20 +40,29 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 @_guard
 def _cmd_fleet_build(args: argparse.Namespace) -> int:
+    from .._progress import live_table
     from ..deploy import build_fleet
+    from ..deploy.matrix import CELL_HEADER
 
-    result = build_fleet(args.fleet, args.out, workers=args.workers, scheduler=args.scheduler,
-                         sign_key=args.sign)
-    if args.json:
+    def build(on_cell: Callable[[CellResult], None] | None = None) -> FleetResult:
+        return build_fleet(args.fleet, args.out, workers=args.workers,
+                           scheduler=args.scheduler, sign_key=args.sign, on_cell=on_cell)
+
+    if args.json:  # standard output is the JSON alone; progress still goes to standard error
+        result = build()
         print(json.dumps({"ok": result.ok, "seconds": result.seconds,
                           "cells": [c.to_dict() for c in result.cells],
                           "bundles": {k: str(v) for k, v in result.bundles.items()}}, indent=2))
-    else:
-        print(result.table())
-        for region, folder in result.bundles.items():
-            print(f"bundle {region}: {folder}{' (signed)' if args.sign else ''}")
-        failed = sum(c.status == "failed" for c in result.cells)
-        print(f"{len(result.cells)} cells, {failed} failed, {result.seconds:.1f} s")
+        return 0 if result.ok else 1
+    # Each cell as it finishes: a live table on a terminal, else a plain line on standard error
+    # (none under -q); the whole table, in the fleet file's order, on standard output at the end.
+    with live_table(CELL_HEADER, title="regiontrt fleet build") as table:
+        result = build(lambda cell: table.add_row(*cell.row()))
+        table.rows[:] = [c.row() for c in result.cells]
+    for region, folder in result.bundles.items():
+        print(f"bundle {region}: {folder}{' (signed)' if args.sign else ''}")
+    failed = sum(c.status == "failed" for c in result.cells)
+    print(f"{len(result.cells)} cells, {failed} failed, {result.seconds:.1f} s")
     return 0 if result.ok else 1
 
 
