@@ -326,3 +326,31 @@ def test_fleet_build_draws_a_live_table_on_a_terminal(tmp_path: Path) -> None:
     for target in ("cpu ", "cpu-batch"):
         assert any(line.startswith("│ CERTIFIED │ " + target) for line in text.splitlines())
     assert "\x1b[1A" in text  # redrawn as cells arrive
+
+
+def test_build_without_shape_warns_the_engine_is_fixed_to_the_data(tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """A new user's first build often omits --shape: say what the engine will then accept."""
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "val.npz", input=demo.region_data("EU").validation[:48])
+    assert main(["build", str(demo.model_path()), "--region", "EU", "--validation",
+                 str(tmp_path / "val.npz")]) == 0
+    err = capsys.readouterr().err
+    [warning] = [line for line in err.splitlines() if "no shape profile given" in line]
+    assert "WARNING" in warning and "[48, 1, 8, 8]" in warning
+    assert "--shape NAME:MIN,OPT,MAX" in warning
+    assert main(["build", str(demo.model_path()), "--region", "EU", "--validation",
+                 str(tmp_path / "val.npz"), "--shape", README_SHAPE, "-o", "b.engine"]) == 0
+    assert "no shape profile given" not in capsys.readouterr().err
+
+
+def test_inspect_an_onnx_model_lists_the_names_data_files_need(capsys) -> None:
+    assert main(["inspect", str(demo.model_path())]) == 0
+    out = capsys.readouterr().out
+    model = onnx.load(str(demo.model_path()))
+    [row] = [line.split() for line in out.splitlines() if line.startswith("input ")]
+    assert row[1] == model.graph.input[0].name and row[2] == "float32"
+    assert "regiontrt build" in out
+    assert main(["inspect", str(demo.model_path()), "--json"]) == 0
+    [first, *_] = json.loads(capsys.readouterr().out)
+    assert first["kind"] == "input" and first["name"] == model.graph.input[0].name
