@@ -165,10 +165,11 @@ def collect(path: str | Path) -> ReportSource:
 
 def measure(source: ReportSource, iterations: int, batch: int | None = None) -> None:
     """Time every engine that can run on this machine (``iterations`` calls each)."""
+    from ._progress import track
     from .engine import load_engine
     from .plots import latency_samples
 
-    for entry in source.engines:
+    for entry in track(source.engines, f"timing {iterations} calls per engine"):
         try:
             with load_engine(entry.path) as engine:
                 entry.latencies_ms = latency_samples(
