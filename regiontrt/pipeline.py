@@ -310,6 +310,11 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     else:  # the default profile spans the validation data's shapes
         observed = validator.shapes() if validator is not None else None
         profiles = ShapeProfile().resolve(inputs, require_all=require_all, observed=observed)
+        if observed and any(s.is_dynamic for s in inputs):
+            log.warning("region %s: no shape profile given, so the engine accepts only the "
+                        "validation data's shapes %s; give the range it must accept with "
+                        "--shape NAME:MIN,OPT,MAX (Python: .with_shape_profile(...))",
+                        region.name, [p.to_dict() for p in profiles])
     if validator is not None:
         validator.check_profiles(profiles)
     elif any(p is not Precision.FP32 for p in candidates):

@@ -165,10 +165,11 @@ def collect(path: str | Path) -> ReportSource:
 
 def measure(source: ReportSource, iterations: int, batch: int | None = None) -> None:
     """Time every engine that can run on this machine (``iterations`` calls each)."""
+    from ._progress import track
     from .engine import load_engine
     from .plots import latency_samples
 
-    for entry in source.engines:
+    for entry in track(source.engines, f"timing {iterations} calls per engine"):
         try:
             with load_engine(entry.path) as engine:
                 entry.latencies_ms = latency_samples(
@@ -326,17 +327,26 @@ def build_page(source: ReportSource, *, figures: bool = True, title: str | None 
 
 
 def summary_html(engines: Sequence[tuple[Mapping[str, Any], str]], *,
+                 pending: Sequence[tuple[str, str, str, str]] = (),
+                 cells: Sequence[Mapping[str, Any]] = (), heading: str = "",
                  figures: bool = True) -> str:
     """A notebook view (``_repr_html_``) of engines in memory, e.g. a bundle's variants.
 
     Args:
         engines: ``(metadata, target name)`` per engine.
+        pending: ``(region, target, precision, status)`` of cells with no engine (deferred,
+            failed), shown in the region x target matrix.
+        cells: rows of a "cells" table shown first (e.g. a fleet build's outcome per cell).
+        heading: a line of text above everything (escaped).
         figures: embed the plots when matplotlib is installed.
     """
     source = ReportSource(root=Path("."), engines=[
         EngineEntry(Path(f"{i}.engine"), EngineInfo(meta), target)
-        for i, (meta, target) in enumerate(engines)])
-    return html_fragment(body_html(source, figures=figures, provenance_files=False))
+        for i, (meta, target) in enumerate(engines)], pending=list(pending))
+    head = f"<p><b>{escape(heading)}</b></p>" if heading else ""
+    table = "<h2>Cells</h2>" + html_table(cells) if cells else ""
+    return html_fragment(head + table + body_html(source, figures=figures,
+                                                  provenance_files=False))
 
 
 def body_html(source: ReportSource, *, figures: bool = True,

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import hashlib
 import json
 import shutil
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -140,3 +141,67 @@ def test_keygen_refuses_to_overwrite_a_private_key(tmp_path):
     assert b"PUBLIC KEY" in public.read_bytes()
     with pytest.raises(SignatureError, match="exists"):
         deploy.keygen(tmp_path)
+
+
+class _Rows(HTMLParser):
+    """Tags and the text of every table row (a real parser, not regexes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.rows: list[list[str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th") and self.rows:
+            self.rows[-1].append("")
+
+    def handle_data(self, data):
+        if self.rows and self.rows[-1]:
+            self.rows[-1][-1] += data
+
+
+def _rows(html: str) -> _Rows:
+    parser = _Rows()
+    parser.feed(html)
+    return parser
+
+
+def test_notebook_views_of_a_fleet_result_and_a_bundle(dist, tmp_path):
+    result = dist["result"]
+    assert repr(result) == ("FleetResult(fleet='digits', version='1.0.0', cells=4 (2 built, "
+                            f"2 deferred, 0 failed), bundles=['CERTIFIED', 'EU'], "
+                            f"seconds={result.seconds:.1f})")
+    parsed = _rows(result._repr_html_())
+    assert "script" not in parsed.tags
+    for cell in result.cells:  # the cells table: one row per cell with its status
+        assert any(row[:4] == [cell.region, cell.target, cell.backend, cell.status]
+                   for row in parsed.rows), (cell, parsed.rows)
+    statuses = {(c.region, c.target): c.status for c in result.cells}
+    assert set(statuses.values()) == {"built", "deferred"}
+
+    bundle = rt.load_bundle(result.bundles["EU"])
+    assert repr(bundle).endswith("variants=['cpu'], deferred=['dc-h100'])")
+    parsed = _rows(bundle._repr_html_())
+    matrix = next(i for i, r in enumerate(parsed.rows) if r[:1] == ["region"])
+    header, row = parsed.rows[matrix], parsed.rows[matrix + 1]
+    assert header == ["region", "cpu", "dc-h100"] and row[0] == "EU"
+    assert "fp16" in row[1] and "compliant" in row[1] and "deferred" in row[2]
+
+    # Names and reasons come from files: a hostile one shows as text, never as markup.
+    hostile = "<script>alert(1)</script>"
+    bad = deploy.FleetResult(result.fleet, [*result.cells, deploy.CellResult(
+        hostile, "cpu", "onnxruntime", "failed", error=f"<img src=x onerror=alert(1)>{hostile}")],
+        {}, 0.0)
+    folder = tmp_path / "EU"
+    shutil.copytree(result.bundles["EU"], folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["deferred"][0].update(name=hostile, reason=hostile)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for html in (bad._repr_html_(), rt.load_bundle(folder)._repr_html_()):
+        parsed = _rows(html)
+        assert "script" not in parsed.tags and "<img src=x" not in html
+        assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert any(hostile in cell for row in parsed.rows for cell in row)

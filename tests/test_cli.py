@@ -50,22 +50,47 @@ def _actions(parser: argparse.ArgumentParser):
             yield parser.prog, action
 
 
-CORE = ("build", "inspect", "bench", "regions", "demo")
-
-
 def test_every_argument_has_help_with_an_example() -> None:
-    """The top level and the core commands (other modules' commands: see their own tests)."""
+    """Every argument of every command, nested ones included, found by walking the parser."""
     flags = (argparse._HelpAction, argparse._VersionAction, argparse._StoreTrueAction,
              argparse._CountAction)
-    missing = []
+    missing, commands = [], set()
     for command, action in _actions(build_parser()):
-        if command.split()[1:] not in ([], *([c] for c in CORE)):
-            continue
+        commands.add(command)
         if not action.help:
             missing.append(f"{command} {action.dest}: no help")
         elif not isinstance(action, flags) and "e.g." not in action.help:
             missing.append(f"{command} {action.dest}: no example in {action.help!r}")
     assert not missing, "\n".join(missing)
+    # The walk reached the commands of every module, nested ones too.
+    assert {"regiontrt build", "regiontrt serve", "regiontrt report", "regiontrt fleet build",
+            "regiontrt pull", "regiontrt triton-export"} <= commands
+
+
+def test_every_command_takes_verbosity_after_its_name() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["fleet", "build", "f.toml", "--out", "d", "-q", "-q"])
+    assert args.quiet == 2 and args.verbose == 0
+    assert parser.parse_args(["-v", "fleet", "build", "f.toml", "--out", "d"]).verbose == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["fleet", "build", "f.toml", "--out", "d", "--workers", "0"], "argument --workers"),
+        (["serve", "x.engine", "--max-batch", "0"], "argument --max-batch"),
+        (["serve", "x.engine", "--max-delay-ms", "nan"], "argument --max-delay-ms"),
+        (["serve", "x.engine", "--monitor", "1.5"], "argument --monitor"),
+        (["serve", "x.engine", "--sla-ms", "-1"], "argument --sla-ms"),
+        (["serve", "x.engine", "--max-queue", "many"], "argument --max-queue"),
+    ],
+)
+def test_fleet_and_serve_numbers_are_refused_naming_the_flag(argv, needle, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and needle in err
+    assert "max_batch" not in err and "Traceback" not in err
 
 
 def test_closed_pipe_ends_quietly() -> None:
@@ -245,3 +270,87 @@ def test_a_free_batch_axis_alone_benchmarks_batch_one() -> None:
     assert engine.profiles == [] or "input" not in engine.profiles[0].ranges
     assert engine.sample_inputs()["input"].shape == (1, 1, 8, 8)
     assert engine.sample_inputs(batch=3)["input"].shape == (3, 1, 8, 8)
+
+
+def test_fleet_build_reports_each_cell_as_it_finishes(tmp_path: Path) -> None:
+    """In a pipe: a plain line per cell on stderr, the table on stdout; -q: no progress at all."""
+    pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
+    from fleet_support import write_fleet
+
+    fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED", "EU"), targets=("cpu", "cpu-batch"))
+    got = run("fleet", "build", str(fleet), "--out", str(tmp_path / "dist"))
+    assert got.returncode == 0, got.stderr
+    cells = [line for line in got.stderr.splitlines() if "region=" in line]
+    assert sorted(line.split()[2:4] for line in cells) == [
+        [f"region={r}", f"target={t}"] for r in ("CERTIFIED", "EU") for t in ("cpu", "cpu-batch")]
+    assert all(line.rstrip().endswith("status=built") for line in cells)
+    assert "fleet digits 1.0.0: cells: 4/4 done" in got.stderr
+    assert "\r" not in got.stderr and "\x1b[" not in got.stderr + got.stdout  # no bars in a pipe
+    rows = [line.split()[:2] for line in got.stdout.splitlines() if line.endswith("built")]
+    assert rows == [[r, t] for r in ("CERTIFIED", "EU") for t in ("cpu", "cpu-batch")]
+
+    quiet = run("fleet", "build", str(fleet), "--out", str(tmp_path / "dist-q"), "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout.splitlines()[-1].startswith("4 cells, 0 failed")  # the result stays
+
+
+def test_fleet_build_draws_a_live_table_on_a_terminal(tmp_path: Path) -> None:
+    pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
+    pytest.importorskip("rich", reason="needs rich (pip install 'regiontrt[rich]')")
+    pty = pytest.importorskip("pty", reason="needs a POSIX pseudo-terminal")
+    from fleet_support import write_fleet
+
+    fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED",), targets=("cpu", "cpu-batch"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "COLUMNS": "160", "TERM": "xterm"}
+    env.pop("CI", None)
+    env.pop("REGIONTRT_PROGRESS", None)
+    parent, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "regiontrt", "fleet", "build", str(fleet),
+                             "--out", str(tmp_path / "dist")],
+                            stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(parent)
+    assert proc.wait(timeout=120) == 0, screen.decode(errors="replace")
+    text = screen.decode()
+    assert "region=" not in text  # no plain lines: the table is drawn in place
+    for target in ("cpu ", "cpu-batch"):
+        assert any(line.startswith("│ CERTIFIED │ " + target) for line in text.splitlines())
+    assert "\x1b[1A" in text  # redrawn as cells arrive
+
+
+def test_build_without_shape_warns_the_engine_is_fixed_to_the_data(tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """A new user's first build often omits --shape: say what the engine will then accept."""
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "val.npz", input=demo.region_data("EU").validation[:48])
+    assert main(["build", str(demo.model_path()), "--region", "EU", "--validation",
+                 str(tmp_path / "val.npz")]) == 0
+    err = capsys.readouterr().err
+    [warning] = [line for line in err.splitlines() if "no shape profile given" in line]
+    assert "WARNING" in warning and "[48, 1, 8, 8]" in warning
+    assert "--shape NAME:MIN,OPT,MAX" in warning
+    assert main(["build", str(demo.model_path()), "--region", "EU", "--validation",
+                 str(tmp_path / "val.npz"), "--shape", README_SHAPE, "-o", "b.engine"]) == 0
+    assert "no shape profile given" not in capsys.readouterr().err
+
+
+def test_inspect_an_onnx_model_lists_the_names_data_files_need(capsys) -> None:
+    assert main(["inspect", str(demo.model_path())]) == 0
+    out = capsys.readouterr().out
+    model = onnx.load(str(demo.model_path()))
+    [row] = [line.split() for line in out.splitlines() if line.startswith("input ")]
+    assert row[1] == model.graph.input[0].name and row[2] == "float32"
+    assert "regiontrt build" in out
+    assert main(["inspect", str(demo.model_path()), "--json"]) == 0
+    [first, *_] = json.loads(capsys.readouterr().out)
+    assert first["kind"] == "input" and first["name"] == model.graph.input[0].name

@@ -113,3 +113,17 @@ def test_regions_file_adds_a_region_without_touching_the_global_registry(tmp_pat
     assert spec.regions[0].region["metric"] == "max_abs"
     with pytest.raises(FleetError, match="LAB"):
         FleetSpec.from_dict(_doc(regions={"LAB": {}}), base=str(tmp_path))
+
+
+def test_a_cell_error_names_the_fleet_file_key_not_a_python_method(tmp_path):
+    import concurrent.futures as cf
+
+    fleet = write_fleet(tmp_path, regions=("NA",), targets=("cpu",))
+    text = fleet.read_text()
+    assert 'calibration = "data/NA/calib"' in text
+    fleet.write_text(text.replace('calibration = "data/NA/calib"\n', ""))  # NA allows int8
+    with cf.ThreadPoolExecutor(1) as pool:
+        result = deploy.build_fleet(fleet, tmp_path / "dist", executor=pool)
+    [cell] = result.cells
+    assert cell.status == "failed" and "calibration = FOLDER_OR_URL in its [regions.NAME]" in (
+        cell.error) and ".with_" not in cell.error, cell.error

@@ -57,9 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "core", m.name)):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}").register(sub)
+    _verbosity_everywhere(sub)
+    return p
+
+
+def _verbosity_everywhere(sub: argparse._SubParsersAction) -> None:
+    """``-v``/``-q`` on every command, nested ones too (``regiontrt fleet build ... -q``)."""
     for command in sub.choices.values():
         _add_verbosity(command, top=False)
-    return p
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbosity_everywhere(action)
 
 
 def _stdout_gone() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..errors import RegionTRTError
 
@@ -56,6 +58,32 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
             )
         out[name] = _dims(dims, "--shape", spec)
     return out
+
+
+def _number(kind: Callable[[str], float], test: Callable[[float], bool], words: str
+            ) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``kind(text)`` that passes ``test`` (argparse names the flag)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value != value or not test(value):  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    return parse
+
+
+#: ``type=`` of integer flags that must be >= 1 (the error names the flag: argparse adds it).
+positive_int = _number(int, lambda v: v >= 1, ">= 1")
+#: ``type=`` of float flags that must be > 0.
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "> 0 and finite")
+#: ``type=`` of float flags that must be >= 0.
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), ">= 0 and finite")
+#: ``type=`` of a share of requests, within [0, 1].
+share = _number(float, lambda v: 0 <= v <= 1, "within [0, 1]")
 
 
 # The library's messages name its Python API; the CLI user needs the flag that does the same.

@@ -56,9 +56,32 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_onnx(path: str, as_json: bool) -> int:
+    """An ONNX model: its inputs and outputs (the keys and shapes data files need)."""
+    from ..graph.io import input_specs, load_model, output_specs
+
+    model = load_model(path)
+    specs = [("input", s) for s in input_specs(model)] + [("output", s) for s in
+                                                          output_specs(model)]
+    rows = [(kind, s.name, str(s.dtype),
+             "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]")
+            for kind, s in specs]
+    if as_json:
+        print(json.dumps([dict(zip(("kind", "name", "dtype", "shape"), r)) for r in rows],
+                         indent=2))
+    else:
+        print_table(rows, ("kind", "name", "dtype", "shape (names and ? are dynamic)"))
+        print(f"an ONNX model, not an engine: data files are keyed by the input names; build "
+              f"with: regiontrt build {path} --region REGION --validation val.npz --shape "
+              "NAME:MIN,OPT,MAX")
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..inspection import inspect, summarize
 
+    if str(args.engine).lower().endswith(".onnx"):
+        return _inspect_onnx(args.engine, args.json)
     meta = inspect(args.engine)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
@@ -169,8 +192,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     i = sub.add_parser("inspect", help="show an engine's metadata (no GPU needed)",
                        description="Show what an engine is, how and from what it was built; "
-                                   "reads only the file, needs no GPU.")
-    i.add_argument("engine", help="the .engine file, e.g. rec.EU.engine")
+                                   "reads only the file, needs no GPU. Given an .onnx model, "
+                                   "list its inputs and outputs (the names data files use).")
+    i.add_argument("engine", help="the .engine file (or an .onnx model), e.g. rec.EU.engine")
     i.add_argument("--json", action="store_true", help="print the full metadata as JSON")
     i.set_defaults(func=_cmd_inspect)
 

@@ -10,8 +10,13 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RegionTRTError
+from ._common import positive_int
+
+if TYPE_CHECKING:
+    from ..deploy.matrix import CellResult, FleetResult
 
 
 class _CommandError(RegionTRTError):
@@ -35,20 +40,29 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 @_guard
 def _cmd_fleet_build(args: argparse.Namespace) -> int:
+    from .._progress import live_table
     from ..deploy import build_fleet
+    from ..deploy.matrix import CELL_HEADER
 
-    result = build_fleet(args.fleet, args.out, workers=args.workers, scheduler=args.scheduler,
-                         sign_key=args.sign)
-    if args.json:
+    def build(on_cell: Callable[[CellResult], None] | None = None) -> FleetResult:
+        return build_fleet(args.fleet, args.out, workers=args.workers,
+                           scheduler=args.scheduler, sign_key=args.sign, on_cell=on_cell)
+
+    if args.json:  # standard output is the JSON alone; progress still goes to standard error
+        result = build()
         print(json.dumps({"ok": result.ok, "seconds": result.seconds,
                           "cells": [c.to_dict() for c in result.cells],
                           "bundles": {k: str(v) for k, v in result.bundles.items()}}, indent=2))
-    else:
-        print(result.table())
-        for region, folder in result.bundles.items():
-            print(f"bundle {region}: {folder}{' (signed)' if args.sign else ''}")
-        failed = sum(c.status == "failed" for c in result.cells)
-        print(f"{len(result.cells)} cells, {failed} failed, {result.seconds:.1f} s")
+        return 0 if result.ok else 1
+    # Each cell as it finishes: a live table on a terminal, else a plain line on standard error
+    # (none under -q); the whole table, in the fleet file's order, on standard output at the end.
+    with live_table(CELL_HEADER, title="regiontrt fleet build") as table:
+        result = build(lambda cell: table.add_row(*cell.row()))
+        table.rows[:] = [c.row() for c in result.cells]
+    for region, folder in result.bundles.items():
+        print(f"bundle {region}: {folder}{' (signed)' if args.sign else ''}")
+    failed = sum(c.status == "failed" for c in result.cells)
+    print(f"{len(result.cells)} cells, {failed} failed, {result.seconds:.1f} s")
     return 0 if result.ok else 1
 
 
@@ -135,59 +149,84 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the fleet commands to the ``regiontrt`` parser."""
     f = sub.add_parser("fleet", help="build every region x target of a fleet file")
-    fsub = f.add_subparsers(dest="fleet_command", required=True)
-    b = fsub.add_parser("build", help="build every (region, target) cell into signed bundles")
-    b.add_argument("fleet", help="fleet TOML file (see docs/fleet.md)")
-    b.add_argument("--out", required=True, help="output folder for the bundles")
+    fsub = f.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    b = fsub.add_parser(
+        "build", help="build every (region, target) cell into signed bundles",
+        description="Decide each region's precision once, build every target from it, and "
+                    "write one bundle per region under --out. Example: regiontrt fleet build "
+                    "fleet.toml --out dist/ --workers 2 --sign keys/private.pem")
+    b.add_argument("fleet", help="fleet TOML file or fsspec URL (see docs/fleet.md), "
+                                 "e.g. fleet.toml")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder; bundles go to DIR/NAME/VERSION/REGION, e.g. dist/")
     where = b.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=1, help="local worker processes")
-    where.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")
-    b.add_argument("--sign", metavar="PRIVATE.pem", help="sign each bundle with this key")
-    b.add_argument("--json", action="store_true")
+    where.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                       help="local worker processes (default: 1), e.g. 4")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="Dask scheduler address instead of local workers (needs the fleet "
+                            "extra), e.g. tcp://host:8786")
+    b.add_argument("--sign", metavar="PRIVATE.pem",
+                   help="sign each bundle with this key, e.g. keys/private.pem")
+    b.add_argument("--json", action="store_true", help="print the cells as JSON")
     b.set_defaults(func=_cmd_fleet_build)
 
     k = sub.add_parser("keygen", help="write DIR/private.pem and DIR/public.pem (ECDSA P-256)")
-    k.add_argument("dir")
+    k.add_argument("dir", metavar="DIR", help="folder for the key pair, e.g. keys/")
     k.add_argument("--force", action="store_true", help="overwrite an existing private key")
     k.set_defaults(func=_cmd_keygen)
 
     s = sub.add_parser("sign", help="sign every bundle under DIST (or one .engine file)")
-    s.add_argument("target", metavar="DIST")
-    s.add_argument("--key", required=True, metavar="PRIVATE.pem")
+    s.add_argument("target", metavar="DIST",
+                   help="a fleet output, a bundle folder or an .engine file, e.g. dist/")
+    s.add_argument("--key", required=True, metavar="PRIVATE.pem",
+                   help="the private key (from regiontrt keygen), e.g. keys/private.pem")
     s.set_defaults(func=_cmd_sign)
 
     p = sub.add_parser("publish", help="upload signed bundles to a registry (folder/fsspec URL)")
-    p.add_argument("dist")
-    p.add_argument("registry")
+    p.add_argument("dist", metavar="DIST",
+                   help="a fleet output of signed bundles, e.g. dist/")
+    p.add_argument("registry", metavar="REGISTRY",
+                   help="registry folder or fsspec URL, e.g. s3://models/registry")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an already published version (refused by default)")
     p.set_defaults(func=_cmd_publish)
 
     pl = sub.add_parser("pull", help="verify and install a region's bundle from a registry")
-    pl.add_argument("registry")
-    pl.add_argument("name")
-    pl.add_argument("--region", required=True)
-    pl.add_argument("--version", help="default: the registry's latest")
+    pl.add_argument("registry", metavar="REGISTRY",
+                    help="registry folder or fsspec URL, e.g. https://models.example/registry")
+    pl.add_argument("name", metavar="NAME", help="the model's name in the fleet file, e.g. ocr")
+    pl.add_argument("--region", required=True, help="which region's bundle, e.g. EU")
+    pl.add_argument("--version", help="version to install (default: the registry's latest), "
+                                      "e.g. 1.2.0")
     pl.add_argument("--trust", required=True, metavar="PUBLIC.pem",
-                    help="trusted public key (file or folder of .pem)")
-    pl.add_argument("--into", required=True, help="folder of installs (DIR; install is DIR/NAME)")
-    pl.add_argument("--allow-downgrade", action="store_true")
+                    help="trusted public key (file or folder of .pem), e.g. keys/public.pem")
+    pl.add_argument("--into", required=True, metavar="DIR",
+                    help="folder of installs (the install is DIR/NAME), e.g. /opt/models")
+    pl.add_argument("--allow-downgrade", action="store_true",
+                    help="install a version older than the installed one")
     pl.set_defaults(func=_cmd_pull)
 
     se = sub.add_parser("select", help="pick the variant this machine runs, and say why")
-    se.add_argument("path", metavar="DIR/NAME", help="an install folder or a bundle folder")
-    se.add_argument("--trust", metavar="PUBLIC.pem", help="verify the signature too")
-    se.add_argument("--role", choices=("latency", "throughput"))
+    se.add_argument("path", metavar="DIR/NAME",
+                    help="an install folder or a bundle folder, e.g. /opt/models/ocr")
+    se.add_argument("--trust", metavar="PUBLIC.pem",
+                    help="verify the signature with this public key too, e.g. keys/public.pem")
+    se.add_argument("--role", choices=("latency", "throughput"),
+                    help="prefer variants built for this role, e.g. throughput")
     se.add_argument("--no-rebuild", action="store_true", help="never rebuild a plan here")
     se.set_defaults(func=_cmd_select)
 
     r = sub.add_parser("rollback", help="switch an install back to its previous version")
-    r.add_argument("path", metavar="DIR/NAME")
+    r.add_argument("path", metavar="DIR/NAME", help="the install folder, e.g. /opt/models/ocr")
     r.set_defaults(func=_cmd_rollback)
 
     t = sub.add_parser("triton-export", help="write a Triton model repository for a bundle")
-    t.add_argument("bundle")
-    t.add_argument("--into", required=True, metavar="REPO")
-    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else ONNX)")
-    t.add_argument("--trust", metavar="PUBLIC.pem")
+    t.add_argument("bundle", metavar="BUNDLE",
+                   help="a bundle or install folder, e.g. dist/ocr/1.0.0/EU")
+    t.add_argument("--into", required=True, metavar="REPO",
+                   help="the Triton model repository folder, e.g. triton-models/")
+    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else ONNX), "
+                                    "e.g. cpu")
+    t.add_argument("--trust", metavar="PUBLIC.pem",
+                   help="verify the bundle's signature with this key, e.g. keys/public.pem")
     t.set_defaults(func=_cmd_triton)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ._common import non_negative_float, positive_float, positive_int, share
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..errors import BackendUnavailable
@@ -42,21 +44,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve`` to the ``regiontrt`` parser."""
     s = sub.add_parser("serve", help="serve engines over the KServe v2 / Triton HTTP protocol "
                        "(needs the serve extra)")
-    s.add_argument("source", nargs="+", help=".engine file(s), a bundle or an install directory")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--name", help="model name before _<region> (default: bundle name or stem)")
-    s.add_argument("--mode", default="adaptive", choices=("adaptive", "latency", "throughput"))
-    s.add_argument("--max-batch", type=int, default=32)
-    s.add_argument("--max-delay-ms", type=float, default=5.0)
-    s.add_argument("--max-queue", type=int, default=1024)
-    s.add_argument("--sla-ms", type=float, help="p99 SLA (default: the region's)")
-    s.add_argument("--max-body-mb", type=float, default=64.0)
-    s.add_argument("--graceful-s", type=float, default=30.0,
-                   help="on SIGTERM, wait this long for in-flight requests")
-    s.add_argument("--monitor", type=float, default=0.0, metavar="RATE",
-                   help="sample this share of requests for drift monitoring (0: off)")
-    s.add_argument("--regions-file", help="TOML file adding or overriding regions")
+    s.add_argument("source", nargs="+",
+                   help=".engine file(s), a bundle or an install folder, e.g. rec.EU.engine "
+                        "rec.NA.engine")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1), e.g. 0.0.0.0")
+    s.add_argument("--port", type=positive_int, default=8000,
+                   help="port to listen on (default: 8000), e.g. 8080")
+    s.add_argument("--name", help="model name before _<region> (default: the bundle's name or "
+                                  "the file's stem), e.g. rec")
+    s.add_argument("--mode", default="adaptive", choices=("adaptive", "latency", "throughput"),
+                   help="batching: adaptive switches between latency (small batches, no wait) "
+                        "and throughput (full batches) with the load (default: adaptive), "
+                        "e.g. latency")
+    s.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
+                   help="most requests' rows run in one batch (default: 32), e.g. 16")
+    s.add_argument("--max-delay-ms", type=non_negative_float, default=5.0, metavar="MS",
+                   help="longest a request waits for a batch to fill (default: 5), e.g. 2")
+    s.add_argument("--max-queue", type=positive_int, default=1024, metavar="N",
+                   help="requests waiting before new ones get 503 (default: 1024), e.g. 256")
+    s.add_argument("--sla-ms", type=positive_float, metavar="MS",
+                   help="p99 latency SLA (default: the region's), e.g. 50")
+    s.add_argument("--max-body-mb", type=positive_float, default=64.0, metavar="MB",
+                   help="largest request body accepted (default: 64), e.g. 16")
+    s.add_argument("--graceful-s", type=non_negative_float, default=30.0, metavar="S",
+                   help="on SIGTERM, wait this long for in-flight requests (default: 30), "
+                        "e.g. 10")
+    s.add_argument("--monitor", type=share, default=0.0, metavar="RATE",
+                   help="sample this share of requests for drift monitoring (default: 0, off), "
+                        "e.g. 0.05")
+    s.add_argument("--regions-file", metavar="TOML",
+                   help="TOML file adding or overriding regions, e.g. mine.toml")
     s.add_argument("--log-level", default="info",
-                   choices=("critical", "error", "warning", "info", "debug"))
+                   choices=("critical", "error", "warning", "info", "debug"),
+                   help="server log level (default: info), e.g. warning")
     s.set_defaults(func=_cmd_serve)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, artifact
 from .._fs import atomic_write_text
 from ..engine import Engine
-from ..errors import BundleError, PolicyViolation
+from ..errors import BundleError, PolicyViolation, RegionTRTError
 from ..precision import Precision
 from ..regions import Region
 from ..retarget import check_onnx_compliance
@@ -102,7 +102,25 @@ class Bundle:
 
     def __repr__(self) -> str:
         return (f"Bundle(name={self.name!r}, version={self.version!r}, region={self.region!r}, "
-                f"precision={self.precision!r}, variants={[v.target for v in self.variants]})")
+                f"precision={self.precision!r}, variants={[v.target for v in self.variants]}"
+                + (f", deferred={[str(d.get('name')) for d in self.deferred]}"
+                   if self.deferred else "") + ")")
+
+    def _repr_html_(self) -> str:
+        """A notebook view: the region x target matrix, compliance, accuracy, provenance."""
+        from ..report_page import summary_html
+
+        engines, pending = [], []
+        for v in self.variants:
+            try:
+                engines.append((artifact.read_header(self.path / v.file), v.target))
+            except (OSError, RegionTRTError) as exc:  # the folder changed after load
+                pending.append((self.region, v.target, v.precision, f"unreadable: {exc}"))
+        pending += [(self.region, str(d.get("name")), self.precision,
+                     f"deferred: {d.get('reason') or ''}") for d in self.deferred]
+        return summary_html(engines, pending=pending, heading=f"bundle {self.name} "
+                            f"{self.version}, region {self.region}, precision {self.precision}"
+                            f" ({self.path})")
 
     def _read(self, file: str, sha256: str) -> bytes:
         data = (self.path / file).read_bytes()

@@ -13,12 +13,13 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import artifact
+from .._progress import task
 from .._text import format_table
 from ..engine import Engine
 from .bundle import write_bundle
@@ -47,6 +48,20 @@ class CellResult:
         d = {k: v for k, v in vars(self).items() if k != "engine"}
         return d
 
+    def row(self) -> tuple[str, ...]:
+        """The cell as a table row (see :data:`CELL_HEADER`)."""
+        loss = "-" if self.loss is None else f"{self.loss:.4g}"
+        budget = "-" if self.budget is None else f"{self.budget:g}"
+        size = "-" if self.size is None else f"{self.size / 1024:.0f} KiB"
+        status = self.status + (f": {self.error}" if self.error else "")
+        return (self.region, self.target, self.backend, self.precision or "-",
+                f"{loss} / {budget}", size, f"{self.seconds:.1f}", status)
+
+
+#: The columns of :meth:`CellResult.row` and :meth:`FleetResult.table`.
+CELL_HEADER = ("region", "target", "backend", "precision", "loss / budget", "size", "build s",
+               "status")
+
 
 @dataclass
 class FleetResult:
@@ -62,18 +77,28 @@ class FleetResult:
         """No cell failed (deferred cells are not failures)."""
         return all(c.status != "failed" for c in self.cells)
 
+    def __repr__(self) -> str:
+        counts = {s: sum(c.status == s for c in self.cells) for s in ("built", "deferred",
+                                                                     "failed")}
+        return (f"FleetResult(fleet={self.fleet.name!r}, version={self.fleet.version!r}, "
+                f"cells={len(self.cells)} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+                f"bundles={sorted(self.bundles)}, seconds={self.seconds:.1f})")
+
+    def _repr_html_(self) -> str:
+        """A notebook view: every cell's status, then the report of the engines built."""
+        from ..report_page import summary_html
+
+        engines = [(artifact.decode(c.engine)[0], c.target) for c in self.cells
+                   if c.status == "built" and c.engine]
+        pending = [(c.region, c.target, c.precision or "–", c.status) for c in self.cells
+                   if not (c.status == "built" and c.engine)]
+        return summary_html(engines, pending=pending, cells=[c.to_dict() for c in self.cells],
+                            heading=f"fleet {self.fleet.name} {self.fleet.version}: "
+                                    f"{len(self.cells)} cells, {self.seconds:.1f} s")
+
     def table(self) -> str:
         """The final table: one row per cell."""
-        rows = []
-        for c in self.cells:
-            loss = "-" if c.loss is None else f"{c.loss:.4g}"
-            budget = "-" if c.budget is None else f"{c.budget:g}"
-            size = "-" if c.size is None else f"{c.size / 1024:.0f} KiB"
-            status = c.status + (f": {c.error}" if c.error else "")
-            rows.append((c.region, c.target, c.backend, c.precision or "-",
-                         f"{loss} / {budget}", size, f"{c.seconds:.1f}", status))
-        return format_table(rows, ("region", "target", "backend", "precision", "loss / budget",
-                                   "size", "build s", "status"))
+        return format_table([c.row() for c in self.cells], CELL_HEADER)
 
 
 @contextlib.contextmanager
@@ -117,9 +142,14 @@ def _cell(region: str, target: TargetSpec, engine: Engine, out: Mapping[str, Any
         error=out.get("reason") or out.get("error") or "", engine=blob)
 
 
-def run_matrix(fleet: FleetSpec, executor: cf.Executor) -> tuple[list[CellResult],
-                                                                   dict[str, Engine]]:
-    """Run every cell of ``fleet`` on ``executor``; returns the cells and each region's engine."""
+def run_matrix(fleet: FleetSpec, executor: cf.Executor,
+               on_cell: Callable[[CellResult], None] | None = None,
+               ) -> tuple[list[CellResult], dict[str, Engine]]:
+    """Run every cell of ``fleet`` on ``executor``; returns the cells and each region's engine.
+
+    Progress: one task of all the cells (a bar on a terminal, plain lines otherwise, see
+    :mod:`regiontrt._progress`), and ``on_cell(cell)`` as each cell finishes.
+    """
     model = fleet.model_bytes()
     pending: dict[cf.Future[dict[str, Any]], tuple[str, TargetSpec | None]] = {}
     for spec in fleet.regions:
@@ -127,21 +157,29 @@ def run_matrix(fleet: FleetSpec, executor: cf.Executor) -> tuple[list[CellResult
         pending[executor.submit(decide_region, job)] = (spec.name, None)
     cells: list[CellResult] = []
     engines: dict[str, Engine] = {}
-    while pending:
-        done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-        for future in done:
-            region, target = pending.pop(future)
-            out = future.result()  # tasks never raise (see tasks.py)
-            if target is None and not out["ok"]:
-                cells.extend(_region_cells(fleet, region, out))
-            elif target is None:
-                blob = out["engine"]
-                engines[region] = Engine(*artifact.decode(blob, f"region {region}"))
-                for t in fleet.targets:
-                    pending[executor.submit(build_cell, {"engine": blob, "target": t.to_dict()})] \
-                        = (region, t)
-            else:
-                cells.append(_cell(region, target, engines[region], out))
+    total = len(fleet.regions) * len(fleet.targets)
+    with task(f"fleet {fleet.name} {fleet.version}: cells", total=total) as progress:
+        while pending:
+            done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                region, target = pending.pop(future)
+                out = future.result()  # tasks never raise (see tasks.py)
+                finished: list[CellResult] = []
+                if target is None and not out["ok"]:
+                    finished = _region_cells(fleet, region, out)
+                elif target is None:
+                    blob = out["engine"]
+                    engines[region] = Engine(*artifact.decode(blob, f"region {region}"))
+                    for t in fleet.targets:
+                        job = {"engine": blob, "target": t.to_dict()}
+                        pending[executor.submit(build_cell, job)] = (region, t)
+                else:
+                    finished = [_cell(region, target, engines[region], out)]
+                for cell in finished:
+                    cells.append(cell)
+                    progress.advance()
+                    if on_cell is not None:
+                        on_cell(cell)
     order = {(r.name, t.name): i for i, (r, t) in
              enumerate((r, t) for r in fleet.regions for t in fleet.targets)}
     cells.sort(key=lambda c: order[(c.region, c.target)])
@@ -161,6 +199,7 @@ def build_fleet(
     workers: int = 1,
     scheduler: str | None = None,
     sign_key: str | Path | None = None,
+    on_cell: Callable[[CellResult], None] | None = None,
 ) -> FleetResult:
     """Build every (region, target) cell and write one bundle per region under ``out``.
 
@@ -170,6 +209,8 @@ def build_fleet(
         executor: any ``concurrent.futures.Executor`` (e.g. ``client.get_executor()``); when
             omitted, ``scheduler`` (a Dask address) or a local pool of ``workers`` processes.
         sign_key: a private key to sign each bundle with.
+        on_cell: called with each :class:`CellResult` as soon as it is known (in the calling
+            process), e.g. to fill a live table; progress is also logged (``regiontrt.progress``).
 
     Returns:
         The cells and bundle folders; ``result.ok`` is False when any cell failed (a region
@@ -179,9 +220,9 @@ def build_fleet(
     started = time.perf_counter()
     if executor is None:
         with open_executor(workers, scheduler) as own:
-            cells, engines = run_matrix(spec, own)
+            cells, engines = run_matrix(spec, own, on_cell)
     else:
-        cells, engines = run_matrix(spec, executor)
+        cells, engines = run_matrix(spec, executor, on_cell)
     bundles: dict[str, Path] = {}
     for region, engine in engines.items():
         mine = [c for c in cells if c.region == region]

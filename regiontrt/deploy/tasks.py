@@ -16,10 +16,20 @@ from typing import Any
 from .. import artifact
 from ..engine import Engine
 
+# The builder's messages name its Python API; in a fleet, the fix is a key of the fleet file.
+_FLEET_KEYS = (
+    (".with_calibrator(data=...)", "calibration = FOLDER_OR_URL in its [regions.NAME]"),
+    (".with_validation(data)", "validation = FOLDER_OR_URL in its [regions.NAME]"),
+    (".with_precision([...])", 'precisions = ["fp16", "fp32"]'),
+)
+
 
 def _error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    for api, key in _FLEET_KEYS:
+        line = line.replace(api, key)
+    return line
 
 
 def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
