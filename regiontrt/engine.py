@@ -10,11 +10,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 from . import artifact
 from ._fs import atomic_write_all
 from .backends import Backend, Runner, Timing, get_backend
+from .benchmarking import BenchmarkReport, timings_report
 from .compliance import ComplianceReport, check_artifact
 from .errors import (
     ArtifactError,
@@ -41,39 +40,6 @@ from .validation import ValidationReport
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 #: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
 MAX_SAMPLE_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class BenchmarkReport:
-    """Latency statistics of :meth:`Engine.benchmark`, in milliseconds.
-
-    ``h2d_ms``/``compute_ms``/``d2h_ms`` are means of each phase where the backend separates
-    them (CUDA events on the GPU); on the CPU the whole call is compute.
-    """
-
-    backend: str
-    timer: str
-    iterations: int
-    batch: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    throughput: float
-    h2d_ms: float
-    compute_ms: float
-    d2h_ms: float
-    sla_p99_ms: float | None = None
-
-    @property
-    def meets_sla(self) -> bool | None:
-        """Whether p99 is within the region's SLA (``None`` without one)."""
-        return None if self.sla_p99_ms is None else self.p99_ms <= self.sla_p99_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["meets_sla"] = self.meets_sla
-        return d
 
 
 def _shape_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -319,33 +285,10 @@ class Engine:
             raise
         except Exception as exc:
             raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
-        total = np.array([t.total_ms for t in timings])
-        first = next(iter(checked.values()))
-        first_shape = _shape_dtype(first)[0]
-        n = int(first_shape[0]) if first_shape else 1
-        mean = float(total.mean())
-        gpu = self.backend_name != "onnxruntime"
-        report = BenchmarkReport(
-            backend=self.backend_name,
-            timer="cuda-events" if gpu else "perf_counter_ns",
-            iterations=iterations,
-            batch=n,
-            p50_ms=float(np.percentile(total, 50)),
-            p90_ms=float(np.percentile(total, 90)),
-            p99_ms=float(np.percentile(total, 99)),
-            mean_ms=mean,
-            throughput=n / (mean / 1e3) if mean > 0 else float("inf"),
-            h2d_ms=float(np.mean([t.h2d_ms for t in timings])),
-            compute_ms=float(np.mean([t.compute_ms for t in timings])),
-            d2h_ms=float(np.mean([t.d2h_ms for t in timings])),
-            sla_p99_ms=self._metadata["region"].get("latency_p99_ms"),
-        )
-        sla = "" if report.meets_sla is None else f", SLA {report.sla_p99_ms} ms " + (
-            "met" if report.meets_sla else "MISSED")
-        logging.getLogger("regiontrt.engine").info(
-            "benchmark %s: batch %d, %d runs, p50 %.3f ms, p99 %.3f ms%s", self.region, n,
-            iterations, report.p50_ms, report.p99_ms, sla, extra={"benchmark": report.to_dict()})
-        return report
+        first_shape = _shape_dtype(next(iter(checked.values())))[0]
+        return timings_report(self.backend_name, self.region, timings,
+                              batch=int(first_shape[0]) if first_shape else 1,
+                              sla_p99_ms=self._metadata["region"].get("latency_p99_ms"))
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -8,7 +8,7 @@ save it with ``fig.savefig("x.png")``. matplotlib is imported on first use.
 
 * :func:`accuracy_figure`: accuracy loss against the budget, per region, for every precision tried;
 * :func:`latency_figure`: latency distributions per region and variant, from
-  :class:`~regiontrt.engine.BenchmarkReport` summaries or raw timings (:func:`latency_samples`);
+  :class:`~regiontrt.benchmarking.BenchmarkReport` summaries or raw timings (:func:`latency_samples`);
 * :func:`calibration_histograms` + :func:`calibration_figure`: the activation histograms of
   chosen tensors, recomputed from the model and calibration data, with the thresholds chosen;
 * :func:`sensitivity_figure`: per-layer sensitivity from the mixed-precision search.
@@ -174,7 +174,7 @@ def latency_figure(latencies: Mapping[str, Any], *, sla_ms: Mapping[str, float] 
 
     Args:
         latencies: label -> raw timings in ms (a sequence or array: drawn as a box plot with
-            every sample), or a :class:`~regiontrt.engine.BenchmarkReport` / its ``to_dict()``
+            every sample), or a :class:`~regiontrt.benchmarking.BenchmarkReport` / its ``to_dict()``
             (drawn as the p50-p99 range with the p90 marked).
         sla_ms: label -> p99 SLA in ms, drawn as a red tick.
     """
