@@ -158,6 +158,27 @@ def _session_options() -> Any:
     return options
 
 
+def _run_views(session: Any, fetch: Sequence[str], batch: Mapping[str, np.ndarray]) -> list:
+    """``fetch`` for one batch as arrays viewing ONNX Runtime's own output buffers.
+
+    ``InferenceSession.run`` copies every output into a fresh numpy array; with every float
+    tensor exposed that is gigabytes per batch (12.8 GB over PP-OCRv4 rec's 32 calibration
+    lines), more time than the inference itself. ``OrtValue.numpy()`` views the buffer instead
+    (the view keeps it alive), and the statistics only read it.
+    """
+    import onnxruntime as ort
+
+    try:
+        feeds = {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr))
+            for name, arr in batch.items()
+        }
+        outs = session.run_with_ort_values(list(fetch), feeds)
+        return [o.numpy() for o in outs]
+    except Exception as exc:
+        raise DataError(f"ONNX Runtime failed on a calibration batch: {exc}") from None
+
+
 def iter_activations(
     model: onnx.ModelProto,
     source: DataSource,
@@ -186,11 +207,7 @@ def iter_activations(
     def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = {n: batch[n] for n in tensors if n in inputs}
         if session is not None:
-            try:
-                outs = session.run(fetch, dict(batch))
-            except Exception as exc:
-                raise DataError(f"ONNX Runtime failed on a calibration batch: {exc}") from None
-            values.update(zip(fetch, (np.asarray(o) for o in outs)))
+            values.update(zip(fetch, _run_views(session, fetch, batch)))
         return values
 
     if session is None or not overlap:
@@ -232,8 +249,11 @@ def fold_batches(
     """Run every batch and call ``fold(tensor, array)`` on each activation."""
     activations = iter_activations(model, source, tensors, types, overlap=OVERLAP)
     for values in track(activations, description, total=source.size_hint()):
-        for name, array in values.items():
-            fold(name, array)
+        for name in list(values):
+            # Drop each activation once folded: ONNX Runtime can then reuse its buffers for the
+            # next batch.
+            fold(name, values.pop(name))
+        del values
 
 
 def collect_statistics(
