@@ -1,6 +1,9 @@
 """Micro-benchmarks of the quantization benchmark: entropy search speed against ONNX Runtime's,
 whole calibration time against ONNX Runtime's MinMax pass, and peak memory as the calibration set
-grows. Run through ``python -m benchmarks.bench_quantization`` (``--no-micro`` skips them).
+grows. Run through ``python -m benchmarks.bench_quantization`` (``--no-micro`` skips them,
+``--micro-only all`` runs only them, ``--micro-only calibration`` only the calibration time)::
+
+    python -m benchmarks.bench_quantization --models ocr --micro-only calibration
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             ours_quantize,
             (case.model_path, case.calib_path, "", "entropy", (), True),
         ),
+        (
+            "ours_auto_all_tensors",
+            ours_quantize,
+            (case.model_path, case.calib_path, "", "auto", (), True),
+        ),
         ("ours_minmax", ours_quantize, (case.model_path, case.calib_path, "", "minmax")),
         ("onnxruntime_minmax", peers.ort_calibration, (case.model_path, case.calib_path)),
     ):
@@ -82,7 +90,7 @@ def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             "tensors": v.get("tensors"),
         }
     ort_s = res["onnxruntime_minmax"]["seconds"]
-    for key in ("ours_entropy", "ours_entropy_all_tensors", "ours_minmax"):
+    for key in ("ours_entropy", "ours_entropy_all_tensors", "ours_auto_all_tensors", "ours_minmax"):
         if ort_s and res[key]["seconds"]:
             res[key]["ratio_to_onnxruntime_minmax"] = res[key]["seconds"] / ort_s
     return res
@@ -145,14 +153,19 @@ def memory_scaling(
 def run_micro(
     cases: list[Case], workdir: Path, args: argparse.Namespace, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"entropy_search": entropy_search_speed(4 if args.quick else 40)}
-    log(f"[micro] entropy search {out['entropy_search']}")
+    only_calibration = getattr(args, "micro_only", None) == "calibration"
+    out: dict[str, Any] = {}
+    if not only_calibration:
+        out["entropy_search"] = entropy_search_speed(4 if args.quick else 40)
+        log(f"[micro] entropy search {out['entropy_search']}")
     out["calibration_speed"] = {}
     for case in cases:
         if case.name in ("resnet13", "ocr"):
             out["calibration_speed"][case.name] = calibration_speed(case, args)
             log(f"[micro] calibration speed {case.name}: {out['calibration_speed'][case.name]}")
     out["memory_scaling"] = {}
+    if only_calibration:
+        return out
     for model in [c.name for c in cases if c.name in ("resnet13", "ocr")]:
         sizes = ((64, 128) if model == "resnet13" else (16, 32)) if args.quick else (64, 256, 1024)
         out["memory_scaling"][model] = memory_scaling(args, workdir, log, model, sizes)
@@ -160,13 +173,17 @@ def run_micro(
 
 
 def micro_markdown(micro: dict[str, Any]) -> str:
-    e = micro["entropy_search"]
-    lines = [
-        f"Entropy search, {e['histograms']} histograms of {e['bins']} bins: regiontrt "
-        f"{e['ours_s'] * 1e3:.1f} ms, ONNX Runtime {e['onnxruntime_s'] * 1e3:.0f} ms "
-        f"({e['speedup']:.0f}x; ORT scans {e['candidates_onnxruntime']} candidates per "
-        f"histogram, regiontrt {e['candidates_ours']}).",
-        "",
+    lines = []
+    e = micro.get("entropy_search")
+    if e:
+        lines += [
+            f"Entropy search, {e['histograms']} histograms of {e['bins']} bins: regiontrt "
+            f"{e['ours_s'] * 1e3:.1f} ms, ONNX Runtime {e['onnxruntime_s'] * 1e3:.0f} ms "
+            f"({e['speedup']:.0f}x; ORT scans {e['candidates_onnxruntime']} candidates per "
+            f"histogram, regiontrt {e['candidates_ours']}).",
+            "",
+        ]
+    lines += [
         "| model | calibration | samples | tensors | seconds | ratio to ORT MinMax "
         "| peak RSS (MB) |",
         "|---|---|---|---|---|---|---|",

@@ -130,8 +130,9 @@ def _det_cls_case(name: str, workdir: Path, quick: bool, samples: int | None) ->
             val_path=str(peers.save_batches([{"x": p} for p in val], workdir / "det_val.npz")),
         )
     n = samples or (32 if quick else 64)
-    # The shipped classifier declares its batch axis as the fixed size -1; regiontrt (rightly)
-    # refuses batches against that, so every quantizer gets a copy where it is named "N".
+    # The shipped classifier declares its batch axis as -1 ("any size": regiontrt reads it so,
+    # see graph.io.input_specs); every quantizer, peers included, gets the same copy where the
+    # axis is named "N", so that no tool has to guess.
     import onnx
 
     model = onnx.load(str(dc.model_path(dc.CLS_MODEL_NAME)))
@@ -467,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-cap-mb", type=float, default=16000.0, help="RSS cap per quantizer")
     parser.add_argument("--no-modelopt", action="store_true")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
+    parser.add_argument(
+        "--micro-only",
+        choices=("all", "calibration"),
+        default=None,
+        help="run only the micro-benchmarks (all of them, or only the whole-calibration time "
+        "against ONNX Runtime's MinMax pass), not the quantizer comparison",
+    )
     parser.add_argument("--only", default="", help="comma-separated substrings of quantizers")
     parser.add_argument(
         "--mixed",
@@ -498,15 +506,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             case = make_case(name, workdir, args.quick, args.samples)
             cases.append(case)
-            results["models"][name] = bench_model(case, workdir, modelopt, args, log)
-        if not args.no_micro:
+            if args.micro_only is None:
+                results["models"][name] = bench_model(case, workdir, modelopt, args, log)
+        if not args.no_micro or args.micro_only:
             # imported here: the micro-benchmarks reuse this module's contenders
             from benchmarks._quant_micro import run_micro
 
             results["micro"] = run_micro(cases, workdir, args, log)
     results["total_s"] = time.perf_counter() - started
-    table = markdown(results)
-    print("\n" + table)
+    if results["models"]:
+        print("\n" + markdown(results))
     if "micro" in results:
         from benchmarks._quant_micro import micro_markdown
 

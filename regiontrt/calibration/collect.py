@@ -19,7 +19,7 @@ import onnx
 from .._progress import track
 from ..datasets import DataLike, DataSource
 from ..errors import DataError, InvalidModelError
-from ..graph.io import ModelSource, input_specs, load_model
+from ..graph.io import ModelSource, free_unsized_dims, input_specs, load_model
 from .stats import TensorStats
 
 #: ONNX element types whose tensors are calibrated (bfloat16 has no numpy type in ONNX Runtime).
@@ -137,6 +137,7 @@ def expose_tensors(
     """
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
+    free_unsized_dims(exposed)  # -1 or 0 read as "any size", as input_specs reads them
     graph = exposed.graph
     present = {o.name for o in graph.output} | {i.name for i in graph.input}
     for name in tensors:
@@ -158,7 +159,9 @@ def _session_options() -> Any:
     return options
 
 
-def _run_views(session: Any, fetch: Sequence[str], batch: Mapping[str, np.ndarray]) -> list:
+def _run_views(
+    session: Any, fetch: Sequence[str], batch: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
     """``fetch`` for one batch as arrays viewing ONNX Runtime's own output buffers.
 
     ``InferenceSession.run`` copies every output into a fresh numpy array; with every float
