@@ -475,6 +475,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only the micro-benchmarks (all of them, or only the whole-calibration time "
         "against ONNX Runtime's MinMax pass), not the quantizer comparison",
     )
+    parser.add_argument(
+        "--micro-repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rounds of the calibration-time micro-benchmark (interleaved; medians reported)",
+    )
     parser.add_argument("--only", default="", help="comma-separated substrings of quantizers")
     parser.add_argument(
         "--mixed",
