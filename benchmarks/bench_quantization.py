@@ -430,15 +430,31 @@ def _fmt(v: Any) -> str:
 
 
 
+def _pct(v: Any) -> str:
+    return "" if v is None else f"{100 * v:.2f} %"
+
+
+def task_metric(model: str, row: dict[str, Any]) -> str:
+    """The model's task metric as issue 12 names it: CER for ocr, box F1 against FP32 for det,
+    top-1 agreement with FP32 for cls (accuracy on the rotation label beside it), else accuracy.
+    """
+    if row.get("cer") is not None:
+        return f"CER {_pct(row['cer'])}"
+    if row.get("box_f1") is not None:
+        return f"box F1 {_pct(row['box_f1'])}"
+    if model == "cls" and row.get("top1_agreement") is not None:
+        return (f"top-1 agreement {_pct(row['top1_agreement'])} "
+                f"(accuracy {_pct(row.get('accuracy'))})")
+    return "" if row.get("accuracy") is None else f"accuracy {_pct(row['accuracy'])}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     head = (
-        "| model | quantizer | status | time (s) | peak RSS (MB) | rel L2 | top-1 agree "
-        "| accuracy | box F1 | CER mean | CER Latin | CER CJK |"
+        "| model | quantizer | status | time (s) | peak RSS (MB) | rel L2 | task metric "
+        "| top-1 agree | accuracy | box F1 | CER mean | CER Latin | CER CJK |"
     )
-    lines = [head, "|" + "---|" * 12]
-
-    def pct(v: Any) -> str:
-        return "" if v is None else f"{100 * v:.2f} %"
+    lines = [head, "|" + "---|" * 13]
+    pct = _pct
 
     for name, res in results["models"].items():
         rows = {"FP32": {**res["fp32"], "status": "reference"}, **res["rows"]}
@@ -448,6 +464,7 @@ def markdown(results: dict[str, Any]) -> str:
             l2 = "" if r.get("rel_l2") is None else f"{r['rel_l2']:.4f}"
             lines.append(
                 f"| {name} | {label} | {r.get('status', '')} | {time_s} | {rss} | {l2} "
+                f"| {task_metric(name, r)} "
                 f"| {pct(r.get('top1_agreement'))} | {pct(r.get('accuracy'))} "
                 f"| {pct(r.get('box_f1'))} "
                 f"| {pct(r.get('cer'))} | {pct(r.get('cer_latin'))} | {pct(r.get('cer_cjk'))} |"
