@@ -130,8 +130,9 @@ def _det_cls_case(name: str, workdir: Path, quick: bool, samples: int | None) ->
             val_path=str(peers.save_batches([{"x": p} for p in val], workdir / "det_val.npz")),
         )
     n = samples or (32 if quick else 64)
-    # The shipped classifier declares its batch axis as the fixed size -1; regiontrt (rightly)
-    # refuses batches against that, so every quantizer gets a copy where it is named "N".
+    # The shipped classifier declares its batch axis as -1 ("any size": regiontrt reads it so,
+    # see graph.io.input_specs); every quantizer, peers included, gets the same copy where the
+    # axis is named "N", so that no tool has to guess.
     import onnx
 
     model = onnx.load(str(dc.model_path(dc.CLS_MODEL_NAME)))
@@ -429,15 +430,31 @@ def _fmt(v: Any) -> str:
 
 
 
+def _pct(v: Any) -> str:
+    return "" if v is None else f"{100 * v:.2f} %"
+
+
+def task_metric(model: str, row: dict[str, Any]) -> str:
+    """The model's task metric as issue 12 names it: CER for ocr, box F1 against FP32 for det,
+    top-1 agreement with FP32 for cls (accuracy on the rotation label beside it), else accuracy.
+    """
+    if row.get("cer") is not None:
+        return f"CER {_pct(row['cer'])}"
+    if row.get("box_f1") is not None:
+        return f"box F1 {_pct(row['box_f1'])}"
+    if model == "cls" and row.get("top1_agreement") is not None:
+        return (f"top-1 agreement {_pct(row['top1_agreement'])} "
+                f"(accuracy {_pct(row.get('accuracy'))})")
+    return "" if row.get("accuracy") is None else f"accuracy {_pct(row['accuracy'])}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     head = (
-        "| model | quantizer | status | time (s) | peak RSS (MB) | rel L2 | top-1 agree "
-        "| accuracy | box F1 | CER mean | CER Latin | CER CJK |"
+        "| model | quantizer | status | time (s) | peak RSS (MB) | rel L2 | task metric "
+        "| top-1 agree | accuracy | box F1 | CER mean | CER Latin | CER CJK |"
     )
-    lines = [head, "|" + "---|" * 12]
-
-    def pct(v: Any) -> str:
-        return "" if v is None else f"{100 * v:.2f} %"
+    lines = [head, "|" + "---|" * 13]
+    pct = _pct
 
     for name, res in results["models"].items():
         rows = {"FP32": {**res["fp32"], "status": "reference"}, **res["rows"]}
@@ -447,6 +464,7 @@ def markdown(results: dict[str, Any]) -> str:
             l2 = "" if r.get("rel_l2") is None else f"{r['rel_l2']:.4f}"
             lines.append(
                 f"| {name} | {label} | {r.get('status', '')} | {time_s} | {rss} | {l2} "
+                f"| {task_metric(name, r)} "
                 f"| {pct(r.get('top1_agreement'))} | {pct(r.get('accuracy'))} "
                 f"| {pct(r.get('box_f1'))} "
                 f"| {pct(r.get('cer'))} | {pct(r.get('cer_latin'))} | {pct(r.get('cer_cjk'))} |"
@@ -467,6 +485,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-cap-mb", type=float, default=16000.0, help="RSS cap per quantizer")
     parser.add_argument("--no-modelopt", action="store_true")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
+    parser.add_argument(
+        "--micro-only",
+        choices=("all", "calibration"),
+        default=None,
+        help="run only the micro-benchmarks (all of them, or only the whole-calibration time "
+        "against ONNX Runtime's MinMax pass), not the quantizer comparison",
+    )
+    parser.add_argument(
+        "--micro-repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rounds of the calibration-time micro-benchmark (interleaved; medians reported)",
+    )
     parser.add_argument("--only", default="", help="comma-separated substrings of quantizers")
     parser.add_argument(
         "--mixed",
@@ -498,15 +530,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             case = make_case(name, workdir, args.quick, args.samples)
             cases.append(case)
-            results["models"][name] = bench_model(case, workdir, modelopt, args, log)
-        if not args.no_micro:
+            if args.micro_only is None:
+                results["models"][name] = bench_model(case, workdir, modelopt, args, log)
+        if not args.no_micro or args.micro_only:
             # imported here: the micro-benchmarks reuse this module's contenders
             from benchmarks._quant_micro import run_micro
 
             results["micro"] = run_micro(cases, workdir, args, log)
     results["total_s"] = time.perf_counter() - started
-    table = markdown(results)
-    print("\n" + table)
+    if results["models"]:
+        print("\n" + markdown(results))
     if "micro" in results:
         from benchmarks._quant_micro import micro_markdown
 

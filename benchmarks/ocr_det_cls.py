@@ -10,7 +10,8 @@ Both models come from the ``rapidocr-onnxruntime`` wheel, like the recogniser
   rendered lines are horizontal (tilt under 2 degrees), so boxes are axis-aligned rectangles,
   where DB's polygon unclip is an offset of each side by ``area * ratio / perimeter``;
 * classifier: lines resized to 48 x 192 (PaddleOCR's ``cls_image_shape``), half of them turned
-  by 180 degrees; its task metrics are top-1 agreement with FP32 and accuracy on that label.
+  by 180 degrees; its task metric is top-1 agreement with FP32 (as issue 12 defines it), with
+  the accuracy on that label reported beside it.
 """
 
 from __future__ import annotations

@@ -94,3 +94,35 @@ def test_memory_is_fixed() -> None:
 def test_bad_num_bins() -> None:
     with pytest.raises(DataError):
         TensorStats(num_bins=0)
+
+
+@pytest.mark.parametrize("late", ["beyond the range", "nan", "inf", "none"])
+def test_batches_past_the_first_fold_in_one_pass_or_fall_back_whole(late: str) -> None:
+    # Batches of several cache chunks; the value that breaks the one-pass fold (a larger |x|, a
+    # NaN, an inf) sits in the last chunk, after earlier chunks were counted: those partial
+    # counts must be dropped, not added twice.
+    rng = np.random.default_rng(3)
+    size = 3 * (1 << 16) + 7
+    first = rng.standard_normal(size).astype(np.float32)
+    second = (rng.standard_normal(size) * 0.5).astype(np.float32)
+    second[0] = float(np.abs(first).max())  # |x| == hist_max stays in range: the last bin
+    special = {"beyond the range": 50.0, "nan": np.nan, "inf": np.inf, "none": 0.25}[late]
+    second[-1] = special
+    stats = TensorStats(num_bins=512)
+    stats.update(first)
+    stats.update(second)
+    finite = np.concatenate([first, second])
+    finite = finite[np.isfinite(finite)]
+    assert stats.nonfinite == (0 if np.isfinite(special) else 1)
+    assert stats.count == finite.size == stats.hist.sum()
+    assert (stats.min, stats.max) == (float(finite.min()), float(finite.max()))
+    # The documented binning, in the input's precision: floor(|x| * (n / hist_max)).
+    scale = np.float32(512 / stats.hist_max)
+    index = np.minimum((np.abs(finite) * scale).astype(np.int64), 511)
+    if late != "beyond the range":
+        assert np.array_equal(stats.hist, np.bincount(index, minlength=512))
+    else:  # the range grew: bins merged, exact up to values within rounding of an edge
+        want, _ = np.histogram(np.abs(finite).astype(np.float64), 512, (0.0, stats.hist_max))
+        assert np.abs(stats.hist - want).sum() <= 16
+    grew = late == "beyond the range"
+    assert (stats.hist_max > float(np.abs(first).max())) == grew

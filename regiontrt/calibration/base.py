@@ -22,13 +22,14 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..datasets import DataLike
 from ..errors import DataError, RegionConfigError
 from ..graph.io import ModelSource
-from .collect import as_model, as_source, fold_batches, resolve_tensors
+from .collect import FOLD_THREADS, as_model, as_source, fold_batches, resolve_tensors
 from .entropy import entropy_threshold
 from .stats import TensorStats
 
@@ -139,8 +140,8 @@ class Calibrator(ABC):
         }
         fold_batches(proto, source, names, types, lambda name, arr: stats[name].update(arr))
         amax: dict[str, float] = {}
-        for name, st in stats.items():
-            value = float(self.compute_amax(st))
+        for name, raw in zip(stats, self._compute_all(list(stats.values()))):
+            value = float(raw)
             if not math.isfinite(value) or value < 0:
                 raise DataError(f"{self.name}: invalid amax {value!r} for tensor {name!r}")
             amax[name] = value if value > 0 else ZERO_RANGE_AMAX
@@ -158,6 +159,17 @@ class Calibrator(ABC):
             seconds=time.perf_counter() - start,
             stats=stats if self.keep_stats else {},
         )
+
+    def _compute_all(self, stats: list[TensorStats]) -> list[float]:
+        """:meth:`compute_amax` of every tensor; on two threads for the built-in methods.
+
+        Their searches are numpy array arithmetic, which releases the GIL, with per-thread
+        scratch space; a subclass's ``compute_amax`` is not assumed thread-safe.
+        """
+        if type(self) not in _threadsafe() or len(stats) < 2 or FOLD_THREADS < 2:
+            return [self.compute_amax(st) for st in stats]
+        with ThreadPoolExecutor(FOLD_THREADS, thread_name_prefix="regiontrt-ranges") as pool:
+            return list(pool.map(self.compute_amax, stats))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_bins={self.num_bins})"
@@ -256,6 +268,10 @@ class EntropyCalibrator(Calibrator):
         if self.floor_percentile is not None:
             amax = max(amax, stats.percentile(self.floor_percentile))
         return min(amax, stats.amax)
+
+
+def _threadsafe() -> tuple[type[Calibrator], ...]:
+    return (MinMaxCalibrator, PercentileCalibrator, EntropyCalibrator, _auto())
 
 
 def _auto() -> type[Calibrator]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +37,24 @@ _CHUNK = 1 << 16  # elements per histogram chunk: its buffers stay within L2
 _LOCAL = threading.local()
 
 
-def _scratch(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per-thread float and index buffers of ``_CHUNK`` elements."""
+def _scratch(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-thread float, ``int32`` and ``intp`` buffers of ``_CHUNK`` elements."""
     key = f"buf_{dtype.str}"
-    bufs: tuple[np.ndarray, np.ndarray] | None = getattr(_LOCAL, key, None)
+    bufs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = getattr(_LOCAL, key, None)
     if bufs is None:
-        bufs = (np.empty(_CHUNK, dtype=dtype), np.empty(_CHUNK, dtype=np.intp))
+        bufs = (
+            np.empty(_CHUNK, dtype=dtype),
+            np.empty(_CHUNK, dtype=np.int32),
+            np.empty(_CHUNK, dtype=np.intp),
+        )
         setattr(_LOCAL, key, bufs)
     return bufs
+
+
+def _chunks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """``arr`` (1-D) in slices of ``_CHUNK`` elements: each stays in cache while it is used."""
+    for start in range(0, arr.size, _CHUNK):
+        yield arr[start : start + _CHUNK]
 
 
 @dataclass
@@ -107,6 +118,8 @@ class TensorStats:
         arr = arr.reshape(-1)
         if arr.size == 0:
             return
+        if self.histogram and self.hist_max > 0.0 and self._update_in_range(arr):
+            return
         lo, hi = float(arr.min()), float(arr.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(arr)
@@ -122,8 +135,33 @@ class TensorStats:
         if self.histogram:
             self._fold_histogram(arr, max(-lo, hi))
 
+    def _update_in_range(self, arr: np.ndarray) -> bool:
+        """Fold ``arr`` in one pass if it is finite and within the histogram's range.
+
+        The batch's min and max are taken chunk by chunk while the chunk is in cache, instead of
+        two passes over the whole batch first (a batch of every activation of a model is
+        gigabytes). Once the range is set, most batches fit it, and then the counts are the ones
+        :meth:`_fold_histogram` would make. Returns False, having changed nothing, as soon as a
+        chunk holds a NaN, an inf or a value beyond ``hist_max``: the caller then takes the
+        general path (which grows the range first).
+        """
+        lo, hi = math.inf, -math.inf
+        counts = np.zeros(self.num_bins + 1, dtype=np.int64)
+        for part in _chunks(arr):
+            c_lo, c_hi = float(part.min()), float(part.max())
+            if not (math.isfinite(c_lo) and math.isfinite(c_hi)):
+                return False
+            if max(-c_lo, c_hi) > self.hist_max:
+                return False
+            lo, hi = min(lo, c_lo), max(hi, c_hi)
+            self._count_chunk(part, counts)
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += int(arr.size)
+        self._add_counts(counts)
+        return True
+
     def _fold_histogram(self, arr: np.ndarray, batch_amax: float) -> None:
-        n = self.num_bins
         if batch_amax <= 0.0:
             self.hist[0] += arr.size  # all zeros: bin 0 whatever the range
             return
@@ -131,22 +169,33 @@ class TensorStats:
             self.hist_max = batch_amax
         elif batch_amax > self.hist_max:
             self._grow(batch_amax)
-        # Index = floor(|x| * n / hist_max), clipped to the last bin, then an integer bincount
-        # (np.histogram's general path is several times slower). Chunks that stay in cache, in
-        # per-thread scratch buffers: fresh multi-megabyte temporaries per tensor cost more in
-        # page faults and cache misses than the arithmetic.
-        fbuf, ibuf = _scratch(arr.dtype)
-        scale = arr.dtype.type(n / self.hist_max)
-        counts = np.zeros(n + 1, dtype=np.int64)
-        for start in range(0, arr.size, _CHUNK):
-            part = arr[start : start + _CHUNK]
-            f, i = fbuf[: part.size], ibuf[: part.size]
-            np.abs(part, out=f)
-            np.multiply(f, scale, out=f)
-            np.copyto(i, f, casting="unsafe")  # float -> int truncates: floor for |x| >= 0
-            counts += np.bincount(i, minlength=n + 1)
+        counts = np.zeros(self.num_bins + 1, dtype=np.int64)
+        for part in _chunks(arr):
+            self._count_chunk(part, counts)
+        self._add_counts(counts)
+
+    def _count_chunk(self, part: np.ndarray, counts: np.ndarray) -> None:
+        """Add the bin counts of one chunk (``|x| <= hist_max``) to ``counts`` (``n + 1`` slots).
+
+        Index = floor(|x| * n / hist_max), then an integer bincount (np.histogram's general
+        path is several times slower), in per-thread scratch buffers: fresh multi-megabyte
+        temporaries per tensor cost more in page faults and cache misses than the arithmetic.
+        The float -> int32 -> intp route is faster than a direct float -> intp cast (SIMD
+        conversion to 32 bits, then a widening copy), and bincount wants intp.
+        """
+        n = self.num_bins
+        fbuf, i32buf, ibuf = _scratch(part.dtype)
+        f, i32, i = fbuf[: part.size], i32buf[: part.size], ibuf[: part.size]
+        np.abs(part, out=f)
+        np.multiply(f, part.dtype.type(n / self.hist_max), out=f)
+        np.copyto(i32, f, casting="unsafe")  # float -> int truncates: floor for |x| >= 0
+        np.copyto(i, i32)
+        counts += np.bincount(i, minlength=n + 1)
+
+    def _add_counts(self, counts: np.ndarray) -> None:
         # |x| <= hist_max gives an index <= n (n itself only for |x| == hist_max, or by
         # rounding): fold that extra slot into the last bin instead of clipping every value.
+        n = self.num_bins
         counts[n - 1] += counts[n]
         self.hist += counts[:n]
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -202,13 +203,39 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
         raise InvalidModelError(f"tensor {value.name!r} has no supported element type") from None
     dims: list[Dim] = []
     for d in ttype.shape.dim:
-        if d.HasField("dim_value"):
+        # Exporters write -1 (PaddleOCR's PP-OCRv4 classifier: its batch axis) or 0 for "any
+        # size", as ONNX Runtime and TensorRT read it: only a positive value fixes a dimension.
+        if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
+        elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
         else:
             dims.append(None)
     return TensorSpec(value.name, dtype, tuple(dims))
+
+
+def free_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make every graph input or output dimension declared as ``<= 0`` an unnamed dynamic one.
+
+    Modifies ``model`` in place and returns it. ONNX Runtime already reads -1 as "any size" but
+    takes 0 literally; after this, both run any size there, as :func:`input_specs` reads them.
+    """
+    for d in _unsized_dims(model):
+        d.Clear()
+    return model
+
+
+def has_unsized_dims(model: onnx.ModelProto) -> bool:
+    """Whether a graph input or output declares a dimension ``<= 0``."""
+    return next(iter(_unsized_dims(model)), None) is not None
+
+
+def _unsized_dims(model: onnx.ModelProto) -> Iterator[Any]:
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.type.HasField("tensor_type"):
+            for d in value.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value <= 0:
+                    yield d
 
 
 def input_specs(model: onnx.ModelProto) -> list[TensorSpec]:
