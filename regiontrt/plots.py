@@ -8,7 +8,8 @@ save it with ``fig.savefig("x.png")``. matplotlib is imported on first use.
 
 * :func:`accuracy_figure`: accuracy loss against the budget, per region, for every precision tried;
 * :func:`latency_figure`: latency distributions per region and variant, from
-  :class:`~regiontrt.benchmarking.BenchmarkReport` summaries or raw timings (:func:`latency_samples`);
+  :class:`~regiontrt.benchmarking.BenchmarkReport` summaries or raw timings
+  (:func:`latency_samples`);
 * :func:`calibration_histograms` + :func:`calibration_figure`: the activation histograms of
   chosen tensors, recomputed from the model and calibration data, with the thresholds chosen;
 * :func:`sensitivity_figure`: per-layer sensitivity from the mixed-precision search.
