@@ -22,13 +22,7 @@ import onnx
 from .backends import Backend
 from .datasets import DataLike
 from .errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
-from .graph.io import (
-    ModelSource,
-    free_unsized_dims,
-    has_unsized_dims,
-    load_model,
-    model_sha256,
-)
+from .graph.io import ModelSource, load_model, model_sha256, without_unsized_dims
 from .policy import PrecisionPolicy
 from .precision import Precision
 from .regions import Region, get_region
@@ -46,11 +40,8 @@ class _Shared:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.sha256 = model_sha256(model)  # of the model as given
-        if has_unsized_dims(model):  # a declared -1 or 0 is "any size" wherever the model runs
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            model = free_unsized_dims(copy)
-        self.model = model
+        # A declared -1 or 0 is "any size" wherever the model runs.
+        self.model = without_unsized_dims(model)
         self._cleaned: onnx.ModelProto | None = None
         self._lock = threading.Lock()
 

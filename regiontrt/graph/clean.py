@@ -38,7 +38,7 @@ import onnx
 
 from ..errors import InvalidModelError
 from .bnfold import fold_into_convs
-from .io import free_unsized_dims, has_unsized_dims
+from .io import without_unsized_dims
 from .scope import non_tensor_values, subgraph_references, walk_nodes
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
@@ -62,8 +62,7 @@ def clean(model: onnx.ModelProto, *, fold_batchnorm: bool = True) -> onnx.ModelP
     """
     if not isinstance(model, onnx.ModelProto):
         raise InvalidModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
-    if has_unsized_dims(model):  # a declared -1 or 0 is "any size" (see graph.io.input_specs)
-        model = free_unsized_dims(_copy(model))
+    model = without_unsized_dims(model)  # a declared -1 or 0 is "any size" (graph.io.input_specs)
     inferred = _with_inferred_shapes(model)
     if non_tensor_values(model, inferred):
         return _finish(model, _copy(model))

@@ -225,9 +225,15 @@ def free_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def has_unsized_dims(model: onnx.ModelProto) -> bool:
-    """Whether a graph input or output declares a dimension ``<= 0``."""
-    return next(iter(_unsized_dims(model)), None) is not None
+def without_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself when no graph input or output declares a dimension ``<= 0``, else a
+    copy with those dimensions freed (see :func:`free_unsized_dims`); ``model`` is not modified.
+    """
+    if next(_unsized_dims(model), None) is None:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return free_unsized_dims(copy)
 
 
 def _unsized_dims(model: onnx.ModelProto) -> Iterator[Any]:

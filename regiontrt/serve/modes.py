@@ -247,9 +247,11 @@ class LoadTracker:
     def __init__(self, window_s: float = 1.0, samples: int = 9) -> None:
         self.window_s = float(window_s)
         self._arrivals: deque[float] = deque()
-        self._runs: dict[int, deque[float]] = {}
-        self._big: deque[tuple[int, float]] = deque(maxlen=int(samples))
         self._samples = int(samples)
+        # Latest runs of batches under PROBE_ROWS rows, by size; (rows, seconds) of larger ones.
+        self._small: dict[int, deque[float]] = {}
+        self._big: deque[tuple[int, float]] = deque(maxlen=self._samples)
+        self._largest = 0
         self._lock = threading.Lock()
 
     def arrived(self, now: float) -> None:
@@ -265,25 +267,28 @@ class LoadTracker:
     def ran(self, rows: int, seconds: float) -> None:
         """Fold in one batch of ``rows`` that ran for ``seconds``."""
         with self._lock:
-            self._runs.setdefault(rows, deque(maxlen=self._samples)).append(seconds)
+            self._largest = max(self._largest, rows)
             if rows >= PROBE_ROWS:
                 self._big.append((rows, seconds))
+            else:
+                self._small.setdefault(rows, deque(maxlen=self._samples)).append(seconds)
 
     def snapshot(self, queue_depth: int, sla_s: float | None, now: float) -> LoadStats:
         with self._lock:
             self._trim(now)
             rate = len(self._arrivals) / self.window_s
-            largest = max(self._runs) if self._runs else 0
             # Before a batch of one has run, the smallest batch seen stands in for it (an
             # overestimate, so it errs towards batching).
-            smallest = 1 if 1 in self._runs else min(self._runs, default=0)
-            one = statistics.median(self._runs[smallest]) if smallest else None
+            if self._small:
+                one: float | None = statistics.median(self._small[min(self._small)])
+            else:
+                one = statistics.median(t for _, t in self._big) if self._big else None
             rows, batch = 0, None
             if len(self._big) >= 3:
                 # Batches of PROBE_ROWS rows or more, whatever their size: the median row count
                 # and the median cost a row. Fewer than three runs are no verdict.
                 rows = int(statistics.median(r for r, _ in self._big))
                 batch = rows * statistics.median(t / r for r, t in self._big)
-            elif not self._big and largest:
-                rows, batch = largest, statistics.median(self._runs[largest])
-            return LoadStats(rate, queue_depth, one, batch, sla_s, now, rows, largest)
+            elif not self._big and self._largest:
+                rows, batch = self._largest, statistics.median(self._small[self._largest])
+            return LoadStats(rate, queue_depth, one, batch, sla_s, now, rows, self._largest)
