@@ -227,14 +227,30 @@ def _declared_payload(header: Mapping[str, Any], actual: int, source: str) -> st
     return digest
 
 
+def _split_header(blob: bytes, source: str) -> tuple[dict[str, Any], int]:
+    end, hdigest = _prefix(blob[: _PREFIX.size], source, len(blob))
+    return _header(blob[_PREFIX.size : end], hdigest, source), end
+
+
+def decode_header(blob: bytes, source: str = "engine") -> dict[str, Any]:
+    """The metadata of container bytes, verified against its own digest, as :func:`read_header`
+    reads a file's: the declared payload size is checked, the payload's digest is not.
+
+    Raises:
+        ArtifactError: bad magic or version, truncation, or a header digest mismatch.
+    """
+    header, end = _split_header(blob, source)
+    _declared_payload(header, len(blob) - end, source)
+    return header
+
+
 def decode(blob: bytes, source: str = "engine") -> tuple[dict[str, Any], bytes]:
     """Split and verify container bytes into ``(metadata, payload)``.
 
     Raises:
         ArtifactError: bad magic or version, truncation, or a digest mismatch.
     """
-    end, hdigest = _prefix(blob[: _PREFIX.size], source, len(blob))
-    header = _header(blob[_PREFIX.size : end], hdigest, source)
+    header, end = _split_header(blob, source)
     payload = blob[end:]
     digest = _declared_payload(header, len(payload), source)
     if hashlib.sha256(payload).hexdigest() != digest:

@@ -79,6 +79,20 @@ def test_edited_metadata_is_refused(tmp_path):
         artifact.decode(tampered)
 
 
+
+def test_decode_header_checks_the_header_and_payload_size_not_the_payload_digest():
+    blob = artifact.encode(META, PAYLOAD)
+    assert artifact.decode_header(blob) == artifact.decode(blob)[0]
+    with pytest.raises(ArtifactError, match="header checksum"):
+        artifact.decode_header(blob.replace(b'"EU"', b'"NA"'))
+    with pytest.raises(ArtifactError):
+        artifact.decode_header(blob[:-1])               # payload shorter than declared
+    edited = blob[:-1] + bytes([blob[-1] ^ 1])          # same size, other bytes
+    assert artifact.decode_header(edited) == artifact.decode(blob)[0]
+    with pytest.raises(ArtifactError, match="payload checksum"):
+        artifact.decode(edited)
+
+
 BLOB = artifact.encode(META, PAYLOAD)
 
 

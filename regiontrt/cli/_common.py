@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._text import reword
 from ..errors import RegionTRTError
 
 
@@ -101,6 +101,4 @@ _FLAGS: tuple[tuple[str, str], ...] = (
 
 def cli_message(message: str) -> str:
     """``message`` with Python API calls replaced by the command-line flags that do the same."""
-    for pattern, flag in _FLAGS:
-        message = re.sub(pattern, flag, message)
-    return message
+    return reword(message, _FLAGS)

@@ -88,7 +88,7 @@ class FleetResult:
         """A notebook view: every cell's status, then the report of the engines built."""
         from ..report_page import summary_html
 
-        engines = [(artifact.decode(c.engine)[0], c.target) for c in self.cells
+        engines = [(artifact.decode_header(c.engine), c.target) for c in self.cells
                    if c.status == "built" and c.engine]
         pending = [(c.region, c.target, c.precision or "–", c.status) for c in self.cells
                    if not (c.status == "built" and c.engine)]

@@ -14,22 +14,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import artifact
+from .._text import reword
 from ..engine import Engine
 
 # The builder's messages name its Python API; in a fleet, the fix is a key of the fleet file.
 _FLEET_KEYS = (
-    (".with_calibrator(data=...)", "calibration = FOLDER_OR_URL in its [regions.NAME]"),
-    (".with_validation(data)", "validation = FOLDER_OR_URL in its [regions.NAME]"),
-    (".with_precision([...])", 'precisions = ["fp16", "fp32"]'),
+    (r"\.with_calibrator\(data=\.\.\.\)", "calibration = FOLDER_OR_URL in its [regions.NAME]"),
+    (r"\.with_validation\(data\)", "validation = FOLDER_OR_URL in its [regions.NAME]"),
+    (r"\.with_precision\(\[\.\.\.\]\)", 'precisions = ["fp16", "fp32"]'),
 )
 
 
 def _error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    for api, key in _FLEET_KEYS:
-        line = line.replace(api, key)
-    return line
+    return reword(f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "), _FLEET_KEYS)
 
 
 def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
