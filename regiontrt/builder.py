@@ -28,7 +28,8 @@ from .precision import Precision
 from .regions import Region, get_region
 from .shapes import ShapeProfile
 from .tactics import TacticSelector
-from .validation import MetricFn, get_metric
+from .graph.arithmetic import Int8Arithmetic
+from .metrics import MetricSpec, check_metric_spec
 
 if TYPE_CHECKING:
     from .calibration import Calibrator
@@ -64,7 +65,8 @@ class _State:
     tactics: TacticSelector = field(default_factory=TacticSelector)
     backend: str | Backend = "onnxruntime"
     validation_data: Any = None
-    metric: str | MetricFn | None = None
+    metric: MetricSpec = None
+    int8_arithmetic: Int8Arithmetic | None = None
     strict_calibration: bool | None = None
     mismatch_threshold: float = 0.01
 
@@ -175,12 +177,34 @@ class RegionalEngineBuilder:
             )
         return self._with(backend=backend)
 
-    def with_validation(
-        self, data: DataLike, metric: str | MetricFn | None = None
-    ) -> RegionalEngineBuilder:
-        """The region's validation data, and the metric (default: the region's)."""
-        get_metric(metric)  # fail early on an unknown name
+    def with_validation(self, data: DataLike, metric: MetricSpec = None) -> RegionalEngineBuilder:
+        """The region's validation data, and the metric (default: the region's).
+
+        Args:
+            data: the region's own validation data.
+            metric: a built-in name (``"auto"``, ``"top1"``, ``"relative_l2"``, ``"max_abs"``,
+                ``"cosine"``), a callable ``(reference, candidate) -> loss`` over every output,
+                or a mapping ``{output: name or callable}`` (outputs left out are ``auto``).
+                See :mod:`regiontrt.metrics`; a metric that cannot apply to an output is
+                refused at :meth:`build` before any work.
+        """
+        check_metric_spec(metric)  # fail early on an unknown name
         return self._with(validation_data=data, metric=metric)
+
+    def with_int8_arithmetic(self, arithmetic: Int8Arithmetic | str) -> RegionalEngineBuilder:
+        """Which int8 arithmetic an ONNX Runtime engine is checked on and runs.
+
+        ``"tensorrt"`` (the default, and the only one for TensorRT targets): Q/DQ evaluated
+        unfused, as TensorRT does; the same decision and the same outputs on any CPU.
+        ``"fused"``: ONNX Runtime's own int8 kernels on this CPU, faster on the CPU but
+        CPU-dependent: the check records this CPU's int8 features, and a site whose CPU
+        differs follows its region's ``cpu_mismatch`` (see :mod:`regiontrt.graph.arithmetic`).
+        """
+        try:
+            mode = Int8Arithmetic.parse(arithmetic)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from exc
+        return self._with(int8_arithmetic=mode)
 
     def with_calibration_check(
         self, *, strict: bool | None = None, threshold: float = 0.01

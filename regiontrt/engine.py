@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import artifact
+from ._arrays import has_data as _has_data
+from ._arrays import shape_dtype as _shape_dtype
 from ._fs import atomic_write_all
 from .backends import Backend, Runner, Timing, get_backend
 from .benchmarking import BenchmarkReport, timings_report
@@ -35,26 +37,12 @@ from .errors import (
 from .graph.io import TensorSpec
 from .schema import check_payload, validate_header
 from .shapes import Bucketing, Profile, select_profile
-from .validation import ValidationReport
+from .validation import PrecisionTrial, ValidationReport
+from .validator import validate_engine
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 #: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
 MAX_SAMPLE_BYTES = 1 << 30
-
-
-def _shape_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype]:
-    cai = getattr(value, "__cuda_array_interface__", None)
-    if cai is not None:
-        return tuple(int(d) for d in cai["shape"]), np.dtype(cai["typestr"])
-    if isinstance(value, np.ndarray):
-        return value.shape, value.dtype
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        try:
-            return tuple(int(d) for d in value.shape), np.dtype(str(value.dtype).split(".")[-1])
-        except TypeError:
-            pass
-    arr = np.asarray(value)
-    return arr.shape, arr.dtype
 
 
 class Engine:
@@ -124,6 +112,12 @@ class Engine:
     def report(self) -> ValidationReport:
         """The validation report: every precision tried, its loss against the budget, the choice."""
         return ValidationReport.from_dict(self._metadata.get("validation") or {})
+
+    def validate(self, data: Any, reference: Any) -> PrecisionTrial:
+        """Re-check this engine as it runs here, on this site's ``data``, against ``reference``
+        (the FP32 model), with the metric and budget it was built under: see
+        :func:`regiontrt.validator.validate_engine`."""
+        return validate_engine(self, data, reference)
 
     def _repr_html_(self) -> str:
         from .report import engine_html, html_fragment
@@ -402,12 +396,3 @@ def _choose_backend(backend: Any) -> Backend | None:
         raise
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from exc
-
-
-def _has_data(value: Any) -> bool:
-    """Whether ``value`` carries array data (not just ``shape``/``dtype`` attributes)."""
-    if isinstance(value, (np.ndarray, np.generic, list, tuple, int, float, bool)):
-        return True
-    return any(hasattr(value, a) for a in (
-        "__cuda_array_interface__", "__array__", "__array_interface__", "__dlpack__",
-    )) or not (hasattr(value, "shape") and hasattr(value, "dtype"))

@@ -92,7 +92,8 @@ class ArtifactError(RegionTRTError, ValueError):
 
 
 class IncompatibleEngineError(ArtifactError):
-    """An engine was built for another TensorRT version or another GPU."""
+    """An engine was built for another TensorRT version or GPU, or checked on a CPU whose int8
+    arithmetic differs where its region refuses that."""
 
 
 class BackendUnavailable(RegionTRTError, ImportError):

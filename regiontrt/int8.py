@@ -25,6 +25,7 @@ import onnx
 
 from .datasets import Batch, DataSource
 from .errors import CalibrationMismatch, DataError
+from .graph.arithmetic import Int8Arithmetic, session_options
 from .precision import Precision
 from .validation import collate
 
@@ -57,18 +58,19 @@ def screen_batches(batches: Sequence[Batch], fraction: float = SCREEN_FRACTION) 
 
 def probe_sensitivity(
     probe: onnx.ModelProto, pairs: dict[str, tuple[str, str]], outputs: Sequence[str],
-    batches: Sequence[Batch],
+    batches: Sequence[Batch], arithmetic: Int8Arithmetic | str = Int8Arithmetic.TENSORRT,
 ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
     """Run the probe over ``batches``: per-layer relative L2 error and the model's outputs.
 
-    One batch's layer outputs (two per probed layer) are alive at a time.
+    One batch's layer outputs (two per probed layer) are alive at a time. ``arithmetic`` is
+    the int8 arithmetic the layers' int8 inputs are evaluated in (the one the gate uses).
     """
     from .backends.base import cast_feeds
     from .backends.onnxruntime import make_session
     from .calibration.collect import _session_options
     from .graph.io import input_specs
 
-    session = make_session(probe, _session_options())
+    session = make_session(probe, session_options(arithmetic, options=_session_options()))
     specs = input_specs(probe)
     fetch = list(outputs) + [t for pair in pairs.values() for t in pair]
     err = dict.fromkeys(pairs, 0.0)
@@ -164,7 +166,8 @@ class Int8Attempt:
         subset = v.batches[:n_screen] if n_screen else v.batches
         probe, pairs = layer_probe(self.base, whole, layers)
         outputs = [o.name for o in output_specs(self.base)]
-        sensitivity, reference = probe_sensitivity(probe, pairs, outputs, subset)
+        sensitivity, reference = probe_sensitivity(probe, pairs, outputs, subset,
+                                                   v.arithmetic)
         del probe
         screen: Evaluate | None = None
         if n_screen:
@@ -175,7 +178,8 @@ class Int8Attempt:
                 from .graph.check import run_onnx
                 from .validation import checked_loss
 
-                outs = collate(run_onnx(self._variant(keep), subset))
+                outs = collate(run_onnx(self._variant(keep), subset,
+                                        arithmetic=v.arithmetic))
                 return checked_loss(v.metric_name, v.metric, screen_ref, outs)
 
             screen = screen_loss

@@ -24,7 +24,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-METRICS = ("top1", "relative_l2", "max_abs", "cosine")
+METRICS = ("auto", "top1", "relative_l2", "max_abs", "cosine")
+#: What a site does when its CPU's int8 features differ from those an ONNX Runtime engine's
+#: fused int8 kernels were checked on (see :mod:`regiontrt.graph.arithmetic`).
+CPU_MISMATCH = ("warn", "refuse", "portable")
 _MAX_TOML = 4 * 1024 * 1024
 
 
@@ -38,7 +41,9 @@ class Region:
         forbidden: precisions that compliance forbids; never built, even when asked for.
         budget: largest accepted accuracy loss against the FP32 model, in the metric's unit
             (``0.005`` is 0.5 % for ``top1``).
-        metric: built-in metric name used to measure the loss.
+        metric: built-in metric name used to measure the loss; ``"auto"`` (the default)
+            chooses per output: ``top1`` for class scores, ``relative_l2`` for dense outputs
+            (:mod:`regiontrt.metrics`).
         latency_p99_ms: optional latency SLA at the 99th percentile.
         strict_calibration: fail the build, rather than warn, when validation data lies outside
             the calibrated ranges.
@@ -48,18 +53,23 @@ class Region:
             A region named like a preset (case-insensitively) inherits the preset's forbidden
             precisions unless this is given; the reason is recorded in engine metadata and shown
             by ``inspect``.
+        cpu_mismatch: for an ONNX Runtime engine whose int8 was checked on ONNX Runtime's fused
+            kernels: what a site whose CPU int8 features differ does at load. ``"warn"`` runs
+            it and says so, ``"refuse"`` refuses it, ``"portable"`` runs it in TensorRT's
+            CPU-independent arithmetic (its loss was measured at build time too).
     """
 
     name: str
     precisions: tuple[Precision, ...] = (Precision.FP16, Precision.FP32)
     forbidden: frozenset[Precision] = frozenset()
     budget: float = 0.01
-    metric: str = "top1"
+    metric: str = "auto"
     latency_p99_ms: float | None = None
     strict_calibration: bool = False
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
     override_compliance: str | None = None
+    cpu_mismatch: str = "warn"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 128:
@@ -97,6 +107,11 @@ class Region:
             raise RegionConfigError(
                 f"region {self.name!r}: unknown metric {self.metric!r}; known: {', '.join(METRICS)}"
             )
+        if self.cpu_mismatch not in CPU_MISMATCH:
+            raise RegionConfigError(
+                f"region {self.name!r}: cpu_mismatch must be one of {', '.join(CPU_MISMATCH)}, "
+                f"got {self.cpu_mismatch!r:.60}"
+            )
         if not self.budget >= 0:
             raise RegionConfigError(f"region {self.name!r}: budget must be >= 0")
         if self.latency_p99_ms is not None and not self.latency_p99_ms > 0:
@@ -127,6 +142,7 @@ class Region:
             "description": self.description,
             "tags": dict(self.tags),
             "override_compliance": self.override_compliance,
+            "cpu_mismatch": self.cpu_mismatch,
         }
 
     @classmethod
@@ -134,7 +150,7 @@ class Region:
         """Build a region from one TOML table (or :meth:`to_dict` output)."""
         known = {
             "name", "precisions", "forbidden", "budget", "metric", "latency_p99_ms",
-            "strict_calibration", "description", "tags", "override_compliance",
+            "strict_calibration", "description", "tags", "override_compliance", "cpu_mismatch",
         }
         unknown = set(table) - known
         if unknown:

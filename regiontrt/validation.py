@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -165,6 +165,21 @@ def collate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
     return out
 
 
+def _losses(value: Any) -> dict[str, float]:
+    """Per-output losses read back from metadata (``None`` stood for a non-finite loss)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): (math.inf if v is None else float(v)) for k, v in value.items()
+            if v is None or isinstance(v, (int, float))}
+
+
+def _output_metrics(value: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): {"metric": str(v.get("metric", "")), "why": str(v.get("why", ""))}
+            for k, v in value.items() if isinstance(v, Mapping)}
+
+
 @dataclass(frozen=True)
 class PrecisionTrial:
     """One precision tried for a region: where it was measured and what it lost."""
@@ -176,10 +191,11 @@ class PrecisionTrial:
     measured_on: str = "onnxruntime"
     kept_high_precision: tuple[str, ...] = ()
     note: str = ""
+    output_losses: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         finite = self.loss is None or math.isfinite(self.loss)
-        return {
+        d: dict[str, Any] = {
             "precision": self.precision,
             "loss": self.loss if finite else None,
             "budget": self.budget,
@@ -189,6 +205,10 @@ class PrecisionTrial:
             "note": self.note if finite else "; ".join(
                 filter(None, [self.note, "non-finite outputs (NaN or Inf): rejected"])),
         }
+        if self.output_losses:
+            d["output_losses"] = {k: (v if math.isfinite(v) else None)
+                                  for k, v in self.output_losses.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PrecisionTrial:
@@ -202,6 +222,7 @@ class PrecisionTrial:
             measured_on=str(d.get("measured_on") or "onnxruntime"),
             kept_high_precision=tuple(str(k) for k in d.get("kept_high_precision") or ()),
             note=str(d.get("note") or ""),
+            output_losses=_losses(d.get("output_losses")),
         )
 
 
@@ -215,9 +236,11 @@ class ValidationReport:
     chosen: str
     num_samples: int
     data_fingerprint: str
+    #: ``{output: {"metric": name, "why": reason}}``: which metric judged each output.
+    output_metrics: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "metric": self.metric,
             "budget": self.budget,
             "chosen": self.chosen,
@@ -225,6 +248,9 @@ class ValidationReport:
             "data_fingerprint": self.data_fingerprint,
             "trials": [t.to_dict() for t in self.trials],
         }
+        if self.output_metrics:
+            d["output_metrics"] = {k: dict(v) for k, v in self.output_metrics.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ValidationReport:
@@ -239,6 +265,7 @@ class ValidationReport:
             chosen=str(d.get("chosen")),
             num_samples=int(d.get("num_samples") or 0),
             data_fingerprint=str(d.get("data_fingerprint") or ""),
+            output_metrics=_output_metrics(d.get("output_metrics")),
         )
 
     @property

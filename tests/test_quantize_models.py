@@ -12,6 +12,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
+from regiontrt.graph.arithmetic import session_options
 from regiontrt.graph.quantize import (
     QuantizationPlan,
     QuantizeOptions,
@@ -231,16 +232,18 @@ def weight_dq(model: onnx.ModelProto, node: str, index: int) -> onnx.NodeProto:
 
 
 def run(
-    model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str] | None = None,
+    arithmetic: str = "tensorrt",
 ) -> dict[str, np.ndarray]:
+    """Outputs with ONNX Runtime; int8 in TensorRT's arithmetic (unfused Q/DQ, the same on any
+    CPU) unless ``arithmetic="fused"`` asks for ONNX Runtime's CPU-dependent int8 kernels."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
     for name in outputs or []:
         if name not in existing:
             m.graph.output.append(oh.make_empty_tensor_value_info(name))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = session_options(arithmetic)
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = outputs or [o.name for o in model.graph.output]
     return dict(zip(names, sess.run(names, feeds)))

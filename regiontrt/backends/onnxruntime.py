@@ -6,15 +6,68 @@ the graph a TensorRT build would parse.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ..errors import BuildError, InputError
+from ..errors import BuildError, IncompatibleEngineError, InputError
+from ..graph.arithmetic import Int8Arithmetic, cpu_differences, session_options
 from ..graph.io import input_specs, load_model, model_bytes, output_specs
 from .base import Backend, BuildRequest, BuildResult, Runner, cast_feeds
+
+log = logging.getLogger("regiontrt.engine")
+
+
+def runtime_arithmetic(metadata: Mapping[str, Any]) -> tuple[Int8Arithmetic, str]:
+    """The int8 arithmetic an engine runs in on this machine, and a note for the operator.
+
+    An engine checked in TensorRT's arithmetic runs in it everywhere. One checked on ONNX
+    Runtime's fused kernels runs them; where this CPU's int8 features differ from those it was
+    checked on, its region's ``cpu_mismatch`` decides: ``warn`` (run fused, say so),
+    ``refuse``, or ``portable`` (run TensorRT's arithmetic, whose loss the build recorded).
+    Engines from before the record existed were checked fused and run fused.
+
+    Raises:
+        IncompatibleEngineError: the region refuses a CPU that differs, or asks for the
+            portable arithmetic where the build recorded no portable loss within budget.
+    """
+    evaluation = metadata.get("evaluation")
+    if not isinstance(evaluation, Mapping):
+        return Int8Arithmetic.FUSED, ""
+    try:
+        mode = Int8Arithmetic.parse(evaluation.get("int8_arithmetic", "fused"))
+    except ValueError as exc:
+        raise IncompatibleEngineError(f"engine metadata: {exc}") from None
+    if mode is Int8Arithmetic.TENSORRT or metadata.get("precision") != "int8":
+        return mode, ""
+    differs = cpu_differences(evaluation.get("cpu"))
+    if not differs:
+        return mode, ""
+    region = metadata.get("region") if isinstance(metadata.get("region"), Mapping) else {}
+    policy = region.get("cpu_mismatch", "warn")
+    what = (f"int8 was checked on ONNX Runtime's fused kernels of a CPU that differs from this "
+            f"one ({'; '.join(differs)}), and fused int8 results depend on those features")
+    if policy == "refuse":
+        raise IncompatibleEngineError(
+            f"{what}: region {region.get('name')!r} refuses it (cpu_mismatch = refuse); "
+            "rebuild on a CPU like this one, or in the tensorrt arithmetic"
+        )
+    if policy == "portable":
+        loss, budget = evaluation.get("portable_loss"), region.get("budget")
+        if not isinstance(loss, (int, float)) or not isinstance(budget, (int, float)) \
+                or not loss <= budget:
+            raise IncompatibleEngineError(
+                f"{what}: region {region.get('name')!r} asks for the portable arithmetic, but "
+                f"the build recorded no loss within budget in it (loss {loss!r}, budget "
+                f"{budget!r}); rebuild in the tensorrt arithmetic"
+            )
+        return Int8Arithmetic.TENSORRT, (f"{what}: running TensorRT's arithmetic instead (loss "
+                                         f"{loss:.4g} at build, budget {budget:.4g})")
+    return mode, (f"{what}: running them anyway (cpu_mismatch = warn); re-check on this site's "
+                  "data with Engine.validate(data, reference_model)")
 
 
 def make_session(model: onnx.ModelProto | bytes, options: Any = None) -> Any:
@@ -30,11 +83,13 @@ def make_session(model: onnx.ModelProto | bytes, options: Any = None) -> Any:
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX payload with ONNX Runtime on the CPU."""
 
-    def __init__(self, payload: bytes, options: Any = None) -> None:
+    def __init__(self, payload: bytes, options: Any = None,
+                 arithmetic: Int8Arithmetic = Int8Arithmetic.FUSED) -> None:
         model = load_model(payload, check=False)
         self.inputs = input_specs(model)
         self.outputs = output_specs(model)
-        self._session: Any = make_session(payload, options)
+        self.arithmetic = arithmetic
+        self._session: Any = make_session(payload, session_options(arithmetic, options=options))
 
     def run(self, feeds: Mapping[str, Any], *, outputs: str = "host") -> dict[str, Any]:
         if outputs != "host":
@@ -73,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         payload = model_bytes(request.model)
-        so = ort.SessionOptions()
+        so = session_options()
         request.tactics.configure_onnxruntime(so)
         try:
             make_session(payload, so)
@@ -88,5 +143,11 @@ class OnnxRuntimeBackend(Backend):
             info={"nodes": len(request.model.graph.node)},
         )
 
+    def check_compatible(self, metadata: Mapping[str, Any]) -> None:
+        runtime_arithmetic(metadata)
+
     def load(self, payload: bytes, metadata: Mapping[str, Any]) -> Runner:
-        return OnnxRuntimeRunner(payload)
+        mode, note = runtime_arithmetic(metadata)
+        if note:
+            log.warning("region %s: %s", (metadata.get("region") or {}).get("name"), note)
+        return OnnxRuntimeRunner(payload, arithmetic=mode)

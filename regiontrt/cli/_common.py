@@ -26,6 +26,21 @@ def _dims(text: str, flag: str, spec: str) -> tuple[int, ...]:
     return dims
 
 
+def parse_metric(text: str) -> str | dict[str, str]:
+    """``--metric``: one metric name, or ``OUTPUT=METRIC`` pairs joined by commas."""
+    if "=" not in text:
+        return text.strip()
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, metric = part.partition("=")
+        if not sep or not name.strip() or not metric.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected OUTPUT=METRIC pairs joined by commas, e.g. logits=top1,boxes="
+                f"relative_l2, got {part!r}")
+        out[name.strip()] = metric.strip()
+    return out
+
+
 def parse_profile_shapes(specs: Sequence[str]) -> dict[str, list[tuple[int, ...]]]:
     """``build --shape``: ``NAME:MIN,OPT,MAX`` (or ``NAME:SHAPE`` for a fixed shape).
 
@@ -94,6 +109,8 @@ _FLAGS: tuple[tuple[str, str], ...] = (
     (r"call \.for_region\(name\) before \.build\(\)", "pass --region"),
     (r"add it to the ShapeProfile", "add it with --shape NAME:MIN,OPT,MAX"),
     (r"rebuild with a wider ShapeProfile", "rebuild with a wider --shape"),
+    (r"give a ShapeProfile", "give --shape NAME:MIN,OPT,MAX"),
+    (r"\.with_int8_arithmetic\('fused'\)", "--int8-arithmetic fused"),
     (r"sample_inputs\(shapes=\{[^}]*\}\)", "--shape NAME:SHAPE (e.g. --shape x:1x3x48x320)"),
     (r"sample_inputs\(batch=\.\.\.\)", "--batch N"),
 )

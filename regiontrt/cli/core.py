@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from .._text import print_table
-from ._common import UsageError, parse_input_shapes, parse_profile_shapes
+from ._common import UsageError, parse_input_shapes, parse_metric, parse_profile_shapes
 
 log = logging.getLogger("regiontrt.cli")
 
@@ -42,6 +42,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.validation:
         builder = builder.with_validation(args.validation, metric=args.metric)
     builder = builder.with_backend(args.backend)
+    if args.int8_arithmetic:
+        builder = builder.with_int8_arithmetic(args.int8_arithmetic)
     output = args.output or default_output(args.model, region.name)
     engine = builder.build(output)
     report = engine.metadata["validation"]
@@ -164,9 +166,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--validation", metavar="FILE_OR_FOLDER",
                    help="the region's validation data: .npz/.npy file or folder of them, "
                         "e.g. val.npz (needed for any precision other than fp32)")
-    b.add_argument("--metric",
-                   help="loss metric instead of the region's: top1, relative_l2, max_abs or "
-                        "cosine, e.g. relative_l2")
+    b.add_argument("--metric", type=parse_metric, metavar="METRIC_OR_OUTPUT=METRIC,...",
+                   help="loss metric instead of the region's: auto (top1 for [batch, classes] "
+                        "outputs, relative_l2 for others), top1, relative_l2, max_abs or "
+                        "cosine, for every output or per output, e.g. relative_l2 or "
+                        "logits=top1,boxes=relative_l2")
+    b.add_argument("--int8-arithmetic", choices=("tensorrt", "fused"),
+                   help="onnxruntime backend: check and run int8 in TensorRT's arithmetic, the "
+                        "same on any CPU (default), or in ONNX Runtime's fused kernels of this "
+                        "CPU (faster, CPU-dependent), e.g. fused")
     b.add_argument("--calibration", metavar="FILE_OR_FOLDER",
                    help="the region's int8 calibration data, same format as --validation, "
                         "e.g. calib/ (needed when the region allows int8)")

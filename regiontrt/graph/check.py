@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from ..errors import GraphPassError
+from .arithmetic import Int8Arithmetic, session_options
 from .io import TensorSpec
 
 Batch = Mapping[str, Any]
@@ -59,7 +60,8 @@ class CheckResult:
 DEFAULT_RTOL = 1e-3
 
 def run_onnx(model: onnx.ModelProto | bytes, batches: Sequence[Batch], *,
-             threads: int = 0) -> list[Outputs]:
+             threads: int = 0,
+             arithmetic: Int8Arithmetic | str = Int8Arithmetic.TENSORRT) -> list[Outputs]:
     """Outputs of ``model`` with ONNX Runtime (CPU, default optimizations) for each batch.
 
     Args:
@@ -67,21 +69,23 @@ def run_onnx(model: onnx.ModelProto | bytes, batches: Sequence[Batch], *,
         batches: ``{input: array}`` feeds.
         threads: intra-op threads (0: ONNX Runtime's default, one per core). Each session
             starts its own pool, which costs more than running a small graph: pass 1 there.
+        arithmetic: how Q/DQ nodes are evaluated (:mod:`regiontrt.graph.arithmetic`); the
+            default, TensorRT's unfused Q/DQ, gives the same result on any CPU.
     """
-    return reference_outputs(model, batches, threads=threads, twice=False)[0]
+    return reference_outputs(model, batches, threads=threads, twice=False,
+                             arithmetic=arithmetic)[0]
 
 
 def reference_outputs(model: onnx.ModelProto | bytes, batches: Sequence[Batch], *,
-                      threads: int = 0, twice: bool = True) -> tuple[list[Outputs], set[str]]:
+                      threads: int = 0, twice: bool = True,
+                      arithmetic: Int8Arithmetic | str = Int8Arithmetic.TENSORRT,
+                      ) -> tuple[list[Outputs], set[str]]:
     """Like :func:`run_onnx`, and (``twice``) the outputs that change when the first batch runs
     again: unseeded random ops and training-mode Dropout make them nondeterministic."""
     import onnxruntime as ort
 
     data = model if isinstance(model, bytes) else model.SerializeToString(deterministic=True)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    options = session_options(arithmetic, threads=threads)
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     results = [dict(zip(names, session.run(names, _private(batch)))) for batch in batches]
