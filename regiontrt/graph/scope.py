@@ -166,21 +166,24 @@ def adopt_body(sub: onnx.GraphProto, converted: onnx.ModelProto, taken: set[str]
     names; names it added that are in ``taken`` (used elsewhere in the model: ONNX names are
     unique across scopes) are renamed. ``taken`` grows by the names added.
     """
-    before = defined_names(sub)
+    before = all_names(sub)
     graph = converted.graph
     rename: dict[str, str] = {}
-    for name in sorted(defined_names(graph) - before - {v.name for v in graph.input}):
+    # Nested bodies were converted without sight of this model: check their names too.
+    for name in sorted(all_names(graph) - before - {v.name for v in graph.input}):
         if name in taken:
             k = 1
             while f"{name}_{k}" in taken or f"{name}_{k}" in before:
                 k += 1
             rename[name] = f"{name}_{k}"
         taken.add(rename.get(name, name))
-    for node in graph.node:
-        rename_values(node, rename)
-        node.name = rename.get(node.name, node.name)
-    for item in (*graph.initializer, *graph.value_info):
-        item.name = rename.get(item.name, item.name)
+    for g in walk_graphs(graph):
+        for node in g.node:
+            node.input[:] = [rename.get(n, n) for n in node.input]
+            node.output[:] = [rename.get(n, n) for n in node.output]
+            node.name = rename.get(node.name, node.name)
+        for item in (*g.initializer, *g.value_info, *g.input, *g.output):
+            item.name = rename.get(item.name, item.name)
     formal = {v.name for v in sub.input}
     del sub.node[:], sub.initializer[:], sub.value_info[:]
     sub.node.extend(graph.node)
