@@ -8,13 +8,14 @@ their names and types), folds the ``Cast`` chains this creates, and leaves integ
 shape tensors alone. A constant read in both precisions gets a float16 twin, not a runtime cast.
 
 These stay float32: ops in ``fp32_ops`` (default :data:`DEFAULT_FP32_OPS`) and nodes named in
-``fp32_nodes``; nodes with subgraphs (``If``, ``Loop``, ``Scan``: bodies are untouched, so every
-outer tensor they read keeps its type); ops outside the default ONNX domain and nodes whose
-tensor types shape inference cannot tell; inputs the op schema keeps float32 (``Resize``
-scales, ``Range``...) and ``Resize``'s ``roi``; and cheap elementwise ops (:data:`ISLAND_OPS`)
-whose non-constant float inputs are all float32 already (graph inputs, outputs of kept nodes):
-converting those would only move the cast, and keeping them whole keeps, say, a decomposed
-normalisation's ``ReduceMean -> Add(eps) -> Sqrt`` in float32.
+``fp32_nodes``; nodes with subgraphs (``If``, ``Loop``, ``Scan``) themselves and every outer tensor
+their bodies read (each body is converted on its own by the same rules, its inputs, outputs and
+outer reads keeping their types, with casts inside the body); ops outside the default ONNX domain
+and nodes whose tensor types shape inference cannot tell; inputs the op schema keeps float32
+(``Resize`` scales, ``Range``...) and ``Resize``'s ``roi``; and cheap elementwise ops
+(:data:`ISLAND_OPS`) whose non-constant float inputs are all float32 already (graph inputs, outputs
+of kept nodes): converting those would only move the cast, and keeping them whole keeps, say, a
+decomposed normalisation's ``ReduceMean -> Add(eps) -> Sqrt`` in float32.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import InvalidModelError
 from .casts import fold_cast_chains
 from .clean import count_ops
-from .fp16_rules import DEFAULT_FP32_OPS, ISLAND_OPS, kept_by_rule, types_agree
-from .scope import subgraph_references
+from .fp16_rules import (
+    DEFAULT_FP32_OPS,
+    ISLAND_OPS,
+    elem_type,
+    kept_by_rule,
+    types_agree,
+    value_attr,
+)
+from .scope import adopt_body, all_names, subgraph_model, subgraph_references, subgraphs, walk_nodes
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 __all__ = ["DEFAULT_FP32_OPS", "ISLAND_OPS", "cast_count", "to_fp16"]
@@ -70,7 +78,7 @@ def to_fp16(
     if not isinstance(model, onnx.ModelProto):
         raise InvalidModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
     blocked_ops, blocked_names = frozenset(fp32_ops), frozenset(fp32_nodes)
-    missing = blocked_names - {n.name for n in model.graph.node}
+    missing = blocked_names - {n.name for n in walk_nodes(model.graph)}
     if missing:
         raise InvalidModelError(
             f"fp32_nodes names nodes the model does not have: {sorted(missing)} (clean() drops "
@@ -80,7 +88,26 @@ def to_fp16(
     result.CopyFrom(model)
     _Converter(result, blocked_ops, blocked_names).run()
     fold_cast_chains(result.graph)
+    _convert_bodies(result, blocked_ops, blocked_names)
     return result
+
+
+def _convert_bodies(model: onnx.ModelProto, ops: frozenset[str], names: frozenset[str]) -> None:
+    """Convert each If/Loop/Scan body of ``model``'s main graph in place, as a model of its own
+    whose outer-scope reads are float32 inputs (the main pass kept those names' types)."""
+    bodies = [sub for node in model.graph.node for sub in subgraphs(node)]
+    if not bodies:
+        return
+    outer = _value_infos(model)
+    outer.update({i.name: helper.make_tensor_value_info(i.name, i.data_type, i.dims)
+                  for i in model.graph.initializer})
+    taken = all_names(model.graph)
+    for sub in bodies:
+        alone = subgraph_model(model, sub, outer)
+        if alone is None:  # an untyped name: the body stays as it is
+            continue
+        inner = frozenset(n.name for n in walk_nodes(sub)) & names
+        adopt_body(sub, to_fp16(alone, fp32_ops=ops, fp32_nodes=inner), taken)
 
 
 def cast_count(model: onnx.ModelProto) -> int:
@@ -98,7 +125,7 @@ class _Converter:
             (i.version for i in model.opset_import if i.domain in _DEFAULT_DOMAINS), 1
         )
         self.info = _value_infos(model)
-        self.types = {n: t for n, t in ((n, _elem_type(v)) for n, v in self.info.items()) if t}
+        self.types = {n: t for n, t in ((n, elem_type(v)) for n, v in self.info.items()) if t}
         self.inits = {i.name: i for i in self.graph.initializer}
         self.types.update({name: init.data_type for name, init in self.inits.items()})
         inputs = {v.name for v in self.graph.input}
@@ -112,7 +139,7 @@ class _Converter:
             and n.name not in names
             and n.op_type not in ops
             and self.types.get(n.output[0]) == FLOAT
-            and _value_attr(n) is not None
+            and value_attr(n) is not None
         }
         self.consts |= set(self.value_nodes)
         self.bound = {o.name for o in self.graph.output} | subgraph_references(self.graph)
@@ -254,7 +281,7 @@ class _Converter:
                 target.name = self._fresh(f"{node.name or name}_fp16")
                 target.output[0] = new_name
                 self.twin_nodes[id(node)] = target
-            value = _value_attr(target)
+            value = value_attr(target)
             assert value is not None
             tensor = self._half(value, "value")
             del target.attribute[:]
@@ -365,26 +392,3 @@ def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         inferred = model
     g = inferred.graph
     return {v.name: v for v in (*g.input, *g.output, *g.value_info)}
-
-
-def _elem_type(value: onnx.ValueInfoProto) -> int | None:
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.elem_type:
-        return None
-    return int(value.type.tensor_type.elem_type)
-
-
-def _value_attr(node: onnx.NodeProto) -> np.ndarray | None:
-    """The float value a Constant/ConstantOfShape node produces, or None if not rewritable."""
-    attrs = {a.name: a for a in node.attribute}
-    if node.op_type == "ConstantOfShape" and not attrs:
-        return np.zeros((1,), dtype=np.float32)
-    if set(attrs) - {"value", "value_float", "value_floats"} or len(attrs) != 1:
-        return None
-    attr = next(iter(attrs.values()))
-    if attr.name == "value_float":
-        return np.asarray(attr.f, dtype=np.float32)
-    if attr.name == "value_floats":
-        return np.asarray(list(attr.floats), dtype=np.float32)
-    if attr.t.data_type != FLOAT or attr.t.data_location == TensorProto.EXTERNAL:
-        return None
-    return numpy_helper.to_array(attr.t)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -111,3 +112,27 @@ def types_agree(
         if elem and planned in (FLOAT, FLOAT16) and elem != planned:
             return False
     return True
+
+
+def elem_type(value: onnx.ValueInfoProto) -> int | None:
+    """A value's element type, None if it is not a typed tensor."""
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.elem_type:
+        return None
+    return int(value.type.tensor_type.elem_type)
+
+
+def value_attr(node: onnx.NodeProto) -> np.ndarray | None:
+    """The float value a Constant/ConstantOfShape node produces, or None if not rewritable."""
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "ConstantOfShape" and not attrs:
+        return np.zeros((1,), dtype=np.float32)
+    if set(attrs) - {"value", "value_float", "value_floats"} or len(attrs) != 1:
+        return None
+    attr = next(iter(attrs.values()))
+    if attr.name == "value_float":
+        return np.asarray(attr.f, dtype=np.float32)
+    if attr.name == "value_floats":
+        return np.asarray(list(attr.floats), dtype=np.float32)
+    if attr.t.data_type != FLOAT or attr.t.data_location == TensorProto.EXTERNAL:
+        return None
+    return numpy_helper.to_array(attr.t)
