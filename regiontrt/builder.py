@@ -22,14 +22,14 @@ import onnx
 from .backends import Backend
 from .datasets import DataLike
 from .errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
+from .graph.arithmetic import Int8Arithmetic
 from .graph.io import ModelSource, load_model, model_sha256, without_unsized_dims
+from .metrics import MetricSpec, check_metric_spec
 from .policy import PrecisionPolicy
 from .precision import Precision
 from .regions import Region, get_region
 from .shapes import ShapeProfile
 from .tactics import TacticSelector
-from .graph.arithmetic import Int8Arithmetic
-from .metrics import MetricSpec, check_metric_spec
 
 if TYPE_CHECKING:
     from .calibration import Calibrator
@@ -67,6 +67,7 @@ class _State:
     validation_data: Any = None
     metric: MetricSpec = None
     int8_arithmetic: Int8Arithmetic | None = None
+    pinned_inputs: Mapping[str, Any] = field(default_factory=dict)
     strict_calibration: bool | None = None
     mismatch_threshold: float = 0.01
 
@@ -190,6 +191,20 @@ class RegionalEngineBuilder:
         """
         check_metric_spec(metric)  # fail early on an unknown name
         return self._with(validation_data=data, metric=metric)
+
+    def with_pinned_inputs(self, values: Mapping[str, Any]) -> RegionalEngineBuilder:
+        """Inputs that are constant in this deployment (a sample rate, say), made constants.
+
+        The engine is built from the model with these inputs folded in: an ``If`` they decide
+        is replaced by the branch taken, so its layers are quantized and converted like any
+        other and TensorRT sees no data-dependent condition. The engine no longer has these
+        inputs, and the data given to :meth:`with_calibrator` and :meth:`with_validation`
+        feeds only the others. The values are recorded in the engine's metadata.
+        """
+        if not isinstance(values, Mapping) or not all(isinstance(k, str) for k in values):
+            raise InvalidArgumentError(
+                f"with_pinned_inputs takes {{input name: value}}, not {type(values).__name__}")
+        return self._with(pinned_inputs=dict(values))
 
     def with_int8_arithmetic(self, arithmetic: Int8Arithmetic | str) -> RegionalEngineBuilder:
         """Which int8 arithmetic an ONNX Runtime engine is checked on and runs.

@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import platform
-import re
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +24,13 @@ import onnx
 from . import __version__
 from ._progress import task
 from .backends import Backend, BuildRequest, BuildResult, get_backend
+from .build_checks import check_clean, check_header, precision_label
 from .compliance import check_model
 from .datasets import profile_split
 from .datastats import summarize_inputs
+from .default_profiles import ProfileChoice, choose_profiles
 from .errors import (
     AccuracyBudgetExceeded,
-    ArtifactError,
     Attempt,
     BuildError,
     DataError,
@@ -40,15 +39,15 @@ from .errors import (
     RegionConfigError,
 )
 from .graph.arithmetic import Int8Arithmetic, evaluation_record
-from .graph.check import check_pass, generated_inputs, reference_outputs
+from .graph.clean import clean
+from .graph.control_flow import control_flow_report, trt_control_flow_problems
 from .graph.io import TensorSpec, input_specs, model_sha256, opset_version, output_specs
+from .graph.pin import fold_pinned_inputs
 from .int8 import Int8Attempt
 from .metrics import MetricPlan, plan_metrics
 from .policy import PrecisionPolicy, enforce_compliance
 from .precision import Precision
-from .default_profiles import ProfileChoice, choose_profiles
 from .regions import Region
-from .schema import validate_header
 from .shapes import Profile
 from .validation import PrecisionTrial, ValidationReport
 from .validator import Validator
@@ -63,31 +62,6 @@ if TYPE_CHECKING:
 FP16_ON_CPU = "measured on ONNX Runtime CPU, which computes some fp16 ops in fp32: a lower bound"
 
 log = logging.getLogger("regiontrt.pipeline")
-
-
-def _check_clean(original: onnx.ModelProto, cleaned: onnx.ModelProto,
-                 validator: Validator | None, profiles: Sequence[Profile],
-                 threads: int) -> dict[str, Any]:
-    """Check the cleaned graph against the original on the validation data or generated inputs.
-
-    Raises:
-        GraphPassError: the cleaned graph computes something else.
-    """
-    if validator is not None:
-        result = check_pass("clean", validator.reference_batches,
-                            lambda: validator.model_outputs(cleaned), validator.batches,
-                            skip_values=validator.nondeterministic)
-        return {**result.to_dict(), "inputs": "validation data", "checked": True}
-    opt = {n: r.opt for n, r in profiles[0].ranges.items()} if profiles else {}
-    batches, source = [generated_inputs(input_specs(original), opt)], "generated inputs"
-    try:
-        reference, skip = reference_outputs(original, batches, threads=threads)
-    except Exception as exc:
-        warnings.warn(f"graph check not run: the original model rejects generated inputs "
-                      f"({exc}); pass validation data to check the cleaned graph", stacklevel=3)
-        return {"pass": "clean", "inputs": source, "checked": False, "reason": str(exc)[:300]}
-    result = check_pass("clean", reference, cleaned, batches, skip_values=skip)
-    return {**result.to_dict(), "inputs": source, "checked": True}
 
 
 def _toolchain(backend: Backend) -> dict[str, str]:
@@ -158,6 +132,7 @@ def _payload_metadata(backend: Backend, result: BuildResult) -> dict[str, Any]:
 class _Plan:
     """What a build settles before any work: every check that can refuse it runs here."""
 
+    model: onnx.ModelProto  # the model as given, with the pinned inputs folded in
     region: Region
     policy: PrecisionPolicy
     candidates: tuple[Precision, ...]
@@ -188,44 +163,26 @@ def _plan(shared: _Shared, state: _State) -> _Plan:
     policy = state.policy or PrecisionPolicy()
     candidates = tuple(policy.candidates(region))
     backend = state.backend if isinstance(state.backend, Backend) else get_backend(state.backend)
-    enforce_compliance(shared.model, region)
-    metric = plan_metrics(state.metric, output_specs(shared.model), default=region.metric)
+    arithmetic = _arithmetic(state, backend)
+    model = shared.model
+    if state.pinned_inputs:
+        model = fold_pinned_inputs(model, state.pinned_inputs)
+    enforce_compliance(model, region)
+    metric = plan_metrics(state.metric, output_specs(model), default=region.metric)
     if state.shape_profile is not None:  # a profile that does not fit the model: refused now
-        state.shape_profile.resolve(input_specs(shared.model),
-                                    require_all=backend.name != "onnxruntime")
+        state.shape_profile.resolve(input_specs(model), require_all=backend.name != "onnxruntime")
+    if backend.name != "onnxruntime":
+        problems = trt_control_flow_problems(model)
+        if problems:
+            raise BuildError(f"{backend.name} cannot build this model, refused before any build "
+                             "work: " + "; ".join(problems))
     if state.validation_data is None and any(p is not Precision.FP32 for p in candidates):
         lossy = ", ".join(p.value for p in candidates if p is not Precision.FP32)
         raise DataError(
             f"region {region.name!r} may build {lossy}, which must be checked against its "
             "accuracy budget: pass the region's data with .with_validation(data)"
         )
-    return _Plan(region, policy, candidates, backend, metric, _arithmetic(state, backend))
-
-
-def _check_header(metadata: dict[str, Any], backend: Backend, model: onnx.ModelProto) -> None:
-    """Check the header fields known before any build work against the engine schema.
-
-    Raises:
-        BuildError: the engine header cannot describe this model (a string input, say); the
-            message names the tensor and the nodes that use it.
-    """
-    try:
-        validate_header({**metadata, "precision": "fp32", "backend": {"name": backend.name},
-                         "payload_format": backend.payload_format, "compliance": {}},
-                        known_backend=False, payload=False)
-    except ArtifactError as exc:
-        where = re.search(r"\b(inputs|outputs)\[(\d+)\]", str(exc))
-        tensor = ""
-        if where is not None:
-            index = int(where.group(2))
-            specs = metadata.get(where.group(1)) or []
-            name = specs[index]["name"] if index < len(specs) else ""
-            users = [f"{n.name or '?'} ({n.op_type})" for n in model.graph.node
-                     if name in n.input or name in n.output]
-            tensor = (f"{where.group(1)[:-1]} {name!r}"
-                      + (f", used by node {', '.join(users)}" if users else "") + ": ")
-        raise BuildError(f"an engine cannot carry this model, refused before any build work: "
-                         f"{tensor}{exc}") from exc
+    return _Plan(model, region, policy, candidates, backend, metric, arithmetic)
 
 
 def _attempt(precision: Precision, plan: _Plan, state: _State, cleaned: onnx.ModelProto,
@@ -290,6 +247,21 @@ def _evaluation(plan: _Plan, validator: Validator | None, precision: Precision,
     return record
 
 
+def _control_flow(metadata: dict[str, Any], plan: _Plan, cleaned: onnx.ModelProto,
+                  state: _State) -> None:
+    """Record (and log, where int8 is tried) the layers that control flow keeps in float."""
+    if state.pinned_inputs:
+        metadata["pinned_inputs"] = {k: np.asarray(v).tolist()
+                                     for k, v in state.pinned_inputs.items()}
+    lines = control_flow_report(cleaned)
+    if not lines:
+        return
+    metadata["control_flow"] = lines
+    if Precision.INT8 in plan.candidates:
+        for line in lines:
+            log.warning("region %s: %s", plan.region.name, line)
+
+
 def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine:
     """Build the engine described by ``state`` (see the module docstring)."""
     from .engine import Engine
@@ -299,13 +271,13 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     log.info("region %s: trying %s in order, budget %g (%s: %s), backend %s", region.name,
              " > ".join(p.value for p in plan.candidates), region.budget, plan.metric.name,
              plan.metric.describe(), plan.backend.name)
-    inputs, outputs = input_specs(shared.model), output_specs(shared.model)
+    inputs, outputs = input_specs(plan.model), output_specs(plan.model)
     split = None  # one file holding more samples than the profile's max batch is cut to opt
     if state.shape_profile is not None:
         split = profile_split(state.shape_profile.resolve(inputs, require_all=False), inputs)
     validator = None
     if state.validation_data is not None:
-        validator = Validator(state.validation_data, shared.model, plan.metric,
+        validator = Validator(state.validation_data, plan.model, plan.metric,
                               threads=state.tactics.cpu_threads, split=split,
                               arithmetic=plan.arithmetic)
     choice = choose_profiles(state.shape_profile, inputs, plan.backend.name,
@@ -314,11 +286,12 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         validator.check_profiles(choice.profiles)
     metadata = _base_metadata(region, plan.policy, shared, inputs, outputs, choice, state,
                               plan.backend)
-    _check_header(metadata, plan.backend, shared.model)
-    cleaned = shared.cleaned()
+    check_header(metadata, plan.backend, plan.model)
+    cleaned = shared.cleaned() if plan.model is shared.model else clean(plan.model)
     enforce_compliance(cleaned, region)
-    metadata["graph_check"] = _check_clean(shared.model, cleaned, validator, choice.profiles,
+    metadata["graph_check"] = check_clean(plan.model, cleaned, validator, choice.profiles,
                                            state.tactics.cpu_threads)
+    _control_flow(metadata, plan, cleaned, state)
     trials: list[PrecisionTrial] = []
     calibration = None  # kept when int8 is rejected: the report shows its search
     for precision in plan.candidates:
@@ -335,6 +308,8 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
             region.name, plan.metric.name,
             [Attempt(t.precision, t.loss, t.budget, t.note) for t in trials],
         )
+    label, trials[-1] = precision_label(precision, variant, trials[-1])
+    trial = trials[-1]
     report = ValidationReport(
         metric=plan.metric.name, budget=region.budget, trials=tuple(trials),
         chosen=precision.value, num_samples=validator.num_samples if validator else 0,
@@ -343,7 +318,7 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     )
     metadata.update(_payload_metadata(plan.backend, result))
     metadata.update({
-        "precision": precision.value,
+        "precision": label,
         "kept_high_precision": list(trial.kept_high_precision),
         "variant_sha256": model_sha256(variant),
         "compliance": {

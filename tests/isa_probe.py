@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_quantize_models import (  # noqa: E402
+from test_quantize_models import (
     ALL_LAYERS,
     feeds_for,
     opset11_model,
@@ -28,10 +28,10 @@ from test_quantize_models import (  # noqa: E402
     run,
 )
 
-import regiontrt as rt  # noqa: E402
-from regiontrt import demo  # noqa: E402
-from regiontrt.datasets import split_batches  # noqa: E402
-from regiontrt.graph.arithmetic import int8_cpu_features  # noqa: E402
+import regiontrt as rt
+from regiontrt import demo
+from regiontrt.datasets import split_batches
+from regiontrt.graph.arithmetic import int8_cpu_features
 
 
 def numerics() -> dict[str, float]:

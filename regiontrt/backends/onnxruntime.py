@@ -46,7 +46,8 @@ def runtime_arithmetic(metadata: Mapping[str, Any]) -> tuple[Int8Arithmetic, str
     differs = cpu_differences(evaluation.get("cpu"))
     if not differs:
         return mode, ""
-    region = metadata.get("region") if isinstance(metadata.get("region"), Mapping) else {}
+    found = metadata.get("region")
+    region: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     policy = region.get("cpu_mismatch", "warn")
     what = (f"int8 was checked on ONNX Runtime's fused kernels of a CPU that differs from this "
             f"one ({'; '.join(differs)}), and fused int8 results depend on those features")
@@ -125,7 +126,6 @@ class OnnxRuntimeBackend(Backend):
         return str(onnxruntime.__version__)
 
     def build(self, request: BuildRequest) -> BuildResult:
-        import onnxruntime as ort
 
         payload = model_bytes(request.model)
         so = session_options()

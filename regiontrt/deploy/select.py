@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import artifact
+from ..backends.onnxruntime import runtime_arithmetic
 from ..engine import Engine
 from ..errors import RegionTRTError
 from .hardware import backend_or_reason, tensorrt_build_blocker
@@ -64,7 +65,10 @@ def _try_variant(bundle: Bundle, variant: Variant) -> tuple[Engine | None, str]:
         engine = bundle.load_variant(variant)
     except RegionTRTError as exc:
         return None, str(exc)
-    return engine, f"runs here ({backend.name} {backend.version()})"
+    note = ""
+    if backend.name == "onnxruntime":  # fused int8 checked on another CPU: say so here too
+        note = runtime_arithmetic(metadata)[1]
+    return engine, f"runs here ({backend.name} {backend.version()})" + (f"; {note}" if note else "")
 
 
 def _rebuild(bundle: Bundle) -> tuple[Engine | None, str, bool]:

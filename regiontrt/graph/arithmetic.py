@@ -87,13 +87,17 @@ _NUMPY_NAMES = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
 
 def _numpy_flags() -> frozenset[str] | None:
     """The flags numpy detected with CPUID at import (``None`` where it does not say)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # numpy < 2
+    import importlib
+
+    features: dict[str, bool] | None = None
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2.x, 1.x
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features
-        except ImportError:
-            return None
+            features = importlib.import_module(module).__cpu_features__
+            break
+        except (ImportError, AttributeError):
+            continue
+    if features is None:
+        return None
     return frozenset(ours for name, ours in _NUMPY_NAMES.items() if features.get(name))
 
 
