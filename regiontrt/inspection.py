@@ -61,6 +61,29 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
+#: Most inputs (and outputs) listed one per row by :func:`summarize`.
+_MAX_TENSOR_ROWS = 16
+
+
+def _tensor_rows(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``("input NAME", "dtype [dims]")`` rows; a long symbolic dim shows its expression."""
+    rows = []
+    for kind in ("inputs", "outputs"):
+        tensors = _dig(metadata, kind)
+        tensors = tensors if isinstance(tensors, list) else []
+        for t in tensors[:_MAX_TENSOR_ROWS]:
+            shape = _dig(t, "shape")
+            exprs = _dig(t, "symbolic_dims")
+            exprs = exprs if isinstance(exprs, Mapping) else {}
+            dims = [str(exprs.get(str(i), "?") if d is None else d)
+                    for i, d in enumerate(shape if isinstance(shape, list) else [])]
+            rows.append((f"{kind[:-1]} {_dig(t, 'name')}",
+                         f"{_dig(t, 'dtype')} [{', '.join(dims)}]"))
+        if len(tensors) > _MAX_TENSOR_ROWS:
+            rows.append((f"  more {kind}", str(len(tensors) - _MAX_TENSOR_ROWS)))
+    return rows
+
+
 def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Human-readable ``(field, value)`` rows of an engine's metadata (for ``inspect``).
 
@@ -77,6 +100,7 @@ def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("target", str(_dig(metadata, "target"))),
         ("metric / budget", f"{_dig(val, 'metric')} <= {_dig(val, 'budget')}"),
     ]
+    rows += _tensor_rows(metadata)
     trials = _dig(val, "trials")
     for t in trials if isinstance(trials, list) else []:
         loss = _dig(t, "loss")

@@ -13,7 +13,7 @@ The schema is documented in ``docs/format.md``; keep the two in step.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import ArtifactError
@@ -28,6 +28,10 @@ MAX_ITEMS = 4096
 MAX_NAME = 4096
 #: Longest free-text field (description, note, override reason).
 MAX_TEXT = 64 * 1024
+#: Longest symbolic dimension written inline in a ``shape`` (a name or a short expression).
+MAX_SYMBOL = 256
+#: Longest expression kept in a tensor's ``symbolic_dims``.
+MAX_EXPR = 4096
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PAYLOAD_FORMATS = ("onnx", "tensorrt-plan", "tensorrt-rtx-plan")
@@ -36,6 +40,10 @@ DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64"
           "float16", "float32", "float64")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _AXIS = re.compile(r"[0-9]{1,2}")
+# Identifiers, numbers and arithmetic: every name or formula shape inference writes (``batch``,
+# ``unk__17``, ``floor(height/2 - 1/2) + 1``, ``Max(1, s0)``), nothing a terminal or a page
+# could read as markup or control sequences.
+_SYMBOL = re.compile(r"[A-Za-z0-9_ +\-*/().,]+")
 
 Check = Callable[[Any, str], None]
 
@@ -147,6 +155,47 @@ def obj(required: Mapping[str, Check], optional_fields: Mapping[str, Check] | No
     return check
 
 
+def is_symbol(value: Any, max_len: int = MAX_SYMBOL) -> bool:
+    """Whether ``value`` may stand in a header as a symbolic dimension of at most ``max_len``.
+
+    A symbolic dimension is a string of 1..``max_len`` characters from ``A-Z a-z 0-9 _``, space
+    and ``+ - * / ( ) . ,``, not only spaces.
+    """
+    return (isinstance(value, str) and 1 <= len(value) <= max_len
+            and _SYMBOL.fullmatch(value) is not None and not value.isspace())
+
+
+def symbol(max_len: int = MAX_SYMBOL) -> Check:
+    def check(value: Any, path: str) -> None:
+        if not is_symbol(value, max_len):
+            raise _fail(path, f"expected a symbolic dimension of 1..{max_len} characters "
+                              f"A-Z a-z 0-9 _ +-*/()., and space, got {value!r:.60}")
+    return check
+
+
+def header_shape(shape: Sequence[Any]) -> tuple[list[int | str | None], dict[str, str]]:
+    """The header form of a declared shape: ``(shape, symbolic_dims)``; never fails.
+
+    Each dimension becomes an ``int`` (static, ``0..MAX_DIM``), a string (symbolic: a name such
+    as ``batch`` or an expression from shape inference, see :func:`is_symbol`) or ``None``
+    (dynamic, nothing known). An expression longer than :data:`MAX_SYMBOL` is written as ``None``
+    in ``shape`` and kept whole in ``symbolic_dims`` (``{"axis": expression}``) when it has at
+    most :data:`MAX_EXPR` characters; a longer one, a name with other characters or an
+    out-of-range integer is only ``None``: the payload itself still declares it.
+    """
+    dims: list[int | str | None] = []
+    exprs: dict[str, str] = {}
+    for axis, dim in enumerate(shape):
+        static = isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim <= MAX_DIM
+        if static or is_symbol(dim, MAX_SYMBOL):
+            dims.append(dim)
+        else:
+            dims.append(None)
+            if is_symbol(dim, MAX_EXPR):
+                exprs[str(axis)] = dim
+    return dims, exprs
+
+
 _DIM = integer(0, MAX_DIM)
 _SHAPE3 = array(array(_DIM, 0, MAX_RANK), 3, 3)
 
@@ -164,7 +213,9 @@ def _axis_key(value: Any, path: str) -> None:
 TENSOR = obj({
     "name": text(MAX_NAME, 1),
     "dtype": one_of(*DTYPES),
-    "shape": array(either(_DIM, text(256), _null), 0, MAX_RANK),
+    "shape": array(either(_DIM, symbol(MAX_SYMBOL), _null), 0, MAX_RANK),
+}, {
+    "symbolic_dims": mapping(symbol(MAX_EXPR), key=_axis_key, max_items=MAX_RANK),
 })
 REGION = obj({"name": text(128, 1)}, {
     "precisions": array(one_of(*PRECISIONS), 0, 3),
@@ -250,6 +301,11 @@ def _cross_check(meta: Mapping[str, Any]) -> None:
         names = [t["name"] for t in meta[kind]]
         if len(set(names)) != len(names):
             raise _fail(kind, "tensor names repeat")
+        for i, tensor in enumerate(meta[kind]):
+            for axis in tensor.get("symbolic_dims") or {}:
+                if int(axis) >= len(tensor["shape"]) or tensor["shape"][int(axis)] is not None:
+                    raise _fail(f"{kind}[{i}].symbolic_dims.{axis}",
+                                "names no axis whose shape entry is null")
     ranks = {t["name"]: len(t["shape"]) for t in meta["inputs"]}
     for i, profile in enumerate(meta["shape_profiles"]):
         for name, (lo, opt, hi) in profile.items():

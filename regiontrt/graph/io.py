@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidModelError
+from ..schema import header_shape
 
 ModelSource = str | Path | bytes | onnx.ModelProto
 Dim = int | str | None
@@ -22,8 +23,18 @@ Dim = int | str | None
 class TensorSpec:
     """Name, element type and declared shape of a graph input or output.
 
-    A dimension is an ``int`` when static, a ``str`` for a named dynamic dimension and ``None``
-    for an unnamed one.
+    A dimension is an ``int`` when static, a ``str`` when symbolic (a name such as ``"batch"``
+    or an expression that shape inference wrote, such as ``"floor(height/2 - 1/2) + 1"``) and
+    ``None`` for an unnamed dynamic one.
+
+    In an engine header (:meth:`to_dict`) ``shape`` holds the ints, the symbols of at most 256
+    characters from ``A-Z a-z 0-9 _``, space and ``+ - * / ( ) . ,``, and ``null`` for the rest;
+    an expression too long to stand inline (up to 4096 characters) is kept whole in
+    ``symbolic_dims`` (``{"2": "..."}``), and :meth:`from_dict` puts it back. A name with other
+    characters, or a longer expression, is only ``null`` (dynamic) in the header: the payload
+    still declares it. Any shape gives a header the schema accepts
+    (:func:`regiontrt.schema.header_shape`); headers of older engines, whose ``shape`` lists
+    ints, names and ``null``, read as before.
     """
 
     name: str
@@ -39,13 +50,24 @@ class TensorSpec:
         return any(not isinstance(d, int) for d in self.shape)
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape)}
+        dims, exprs = header_shape(self.shape)
+        out: dict[str, object] = {"name": self.name, "dtype": self.dtype.name, "shape": dims}
+        if exprs:
+            out["symbolic_dims"] = exprs
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> TensorSpec:
+        """The spec of a header entry (checked by :func:`regiontrt.schema.validate_header`)."""
         shape = d["shape"]
         assert isinstance(shape, list)
-        return cls(str(d["name"]), np.dtype(str(d["dtype"])), tuple(shape))
+        dims: list[Dim] = list(shape)
+        exprs = d.get("symbolic_dims") or {}
+        assert isinstance(exprs, dict)
+        for axis, expr in exprs.items():
+            if int(axis) < len(dims) and dims[int(axis)] is None:
+                dims[int(axis)] = str(expr)
+        return cls(str(d["name"]), np.dtype(str(d["dtype"])), tuple(dims))
 
 
 AnyGraph = onnx.GraphProto | onnx.FunctionProto
