@@ -84,6 +84,22 @@ def _tensor_rows(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _judged_rows(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Which metric judged each output and why; what the int8 check ran on."""
+    rows = []
+    judged = _dig(metadata, "validation", "output_metrics")
+    for name, item in list(judged.items())[:_MAX_TENSOR_ROWS] if isinstance(judged, Mapping) \
+            else []:
+        rows.append((f"  judged {name}", f"{_dig(item, 'metric')}: {_dig(item, 'why')}"))
+    evaluation = _dig(metadata, "evaluation")
+    if isinstance(evaluation, Mapping):
+        flags = _dig(evaluation, "cpu", "flags")
+        cpu = ", ".join(str(f) for f in flags) if isinstance(flags, list) else "-"
+        rows.append(("int8 checked in", f"{_dig(evaluation, 'int8_arithmetic')} arithmetic "
+                                        f"(CPU int8 flags: {cpu or 'none'})"))
+    return rows
+
+
 def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Human-readable ``(field, value)`` rows of an engine's metadata (for ``inspect``).
 
@@ -101,6 +117,7 @@ def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("metric / budget", f"{_dig(val, 'metric')} <= {_dig(val, 'budget')}"),
     ]
     rows += _tensor_rows(metadata)
+    rows += _judged_rows(metadata)
     trials = _dig(val, "trials")
     for t in trials if isinstance(trials, list) else []:
         loss = _dig(t, "loss")
@@ -122,6 +139,7 @@ def summarize(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("calibration data", str(_dig(metadata, "calibration", "fingerprint") or "-")),
         ("calibration method", str(_dig(metadata, "calibration", "method") or "-")),
         ("shape profiles", json.dumps(_dig(metadata, "shape_profiles"), default=repr)),
+        ("  profiles from", str(_dig(metadata, "shape_profile_origin", "source") or "-")),
         ("regiontrt", str(_dig(metadata, "regiontrt_version"))),
         ("created", str(_dig(metadata, "created_at"))),
         ("gpu", str(_dig(metadata, "gpu") or "-")),
