@@ -37,15 +37,17 @@ class ShapeProbe:
     def __init__(self, model: Any, outputs: Mapping[str, int],
                  shapes: Mapping[str, Sequence[int]], bucketed: tuple[str, int]) -> None:
         import onnx
+        import onnx_graphsurgeon as gs
         import onnxruntime as ort
 
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
-        keep = [vi for vi in work.graph.output if vi.name in outputs]
-        del work.graph.output[:]
-        work.graph.output.extend(keep)
-        for vi in work.graph.output:  # declared dims would only make ONNX Runtime warn
-            vi.type.tensor_type.ClearField("shape")
+        # Cut to what the bucketed outputs need: ONNX Runtime runs every node of a graph,
+        # wanted or not. Their declared dims go too (they would only make it warn).
+        graph = gs.import_onnx(model)
+        graph.outputs = [t for t in graph.outputs if t.name in outputs]
+        for tensor in graph.outputs:
+            tensor.shape = None
+        graph.cleanup()
+        work = gs.export_onnx(graph)
         initializers = {init.name for init in work.graph.initializer}
         self._dtypes = {
             vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)

@@ -7,7 +7,6 @@ from :mod:`regiontrt._shape_rules` (symbolic inference) or :mod:`regiontrt._leng
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,7 +59,7 @@ class Bucketing:
                 if not sizes or sizes[0] <= 0:
                     raise ShapeProfileError(f"bucketing {name} axis {axis}: sizes must be > 0")
         self.pad_value = pad_value
-        self._lock = threading.Lock()
+        # (model, profiles key, rules) of the last for_model: the model is held, not copied
         self._derived: tuple[Any, str, LengthRules] | None = None
 
     def bucket_for(self, name: str, axis: int, length: int) -> int:
@@ -151,15 +150,16 @@ class Bucketing:
         if not self.outputs:
             return Bucketing(self.buckets, self.pad_value, self.outputs)
         key = repr([p.ranges for p in profiles or ()])
-        with self._lock:
-            done = self._derived
+        done = self._derived  # one read: another thread may replace it meanwhile, harmlessly
         if done is not None and done[0] is model and done[1] == key:
             rules = done[2]
         else:
             rules = derive_length_rules(model, self.outputs, self.buckets, profiles=profiles)
-            with self._lock:
-                self._derived = (model, key, rules)
+            self._derived = (model, key, rules)
         return Bucketing(self.buckets, self.pad_value, self.outputs, rules)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_derived": None}  # a pickle carries no model
 
     def to_dict(self) -> dict[str, Any]:
         d = {
