@@ -7,16 +7,17 @@ inference runs once with every dynamic input dimension as a symbol, and the outp
 comes back as a formula, e.g. PP-OCRv4's recogniser gives
 ``floor(floor(floor(s3/2 - 1/2)/2)/2 - 1/2) + 1`` for its time axis (``s3``: the image width).
 
-The formula is stored in the engine's metadata and evaluated per request, exactly (rational
-arithmetic), by a small evaluator that accepts only arithmetic, ``floor``/``ceiling``/``Max``/
-``Min``/``Mod``/``Abs`` and the declared symbols: metadata comes from files, and files are not
-trusted.
+Where the inference cannot name a length, :mod:`regiontrt._length_fit` measures a formula from
+the model instead; either way the formula is stored in the engine's metadata in this module's
+syntax (a measured one with the widths it was measured at) and evaluated per request, exactly
+(rational arithmetic), by a small evaluator that accepts only arithmetic, ``floor``/``ceiling``/
+``Max``/``Min``/``Mod``/``Abs`` and the declared symbols: metadata comes from files, and files
+are not trusted.
 """
 
 from __future__ import annotations
 
 import ast
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,8 @@ from typing import Any
 
 from .errors import ShapeProfileError
 
-log = logging.getLogger("regiontrt.shapes")
-
 MAX_RULE_CHARS = 4000
+MAX_MEASURED = 4096
 _FUNCS: dict[str, Any] = {
     "floor": lambda a: Fraction(math.floor(a)),
     "ceiling": lambda a: Fraction(math.ceil(a)),
@@ -97,16 +97,20 @@ class LengthRules:
     Attributes:
         symbols: ``{symbol: (input, axis)}``: the dynamic input dimensions the formulas use.
         rules: ``{output: formula}``: the length of each bucketed output along its axis.
+        measured: ``{output: widths}`` for formulas measured from the model (shape-only runs at
+            these widths of its one bucketed axis) rather than read by symbolic inference.
     """
 
     symbols: dict[str, tuple[str, int]]
     rules: dict[str, str]
+    measured: dict[str, list[int]] = field(default_factory=dict)
     _trees: dict[str, ast.Expression] = field(default_factory=dict, repr=False)
     _cache: dict[tuple[int, ...], dict[str, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.symbols = {str(s): (str(n), int(a)) for s, (n, a) in self.symbols.items()}
         self.rules = {str(k): str(v) for k, v in self.rules.items()}
+        self.measured = _check_measured(self.measured, self.rules)
         self._trees = {out: _parse(rule, list(self.symbols)) for out, rule in self.rules.items()}
 
     def lengths(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
@@ -140,11 +144,30 @@ class LengthRules:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"symbols": {s: list(v) for s, v in self.symbols.items()}, "rules": dict(self.rules)}
+        d: dict[str, Any] = {"symbols": {s: list(v) for s, v in self.symbols.items()},
+                             "rules": dict(self.rules)}
+        if self.measured:
+            d["measured"] = {out: list(widths) for out, widths in self.measured.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LengthRules:
-        return cls({s: (v[0], v[1]) for s, v in d["symbols"].items()}, dict(d["rules"]))
+        return cls({s: (v[0], v[1]) for s, v in d["symbols"].items()}, dict(d["rules"]),
+                   d.get("measured") or {})
+
+
+def _check_measured(measured: Any, rules: Mapping[str, str]) -> dict[str, list[int]]:
+    """``measured`` as ``{output: widths}``; it comes from files, so its size is bounded."""
+    if not isinstance(measured, Mapping) or not set(measured) <= set(rules):
+        raise ShapeProfileError("measured widths must name outputs that have a formula")
+    out: dict[str, list[int]] = {}
+    for name, widths in measured.items():
+        if (not isinstance(widths, (list, tuple)) or len(widths) > MAX_MEASURED
+                or not all(type(w) is int and w > 0 for w in widths)):
+            raise ShapeProfileError(f"output {name!r}: measured widths must be at most "
+                                    f"{MAX_MEASURED} positive integers")
+        out[str(name)] = list(widths)
+    return out
 
 
 def _infer(model: Any) -> Any:
@@ -164,58 +187,64 @@ def _infer(model: Any) -> Any:
     return inference.out_mp_
 
 
-def derive_length_rules(model: Any, outputs: Mapping[str, int]) -> LengthRules | None:
+def model_symbols(model: Any) -> dict[str, tuple[str, int]]:
+    """``{symbol: (input, axis)}`` for every dynamic input dimension, in declaration order."""
+    initializers = {init.name for init in model.graph.initializer}
+    symbols: dict[str, tuple[str, int]] = {}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                symbols[f"s{len(symbols)}"] = (vi.name, axis)
+    return symbols
+
+
+def symbolic_length_rules(model: Any, outputs: Mapping[str, int]
+                          ) -> tuple[dict[str, str], dict[str, str]]:
     """Formulas for ``outputs`` (``{output: axis}``) from symbolic shape inference of ``model``.
 
-    Returns ``None`` (and logs why) when the inference cannot run (``sympy`` missing, an
-    operator it does not know) or leaves a length undetermined.
+    The formulas use the symbols of :func:`model_symbols`.
+
+    Returns:
+        ``({output: formula}, {output: why not})``: every output is in exactly one of them; the
+        second holds those the inference cannot name (``sympy`` missing, an operator it does not
+        know, a length that passes through a computed ``Reshape``...).
     """
     import onnx
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    symbols: dict[str, tuple[str, int]] = {}
-    initializers = {init.name for init in work.graph.initializer}
+    symbols = model_symbols(work)
+    by_input = {v: s for s, v in symbols.items()}
     for vi in work.graph.input:
-        if vi.name in initializers:
-            continue
         for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
-            if not dim.HasField("dim_value") or dim.dim_value <= 0:
-                name = f"s{len(symbols)}"
-                symbols[name] = (vi.name, axis)
+            if (vi.name, axis) in by_input:
                 dim.Clear()
-                dim.dim_param = name
+                dim.dim_param = by_input[(vi.name, axis)]
     del work.graph.value_info[:]
     for vi in work.graph.output:  # declared output dims would pin the answer: infer them
         vi.type.tensor_type.ClearField("shape")
     try:
         inferred = _infer(work)
-    except Exception as exc:  # sympy missing, unknown ops, >2 GB models: say so, fall back
-        log.warning("cannot derive bucketed output lengths from the model (%s: %s); cutting "
-                    "outputs back with floor(len * original / padded)", type(exc).__name__, exc)
-        return None
+    except Exception as exc:  # sympy missing, unknown ops, >2 GB models: say so, measure
+        why = f"symbolic shape inference failed ({type(exc).__name__}: {exc})"
+        return {}, dict.fromkeys(outputs, why)
     by_name = {vi.name: vi for vi in inferred.graph.output}
     rules: dict[str, str] = {}
+    missing: dict[str, str] = {}
     for output, axis in outputs.items():
         vi = by_name.get(output)
         dims = list(vi.type.tensor_type.shape.dim) if vi is not None else []
         if axis >= len(dims):
-            log.warning("output %r axis %d: shape inference gave no length; cutting it back "
-                        "with floor(len * original / padded)", output, axis)
-            return None
+            missing[output] = f"symbolic shape inference gave no axis {axis}"
+            continue
         dim = dims[axis]
         rule = str(dim.dim_value) if dim.HasField("dim_value") else dim.dim_param
         try:
             _parse(rule, list(symbols))
         except ShapeProfileError as exc:
-            log.warning("output %r axis %d: %s; cutting it back with floor(len * original / "
-                        "padded)", output, axis, exc)
-            return None
+            missing[output] = f"symbolic shape inference gave no formula: {exc}"
+            continue
         rules[output] = rule
-    used = {n.id for r in rules.values() for n in ast.walk(ast.parse(r, mode="eval"))
-            if isinstance(n, ast.Name)}
-    kept = {s: v for s, v in symbols.items() if s in used}
-    log.info("bucketed output lengths from the model: %s (%s)",
-             ", ".join(f"{o} = {r}" for o, r in rules.items()),
-             ", ".join(f"{s} = {n} axis {a}" for s, (n, a) in kept.items()) or "constant")
-    return LengthRules(kept, rules)
+    return rules, missing
