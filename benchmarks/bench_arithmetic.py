@@ -135,9 +135,10 @@ def table(result: dict[str, Any]) -> str:
         cells = [f"{r['rows'][name][a]:.4f}" for r in runs for a in ("tensorrt", "fused")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cpus = "; ".join(f"{r['label']}: {', '.join(r['cpu']['flags']) or 'none'}" for r in runs)
+    machine = result["machine"]
     lines += ["", f"Relative L2 error against FP32; int8 CPU flags seen by ONNX Runtime: {cpus}. "
-              f"From `{RESULT.relative_to(ROOT)}` ({result['date']}, {result['machine']['cpu_model']}"
-              f", ONNX Runtime {result['machine']['onnxruntime']})."]
+              f"From `{RESULT.relative_to(ROOT)}` ({result['date']}, {machine['cpu_model']}, "
+              f"ONNX Runtime {machine['onnxruntime']})."]
     return "\n".join(lines)
 
 
@@ -175,7 +176,8 @@ def main() -> None:
                 [qemu, "-cpu", "Haswell", str(Path(sys.executable).resolve()), "-m",
                  "benchmarks.bench_arithmetic", "--models", args.models, "--measure-only",
                  str(folder)], cwd=ROOT, capture_output=True, text=True, check=True)
-            runs.append({"label": "Haswell (emulated)", **json.loads(child.stdout.splitlines()[-1]),
+            measured = json.loads(child.stdout.splitlines()[-1])
+            runs.append({"label": "Haswell (emulated)", **measured,
                          "seconds": round(time.time() - started, 1)})
     result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
               "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),

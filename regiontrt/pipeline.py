@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from .errors import (
 from .graph.arithmetic import Int8Arithmetic, evaluation_record
 from .graph.clean import clean
 from .graph.control_flow import control_flow_report, trt_control_flow_problems
-from .graph.io import TensorSpec, input_specs, model_sha256, opset_version, output_specs
+from .graph.io import input_specs, model_sha256, opset_version, output_specs
 from .graph.pin import fold_pinned_inputs
 from .int8 import Int8Attempt
 from .metrics import MetricPlan, plan_metrics
@@ -78,9 +79,9 @@ def _toolchain(backend: Backend) -> dict[str, str]:
 
 
 def _base_metadata(region: Region, policy: PrecisionPolicy, shared: _Shared,
-                   inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                   choice: ProfileChoice, state: _State, backend: Backend) -> dict[str, Any]:
-    model = shared.model
+                   model: onnx.ModelProto, choice: ProfileChoice, state: _State,
+                   backend: Backend) -> dict[str, Any]:
+    """The metadata known before any precision is tried (``model``: pinned inputs folded)."""
     return {
         "regiontrt_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -92,11 +93,12 @@ def _base_metadata(region: Region, policy: PrecisionPolicy, shared: _Shared,
             "graph_name": model.graph.name,
             "opset": opset_version(model),
         },
-        "inputs": [s.to_dict() for s in inputs],
-        "outputs": [s.to_dict() for s in outputs],
+        "inputs": [s.to_dict() for s in input_specs(model)],
+        "outputs": [s.to_dict() for s in output_specs(model)],
         "shape_profiles": [p.to_dict() for p in choice.profiles],
         "shape_profile_origin": choice.to_dict(),
-        "shape_buckets": state.shape_profile.buckets.for_model(shared.model).to_dict()
+        "shape_buckets": state.shape_profile.buckets.for_model(
+            model, profiles=list(choice.profiles or choice.derived)).to_dict()
         if state.shape_profile is not None and state.shape_profile.buckets else None,
         "tactics": state.tactics.to_dict(),
         "toolchain": _toolchain(backend),
@@ -239,11 +241,11 @@ def _evaluation(plan: _Plan, validator: Validator | None, precision: Precision,
     """What the checks ran on; for fused int8, also the loss in the portable arithmetic."""
     record = evaluation_record(plan.arithmetic)
     if plan.arithmetic is Int8Arithmetic.FUSED and precision is Precision.INT8 and validator:
-        record["portable_loss"] = validator.loss_of_model(variant, Int8Arithmetic.TENSORRT)
+        loss = validator.loss_of_model(variant, Int8Arithmetic.TENSORRT)
+        record["portable_loss"] = loss if math.isfinite(loss) else None
         log.info("region %s: int8 checked on this CPU's fused kernels (%s); in TensorRT's "
                  "arithmetic its loss is %.4g", plan.region.name,
-                 ", ".join(record["cpu"]["flags"]) or "no int8 CPU flags known",
-                 record["portable_loss"])
+                 ", ".join(record["cpu"]["flags"]) or "no int8 CPU flags known", loss)
     return record
 
 
@@ -271,7 +273,7 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
     log.info("region %s: trying %s in order, budget %g (%s: %s), backend %s", region.name,
              " > ".join(p.value for p in plan.candidates), region.budget, plan.metric.name,
              plan.metric.describe(), plan.backend.name)
-    inputs, outputs = input_specs(plan.model), output_specs(plan.model)
+    inputs = input_specs(plan.model)
     split = None  # one file holding more samples than the profile's max batch is cut to opt
     if state.shape_profile is not None:
         split = profile_split(state.shape_profile.resolve(inputs, require_all=False), inputs)
@@ -284,7 +286,7 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
                              validator.shapes() if validator is not None else None)
     if validator is not None:
         validator.check_profiles(choice.profiles)
-    metadata = _base_metadata(region, plan.policy, shared, inputs, outputs, choice, state,
+    metadata = _base_metadata(region, plan.policy, shared, plan.model, choice, state,
                               plan.backend)
     check_header(metadata, plan.backend, plan.model)
     cleaned = shared.cleaned() if plan.model is shared.model else clean(plan.model)

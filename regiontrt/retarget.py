@@ -93,11 +93,16 @@ def retarget(
     if not Region.from_dict(meta["region"]["name"], meta["region"]).allows(precision):
         raise PolicyViolation(f"region {engine.region!r} forbids {precision.value}")
     tactics = tactics or TacticSelector()
-    profiles = [Profile.from_dict(p) for p in meta["shape_profiles"]]
+    # An ONNX Runtime engine built without a profile has none; its record holds the profile
+    # derived from the validation data, which a TensorRT build needs.
+    origin = meta.get("shape_profile_origin")
+    derived = origin.get("derived") if isinstance(origin, dict) else None
+    profiles = [Profile.from_dict(p) for p in meta["shape_profiles"] or derived or []]
     started = time.perf_counter()
     result = chosen.build(BuildRequest(load_model(onnx_bytes, check=False), precision, profiles,
                                        tactics, label or f"{engine.region}-{precision.value}"))
     meta.update({
+        "shape_profiles": [p.to_dict() for p in profiles],
         "backend": {"name": chosen.name, "version": result.backend_version},
         "payload_format": result.payload_format,
         "target": result.target,

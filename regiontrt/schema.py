@@ -269,6 +269,11 @@ HEADER = obj({
     "created_at": text(),
     "gpu": optional(either(text(), mapping(anything))),
     "compliance": COMPLIANCE,
+    "shape_profile_origin": optional(obj({}, {
+        "source": text(), "derived": array(mapping(_SHAPE3), 0, 64)})),
+    "evaluation": optional(obj({}, {
+        "int8_arithmetic": one_of("tensorrt", "fused"), "portable_loss": optional(number(0, 1e300)),
+        "cpu": obj({}, {"machine": text(64), "flags": array(text(64), 0, 64)})})),
 })
 
 

@@ -132,7 +132,7 @@ def test_a_site_with_another_cpu_follows_its_region(tmp_path: Path, policy: str,
 
 
 def test_a_site_re_checks_an_engine_on_its_own_data(tmp_path: Path) -> None:
-    meta, payload = _fused_na(tmp_path, rt.get_region("NA"))
+    _fused_na(tmp_path, rt.get_region("NA"))
     engine = rt.load_engine(tmp_path / "na.engine")
     data = split_batches({"input": demo.region_data("NA").validation[256:512]}, 64)
     trial = engine.validate(data, demo.model_path())
@@ -155,3 +155,12 @@ def test_region_cpu_mismatch_is_checked() -> None:
         rt.Region("X", ("int8",), cpu_mismatch="ignore")
     table = rt.Region("X", ("int8",), cpu_mismatch="refuse").to_dict()
     assert rt.Region.from_dict("X", table).cpu_mismatch == "refuse"
+
+
+def test_the_docs_table_is_generated_from_the_result_file() -> None:
+    bench = pytest.importorskip("benchmarks.bench_arithmetic",
+                                reason="run from the repository root")
+    result = json.loads(bench.RESULT.read_text())
+    assert bench.table(result) in bench.DOC.read_text()
+    tensorrt = [[r["rows"][m]["tensorrt"] for m in result["models"]] for r in result["runs"]]
+    assert all(run == pytest.approx(tensorrt[0], rel=1e-3) for run in tensorrt)

@@ -97,3 +97,23 @@ def test_a_text_detector_gets_a_lossy_precision_under_the_default_metric() -> No
     accepted = engine.report.chosen_trial
     assert accepted is not None and accepted.loss is not None and accepted.loss <= 0.02
     assert accepted.output_losses == {name: accepted.loss}
+
+
+def test_refusals_come_before_any_model_run(monkeypatch) -> None:
+    """A metric that cannot judge an output, or a profile that does not fit the model, is
+    refused before the FP32 reference, calibration or any payload build runs."""
+    from regiontrt import validator
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the build ran the model before refusing it")
+
+    monkeypatch.setattr(validator, "reference_outputs", no_work)
+    model = _model(["N", 4, 1])
+    data = [{"x": np.zeros((8, 4), np.float32)}]
+    base = (rt.RegionalEngineBuilder.from_onnx(model).for_region("NA")
+            .with_calibrator(data=data).with_validation(data, metric={"y": "top1"}))
+    with pytest.raises(MetricError, match="cannot judge output 'y'"):
+        base.build()
+    bad_profile = base.with_validation(data).with_shape_profile({"x": [(1, 5), (2, 5), (4, 5)]})
+    with pytest.raises(rt.ShapeProfileError, match="static"):
+        bad_profile.build()
