@@ -29,6 +29,7 @@ import onnx
 
 from .errors import PolicyViolation
 from .graph.io import iter_graphs, iter_tensors
+from .graph.scope import elem_types
 from .precision import Precision
 
 T = onnx.TensorProto
@@ -73,28 +74,12 @@ def _type_of(elem: int) -> Precision | None:
     return None
 
 
-def _known_types(graph: onnx.GraphProto | onnx.FunctionProto) -> dict[str, int]:
-    types: dict[str, int] = {}
-    if isinstance(graph, onnx.GraphProto):
-        for v in (*graph.input, *graph.output, *graph.value_info):
-            if v.type.tensor_type.elem_type:  # 0: not declared
-                types[v.name] = v.type.tensor_type.elem_type
-        for t in graph.initializer:
-            types[t.name] = t.data_type
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for a in node.attribute:
-                if a.name == "value" and a.HasField("t"):
-                    types[node.output[0]] = a.t.data_type
-    return types
-
-
 def _castlike(model: onnx.ModelProto) -> tuple[list[Finding], int]:
     """Findings of ``CastLike`` nodes, and how many have a target type that is not declared."""
     found: list[Finding] = []
     unknown = 0
     for where, graph in iter_graphs(model):
-        types = _known_types(graph)
+        types = elem_types(graph)
         for node in graph.node:
             if node.op_type != "CastLike" or len(node.input) < 2:
                 continue

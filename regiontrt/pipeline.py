@@ -264,6 +264,31 @@ def _control_flow(metadata: dict[str, Any], plan: _Plan, cleaned: onnx.ModelProt
             log.warning("region %s: %s", plan.region.name, line)
 
 
+def _outcome(plan: _Plan, validator: Validator | None, precision: Precision,
+             variant: onnx.ModelProto, trials: list[PrecisionTrial], label: str
+             ) -> dict[str, Any]:
+    """The metadata of the chosen precision: label, report, compliance, evaluation, stats."""
+    report = ValidationReport(
+        metric=plan.metric.name, budget=plan.region.budget, trials=tuple(trials),
+        chosen=precision.value, num_samples=validator.num_samples if validator else 0,
+        data_fingerprint=validator.fingerprint if validator else "",
+        output_metrics=plan.metric.to_dict(),
+    )
+    sha = model_sha256(variant)
+    return {
+        "precision": label,
+        "kept_high_precision": list(trials[-1].kept_high_precision),
+        "variant_sha256": sha,
+        "compliance": {
+            **check_model(variant, plan.region.to_dict(), checked="onnx variant").to_dict(),
+            "variant_sha256": sha,
+        },
+        "validation": report.to_dict(),
+        "evaluation": _evaluation(plan, validator, precision, variant),
+        "input_stats": summarize_inputs(validator.batches) if validator is not None else None,
+    }
+
+
 def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine:
     """Build the engine described by ``state`` (see the module docstring)."""
     from .engine import Engine
@@ -312,27 +337,10 @@ def run_build(shared: _Shared, state: _State, path: str | Path | None) -> Engine
         )
     label, trials[-1] = precision_label(precision, variant, trials[-1])
     trial = trials[-1]
-    report = ValidationReport(
-        metric=plan.metric.name, budget=region.budget, trials=tuple(trials),
-        chosen=precision.value, num_samples=validator.num_samples if validator else 0,
-        data_fingerprint=validator.fingerprint if validator else "",
-        output_metrics=plan.metric.to_dict(),
-    )
     metadata.update(_payload_metadata(plan.backend, result))
-    metadata.update({
-        "precision": label,
-        "kept_high_precision": list(trial.kept_high_precision),
-        "variant_sha256": model_sha256(variant),
-        "compliance": {
-            **check_model(variant, region.to_dict(), checked="onnx variant").to_dict(),
-            "variant_sha256": model_sha256(variant),
-        },
-        "validation": report.to_dict(),
-        "evaluation": _evaluation(plan, validator, precision, variant),
-        "calibration": calibration,
-        "input_stats": summarize_inputs(validator.batches) if validator is not None else None,
-        "build_seconds": round(time.perf_counter() - started, 3),
-    })
+    metadata.update(_outcome(plan, validator, precision, variant, trials, label))
+    metadata.update({"calibration": calibration,
+                     "build_seconds": round(time.perf_counter() - started, 3)})
     engine = Engine(metadata, result.payload, backend=plan.backend)
     built = engine.compliance()  # the payload itself (or a plan's layer report), not the graph
     if not built.compliant:

@@ -152,28 +152,23 @@ class ShapeProfile:
         inputs: Sequence[TensorSpec],
         *,
         require_all: bool = True,
-        observed: Sequence[Mapping[str, Sequence[int]]] | None = None,
     ) -> list[Profile]:
         """Check the profiles against the model's inputs and complete static dimensions.
 
-        Without profiles, the default is one profile that fixes every static input and, for a
-        dynamic input, spans the shapes ``observed`` in the data (the smallest to the largest
-        along each axis; ``opt`` is the largest). No axis is assumed to be a batch axis, so
-        scalars, 1-D inputs and inputs without a batch dimension get a profile like any other.
+        Without profiles, the result is one profile that fixes every static input and leaves
+        dynamic ones to :mod:`regiontrt.default_profiles` (which derives ranges from the data).
 
         Args:
             inputs: the model's declared inputs.
             require_all: raise when a dynamic dimension has no profile (TensorRT needs one);
                 runtimes without profiles pass ``False`` and leave it unconstrained.
-            observed: input shapes of the data the engine is validated on (one mapping per
-                batch); used only for the default profile.
 
         Raises:
             ShapeProfileError: a profile names an unknown input, has the wrong rank, contradicts a
                 static dimension, or (``require_all``) a dynamic dimension is left without one.
         """
         by_name = {s.name: s for s in inputs}
-        profiles = list(self._profiles) or [_observed_profile(inputs, observed or ())]
+        profiles = list(self._profiles) or [Profile({})]
         out = []
         for i, profile in enumerate(profiles):
             unknown = set(profile.ranges) - set(by_name)
@@ -220,25 +215,3 @@ class ShapeProfile:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()!r})"
-
-
-def _observed_profile(inputs: Sequence[TensorSpec],
-                      observed: Sequence[Mapping[str, Sequence[int]]]) -> Profile:
-    """Ranges spanning the observed shapes of each dynamic input that all batches give."""
-    ranges: dict[str, Range] = {}
-    for spec in inputs:
-        if not spec.is_dynamic:
-            continue
-        shapes = [tuple(int(d) for d in batch[spec.name]) for batch in observed
-                  if spec.name in batch]
-        if not shapes or len(shapes) != len(observed):
-            continue
-        if len({len(s) for s in shapes}) != 1 or len(shapes[0]) != spec.rank:
-            raise ShapeProfileError(
-                f"input {spec.name!r}: the data gives shapes {sorted(set(shapes))} of another "
-                f"rank than the declared shape {list(spec.shape)}"
-            )
-        lo = tuple(min(s[a] for s in shapes) for a in range(spec.rank))
-        hi = tuple(max(s[a] for s in shapes) for a in range(spec.rank))
-        ranges[spec.name] = Range(lo, hi, hi)
-    return Profile(ranges)

@@ -10,8 +10,8 @@ from test_control_flow import SHAPE, speech  # the model builders beside this fi
 
 import regiontrt as rt
 from regiontrt.backends import get_backend
-from regiontrt.graph.label import graph_precision
 from regiontrt.graph.io import load_model
+from regiontrt.graph.label import graph_precision
 
 
 def _data(n: int, seed: int, sr: int | None = 16000) -> list[dict[str, np.ndarray]]:
@@ -70,7 +70,7 @@ def test_a_condition_tensorrt_cannot_build_is_refused_before_work() -> None:
     model = speech(outer=True, lstm=True)
     builder = (rt.RegionalEngineBuilder.from_onnx(model).for_region("CERTIFIED")
                .with_backend("tensorrt-rtx"))
-    with pytest.raises(rt.BuildError, match="refused before any build work.*pin"):
+    with pytest.raises(rt.BuildError, match=r"refused before any build work.*pin"):
         builder.build()
     engine = builder.with_pinned_inputs({"sr": 16000}).build()
     assert engine.backend_name == "tensorrt-rtx" and engine.precision == "fp32"

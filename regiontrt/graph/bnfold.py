@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .scope import fresh_name
+
 _CONV_OPS = ("Conv", "ConvTranspose")
 
 
@@ -22,7 +24,7 @@ def fold_into_convs(graph: Any, gs: Any) -> int:
         weight, bias = _folded_params(conv, bn)
         new_inputs = [conv.inputs[0]]
         for base, values in (("weight", weight), ("bias", bias)):
-            name = _unique(f"{conv.name or conv.outputs[0].name}_bnfold_{base}", used_names)
+            name = fresh_name(f"{conv.name or conv.outputs[0].name}_bnfold_{base}", used_names)
             new_inputs.append(gs.Constant(name, values))
         y = bn.outputs[0]
         bn.inputs.clear()
@@ -86,10 +88,3 @@ def _folded_params(conv: Any, bn: Any) -> tuple[np.ndarray, np.ndarray]:
     return w.astype(dtype), bias.astype(dtype)
 
 
-def _unique(base: str, used: set[str]) -> str:
-    name, k = base, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name

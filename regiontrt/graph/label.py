@@ -22,7 +22,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto as T
 
-from .scope import walk_graphs
+from .scope import elem_types, walk_graphs
 
 __all__ = ["graph_precision"]
 
@@ -64,17 +64,9 @@ def _is_int8(node: onnx.NodeProto, types: dict[str, int]) -> bool:
 
 
 def _types(graph: onnx.GraphProto) -> dict[str, int]:
-    """Element types ``graph`` and its subgraphs know: declared, inferred, initializers and
-    Constant values, in one map (a subgraph reads outer names typed above it)."""
+    """Element types ``graph`` and its subgraphs know, in one map (a subgraph reads outer names
+    typed above it)."""
     types: dict[str, int] = {}
     for g in walk_graphs(graph):
-        for v in (*g.input, *g.output, *g.value_info):
-            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
-                types[v.name] = v.type.tensor_type.elem_type
-        types.update({i.name: i.data_type for i in g.initializer})
-        for node in g.node:
-            if node.op_type == "Constant" and node.output:
-                for a in node.attribute:
-                    if a.name == "value" and a.HasField("t"):
-                        types[node.output[0]] = a.t.data_type
+        types.update(elem_types(g))
     return types

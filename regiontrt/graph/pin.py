@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from ..errors import GraphPassError, InvalidArgumentError, InvalidModelError
-from .scope import defined_names, rename_values, subgraphs, walk_graphs
+from .scope import defined_names, fresh_name, rename_values, subgraphs, walk_graphs
 
 __all__ = ["fold_pinned_inputs", "inline_constant_ifs"]
 
@@ -163,7 +163,7 @@ def _moved(branch: onnx.GraphProto, node: onnx.NodeProto, parent: onnx.GraphProt
     rename: dict[str, str] = {}
     for name in defined_names(branch):
         if name in taken:
-            rename[name] = _fresh(name, taken)
+            rename[name] = fresh_name(name, taken)
         taken.add(rename.get(name, name))
     # A branch output made by a branch node becomes the If's output by renaming that node's
     # output; one that is an initializer, an outer name or repeated gets an Identity.
@@ -176,7 +176,7 @@ def _moved(branch: onnx.GraphProto, node: onnx.NodeProto, parent: onnx.GraphProt
             claimed.add(value.name)
         elif target:
             tail.append(helper.make_node("Identity", [value.name], [target],
-                                         name=_fresh(f"{node.name or 'If'}_out", taken)))
+                                         name=fresh_name(f"{node.name or 'If'}_out", taken)))
     for init in branch.initializer:
         moved = onnx.TensorProto()
         moved.CopyFrom(init)
@@ -203,10 +203,3 @@ def _names(graph: onnx.GraphProto) -> Counter[str]:
     return Counter(n for g in walk_graphs(graph) for n in defined_names(g))
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name

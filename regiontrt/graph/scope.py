@@ -194,3 +194,30 @@ def adopt_body(sub: onnx.GraphProto, converted: onnx.ModelProto, taken: set[str]
 def all_names(graph: onnx.GraphProto) -> set[str]:
     """Every name defined anywhere in ``graph`` and its subgraphs."""
     return set().union(*(defined_names(g) for g in walk_graphs(graph)))
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... : the first not in ``taken`` (which it joins)."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def elem_types(graph: onnx.GraphProto | onnx.FunctionProto) -> dict[str, int]:
+    """Element types one graph (or function body) declares: its inputs, outputs and value infos
+    (0, undeclared, is left out), initializers and ``Constant`` values."""
+    types: dict[str, int] = {}
+    if isinstance(graph, onnx.GraphProto):
+        for v in (*graph.input, *graph.output, *graph.value_info):
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+                types[v.name] = v.type.tensor_type.elem_type
+        types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    types[node.output[0]] = a.t.data_type
+    return types
