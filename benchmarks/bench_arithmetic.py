@@ -70,12 +70,12 @@ def _model_path(name: str) -> Path:
 def compile_int8(name: str, out: Path) -> None:
     """Whole-model INT8 of one model, and its FP32 graph and held-out inputs, into ``out``."""
     from regiontrt.calibration import AutoCalibrator
-    from regiontrt.datasets import DataSource
+    from regiontrt.data.sources import DataSource
     from regiontrt.graph.clean import clean
     from regiontrt.graph.io import input_specs, load_model, without_unsized_dims
     from regiontrt.graph.quantize import QDQ_MIN_OPSET, name_nodes, upgrade_opset
-    from regiontrt.policy import PrecisionPolicy
-    from regiontrt.precision import Precision
+    from regiontrt.precision.policy import PrecisionPolicy
+    from regiontrt.precision.types import Precision
 
     model = without_unsized_dims(load_model(_model_path(name)))
     base = upgrade_opset(name_nodes(clean(model)), QDQ_MIN_OPSET)

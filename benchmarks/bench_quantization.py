@@ -253,7 +253,7 @@ def ours_mixed(
     )
     try:
         engine = builder.build()
-    except rt.AccuracyBudgetExceeded as exc:
+    except rt.errors.AccuracyBudgetExceeded as exc:
         return {"fits": False, "budget": budget, "error": str(exc)}
     Path(out_path).write_bytes(engine.payload)
     meta = engine.metadata

@@ -60,7 +60,7 @@ class Setup:
 def demo_setup() -> Setup:
     """The demo NA engine (int8, ONNX Runtime), one image per request, NA's 10 ms SLA."""
     from regiontrt import demo
-    from regiontrt.datasets import split_batches
+    from regiontrt.data.sources import split_batches
     from regiontrt.demo.run import PROFILE
 
     d = demo.region_data("NA")
@@ -162,7 +162,7 @@ async def _load_http(url: str, body: bytes, headers: dict[str, str],
                     await r.read()
                     if r.status == 200:
                         results[i] = (schedule[i][1], time.perf_counter() - sent)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
 
         tasks = []

@@ -109,34 +109,35 @@ def _temp_beside(path: Path) -> Iterator[tuple[BinaryIO, str]]:
             os.close(lock_fd)
 
 
-def _finish(fh: BinaryIO, path: Path) -> None:
+def _finish(fh: BinaryIO, path: Path, mode: int | None = None) -> None:
     fh.flush()
     if hasattr(os, "fchmod"):
-        os.fchmod(fh.fileno(), _mode_for(path))
+        os.fchmod(fh.fileno(), _mode_for(path) if mode is None else mode)
     os.fsync(fh.fileno())
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
 
     On any exception the temporary file is removed and ``path`` is left as it was, so a crash
     never leaves a partial file under the final name (and a killed writer's file is swept by the
-    next write into the folder).
+    next write into the folder). The temporary file is private (0600) while it is written;
+    ``mode`` sets the final file's mode (default: what the umask gives, or the existing file's).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
     with _temp_beside(path) as (fh, tmp):
         yield fh
-        _finish(fh, path)
+        _finish(fh, path, mode)
         fh.close()
         os.replace(tmp, path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_writer(path) as fh:
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer` for ``mode``)."""
+    with atomic_writer(path, mode=mode) as fh:
         fh.write(data)
 
 

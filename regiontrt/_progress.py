@@ -258,7 +258,7 @@ class LiveTable:
         """Append a row (cells are converted with ``str``)."""
         self.rows.append(tuple(str(c) for c in cells))
         if self._live is not None:
-            from ._text import rich_table
+            from regiontrt._text import rich_table
 
             self._live.update(rich_table(self.rows, self.header, self.title))
         else:  # without a live table, a plain line tells a pipe's reader the row is done
@@ -272,7 +272,7 @@ def live_table(header: Sequence[str], title: str | None = None) -> Iterator[Live
     On a terminal (with ``rich``) the table is drawn live as rows arrive and stays on screen; in
     a pipe the finished table is printed once at the end (each row is also logged when added).
     """
-    from ._text import print_table
+    from regiontrt._text import print_table
 
     table = LiveTable(header, title)
     stdout_tty = False
@@ -282,7 +282,7 @@ def live_table(header: Sequence[str], title: str | None = None) -> Iterator[Live
         from rich.console import Console
         from rich.live import Live
 
-        from ._text import rich_table
+        from regiontrt._text import rich_table
 
         with Live(rich_table([], table.header, title), console=Console(),
                   refresh_per_second=4) as live:

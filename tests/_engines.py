@@ -6,7 +6,7 @@ from pathlib import Path
 
 import regiontrt as rt
 from regiontrt import demo
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 
 PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
 

@@ -10,6 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import regiontrt.report  # noqa: F401 - registers the notebook views (_repr_html_) tests call
+
 
 @functools.lru_cache(maxsize=1)
 def _gpu_reason() -> str | None:
@@ -110,7 +112,7 @@ def demo_engine(region: str):
     """The demo model built for a preset region on its own data (int8 regions calibrate)."""
     import regiontrt as rt
     from regiontrt import demo
-    from regiontrt.datasets import split_batches
+    from regiontrt.data.sources import split_batches
     from regiontrt.demo.run import PROFILE
 
     d = demo.region_data(region)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from regiontrt import artifact
+from regiontrt.runtime import artifact
 
 
 def relu_model(*, opset: int = 17, name: str = "x", out: str = "y") -> onnx.ModelProto:

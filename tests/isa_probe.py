@@ -30,7 +30,7 @@ from test_quantize_models import (
 
 import regiontrt as rt
 from regiontrt import demo
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 from regiontrt.graph.arithmetic import int8_cpu_features
 
 

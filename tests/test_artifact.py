@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regiontrt import artifact
 from regiontrt.errors import ArtifactError
+from regiontrt.runtime import artifact
 
 META = {"region": {"name": "EU"}, "precision": "fp16", "list": [1, 2, 3]}
 PAYLOAD = bytes(range(256)) * 8

@@ -11,7 +11,8 @@ from onnx import numpy_helper as nh
 
 from regiontrt.backends.base import BuildRequest
 from regiontrt.backends.plan import read_plan_header
-from regiontrt.backends.tensorrt import TensorRTRTXBackend, _runtime_cache_from
+from regiontrt.backends.tactics import TacticSelector
+from regiontrt.backends.tensorrt_rtx import TensorRTRTXBackend, _runtime_cache_from
 from regiontrt.backends.timing_cache import (
     RuntimeCacheContexts,
     RuntimeCacheFile,
@@ -20,9 +21,8 @@ from regiontrt.backends.timing_cache import (
 from regiontrt.backends.trt_build import device_sm
 from regiontrt.errors import ArtifactError, BuildError, IncompatibleEngineError, ShapeProfileError
 from regiontrt.graph.io import input_specs
-from regiontrt.precision import Precision
-from regiontrt.shapes import Profile, Range, ShapeProfile
-from regiontrt.tactics import TacticSelector
+from regiontrt.precision.types import Precision
+from regiontrt.shapes.profiles import Profile, Range, ShapeProfile
 
 trt = pytest.importorskip("tensorrt_rtx", reason="needs the tensorrt-rtx package (CPU builder)")
 pytestmark = pytest.mark.rtx

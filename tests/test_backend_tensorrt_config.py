@@ -21,11 +21,11 @@ from onnx import helper as oh
 from regiontrt.backends import tensorrt as trt_backend
 from regiontrt.backends import trt_build, trt_env
 from regiontrt.backends.base import BuildRequest
+from regiontrt.backends.tactics import TacticSelector
 from regiontrt.backends.tensorrt import TensorRTBackend
 from regiontrt.errors import BuildError, IncompatibleEngineError
-from regiontrt.precision import Precision
-from regiontrt.shapes import Profile, Range
-from regiontrt.tactics import TacticSelector
+from regiontrt.precision.types import Precision
+from regiontrt.shapes.profiles import Profile, Range
 from regiontrt.testing import make_recording_trt
 
 

@@ -20,11 +20,11 @@ from onnx import numpy_helper as nh
 
 from regiontrt.backends.base import BuildRequest
 from regiontrt.backends.plan import advisory_plan_header, same_release
+from regiontrt.backends.tactics import TacticSelector
 from regiontrt.backends.tensorrt import TensorRTBackend
 from regiontrt.backends.trt_build import device_name, device_sm, gpu_problem
-from regiontrt.precision import Precision
-from regiontrt.shapes import Profile, Range
-from regiontrt.tactics import TacticSelector
+from regiontrt.precision.types import Precision
+from regiontrt.shapes.profiles import Profile, Range
 
 pytestmark = pytest.mark.tensorrt
 

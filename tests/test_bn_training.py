@@ -125,7 +125,7 @@ def test_training_bn_without_its_statistics_is_refused_before_any_build(tmp_path
     """ONNX Runtime runs training mode only with all three outputs: the FP32 reference run
     refuses the model with a typed error (never an engine whose ``y`` used inference mode)."""
     model, feeds = _conv_then_training_bn(stats=False)
-    with pytest.raises(rt.InvalidModelError, match="BatchNormalization"):
+    with pytest.raises(rt.errors.InvalidModelError, match="BatchNormalization"):
         (rt.RegionalEngineBuilder.from_onnx(model).for_region("CERTIFIED")
          .with_backend("onnxruntime").with_validation([feeds]).build(tmp_path / "no.engine"))
     assert not any(tmp_path.iterdir())

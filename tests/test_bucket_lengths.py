@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import regiontrt as rt
-from regiontrt._length_fit import LengthMismatch, fit_length
-from regiontrt._shape_rules import LengthRules, symbolic_length_rules
 from regiontrt.errors import ShapeProfileError
+from regiontrt.shapes.length_fit import LengthMismatch, fit_length
+from regiontrt.shapes.rules import LengthRules, symbolic_length_rules
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("sympy", reason="needs sympy (ONNX Runtime's symbolic shape inference)")
@@ -175,7 +175,7 @@ def test_measuring_pp_ocrv4_rec_agrees_with_its_inferred_formula(monkeypatch) ->
     """Pretend symbolic inference failed on the recogniser: the measured formula gives the
     inferred one's lengths at every width it holds at, and the model's own at the few smallest
     widths, where ONNX Runtime gives one step although the inferred formula says none."""
-    from regiontrt import _length_measure
+    from regiontrt.shapes import length_measure as _length_measure
 
     path = _rec_path()
     model = onnx.load(str(path))
@@ -202,7 +202,7 @@ def test_measuring_pp_ocrv4_rec_agrees_with_its_inferred_formula(monkeypatch) ->
 
 
 def test_no_formula_fits_is_refused_before_any_build_work(tmp_path, monkeypatch) -> None:
-    from regiontrt import pipeline
+    from regiontrt.build import pipeline
 
     def no_build(*args, **kwargs):
         raise AssertionError("build work started before the refusal")
@@ -292,7 +292,7 @@ def test_measuring_needs_one_bucketed_axis() -> None:
 
 
 def test_measured_formula_is_derived_once_per_model_and_profiles(monkeypatch) -> None:
-    from regiontrt import buckets
+    from regiontrt.shapes import buckets
 
     calls = []
     derive = buckets.derive_length_rules

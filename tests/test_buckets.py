@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import regiontrt as rt
-from regiontrt._shape_rules import LengthRules
 from regiontrt.errors import ArtifactError, ShapeProfileError
+from regiontrt.shapes.rules import LengthRules
 
 pytest.importorskip("sympy", reason="needs sympy (ONNX Runtime's symbolic shape inference)")
 
@@ -144,7 +144,7 @@ def test_engine_with_a_hostile_formula_is_refused_on_load(tmp_path) -> None:
                              "lengths": {"symbols": {"s0": ["input", 0]},
                                          "rules": {"logits": "__import__('os')"}}}
     with pytest.raises(ArtifactError):
-        rt.engine.Engine(meta, engine.payload)
+        rt.Engine(meta, engine.payload)
 
 
 def test_a_model_neither_inference_nor_onnxruntime_can_read_is_refused(tmp_path,

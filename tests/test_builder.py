@@ -8,9 +8,9 @@ import pytest
 
 import regiontrt as rt
 from regiontrt import demo
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 from regiontrt.graph.quantize import count_qdq
-from regiontrt.precision import Precision
+from regiontrt.precision.types import Precision
 
 PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
 
@@ -76,9 +76,9 @@ def test_each_preset_region_on_the_demo_model(base, region, tmp_path):
 
 
 def test_eu_refuses_int8_even_when_asked(base):
-    with pytest.raises(rt.PolicyViolation, match="forbids int8"):
+    with pytest.raises(rt.errors.PolicyViolation, match="forbids int8"):
         region_builder(base, "EU").with_precision(["int8", "fp16"]).build()
-    with pytest.raises(rt.PolicyViolation, match="forbids fp16"):
+    with pytest.raises(rt.errors.PolicyViolation, match="forbids fp16"):
         region_builder(base, "CERTIFIED").with_precision("fp16").build()
 
 
@@ -88,7 +88,7 @@ def test_eu_refuses_a_model_that_already_holds_qdq(base, tmp_path):
     prequantized = onnx.load_from_string(engine.payload)
     assert count_qdq(prequantized) > 0
     b = rt.RegionalEngineBuilder.from_onnx(prequantized).for_region("EU")
-    with pytest.raises(rt.PolicyViolation, match="quantization nodes"):
+    with pytest.raises(rt.errors.PolicyViolation, match="quantization nodes"):
         b.with_shape_profile(PROFILE).with_validation(batches(data.validation)).build()
 
 
@@ -113,7 +113,7 @@ def test_fallback_chain_and_its_error(base):
     b = (base.for_region(strict).with_validation(batches(data.validation))
          .with_calibrator("minmax", data=batches(data.calibration))
          .with_precision(rt.PrecisionPolicy(["int8", "fp16"], search_mixed=False)))
-    with pytest.raises(rt.AccuracyBudgetExceeded) as info:
+    with pytest.raises(rt.errors.AccuracyBudgetExceeded) as info:
         b.build()
     attempts = info.value.attempts
     assert [a.precision for a in attempts] == ["int8", "fp16"]
@@ -145,23 +145,23 @@ def test_metadata_carries_provenance(base, tmp_path):
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_unreadable_and_invalid_models(tmp_path):
-    with pytest.raises(rt.InvalidModelError, match="not found"):
+    with pytest.raises(rt.errors.InvalidModelError, match="not found"):
         rt.RegionalEngineBuilder.from_onnx(tmp_path / "missing.onnx")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00\xffnot a protobuf" * 10)
-    with pytest.raises(rt.InvalidModelError):
+    with pytest.raises(rt.errors.InvalidModelError):
         rt.RegionalEngineBuilder.from_onnx(garbage)
     broken = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["nowhere"], ["y"])], "g", [],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
-    with pytest.raises(rt.InvalidModelError, match="checker"):
+    with pytest.raises(rt.errors.InvalidModelError, match="checker"):
         rt.RegionalEngineBuilder.from_onnx(broken)
 
 
 def test_unknown_region_and_missing_region(base):
-    with pytest.raises(rt.UnknownRegionError, match="MARS"):
+    with pytest.raises(rt.errors.UnknownRegionError, match="MARS"):
         base.for_region("MARS")
-    with pytest.raises(rt.RegionConfigError, match="for_region"):
+    with pytest.raises(rt.errors.RegionConfigError, match="for_region"):
         base.build()
 
 
@@ -177,15 +177,15 @@ def test_unknown_region_and_missing_region(base):
     ],
 )
 def test_bad_validation_data(base, data, match):
-    with pytest.raises(rt.DataError, match=match):
+    with pytest.raises(rt.errors.DataError, match=match):
         base.for_region("EU").with_validation(data).build()
 
 
 def test_lossy_precision_needs_validation_data_and_int8_calibration_data(base):
-    with pytest.raises(rt.DataError, match="with_validation"):
+    with pytest.raises(rt.errors.DataError, match="with_validation"):
         base.for_region("EU").build()
     data = demo.region_data("NA")
-    with pytest.raises(rt.DataError, match="calibration data"):
+    with pytest.raises(rt.errors.DataError, match="calibration data"):
         base.for_region("NA").with_validation(batches(data.validation)).build()
 
 
@@ -194,7 +194,7 @@ def test_backend_not_installed_names_the_extra(base):
 
     if _backend_class("tensorrt").is_available():
         pytest.skip("tensorrt is installed here; the error path needs a machine without it")
-    with pytest.raises(rt.BackendUnavailable, match=r"regiontrt\[tensorrt\]"):
+    with pytest.raises(rt.errors.BackendUnavailable, match=r"regiontrt\[tensorrt\]"):
         region_builder(base, "EU").with_backend("tensorrt").build()
     with pytest.raises(ValueError, match="unknown backend"):
         base.with_backend("tpu")

@@ -29,7 +29,7 @@ from regiontrt.calibration import (
 )
 from regiontrt.calibration.base import ZERO_RANGE_AMAX
 from regiontrt.calibration.collect import iter_activations, resolve_tensors
-from regiontrt.datasets import DataSource
+from regiontrt.data.sources import DataSource
 from regiontrt.errors import DataError, RegionConfigError
 from regiontrt.graph.io import input_specs
 

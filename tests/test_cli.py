@@ -110,7 +110,7 @@ def test_regions_table_rows_are_whole_in_a_pipe(capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["region", "precisions", "forbidden"]
     names = [line.split()[0] for line in lines[2:]]
-    assert names == list(rt.default_regions())
+    assert names == list(rt.precision.default_regions())
 
 
 def test_errors_name_cli_flags_not_python_methods(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -27,5 +27,5 @@ def test_the_strategies_page_runs_and_its_subclasses_take_effect(capsys) -> None
     assert scope["logits"].shape == (16, 10)
     assert capsys.readouterr().out.startswith("fp16 int8 ")
     bad = np.zeros((32, 1, 8, 8), np.float32)  # outside the site's batch sizes
-    with pytest.raises(rt.ShapeOutOfProfile):
+    with pytest.raises(rt.errors.ShapeOutOfProfile):
         int8.infer(bad)

@@ -17,11 +17,11 @@ from hostile import build_blob, forge, qdq_model, relu_model
 from onnx import TensorProto, helper
 
 import regiontrt as rt
-from regiontrt import artifact
 from regiontrt.cli import main
-from regiontrt.compliance import check_model, scan_model
-from regiontrt.precision import Precision
-from regiontrt.regions import RegionRegistry, default_regions, load_regions
+from regiontrt.precision.compliance import check_model, scan_model
+from regiontrt.precision.regions import RegionRegistry, default_regions, load_regions
+from regiontrt.precision.types import Precision
+from regiontrt.runtime import artifact
 
 EU = rt.get_region("EU").to_dict()
 
@@ -118,7 +118,7 @@ def test_fp16_is_found_for_a_region_that_forbids_it():
 def test_eu_build_refuses_source_models_that_hide_int8(case):
     model = SITES[case]()
     builder = rt.RegionalEngineBuilder.from_onnx(model).for_region("eu")  # case-insensitive
-    with pytest.raises(rt.PolicyViolation, match="int8"):
+    with pytest.raises(rt.errors.PolicyViolation, match="int8"):
         builder.build()
 
 
@@ -136,15 +136,15 @@ def test_eu_build_refuses_a_compile_subclass_that_adds_int8_casts():
 
     builder = (rt.RegionalEngineBuilder.from_onnx(relu_model()).for_region("EU")
                .with_precision(Sneaky("fp32")))
-    with pytest.raises(rt.PolicyViolation, match="int8"):
+    with pytest.raises(rt.errors.PolicyViolation, match="int8"):
         builder.build()
 
 
 # -- regions: a preset's forbidden precisions are loosened only with a recorded reason -----------
 def test_region_named_like_a_preset_inherits_its_forbidden_precisions():
-    with pytest.raises(rt.RegionConfigError, match="override_compliance"):
+    with pytest.raises(rt.errors.RegionConfigError, match="override_compliance"):
         rt.Region("EU", precisions=["int8"])
-    with pytest.raises(rt.RegionConfigError, match="override_compliance"):
+    with pytest.raises(rt.errors.RegionConfigError, match="override_compliance"):
         rt.Region("eu", precisions=["int8", "fp32"])
     assert Precision.INT8 in rt.Region("Eu").forbidden  # inherited, though not given
 
@@ -153,7 +153,7 @@ def test_region_named_like_a_preset_inherits_its_forbidden_precisions():
 def test_region_file_cannot_loosen_the_eu_preset(tmp_path, name):
     path = tmp_path / "r.toml"
     path.write_text(f'[regions.{name}]\nprecisions = ["int8", "fp32"]\nforbidden = []\n')
-    with pytest.raises(rt.RegionConfigError, match="override_compliance"):
+    with pytest.raises(rt.errors.RegionConfigError, match="override_compliance"):
         load_regions(path, into=RegionRegistry())
     path.write_text(f'[regions.{name}]\nprecisions = ["fp32"]\nforbidden = []\n')
     region = load_regions(path, into=RegionRegistry())[name.upper()]
@@ -179,7 +179,7 @@ def test_load_regions_changes_the_global_registry_only_when_asked(tmp_path):
     before = set(default_regions())
     registry = load_regions(path)
     assert "LAB" in registry and set(default_regions()) == before
-    with pytest.raises(rt.UnknownRegionError):
+    with pytest.raises(rt.errors.UnknownRegionError):
         rt.get_region("LAB")
     registry = RegionRegistry()
     assert load_regions(path, into=registry) is registry and "lab" in {n.lower() for n in registry}
@@ -203,7 +203,7 @@ def test_eu_artifact_with_a_swapped_int8_payload_is_refused_at_load(tmp_path, bl
     path = tmp_path / "eu.engine"
     path.write_bytes(_eu_with(blob, qdq_model().SerializeToString()))
     artifact.read(path)  # digests are consistent: only the compliance check can refuse it
-    with pytest.raises(rt.PolicyViolation, match="int8"):
+    with pytest.raises(rt.errors.PolicyViolation, match="int8"):
         rt.load_engine(path)
     meta = rt.inspect(path)
     assert meta["compliance_check"]["compliant"] is False
@@ -221,14 +221,14 @@ def test_eu_artifact_whose_region_was_loosened_is_still_checked_against_the_pres
         meta["precision"] = "int8"
     path = tmp_path / "eu.engine"
     path.write_bytes(forge(blob, loosen, payload=qdq_model().SerializeToString()))
-    with pytest.raises(rt.PolicyViolation, match="forbids"):
+    with pytest.raises(rt.errors.PolicyViolation, match="forbids"):
         rt.load_engine(path)
 
 
 def test_save_refuses_a_non_compliant_engine(tmp_path, blob):
     meta, payload = artifact.decode(_eu_with(blob, qdq_model().SerializeToString()))
     engine = rt.Engine(meta, payload)
-    with pytest.raises(rt.PolicyViolation, match="not saved"):
+    with pytest.raises(rt.errors.PolicyViolation, match="not saved"):
         engine.save(tmp_path / "x.engine")
     assert not list(tmp_path.iterdir())
 

@@ -30,8 +30,8 @@ from regiontrt.graph.quantize import (
     upgrade_opset,
 )
 from regiontrt.graph.scope import walk_graphs, walk_nodes
-from regiontrt.policy import PrecisionPolicy
-from regiontrt.precision import Precision
+from regiontrt.precision.policy import PrecisionPolicy
+from regiontrt.precision.types import Precision
 
 SHAPE = [1, 2, 8, 8]
 

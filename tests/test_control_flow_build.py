@@ -29,7 +29,7 @@ def test_unpinned_branches_stay_float_and_the_build_says_why(caplog) -> None:
     """All compute sits in the branches: int8 has nothing to quantize, and the log, the
     metadata and the trial say why; EU's fp16 converts inside the branches and is labelled so."""
     model = speech(outer=False)
-    with caplog.at_level(logging.WARNING, logger="regiontrt.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="regiontrt.build.pipeline"):
         na = (rt.RegionalEngineBuilder.from_onnx(model).for_region("NA")
               .with_calibrator(data=_data(4, 1)).with_validation(_data(4, 2)).build())
     assert "If node 'sr_if'" in caplog.text and "pin it" in caplog.text
@@ -70,7 +70,7 @@ def test_a_condition_tensorrt_cannot_build_is_refused_before_work() -> None:
     model = speech(outer=True, lstm=True)
     builder = (rt.RegionalEngineBuilder.from_onnx(model).for_region("CERTIFIED")
                .with_backend("tensorrt-rtx"))
-    with pytest.raises(rt.BuildError, match=r"refused before any build work.*pin"):
+    with pytest.raises(rt.errors.BuildError, match=r"refused before any build work.*pin"):
         builder.build()
     engine = builder.with_pinned_inputs({"sr": 16000}).build()
     assert engine.backend_name == "tensorrt-rtx" and engine.precision == "fp32"

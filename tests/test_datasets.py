@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import regiontrt as rt
-from regiontrt.datasets import DataSource, split_batches
+from regiontrt.data.sources import DataSource, split_batches
 from regiontrt.graph.io import TensorSpec
 
 SPECS = [TensorSpec("input", np.dtype("float32"), ("N", 1, 8, 8))]
@@ -63,7 +63,7 @@ def test_polygraphy_data_loader():
 def test_generators_are_read_once_and_say_so():
     src = DataSource((b for b in [X]), SPECS)
     assert len(list(src)) == 1
-    with pytest.raises(rt.DataError, match="one-shot iterator"):
+    with pytest.raises(rt.errors.DataError, match="one-shot iterator"):
         list(src)
 
 
@@ -83,16 +83,16 @@ def test_max_batches_and_integer_inputs_are_cast():
     ],
 )
 def test_bad_sources(source, match):
-    with pytest.raises(rt.DataError, match=match):
+    with pytest.raises(rt.errors.DataError, match=match):
         list(DataSource(source, SPECS))
 
 
 def test_bad_npz_and_empty_folder(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(rt.DataError, match="not a readable"):
+    with pytest.raises(rt.errors.DataError, match="not a readable"):
         list(DataSource(tmp_path / "bad.npz", SPECS))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(rt.DataError, match=r"no \.npz or \.npy files"):
+    with pytest.raises(rt.errors.DataError, match=r"no \.npz or \.npy files"):
         list(DataSource(tmp_path / "empty", SPECS))
 
 
@@ -118,8 +118,8 @@ def test_a_file_larger_than_the_profile_is_split_into_opt_batches(tmp_path):
 
 
 def test_profile_split_reads_the_first_profile():
-    from regiontrt.datasets import profile_split
-    from regiontrt.shapes import ShapeProfile
+    from regiontrt.data.sources import profile_split
+    from regiontrt.shapes.profiles import ShapeProfile
 
     profiles = ShapeProfile({"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}).resolve(SPECS)
     assert profile_split(profiles, SPECS) == (64, 32)
@@ -137,10 +137,10 @@ def test_npy_files_and_folders_for_a_single_input_model(tmp_path):
     (folder / "notes.txt").write_text("ignored")
     src = DataSource(folder, SPECS)
     assert [b["input"].shape[0] for b in src] == [4, 6] and src.size_hint() == 2
-    with pytest.raises(rt.DataError, match="single-input model"):
+    with pytest.raises(rt.errors.DataError, match="single-input model"):
         list(DataSource(tmp_path / "one.npy", TWO_INPUTS))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
-    with pytest.raises(rt.DataError, match="not a readable"):
+    with pytest.raises(rt.errors.DataError, match="not a readable"):
         list(DataSource(tmp_path / "objects.npy", SPECS))  # pickles are never loaded
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import regiontrt as rt
-from regiontrt.datasets import DataSource
+from regiontrt.data.sources import DataSource
 from regiontrt.graph.io import TensorSpec
 
 SPECS = [
@@ -42,7 +42,7 @@ def test_each_kind_keeps_its_values() -> None:
     ("text", np.array([1, 2])),  # nor a number text
 ])
 def test_conversions_that_would_change_meaning_are_refused(name: str, value: object) -> None:
-    with pytest.raises(rt.DataError, match=f"input {name!r}: dtype"):
+    with pytest.raises(rt.errors.DataError, match=f"input {name!r}: dtype"):
         list(DataSource([_batch(**{name: value})], SPECS))
 
 

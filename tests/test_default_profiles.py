@@ -10,10 +10,10 @@ import pytest
 import regiontrt as rt
 from regiontrt import demo
 from regiontrt.backends import get_backend
-from regiontrt.datasets import split_batches
-from regiontrt.default_profiles import HEADROOM, choose_profiles, headroom_profile
+from regiontrt.data.sources import split_batches
 from regiontrt.errors import ShapeProfileError
 from regiontrt.graph.io import TensorSpec, input_specs, load_model
+from regiontrt.shapes.defaults import HEADROOM, choose_profiles, headroom_profile
 
 
 def _eu_batches(size: int, count: int) -> list[dict[str, np.ndarray]]:
@@ -30,7 +30,7 @@ def test_onnxruntime_engine_validated_on_batches_of_8_takes_1_and_4(caplog) -> N
     for batch in (1, 4, 8, 33):
         x = demo.region_data("EU").validation[:batch]
         assert engine.infer({"input": x})["logits"].shape == (batch, 10)
-    with pytest.raises(rt.InputError, match="axis 2"):  # static dims are still checked
+    with pytest.raises(rt.errors.InputError, match="axis 2"):  # static dims are still checked
         engine.infer({"input": np.zeros((1, 1, 9, 8), np.float32)})
     derived = engine.metadata["shape_profile_origin"]["derived"]
     assert derived == [{"input": [[1, 1, 8, 8], [8, 1, 8, 8], [8 * HEADROOM, 1, 8, 8]]}]
@@ -64,7 +64,7 @@ def test_tensorrt_rtx_build_gets_a_profile_with_headroom_and_retargets_from_onnx
     assert rtx.metadata["shape_profiles"] == [
         {"input": [[1, 1, 8, 8], [8, 1, 8, 8], [16, 1, 8, 8]]}]
     # an ONNX Runtime engine carries no profile; a TensorRT rebuild takes the derived one
-    from regiontrt.retarget import retarget
+    from regiontrt.build.retarget import retarget
 
     cpu = base.with_validation(_eu_batches(8, 2)).build()
     moved = retarget(cpu, "tensorrt-rtx")

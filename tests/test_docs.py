@@ -169,7 +169,7 @@ def test_every_documented_command_parses():
 
 
 def test_regions_page_toml_loads(tmp_path):
-    from regiontrt.regions import RegionRegistry, load_regions
+    from regiontrt.precision.regions import RegionRegistry, load_regions
 
     toml = next(code for lang, _, code in code_blocks(DOCS / "regions.md") if lang == "toml")
     (tmp_path / "mine.toml").write_text(toml)
@@ -182,7 +182,8 @@ def test_regions_page_toml_loads(tmp_path):
 
 def test_hook_renders_sphinx_roles_as_code():
     hooks = _load_hooks()
-    html = ("Inverse of :meth:<code>to_dict</code>; a :class:<code>~regiontrt.engine.Engine</code>"
+    html = ("Inverse of :meth:<code>to_dict</code>; a "
+            ":class:<code>~regiontrt.runtime.engine.Engine</code>"
             " and :func:<code>regiontrt.inspect</code>.")
     assert hooks.on_page_content(html, None, None, None) == (
         "Inverse of <code>to_dict</code>; a <code>Engine</code> and "

@@ -10,7 +10,7 @@ import pytest
 import regiontrt as rt
 from regiontrt import demo
 from regiontrt.cli import main
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 
 PROFILE = {"input": [(1, 1, 8, 8), (8, 1, 8, 8), (16, 1, 8, 8)]}
 
@@ -45,12 +45,12 @@ def test_infer_matches_onnxruntime_on_the_source_model(engine):
 @pytest.mark.parametrize(
     ("feeds", "error", "match"),
     [
-        ({"image": np.zeros((1, 1, 8, 8), np.float32)}, rt.InputError, "unknown"),
-        ({"input": np.zeros((1, 1, 8, 8), np.float64)}, rt.InputError, "dtype float64"),
-        ({"input": np.zeros((1, 8, 8), np.float32)}, rt.InputError, "rank 3"),
-        ({"input": np.zeros((1, 1, 8, 9), np.float32)}, rt.InputError, "axis 3"),
-        ({"input": np.zeros((17, 1, 8, 8), np.float32)}, rt.ShapeOutOfProfile, "max"),
-        ({"input": np.zeros((0, 1, 8, 8), np.float32)}, rt.ShapeOutOfProfile, "min"),
+        ({"image": np.zeros((1, 1, 8, 8), np.float32)}, rt.errors.InputError, "unknown"),
+        ({"input": np.zeros((1, 1, 8, 8), np.float64)}, rt.errors.InputError, "dtype float64"),
+        ({"input": np.zeros((1, 8, 8), np.float32)}, rt.errors.InputError, "rank 3"),
+        ({"input": np.zeros((1, 1, 8, 9), np.float32)}, rt.errors.InputError, "axis 3"),
+        ({"input": np.zeros((17, 1, 8, 8), np.float32)}, rt.errors.ShapeOutOfProfile, "max"),
+        ({"input": np.zeros((0, 1, 8, 8), np.float32)}, rt.errors.ShapeOutOfProfile, "min"),
     ],
 )
 def test_infer_guard_rejects_before_running(engine, feeds, error, match):
@@ -65,7 +65,7 @@ def test_benchmark_report(engine):
     assert 0 < report.p50_ms <= report.p90_ms <= report.p99_ms
     assert report.throughput == pytest.approx(4 / (report.mean_ms / 1e3))
     assert report.timer == "perf_counter_ns" and report.meets_sla is None
-    with pytest.raises(rt.ShapeOutOfProfile):
+    with pytest.raises(rt.errors.ShapeOutOfProfile):
         engine.benchmark(iterations=1, batch=64)
 
 
@@ -83,10 +83,10 @@ def test_load_refuses_damaged_files(engine_path, tmp_path):
     blob[-10] ^= 0x40
     bad = tmp_path / "flip.engine"
     bad.write_bytes(bytes(blob))
-    with pytest.raises(rt.ArtifactError, match="payload checksum"):
+    with pytest.raises(rt.errors.ArtifactError, match="payload checksum"):
         rt.load_engine(bad)
     bad.write_bytes(engine_path.read_bytes()[:-100])
-    with pytest.raises(rt.ArtifactError, match="truncated"):
+    with pytest.raises(rt.errors.ArtifactError, match="truncated"):
         rt.load_engine(bad)
 
 

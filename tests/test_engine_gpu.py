@@ -36,7 +36,7 @@ class DoubleTensorRTBackend(Backend):
 
     def load(self, payload, metadata) -> Runner:
         from regiontrt.backends.trt_runner import TensorRTRunner
-        from regiontrt.shapes import Profile
+        from regiontrt.shapes.profiles import Profile
         from regiontrt.testing import FakeCudaEngine
 
         self.engine = FakeCudaEngine(max_rows=64, max_cols=256)
@@ -73,9 +73,9 @@ def test_engine_infer_on_the_gpu_matches_the_reference():
 
 def test_engine_guard_refuses_before_any_gpu_work():
     engine = make_engine()
-    with pytest.raises(rt.ShapeOutOfProfile):
+    with pytest.raises(rt.errors.ShapeOutOfProfile):
         engine.infer({"x": np.zeros((65, 8), np.float32), "k": np.zeros(65, np.int32)})
-    with pytest.raises(rt.InputError, match="dtype"):
+    with pytest.raises(rt.errors.InputError, match="dtype"):
         engine.infer({"x": np.zeros((2, 8), np.float64), "k": np.zeros(2, np.int32)})
     assert engine._runner is None  # nothing loaded, nothing allocated, nothing launched
 

@@ -11,8 +11,9 @@ import pytest
 from fleet_support import region_batches, serve, write_fleet
 
 import regiontrt as rt
-from regiontrt import artifact, demo, deploy
+from regiontrt import demo, deploy
 from regiontrt.cli import main
+from regiontrt.runtime import artifact
 
 pytest.importorskip("distributed", reason="needs dask[distributed] (regiontrt[fleet])")
 pytest.importorskip("aiohttp", reason="needs aiohttp for http:// pulls (regiontrt[fleet])")

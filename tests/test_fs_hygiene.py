@@ -18,7 +18,8 @@ import pytest
 from hostile import relu_model
 
 import regiontrt as rt
-from regiontrt import _fs, artifact
+from regiontrt import _fs
+from regiontrt.runtime import artifact
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -115,7 +116,7 @@ def test_export_payload_writes_both_files(tmp_path, engine):
 
 def test_export_payload_writes_neither_when_the_sidecar_fails(tmp_path, engine):
     (tmp_path / "m.onnx.json").mkdir()  # the sidecar cannot be written over a folder
-    with pytest.raises(rt.ArtifactError, match="cannot write"):
+    with pytest.raises(rt.errors.ArtifactError, match="cannot write"):
         engine.export_payload(tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json"]
     assert _temps(tmp_path) == []
@@ -134,7 +135,7 @@ def test_export_payload_keeps_old_files_when_a_write_fails(tmp_path, engine, mon
         real(fd)
 
     monkeypatch.setattr(_fs.os, "fsync", fail_second)
-    with pytest.raises(rt.ArtifactError, match="No space"):
+    with pytest.raises(rt.errors.ArtifactError, match="No space"):
         engine.export_payload(tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").read_bytes() == b"old payload"
     assert (tmp_path / "m.onnx.json").read_text() == "{}"

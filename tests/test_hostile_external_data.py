@@ -14,10 +14,10 @@ import pytest
 from hostile import build_blob, external_payload, forge, relu_model
 
 import regiontrt as rt
-from regiontrt import artifact
 from regiontrt.backends.onnxruntime import OnnxRuntimeRunner
 from regiontrt.cli import main
 from regiontrt.graph.io import external_data_refs, load_model
+from regiontrt.runtime import artifact
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +43,19 @@ def test_engine_naming_external_data_is_refused_before_onnxruntime(
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
-    with pytest.raises(rt.ArtifactError, match="external data"):
+    with pytest.raises(rt.errors.ArtifactError, match="external data"):
         rt.load_engine(path)
-    with pytest.raises(rt.ArtifactError, match="external data"):
+    with pytest.raises(rt.errors.ArtifactError, match="external data"):
         rt.inspect(path)
     assert main(["inspect", str(path)]) == 2
     assert "external data" in capsys.readouterr().err
     # An Engine made in memory from such a payload refuses at first use, too.
     meta, payload = artifact.decode(path.read_bytes())
     engine = rt.Engine(meta, payload)
-    with pytest.raises(rt.ArtifactError, match="external data"):
+    with pytest.raises(rt.errors.ArtifactError, match="external data"):
         engine.infer(np.ones((1, 4), np.float32))
     # And the runner of the ONNX Runtime backend refuses it on its own.
-    with pytest.raises(rt.InvalidModelError, match="external data"):
+    with pytest.raises(rt.errors.InvalidModelError, match="external data"):
         OnnxRuntimeRunner(payload)
 
 
@@ -88,7 +88,7 @@ def test_bytes_or_modelproto_naming_external_data_need_a_base_dir(tmp_path):
     path = _save_with_external_data(tmp_path)
     proto = onnx.load(str(path), load_external_data=False)
     for source in (proto, proto.SerializeToString()):
-        with pytest.raises(rt.InvalidModelError, match="base_dir"):
+        with pytest.raises(rt.errors.InvalidModelError, match="base_dir"):
             rt.RegionalEngineBuilder.from_onnx(source)
     model = load_model(proto, base_dir=tmp_path)
     assert not external_data_refs(model)
@@ -101,5 +101,5 @@ def test_source_model_naming_data_outside_its_folder_is_refused(tmp_path, locati
     folder.mkdir()
     path = folder / "model.onnx"
     path.write_bytes(external_payload(location))
-    with pytest.raises(rt.InvalidModelError, match="external data"):
+    with pytest.raises(rt.errors.InvalidModelError, match="external data"):
         rt.RegionalEngineBuilder.from_onnx(path)

@@ -16,9 +16,9 @@ import pytest
 from hostile import build_blob, container, forge, forge_raw_header, relu_model, split
 
 import regiontrt as rt
-from regiontrt import artifact
 from regiontrt.cli import main
-from regiontrt.inspection import summarize
+from regiontrt.runtime import artifact
+from regiontrt.runtime.inspection import summarize
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_forged_consistent_header_is_refused_naming_the_field(tmp_path, blob, ca
     path = write(tmp_path, forge(blob, edit))
     artifact.read(path)  # the container itself is consistent: only the schema can refuse it
     assert_refused(path, capsys, match=field.split(".")[0])
-    with pytest.raises(rt.ArtifactError, match=field.split(".")[0]):
+    with pytest.raises(rt.errors.ArtifactError, match=field.split(".")[0]):
         rt.load_engine(path)
 
 
@@ -154,7 +154,7 @@ def test_header_that_disagrees_with_the_payload_is_refused_before_the_runtime(
 ], ids=lambda raw: f"{raw[:10]!r}-{len(raw)}")
 def test_unparseable_or_unbounded_headers_are_refused(tmp_path, blob, capsys, raw):
     path = write(tmp_path, forge_raw_header(blob, raw))
-    with pytest.raises(rt.ArtifactError):
+    with pytest.raises(rt.errors.ArtifactError):
         artifact.read_header(path)
     assert_refused(path, capsys)
 
@@ -164,7 +164,7 @@ def test_nesting_600_deep_inside_a_valid_header_is_refused(tmp_path, blob, capsy
     for _ in range(600):
         deep = [deep]
     path = write(tmp_path, forge(blob, _set(["build"], deep)))
-    with pytest.raises(rt.ArtifactError, match="nesting"):
+    with pytest.raises(rt.errors.ArtifactError, match="nesting"):
         artifact.read(path)
     assert_refused(path, capsys)
 
@@ -215,15 +215,15 @@ def test_fifo_is_refused_without_blocking(tmp_path, capsys):
 def test_devices_are_refused_unread(device, capsys):
     if not os.path.exists(device):
         pytest.skip(f"needs {device}")
-    with pytest.raises(rt.ArtifactError, match="regular file"):
+    with pytest.raises(rt.errors.ArtifactError, match="regular file"):
         rt.load_engine(device)
     assert_refused(device, capsys)
 
 
 def test_directory_and_missing_and_bad_path_types(tmp_path):
-    with pytest.raises(rt.ArtifactError, match="directory"):
+    with pytest.raises(rt.errors.ArtifactError, match="directory"):
         rt.inspect(tmp_path)
-    with pytest.raises(rt.ArtifactError, match="not found"):
+    with pytest.raises(rt.errors.ArtifactError, match="not found"):
         rt.load_engine(tmp_path / "missing.engine")
     for bad in (None, 123, b"\0".decode() + "x", ["a"]):
         with pytest.raises(rt.RegionTRTError):
@@ -244,7 +244,7 @@ def test_declared_sizes_are_checked_against_the_real_size_first(tmp_path, blob):
         for path, match in ((big, "payload is"), (huge_header, "header")):
             for read in (rt.inspect, rt.load_engine, artifact.read, artifact.read_header):
                 t0 = time.perf_counter()
-                with pytest.raises(rt.ArtifactError, match=match):
+                with pytest.raises(rt.errors.ArtifactError, match=match):
                     read(path)
                 assert time.perf_counter() - t0 < 2.0
         peak = tracemalloc.get_traced_memory()[1]
@@ -288,7 +288,7 @@ def test_pathological_headers_are_refused_in_linear_time():
     """A 10 MB unterminated string of escaped quotes once made the depth pre-scan quadratic."""
     for raw in (b'"' + b'\\"' * 5_000_000, b"[" * 5_000_000, b'"' * 10_000_000):
         t0 = time.perf_counter()
-        with pytest.raises(rt.ArtifactError):
+        with pytest.raises(rt.errors.ArtifactError):
             artifact.parse_header(raw)
         assert time.perf_counter() - t0 < 5.0
     # Brackets inside strings count towards the 10,000-bracket pre-scan bound only.

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 import regiontrt as rt
 from regiontrt.cli import main
-from regiontrt.inspection import summarize
+from regiontrt.runtime.inspection import summarize
 
 EXAMPLES = int(os.environ.get("REGIONTRT_FUZZ_EXAMPLES", "600"))
 FULL = "REGIONTRT_FUZZ_EXAMPLES" in os.environ

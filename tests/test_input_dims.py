@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 import regiontrt as rt
 from regiontrt.calibration import get_calibrator
-from regiontrt.datasets import DataSource
+from regiontrt.data.sources import DataSource
 from regiontrt.errors import DataError
 from regiontrt.graph.io import input_specs, load_model, model_bytes, output_specs
 

@@ -21,7 +21,7 @@ import pytest
 import regiontrt as rt
 from regiontrt import demo
 from regiontrt.backends import get_backend
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 from regiontrt.errors import IncompatibleEngineError
 from regiontrt.graph.arithmetic import (
     Int8Arithmetic,
@@ -122,7 +122,7 @@ def test_a_site_with_another_cpu_follows_its_region(tmp_path: Path, policy: str,
         with pytest.raises(IncompatibleEngineError, match="cpu_mismatch = refuse"):
             engine.infer({"input": x})
         return
-    with caplog.at_level(logging.WARNING, logger="regiontrt.engine"):
+    with caplog.at_level(logging.WARNING, logger="regiontrt.runtime.engine"):
         logits = engine.infer({"input": x})["logits"]
     runner = engine._get_runner()
     expected = Int8Arithmetic.FUSED if policy == "warn" else Int8Arithmetic.TENSORRT
@@ -146,12 +146,12 @@ def test_fused_is_refused_for_a_tensorrt_target() -> None:
         pytest.skip("needs tensorrt-rtx (pip install 'regiontrt[rtx]')")
     builder = (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region("NA")
                .with_backend("tensorrt-rtx").with_int8_arithmetic("fused"))
-    with pytest.raises(rt.InvalidArgumentError, match="TensorRT's arithmetic"):
+    with pytest.raises(rt.errors.InvalidArgumentError, match="TensorRT's arithmetic"):
         builder.build()
 
 
 def test_region_cpu_mismatch_is_checked() -> None:
-    with pytest.raises(rt.RegionConfigError, match="cpu_mismatch"):
+    with pytest.raises(rt.errors.RegionConfigError, match="cpu_mismatch"):
         rt.Region("X", ("int8",), cpu_mismatch="ignore")
     table = rt.Region("X", ("int8",), cpu_mismatch="refuse").to_dict()
     assert rt.Region.from_dict("X", table).cpu_mismatch == "refuse"

@@ -12,7 +12,7 @@ from conftest import make_cnn
 import regiontrt as rt
 from regiontrt import demo
 from regiontrt.calibration import read_calibration_cache, write_calibration_cache
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 from regiontrt.graph.quantize import count_qdq
 
 PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
@@ -44,7 +44,7 @@ def test_mixed_precision_meets_a_budget_whole_model_int8_misses(base):
     # kept would test the ranking's tie-breaks, not the search.
     budget = whole_loss * 0.8
     # whole-model int8 now misses the budget ...
-    with pytest.raises(rt.AccuracyBudgetExceeded):
+    with pytest.raises(rt.errors.AccuracyBudgetExceeded):
         common.for_region(int8_region(budget=budget)).with_precision(
             rt.PrecisionPolicy("int8", search_mixed=False)).build()
     # ... and keeping the most sensitive layers in float32 meets it, still as int8
@@ -70,7 +70,7 @@ def test_mismatch_check_fires_on_another_regions_data(base):
     with pytest.warns(UserWarning, match="outside the calibrated ranges"):
         engine = lenient.with_validation(b64(apac.validation)).build()
     assert engine.metadata["calibration"]["mismatch"]["worst"] is not None
-    with pytest.raises(rt.CalibrationMismatch, match="another region"):
+    with pytest.raises(rt.errors.CalibrationMismatch, match="another region"):
         (base.for_region(int8_region(strict=True))
          .with_calibrator("entropy", data=b64(na.calibration))
          .with_validation(b64(apac.validation)).build())

@@ -12,7 +12,7 @@ from onnx import numpy_helper as nh
 import regiontrt as rt
 from regiontrt.errors import MetricError
 from regiontrt.graph.io import output_specs
-from regiontrt.metrics import plan_metrics
+from regiontrt.precision.metrics import plan_metrics
 
 
 def _model(out_shape: list, *, classes_out: bool = False) -> onnx.ModelProto:
@@ -73,7 +73,7 @@ def test_per_output_metrics_and_the_largest_loss_decides(tmp_path) -> None:
     engine.save(tmp_path / "e.engine")
     shown = rt.inspect(tmp_path / "e.engine")["validation"]["output_metrics"]
     assert shown["logits"]["metric"] == "top1" and shown["y"]["metric"] == "max_abs"
-    with pytest.raises(rt.InvalidArgumentError, match="does not have"):
+    with pytest.raises(rt.errors.InvalidArgumentError, match="does not have"):
         (rt.RegionalEngineBuilder.from_onnx(model).for_region("EU")
          .with_validation(data, metric={"nope": "top1"}).build())
 
@@ -102,7 +102,7 @@ def test_a_text_detector_gets_a_lossy_precision_under_the_default_metric() -> No
 def test_refusals_come_before_any_model_run(monkeypatch) -> None:
     """A metric that cannot judge an output, or a profile that does not fit the model, is
     refused before the FP32 reference, calibration or any payload build runs."""
-    from regiontrt import validator
+    from regiontrt.precision import validator
 
     def no_work(*args, **kwargs):
         raise AssertionError("the build ran the model before refusing it")
@@ -115,5 +115,5 @@ def test_refusals_come_before_any_model_run(monkeypatch) -> None:
     with pytest.raises(MetricError, match="cannot judge output 'y'"):
         base.build()
     bad_profile = base.with_validation(data).with_shape_profile({"x": [(1, 5), (2, 5), (4, 5)]})
-    with pytest.raises(rt.ShapeProfileError, match="static"):
+    with pytest.raises(rt.errors.ShapeProfileError, match="static"):
         bad_profile.build()

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from regiontrt.mixed import search_mixed_precision
-from regiontrt.validation import collate, cosine, get_metric, max_abs, relative_l2, top1
+from regiontrt.precision.mixed import search_mixed_precision
+from regiontrt.precision.validation import collate, cosine, get_metric, max_abs, relative_l2, top1
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import regiontrt as rt
 from regiontrt.graph.qdq_probe import layer_probe
 from regiontrt.graph.quantize import name_nodes, plan_quantization, quantize_model
-from regiontrt.int8 import probe_sensitivity, screen_batches
+from regiontrt.precision.int8 import probe_sensitivity, screen_batches
 
 WIDTH, LAYERS = 16, 24
 SENSITIVE = (5, 11, 17)  # layers whose input carries the outlier channel

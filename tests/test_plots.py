@@ -11,7 +11,7 @@ from regiontrt import demo
 
 pytest.importorskip("matplotlib", reason="needs matplotlib (pip install 'regiontrt[plot]')")
 
-from regiontrt import plots
+from regiontrt.report import plots
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def engines(tmp_path_factory):
 
 
 def _png(fig) -> bytes:
-    from regiontrt.report import figure_png
+    from regiontrt.report.text import figure_png
 
     data = figure_png(fig)
     assert data.startswith(b"\x89PNG")
@@ -73,7 +73,7 @@ def test_latency_from_raw_samples_and_benchmark_reports(engines):
     # NA's SLA (10 ms) is drawn for the summaries
     assert any(np.allclose(ln.get_xdata(), [10.0]) for ln in ax.get_lines())
     _png(fig)
-    with pytest.raises(rt.DataError):
+    with pytest.raises(rt.errors.DataError):
         plots.latency_figure({})
     with pytest.raises(ValueError):
         plots.latency_samples(engine, iterations=0)
@@ -98,7 +98,7 @@ def test_calibration_histograms_recompute_the_built_ranges(engines):
     fig = plots.calibration_figure(minmax)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == widest
     _png(fig)
-    with pytest.raises(rt.DataError):
+    with pytest.raises(rt.errors.DataError):
         plots.calibration_histograms(demo.model_path(), batches(data.calibration), ["nope:0"])
 
 
@@ -113,7 +113,7 @@ def test_sensitivity_reads_the_search_and_tolerates_other_shapes(engines):
     _png(fig)
     # no search recorded (NA met its budget in whole-model int8; EU is fp16)
     assert plots.sensitivity(engines["NA"])[0] == []
-    with pytest.raises(rt.DataError, match="no mixed-precision"):
+    with pytest.raises(rt.errors.DataError, match="no mixed-precision"):
         plots.sensitivity_figure(engines["EU"])
     # a rewritten search may record a list of records (under another key) instead of a mapping
     meta = {"calibration": {"mixed_precision": {"per_layer": [
@@ -127,7 +127,7 @@ def test_plots_need_matplotlib_only_when_drawing():
     import sys
 
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "import regiontrt.plots as p\n"
+            "import regiontrt.report.plots as p\n"
             "try:\n    p.accuracy_figure([{'validation': {}}])\n"
             "except p.PlotUnavailable as e:\n    print('refused:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

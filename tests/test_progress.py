@@ -150,7 +150,7 @@ def test_configure_logging_levels(verbosity: int, level: int, monkeypatch) -> No
     root = logging.getLogger("regiontrt")
     assert root.level == level
     assert sum(getattr(h, "_regiontrt_cli", False) for h in root.handlers) == 1
-    logging.getLogger("regiontrt.pipeline").info("chose fp16")
+    logging.getLogger("regiontrt.build.pipeline").info("chose fp16")
     assert ("chose fp16" in err.getvalue()) == (level <= logging.INFO)
 
 
@@ -175,7 +175,7 @@ def test_an_int8_build_on_the_cpu_reports_every_stage(caplog) -> None:
     assert any(m.startswith("calibration mismatch check: 4/4 done") for m in progress), progress
     assert any(m.startswith("validation (4 batches): done") for m in progress), progress
     assert any(m.startswith("onnxruntime build (NA-int8): done in") for m in progress), progress
-    decisions = [r.getMessage() for r in caplog.records if r.name == "regiontrt.pipeline"]
+    decisions = [r.getMessage() for r in caplog.records if r.name == "regiontrt.build.pipeline"]
     assert decisions[0].startswith("region NA: trying int8 > fp16 > fp32 in order")
     assert any(m.startswith("region NA: int8 loss") and "accepted" in m for m in decisions)
     assert decisions[-1].startswith("region NA: chose int8")
@@ -197,7 +197,7 @@ def test_an_int8_build_with_bars_on_a_terminal(monkeypatch) -> None:
 
 
 def test_mixed_precision_search_reports_its_sensitivity_pass(caplog) -> None:
-    from regiontrt.mixed import search_mixed_precision
+    from regiontrt.precision.mixed import search_mixed_precision
 
     caplog.set_level(logging.DEBUG, logger="regiontrt")
     weights = {"conv0": 0.5, "conv1": 0.1, "fc": 0.3}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import regiontrt as rt
-from regiontrt.precision import Precision
-from regiontrt.regions import Region, RegionRegistry, default_regions
+from regiontrt.precision.regions import Region, RegionRegistry, default_regions
+from regiontrt.precision.types import Precision
 
 
 def test_presets_follow_the_policy_matrix():
@@ -24,7 +24,7 @@ def test_presets_follow_the_policy_matrix():
 
 def test_lookup_is_case_insensitive_and_unknown_names_list_known_ones():
     assert default_regions()["eu"].name == "EU"
-    with pytest.raises(rt.UnknownRegionError, match="known regions: NA, EU"):
+    with pytest.raises(rt.errors.UnknownRegionError, match="known regions: NA, EU"):
         default_regions()["MARS"]
 
 
@@ -57,12 +57,12 @@ def test_user_toml_adds_and_overrides(tmp_path):
 def test_bad_region_files_raise_typed_errors(tmp_path, text, match):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(rt.RegionConfigError, match=match):
+    with pytest.raises(rt.errors.RegionConfigError, match=match):
         RegionRegistry().update_from_toml(path)
 
 
 def test_missing_region_file(tmp_path):
-    with pytest.raises(rt.RegionConfigError, match="not found"):
+    with pytest.raises(rt.errors.RegionConfigError, match="not found"):
         rt.load_regions(tmp_path / "nope.toml", into=RegionRegistry())
 
 

@@ -22,7 +22,7 @@ import pytest
 from fleet_support import region_batches, serve, write_fleet
 
 import regiontrt as rt
-from regiontrt import artifact, deploy
+from regiontrt import deploy
 from regiontrt.errors import (
     BundleError,
     DowngradeError,
@@ -30,6 +30,7 @@ from regiontrt.errors import (
     RegistryError,
     SignatureError,
 )
+from regiontrt.runtime import artifact
 
 pytest.importorskip("model_signing", reason="needs model-signing (pip install 'regiontrt[fleet]')")
 pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")

@@ -11,15 +11,15 @@ from _engines import build_engines
 
 import regiontrt as rt
 from regiontrt.cli import main
-from regiontrt.report import (
-    EngineInfo,
+from regiontrt.precision.validation import PrecisionTrial, ValidationReport
+from regiontrt.report.page import collect, summary_html
+from regiontrt.report.text import (
     figure_html,
     html_fragment,
     html_table,
     plots_available,
 )
-from regiontrt.report_page import collect, summary_html
-from regiontrt.validation import PrecisionTrial, ValidationReport
+from regiontrt.runtime.inspection import EngineInfo
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +181,9 @@ def test_cli_report_html_bundle_with_manifest_and_a_bad_file(engines, tmp_path, 
 
 
 def test_collect_refuses_missing_or_empty(tmp_path):
-    with pytest.raises(rt.DataError, match="no such file"):
+    with pytest.raises(rt.errors.DataError, match="no such file"):
         collect(tmp_path / "nope")
-    with pytest.raises(rt.DataError, match=r"no \.engine file"):
+    with pytest.raises(rt.errors.DataError, match=r"no \.engine file"):
         collect(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
 
@@ -200,12 +200,12 @@ def test_summary_html_for_engines_in_memory(engines):
 
 def test_engine_that_cannot_run_here_is_reported_not_fatal(engines, tmp_path, capsys):
     # A TensorRT engine on a machine without TensorRT: listed with its reason, no latency.
-    from regiontrt import artifact
     from regiontrt.backends import get_backend
+    from regiontrt.runtime import artifact
 
     try:
         get_backend("tensorrt")
-    except rt.BackendUnavailable:
+    except rt.errors.BackendUnavailable:
         pass
     else:
         pytest.skip("needs a machine without TensorRT (here it would try to run the plan)")

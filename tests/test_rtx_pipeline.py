@@ -16,7 +16,7 @@ import pytest
 import regiontrt as rt
 from regiontrt import demo
 from regiontrt.backends.plan import read_plan_header
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 
 pytestmark = pytest.mark.rtx
 DEMO_PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
@@ -62,7 +62,7 @@ def test_demo_model_rtx_plans(demo_base, region, precision, dtype, tmp_path):
 def test_rtx_engine_refuses_to_run_without_a_supported_gpu(demo_base):
     data = demo.region_data("EU")
     engine = demo_base.for_region("EU").with_validation(_b(data.validation)).build()
-    with pytest.raises(rt.IncompatibleEngineError):
+    with pytest.raises(rt.errors.IncompatibleEngineError):
         engine.infer(data.validation[:4])
 
 
@@ -76,7 +76,7 @@ def test_parser_errors_name_the_node():
         [onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [1, 4]),
          onnx.helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [2])]),
         opset_imports=[onnx.helper.make_opsetid("", 17)])
-    with pytest.raises(rt.BuildError, match="strings_here"):
+    with pytest.raises(rt.errors.BuildError, match="strings_here"):
         (rt.RegionalEngineBuilder.from_onnx(model).for_region("CERTIFIED")
          .with_backend("tensorrt-rtx").build())
 
@@ -114,7 +114,7 @@ def test_ppocr_recogniser_dynamic_width_rtx(precision, tmp_path):
     assert meta["shape_profiles"] == [{"x": [[1, 3, 48, 32], [2, 3, 48, 320], [4, 3, 48, 1280]]}]
     assert read_plan_header(engine.payload).compute_capabilities == ("sm89",)
     assert meta["build"]["profiles"]  # the profile the plan was built with
-    with pytest.raises(rt.ShapeOutOfProfile):
+    with pytest.raises(rt.errors.ShapeOutOfProfile):
         engine.infer(np.zeros((1, 3, 48, 2000), np.float32))
 
 

@@ -90,7 +90,7 @@ def test_overloaded_is_raised_at_once_and_queued_requests_drain(na_engine):
                       max_queue=2)
     first, second = server.submit(x), server.submit(x)
     started = time.perf_counter()
-    with pytest.raises(rt.Overloaded, match="queue full"):
+    with pytest.raises(rt.errors.Overloaded, match="queue full"):
         server.submit(x)
     assert time.perf_counter() - started < 0.5  # typed refusal at once, not a blocked caller
     server.close(drain=True)
@@ -98,7 +98,7 @@ def test_overloaded_is_raised_at_once_and_queued_requests_drain(na_engine):
     assert np.array_equal(first.result(1)["logits"], want)
     assert np.array_equal(second.result(1)["logits"], want)
     assert server.stats()["digits_cnn_NA"]["outcomes"]["overloaded"] == 1
-    with pytest.raises(rt.ServerClosed):
+    with pytest.raises(rt.errors.ServerClosed):
         server.submit(x)
 
 
@@ -107,7 +107,7 @@ def test_expired_deadline_fails_typed_without_running(na_engine):
     with rt.serve(na_engine, max_batch=64, max_delay_ms=300, mode="throughput") as server:
         late = server.submit(x, deadline_ms=30)
         patient = server.submit(x)
-        with pytest.raises(rt.DeadlineExceeded, match="deadline passed"):
+        with pytest.raises(rt.errors.DeadlineExceeded, match="deadline passed"):
             late.result(5)
         assert np.array_equal(patient.result(5)["logits"], na_engine.infer(x)["logits"])
         s = server.stats()["digits_cnn_NA"]
@@ -118,11 +118,11 @@ def test_expired_deadline_fails_typed_without_running(na_engine):
 def test_bad_inputs_fail_alone_and_the_server_keeps_serving(na_engine):
     good = np.zeros((2, 1, 8, 8), np.float32)
     with rt.serve(na_engine, mode="latency") as server:
-        with pytest.raises(rt.InputError, match="dtype"):
+        with pytest.raises(rt.errors.InputError, match="dtype"):
             server.submit(good.astype(np.float64))
-        with pytest.raises(rt.ShapeOutOfProfile):
+        with pytest.raises(rt.errors.ShapeOutOfProfile):
             server.submit(np.zeros((65, 1, 8, 8), np.float32))
-        with pytest.raises(rt.InputError, match="names"):
+        with pytest.raises(rt.errors.InputError, match="names"):
             server.submit({"nope": good})
         with pytest.raises(rt.serve.UnknownModel):
             server.submit(good, model="other_EU")
@@ -262,7 +262,7 @@ def test_serving_a_file_names_the_model_after_its_stem_and_closes_cleanly(na_eng
 
 
 def test_serve_refuses_missing_paths_and_strange_sources(na_engine, tmp_path):
-    with pytest.raises(rt.ArtifactError, match="nothing to serve"):
+    with pytest.raises(rt.errors.ArtifactError, match="nothing to serve"):
         rt.serve(tmp_path / "absent.engine")
     with pytest.raises(TypeError):
         rt.serve(42)
@@ -334,7 +334,7 @@ def test_several_sources_are_served_side_by_side_by_name(na_engine, seq_engine, 
                               na_engine.infer(x)["logits"])
         with pytest.raises(rt.serve.UnknownModel, match="name one"):
             server.submit(x)
-    with pytest.raises(rt.ArtifactError, match="same model name"):
+    with pytest.raises(rt.errors.ArtifactError, match="same model name"):
         rt.serve([na_engine, na_engine])
 
 

@@ -98,7 +98,7 @@ def test_sampling_never_blocks_and_counts_what_it_drops(na_engine):
 
 
 def test_psi_is_near_zero_on_the_reference_and_large_on_a_shift():
-    from regiontrt.datastats import mean_shift, psi, summarize
+    from regiontrt.data.stats import mean_shift, psi, summarize
 
     rng = np.random.default_rng(0)
     ref = summarize(rng.standard_normal(50_000))

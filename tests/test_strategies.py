@@ -9,10 +9,10 @@ import pytest
 import regiontrt as rt
 from regiontrt import demo
 from regiontrt.calibration import Calibrator, TensorStats
-from regiontrt.datasets import split_batches
+from regiontrt.data.sources import split_batches
 from regiontrt.graph.io import TensorSpec
-from regiontrt.precision import Precision
-from regiontrt.shapes import Profile, Range
+from regiontrt.precision.types import Precision
+from regiontrt.shapes.profiles import Profile, Range
 
 PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
 
@@ -97,7 +97,7 @@ def test_shape_profile_subclass_guards_infer():
               .build())
     assert engine.metadata["shape_profiles"] == [{"input": [[2, 1, 8, 8], [16, 1, 8, 8],
                                                             [16, 1, 8, 8]]}]
-    with pytest.raises(rt.ShapeOutOfProfile):
+    with pytest.raises(rt.errors.ShapeOutOfProfile):
         engine.infer(np.zeros((1, 1, 8, 8), np.float32))
 
 
@@ -114,28 +114,28 @@ SPEC = [TensorSpec("x", np.dtype("float32"), ("N", 3, "W"))]
 
 
 def test_profile_resolution_errors():
-    with pytest.raises(rt.ShapeProfileError, match="dynamic dimensions"):
+    with pytest.raises(rt.errors.ShapeProfileError, match="dynamic dimensions"):
         rt.ShapeProfile().resolve(SPEC)
     assert rt.ShapeProfile().resolve(SPEC, require_all=False)[0].ranges == {}
-    with pytest.raises(rt.ShapeProfileError, match="axis 1 is static"):
+    with pytest.raises(rt.errors.ShapeProfileError, match="axis 1 is static"):
         rt.ShapeProfile({"x": [(1, 4, 8), (1, 4, 8), (1, 4, 8)]}).resolve(SPEC)
-    with pytest.raises(rt.ShapeProfileError, match="rank"):
+    with pytest.raises(rt.errors.ShapeProfileError, match="rank"):
         rt.ShapeProfile({"x": [(1, 3), (1, 3), (1, 3)]}).resolve(SPEC)
-    with pytest.raises(rt.ShapeProfileError, match="unknown inputs"):
+    with pytest.raises(rt.errors.ShapeProfileError, match="unknown inputs"):
         rt.ShapeProfile({"y": [(1,)]}).resolve(SPEC)
-    with pytest.raises(rt.ShapeProfileError, match="min <= opt <= max"):
+    with pytest.raises(rt.errors.ShapeProfileError, match="min <= opt <= max"):
         rt.ShapeProfile({"x": [(4, 3, 8), (1, 3, 8), (8, 3, 8)]})
 
 
 def test_several_profiles_pick_the_first_that_fits():
-    from regiontrt.shapes import select_profile
+    from regiontrt.shapes.profiles import select_profile
 
     sp = rt.ShapeProfile(profiles=[{"x": [(1, 3, 8), (1, 3, 64), (1, 3, 128)]},
                                    {"x": [(1, 3, 129), (4, 3, 512), (8, 3, 1024)]}])
     profiles = sp.resolve(SPEC)
     assert select_profile(profiles, {"x": (1, 3, 100)}) == 0
     assert select_profile(profiles, {"x": (2, 3, 600)}) == 1
-    with pytest.raises(rt.ShapeOutOfProfile, match=r"profile 0.*\n.*profile 1"):
+    with pytest.raises(rt.errors.ShapeOutOfProfile, match=r"profile 0.*\n.*profile 1"):
         select_profile(profiles, {"x": (1, 3, 2000)})
 
 
@@ -150,7 +150,7 @@ def test_bucketing_pads_and_unpads():
     assert out["y"].shape == (1, 5, 2)
     _, info = b.pad({"x": np.ones((1, 3, 45), np.float32)})
     assert b.unpad({"y": np.zeros((1, 8, 2))}, info, {"y": 1})["y"].shape == (1, 5, 2)
-    with pytest.raises(rt.ShapeOutOfProfile, match="largest bucket"):
+    with pytest.raises(rt.errors.ShapeOutOfProfile, match="largest bucket"):
         b.pad({"x": np.ones((1, 3, 200), np.float32)})
 
 

@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import regiontrt as rt
 from regiontrt.graph.io import TensorSpec
-from regiontrt.inspection import summarize
-from regiontrt.schema import MAX_DIM, MAX_EXPR, MAX_SYMBOL, validate_header
+from regiontrt.runtime.inspection import summarize
+from regiontrt.runtime.schema import MAX_DIM, MAX_EXPR, MAX_SYMBOL, validate_header
 
 CLASSES = 3
 PROFILE = {"images": [(1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96)]}
@@ -275,7 +275,7 @@ def test_old_headers_read_as_before(tmp_path):
 def test_each_bad_symbolic_field_is_named(tmp_path, edit, match):
     path = tmp_path / "bad.engine"
     path.write_bytes(forge(BLOB, lambda meta: edit(meta["outputs"][0])))
-    with pytest.raises(rt.ArtifactError, match=match):
+    with pytest.raises(rt.errors.ArtifactError, match=match):
         rt.inspect(path)
-    with pytest.raises(rt.ArtifactError, match=match):
+    with pytest.raises(rt.errors.ArtifactError, match=match):
         rt.load_engine(path)

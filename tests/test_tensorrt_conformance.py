@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 import trt_bindings_api as tb
 
-from regiontrt import tactics
-from regiontrt.backends import trt_alloc, trt_build, trt_slots
+from regiontrt.backends import tactics, trt_alloc, trt_build, trt_slots
 from regiontrt.testing import fake_trt
 from regiontrt.testing.recording_trt import ENUMS, FAKE_CLASSES, make_recording_trt
 

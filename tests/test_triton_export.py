@@ -13,8 +13,8 @@ from fleet_support import write_fleet
 from google.protobuf import text_format
 
 from regiontrt import deploy
-from regiontrt.backends.onnxruntime import make_session
 from regiontrt.errors import BundleError
+from regiontrt.graph.arithmetic import make_session
 from regiontrt.graph.io import TensorSpec
 
 pytest.importorskip("tritonclient", reason="needs tritonclient[http] (the test extra)")

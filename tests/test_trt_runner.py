@@ -18,7 +18,7 @@ from regiontrt.errors import (
     InputError,
     ShapeOutOfProfile,
 )
-from regiontrt.shapes import Profile, Range
+from regiontrt.shapes.profiles import Profile, Range
 from regiontrt.testing import DataType, FakeCudaEngine, IOutputAllocator
 
 RNG = np.random.default_rng(1234)

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 import regiontrt as rt
 from regiontrt import _fs
 from regiontrt.cli import main
-from regiontrt.regions import RegionRegistry, load_regions
+from regiontrt.precision.regions import RegionRegistry, load_regions
 
 X = {"x": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)}
 
@@ -30,7 +30,7 @@ def base():
 def test_non_finite_validation_data_is_a_data_error(bad):
     data = X["x"].copy()
     data[3, 1] = bad
-    with pytest.raises(rt.DataError, match="NaN or Inf"):
+    with pytest.raises(rt.errors.DataError, match="NaN or Inf"):
         base().for_region("EU").with_validation({"x": data}).build()
 
 
@@ -41,7 +41,7 @@ def test_non_finite_reference_outputs_are_a_data_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     negative = {"x": -np.ones((2, 4), np.float32)}  # log(-1) = NaN in the FP32 reference
-    with pytest.raises(rt.DataError, match="FP32 model's outputs"):
+    with pytest.raises(rt.errors.DataError, match="FP32 model's outputs"):
         rt.RegionalEngineBuilder.from_onnx(model).for_region("EU").with_validation(
             negative).build()
 
@@ -51,7 +51,7 @@ def test_metric_result_must_be_a_finite_loss(result):
     def my_metric(ref, cand):
         return result
 
-    with pytest.raises(rt.MetricError, match="my_metric") as info:
+    with pytest.raises(rt.errors.MetricError, match="my_metric") as info:
         base().for_region("EU").with_validation(X, metric=my_metric).build()
     assert isinstance(info.value, rt.RegionTRTError)
 
@@ -60,7 +60,7 @@ def test_a_raising_user_metric_is_wrapped_with_its_cause():
     def exploding(ref, cand):
         raise KeyError("logits")
 
-    with pytest.raises(rt.MetricError, match="exploding") as info:
+    with pytest.raises(rt.errors.MetricError, match="exploding") as info:
         base().for_region("EU").with_validation(X, metric=exploding).build()
     assert isinstance(info.value.__cause__, KeyError)
 
@@ -68,7 +68,7 @@ def test_a_raising_user_metric_is_wrapped_with_its_cause():
 # -- finding 6: untyped errors ------------------------------------------------------------------
 @pytest.mark.parametrize("source", [123, None, 4.5, ["model.onnx"]])
 def test_from_onnx_with_a_wrong_type(source):
-    with pytest.raises(rt.InvalidModelError, match=r"path, bytes or an onnx\.ModelProto"):
+    with pytest.raises(rt.errors.InvalidModelError, match=r"path, bytes or an onnx\.ModelProto"):
         rt.RegionalEngineBuilder.from_onnx(source)
 
 
@@ -79,7 +79,7 @@ def test_model_without_inputs_and_empty_validation_batch():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    with pytest.raises(rt.DataError, match="no inputs"):
+    with pytest.raises(rt.errors.DataError, match="no inputs"):
         rt.RegionalEngineBuilder.from_onnx(model).for_region("EU").with_validation([{}]).build()
 
 
@@ -138,7 +138,7 @@ def test_region_toml_fields_are_validated(tmp_path, body, match):
     path = tmp_path / "r.toml"
     path.write_text(f'[regions.LAB]\nprecisions = ["fp32"]\n{body}\n'
                     if not body.startswith("precisions") else f"[regions.LAB]\n{body}\n")
-    with pytest.raises(rt.RegionConfigError, match=match):
+    with pytest.raises(rt.errors.RegionConfigError, match=match):
         load_regions(path, into=RegionRegistry())
 
 
@@ -147,7 +147,7 @@ def test_region_file_that_is_not_text_or_not_a_file(tmp_path):
     bad.write_bytes(b"[regions.LAB]\ndescription = \"\xff\xfe\"\n")
     for path, match in ((bad, "UTF-8"), (tmp_path, "not a regular file"),
                         (tmp_path / "missing.toml", "not found")):
-        with pytest.raises(rt.RegionConfigError, match=match):
+        with pytest.raises(rt.errors.RegionConfigError, match=match):
             load_regions(path, into=RegionRegistry())
 
 
@@ -156,7 +156,7 @@ def test_region_file_that_is_not_text_or_not_a_file(tmp_path):
     {"name": "LAB", "tags": ["ab", "cd"]}, {"name": "LAB", "precisions": 5},
 ])
 def test_region_constructor_types(kwargs):
-    with pytest.raises(rt.RegionConfigError):
+    with pytest.raises(rt.errors.RegionConfigError):
         rt.Region(**kwargs)
 
 
@@ -169,12 +169,12 @@ def engine_path(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [
-    ({"iterations": 0}, rt.InvalidArgumentError),
-    ({"warmup": -1}, rt.InvalidArgumentError),
-    ({"iterations": 2.5}, rt.InvalidArgumentError),
-    ({"batch": -1}, rt.InvalidArgumentError),
-    ({"batch": 0}, rt.InvalidArgumentError),
-    ({"batch": 10**8}, rt.ShapeOutOfProfile),  # refused before allocating anything
+    ({"iterations": 0}, rt.errors.InvalidArgumentError),
+    ({"warmup": -1}, rt.errors.InvalidArgumentError),
+    ({"iterations": 2.5}, rt.errors.InvalidArgumentError),
+    ({"batch": -1}, rt.errors.InvalidArgumentError),
+    ({"batch": 0}, rt.errors.InvalidArgumentError),
+    ({"batch": 10**8}, rt.errors.ShapeOutOfProfile),  # refused before allocating anything
 ])
 def test_benchmark_arguments(engine_path, kwargs, error):
     with rt.load_engine(engine_path) as engine, pytest.raises(error):
@@ -183,16 +183,16 @@ def test_benchmark_arguments(engine_path, kwargs, error):
 
 def test_sample_inputs_refuse_huge_shapes_without_a_profile(tmp_path):
     engine = base().for_region("CERTIFIED").build()
-    with pytest.raises(rt.InputError, match="bytes"):
+    with pytest.raises(rt.errors.InputError, match="bytes"):
         engine.sample_inputs(batch=10**9)
 
 
 def test_load_engine_arguments(engine_path):
-    with pytest.raises(rt.ArtifactError):
+    with pytest.raises(rt.errors.ArtifactError):
         rt.load_engine(None)
-    with pytest.raises(rt.InvalidArgumentError, match="unknown backend"):
+    with pytest.raises(rt.errors.InvalidArgumentError, match="unknown backend"):
         rt.load_engine(engine_path, backend="foo")
-    with pytest.raises(rt.InvalidArgumentError):
+    with pytest.raises(rt.errors.InvalidArgumentError):
         rt.load_engine(engine_path, backend=3)
 
 
@@ -202,7 +202,7 @@ def test_input_with_shape_and_dtype_but_no_data(engine_path):
         dtype = np.float32
 
     with rt.load_engine(engine_path) as engine:
-        with pytest.raises(rt.InputError, match="no data"):
+        with pytest.raises(rt.errors.InputError, match="no data"):
             engine.infer({"x": Hollow()})
         assert engine._runner is None
 
@@ -230,7 +230,7 @@ def test_save_os_errors_are_typed_and_leave_nothing(tmp_path, monkeypatch, engin
         raise OSError(code, _fs.os.strerror(code))
 
     monkeypatch.setattr(_fs.os, "fsync", failing_fsync)
-    with pytest.raises(rt.ArtifactError, match=_fs.os.strerror(code)) as info:
+    with pytest.raises(rt.errors.ArtifactError, match=_fs.os.strerror(code)) as info:
         engine.save(tmp_path / "out.engine")
     assert isinstance(info.value.__cause__, OSError)
     monkeypatch.setattr(_fs.os, "fsync", real_fsync)
@@ -242,7 +242,7 @@ def test_save_to_a_folder_or_under_a_file(tmp_path, engine_path):
     (tmp_path / "dir.engine").mkdir()
     (tmp_path / "file").write_text("x")
     for target in (tmp_path / "dir.engine", tmp_path / "file" / "e.engine"):
-        with pytest.raises(rt.ArtifactError, match="cannot write"):
+        with pytest.raises(rt.errors.ArtifactError, match="cannot write"):
             engine.save(target)
 
 
@@ -255,7 +255,7 @@ def test_engine_constructor_refuses_what_is_not_an_engine():
             "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}], "shape_profiles": []}
     for metadata, payload in ((None, b""), ({}, b""), (meta, 5), ({**meta, "deep": deep}, b""),
                               ({**meta, "precision": None}, b"")):
-        with pytest.raises(rt.ArtifactError):
+        with pytest.raises(rt.errors.ArtifactError):
             rt.Engine(metadata, payload)
 
 
@@ -267,9 +267,10 @@ def test_bucketed_engine_checks_inputs_before_padding():
     profile = rt.ShapeProfile({"x": [(1, 4), (4, 4), (8, 4)]}, buckets={"x": {0: [4, 8]}},
                               bucket_outputs={"y": 0})
     engine = base().for_region("CERTIFIED").with_shape_profile(profile).build()
-    for bad, error in ((Hollow(), rt.InputError), (np.zeros(3, np.float32), rt.InputError),
-                       (np.zeros((2, 4), np.int64), rt.InputError),
-                       (np.zeros((9, 4), np.float32), rt.ShapeOutOfProfile)):
+    for bad, error in ((Hollow(), rt.errors.InputError),
+                       (np.zeros(3, np.float32), rt.errors.InputError),
+                       (np.zeros((2, 4), np.int64), rt.errors.InputError),
+                       (np.zeros((9, 4), np.float32), rt.errors.ShapeOutOfProfile)):
         with pytest.raises(error):
             engine.infer({"x": bad})
     assert engine.infer(np.ones((3, 4), np.float32))["y"].shape == (3, 4)

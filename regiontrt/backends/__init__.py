@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import re
+import warnings
 
-from ..errors import BackendUnavailable
-from .base import Backend, BuildRequest, BuildResult, Runner, Timing
+from regiontrt.backends.base import Backend, BuildRequest, BuildResult, Runner, Timing
+from regiontrt.errors import BackendUnavailable
 
 __all__ = [
     "BACKENDS",
@@ -20,6 +23,7 @@ __all__ = [
     "Timing",
     "available_backends",
     "get_backend",
+    "register_backend",
 ]
 
 # name -> (module, class); modules import their heavy packages lazily.
@@ -28,6 +32,44 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tensorrt": ("regiontrt.backends.tensorrt", "TensorRTBackend"),
     "tensorrt-rtx": ("regiontrt.backends.tensorrt_rtx", "TensorRTRTXBackend"),
 }
+#: The entry-point group a package names its backends in (``name = "module:Class"``).
+ENTRY_POINTS = "regiontrt.backends"
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def register_backend(name: str, target: str) -> None:
+    """Make a backend known by ``name``: builds, engines, bundles and the CLI then take it.
+
+    A new backend is one module with a :class:`Backend` subclass (``build``, ``load``,
+    ``is_available``, ``version``); registering it touches neither the builder, the build
+    stages nor the CLI. Packages register theirs without code through the entry-point group
+    :data:`ENTRY_POINTS` (``[project.entry-points."regiontrt.backends"]``), read on import.
+
+    Args:
+        name: the backend's name (lowercase letters, digits, ``-`` and ``_``).
+        target: ``"module:Class"``, imported when the backend is first used.
+
+    Raises:
+        ValueError: a malformed name or target, or a name that is already taken.
+    """
+    module, sep, cls = target.partition(":")
+    if not _NAME.fullmatch(name) or not sep or not module or not cls.isidentifier():
+        raise ValueError(f"backend {name!r} -> {target!r}: expected a lowercase name and "
+                         "'module:Class'")
+    if BACKENDS.get(name, (module, cls)) != (module, cls):
+        raise ValueError(f"backend name {name!r} is taken by {':'.join(BACKENDS[name])}")
+    BACKENDS[name] = (module, cls)
+
+
+def _load_entry_points() -> None:
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            register_backend(entry.name, entry.value)
+        except ValueError as exc:  # one broken package must not break every import
+            warnings.warn(f"backend entry point {entry.name!r} ignored: {exc}", stacklevel=2)
+
+
+_load_entry_points()
 
 
 def _backend_class(name: str) -> type[Backend]:

@@ -13,13 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import onnx
 
-from ..graph.io import TensorSpec
-from ..precision import Precision
-from ..shapes import Profile
-from ..tactics import TacticSelector
+from regiontrt.backends.tactics import TacticSelector
+from regiontrt.graph.arithmetic import cast_feeds  # noqa: F401 - runners import it here
+from regiontrt.graph.io import TensorSpec
+from regiontrt.precision.types import Precision
+from regiontrt.shapes.profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,3 @@ class Backend(ABC):
 
     def check_compatible(self, metadata: Mapping[str, Any]) -> None:
         """Raise :class:`IncompatibleEngineError` if this machine cannot run the engine."""
-
-
-def cast_feeds(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Contiguous numpy arrays in the declared dtypes (used by host-side runners)."""
-    by_name = {s.name: s for s in specs}
-    # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).
-    return {
-        name: np.require(np.asarray(value, dtype=by_name[name].dtype), requirements="C")
-        for name, value in feeds.items()
-    }

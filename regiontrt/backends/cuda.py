@@ -7,8 +7,9 @@ no raw tuple ever escapes. Resources (:class:`Stream`, :class:`Event`, :class:`P
 (idempotent) or a ``with`` block; ``__del__`` is only a safety net.
 
 Device arrays on foreign objects (:func:`device_view`, :func:`device_pointer`, :func:`dlpack_info`)
-are found by :mod:`.cuda_interop` and re-exported here. Only the standard library, numpy,
-:mod:`regiontrt.errors` and that sibling (which imports no more) are imported here;
+are found by :mod:`.cuda_interop`, checked calls live in :mod:`.cuda_calls`; both are re-exported
+here. Only the standard library, numpy, :mod:`regiontrt.errors` and those siblings (which import
+no more) are imported here;
 ``cuda.bindings`` is imported on first use, so this module imports on machines without CUDA.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, CudaError, InputError
-from .cuda_interop import DeviceView, device_pointer, device_view, dlpack_info
+from regiontrt.backends.cuda_calls import _MODULES, _module, cuda_call, native_handle
+from regiontrt.backends.cuda_interop import DeviceView, device_pointer, device_view, dlpack_info
+from regiontrt.errors import CudaError, InputError
 
 __all__ = [
     "CudaGraph", "DeviceArray", "DeviceBuffer", "DeviceView", "Event", "PinnedBuffer", "Stream",
@@ -34,92 +35,13 @@ __all__ = [
     "set_device",
 ]
 
-_MODULES: dict[str, Any] = {}
 _LIVE = {"device": 0, "pinned": 0, "stream": 0, "event": 0, "graph": 0}
 _LIVE_LOCK = threading.Lock()
 _H2D, _D2H, _D2D = 1, 2, 3  # cudaMemcpyKind values, fixed by the CUDA ABI
 
 
-def _module(name: str) -> Any:
-    mod = _MODULES.get(name)
-    if mod is None:
-        try:
-            mod = importlib.import_module(f"cuda.bindings.{name}")  # "runtime" or "driver"
-        except ImportError:
-            raise BackendUnavailable(
-                "cuda-python is not installed; install it with pip install 'regiontrt[cuda]'"
-            ) from None
-        _MODULES[name] = mod
-    return mod
-
-
 def _rt() -> Any:
     return _MODULES.get("runtime") or _module("runtime")
-
-
-def _error_text(err: Any) -> str:
-    kind = type(err).__name__
-    code = int(err)
-    try:
-        if kind == "cudaError_t":
-            name = _rt().cudaGetErrorName(err)[1].decode()
-            text = _rt().cudaGetErrorString(err)[1].decode()
-        elif kind == "CUresult":
-            name = _module("driver").cuGetErrorName(err)[1].decode()
-            text = _module("driver").cuGetErrorString(err)[1].decode()
-        elif kind == "nvrtcResult":
-            from cuda.bindings import nvrtc
-
-            name = text = nvrtc.nvrtcGetErrorString(err)[1].decode()
-        else:
-            name = text = getattr(err, "name", str(err))
-    except Exception:  # the driver library itself may be missing
-        name = text = getattr(err, "name", str(err))
-    hint = ""
-    if name in ("cudaErrorInsufficientDriver", "cudaErrorNoDevice", "CUDA_ERROR_NO_DEVICE"):
-        hint = " (no usable NVIDIA GPU and driver on this machine)"
-        if name == "cudaErrorInsufficientDriver":
-            from .trt_env import gpu_problem  # stdlib only: tells an old driver from none
-
-            hint = f" (no usable NVIDIA GPU and driver on this machine: {gpu_problem()})"
-    return f"{name} ({code}): {text}{hint}"
-
-
-def cuda_call(result: tuple[Any, ...], *, what: str = "CUDA call") -> Any:
-    """Check a cuda-python result ``(err, *values)`` and return the value(s).
-
-    Args:
-        result: what a ``cuda.bindings`` runtime, driver or NVRTC call returned.
-        what: the operation, for the error message.
-
-    Returns:
-        ``None`` for no value, the value for one, else a tuple of them.
-
-    Raises:
-        CudaError: the error code is not success; the message names it and explains it.
-    """
-    err = result[0]
-    if err:  # success is 0 in every cuda-python error enum
-        raise CudaError(f"{what} failed: {_error_text(err)}")
-    if len(result) == 1:
-        return None
-    return result[1] if len(result) == 2 else result[1:]
-
-
-def native_handle(obj: Any) -> int:
-    """The address behind a cuda-python handle object (a stream for TensorRT's ``int``).
-
-    ``int(obj)`` is deprecated from cuda-bindings 12.9.1 in favour of
-    ``cuda.bindings.utils.get_cuda_native_handle``; older releases only have ``int``.
-    """
-    getter: Any = _MODULES.get("native_handle")
-    if getter is None:
-        try:
-            getter = importlib.import_module("cuda.bindings.utils").get_cuda_native_handle
-        except (ImportError, AttributeError):
-            getter = int
-        _MODULES["native_handle"] = getter
-    return int(getter(obj))
 
 
 def cuda_available() -> bool:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import InputError
+from regiontrt.errors import InputError
 
 __all__ = ["DeviceView", "device_pointer", "device_view", "dlpack_info"]
 

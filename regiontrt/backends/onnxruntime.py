@@ -11,14 +11,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import onnx
 
-from ..errors import BuildError, IncompatibleEngineError, InputError
-from ..graph.arithmetic import Int8Arithmetic, cpu_differences, session_options
-from ..graph.io import input_specs, load_model, model_bytes, output_specs
-from .base import Backend, BuildRequest, BuildResult, Runner, cast_feeds
+from regiontrt.backends.base import Backend, BuildRequest, BuildResult, Runner
+from regiontrt.errors import BuildError, IncompatibleEngineError, InputError
+from regiontrt.graph.arithmetic import (
+    Int8Arithmetic,
+    cast_feeds,
+    cpu_differences,
+    make_session,
+    session_options,
+)
+from regiontrt.graph.io import input_specs, load_model, model_bytes, output_specs
 
-log = logging.getLogger("regiontrt.engine")
+log = logging.getLogger("regiontrt.runtime.engine")
 
 
 def runtime_arithmetic(metadata: Mapping[str, Any]) -> tuple[Int8Arithmetic, str]:
@@ -69,16 +74,6 @@ def runtime_arithmetic(metadata: Mapping[str, Any]) -> tuple[Int8Arithmetic, str
                                          f"{loss:.4g} at build, budget {budget:.4g})")
     return mode, (f"{what}: running them anyway (cpu_mismatch = warn); re-check on this site's "
                   "data with Engine.validate(data, reference_model)")
-
-
-def make_session(model: onnx.ModelProto | bytes, options: Any = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU for ``model``."""
-    import onnxruntime as ort
-
-    data = model if isinstance(model, bytes) else model_bytes(model)
-    so = options if options is not None else ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeRunner(Runner):

@@ -41,7 +41,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ArtifactError
+from regiontrt.errors import ArtifactError
 
 RTX_MAGIC = b"vtrt"
 #: Magics seen (RTX, verified) or reported (TensorRT, not verified here) at offset 0.

@@ -25,17 +25,20 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import BackendUnavailable, BuildError, IncompatibleEngineError
-from ..shapes import Profile
-from ..tactics import TacticSelector
-from .base import Backend, BuildRequest, BuildResult, Runner
-from .plan import PlanHeader, advisory_plan_header, read_plan_header, same_release
-from .timing_cache import (
+from regiontrt.backends.base import Backend, BuildRequest, BuildResult, Runner
+from regiontrt.backends.plan import (
+    PlanHeader,
+    advisory_plan_header,
+    read_plan_header,
+    same_release,
+)
+from regiontrt.backends.tactics import TacticSelector
+from regiontrt.backends.timing_cache import (
     TensorRTTimingCacheCodec,
     TimingCacheFile,
     timing_cache_path,
 )
-from .trt_build import (
+from regiontrt.backends.trt_build import (
     add_profiles,
     apply_tactics,
     build_plan,
@@ -56,6 +59,8 @@ from .trt_build import (
     parse_onnx,
     trt_logger,
 )
+from regiontrt.errors import BackendUnavailable, BuildError, IncompatibleEngineError
+from regiontrt.shapes.profiles import Profile
 
 if TYPE_CHECKING:
     import tensorrt
@@ -228,7 +233,9 @@ class _TensorRTFamily(Backend):
         profiles = engine_profiles(trt, engine) or [
             Profile.from_dict(p) for p in (_meta(metadata, "profiles") or ())
         ]
-        from .trt_runner import TensorRTRunner  # the runtime side lives there (cuda-python)
+        from regiontrt.backends.trt_runner import (
+            TensorRTRunner,  # the runtime side lives there (cuda-python)
+        )
 
         create_context, owner = self._context_factory(runtime, metadata)
         return TensorRTRunner(engine, profiles, create_context=create_context, owner=owner)
@@ -339,16 +346,3 @@ class TensorRTBackend(_TensorRTFamily):
                 f"this TensorRT engine was built for {target} and this GPU is {local}; rebuild it "
                 "on this GPU (or build with hardware_compatibility='ampere_plus')"
             )
-
-
-def __getattr__(name: str) -> Any:
-    # TensorRT-RTX lives in .tensorrt_rtx (it subclasses this module's family); kept importable
-    # from here for existing callers without a circular import at load time.
-    if name in ("TensorRTRTXBackend", "_rtx_targets", "_runtime_cache_from"):
-        from . import tensorrt_rtx
-
-        return getattr(tensorrt_rtx, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["TensorRTBackend"]  # TensorRTRTXBackend: see .tensorrt_rtx

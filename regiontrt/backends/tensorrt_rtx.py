@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BuildError, IncompatibleEngineError
-from ..tactics import TacticSelector
-from .plan import PlanHeader, read_plan_header
-from .tensorrt import _meta, _sm_number, _TensorRTFamily
-from .timing_cache import RuntimeCacheContexts, RuntimeCacheFile, RuntimeCacheOwner
-from .trt_build import device_sm, gpu_problem, trt_logger
+from regiontrt.backends.plan import PlanHeader, read_plan_header
+from regiontrt.backends.tactics import TacticSelector
+from regiontrt.backends.tensorrt import _meta, _sm_number, _TensorRTFamily
+from regiontrt.backends.timing_cache import (
+    RuntimeCacheContexts,
+    RuntimeCacheFile,
+    RuntimeCacheOwner,
+)
+from regiontrt.backends.trt_build import device_sm, gpu_problem, trt_logger
+from regiontrt.errors import BuildError, IncompatibleEngineError
 
 if TYPE_CHECKING:
     import tensorrt

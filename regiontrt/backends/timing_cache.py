@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .._fs import atomic_write_bytes
+from regiontrt._fs import atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import CudaError
-from . import cuda
+from regiontrt.backends import cuda
+from regiontrt.errors import CudaError
 
 #: ``IExecutionContext.set_tensor_address`` needs this alignment (NVIDIA's documented minimum).
 TENSOR_ALIGNMENT = 256

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from ..errors import BuildError, ShapeProfileError
-from ..graph.io import model_bytes
-from ..shapes import Profile, Range
-from ..tactics import TacticSelector
-from .fusion import fusion_report
-from .trt_env import device_name, device_sm, gpu_count, gpu_problem, init_plugins
+from regiontrt.backends.fusion import fusion_report
+from regiontrt.backends.tactics import TacticSelector
+from regiontrt.backends.trt_env import device_name, device_sm, gpu_count, gpu_problem, init_plugins
+from regiontrt.errors import BuildError, ShapeProfileError
+from regiontrt.graph.io import model_bytes
+from regiontrt.shapes.profiles import Profile, Range
 
 __all__ = [  # the GPU helpers live in .trt_env; they are re-exported for existing callers
     "add_profiles", "apply_tactics", "build_plan", "complete_profiles", "device_name",

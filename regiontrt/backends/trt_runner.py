@@ -30,12 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ArtifactError, CudaError, InputError, ShapeOutOfProfile
-from ..graph.io import TensorSpec
-from ..shapes import Profile, select_profile
-from . import cuda
-from .base import Runner, Timing
-from .trt_slots import (
+from regiontrt.backends import cuda
+from regiontrt.backends.base import Runner, Timing
+from regiontrt.backends.trt_slots import (
     Plan,
     RunnerStats,
     Slot,
@@ -45,6 +42,9 @@ from .trt_slots import (
     make_allocator,
     trt_dtype_to_numpy,
 )
+from regiontrt.errors import ArtifactError, CudaError, InputError, ShapeOutOfProfile
+from regiontrt.graph.io import TensorSpec
+from regiontrt.shapes.profiles import Profile, select_profile
 
 if TYPE_CHECKING:
     import tensorrt

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CudaError, InputError, ShapeOutOfProfile
-from ..graph.io import TensorSpec
-from ..shapes import Profile, Range
-from . import cuda
-from .trt_alloc import TENSOR_ALIGNMENT, OutputAllocator, make_allocator
+from regiontrt.backends import cuda
+from regiontrt.backends.trt_alloc import TENSOR_ALIGNMENT, OutputAllocator, make_allocator
+from regiontrt.errors import CudaError, InputError, ShapeOutOfProfile
+from regiontrt.graph.io import TensorSpec
+from regiontrt.shapes.profiles import Profile, Range
 
 if TYPE_CHECKING:
     import tensorrt

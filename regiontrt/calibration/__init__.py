@@ -13,25 +13,29 @@
 
 from __future__ import annotations
 
-from .auto import AutoCalibrator, quantization_mse
-from .base import (
+from regiontrt.calibration.auto import AutoCalibrator, quantization_mse
+from regiontrt.calibration.base import (
     CalibrationResult,
     Calibrator,
     EntropyCalibrator,
     MinMaxCalibrator,
     PercentileCalibrator,
-    get_calibrator,
 )
-from .cache import parse_calibration_cache, read_calibration_cache, write_calibration_cache
-from .collect import activation_tensors, collect_statistics
-from .entropy import (
+from regiontrt.calibration.cache import (
+    parse_calibration_cache,
+    read_calibration_cache,
+    write_calibration_cache,
+)
+from regiontrt.calibration.collect import activation_tensors, collect_statistics
+from regiontrt.calibration.entropy import (
     entropy_divergences,
     entropy_divergences_reference,
     entropy_threshold,
     entropy_threshold_reference,
 )
-from .mismatch import MismatchReport, check_mismatch
-from .stats import TensorStats
+from regiontrt.calibration.mismatch import MismatchReport, check_mismatch
+from regiontrt.calibration.registry import get_calibrator
+from regiontrt.calibration.stats import TensorStats
 
 __all__ = [
     "AutoCalibrator",

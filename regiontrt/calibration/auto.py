@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RegionConfigError
-from .base import Calibrator, EntropyCalibrator
-from .stats import TensorStats
+from regiontrt.calibration.base import Calibrator, EntropyCalibrator
+from regiontrt.calibration.stats import TensorStats
+from regiontrt.errors import RegionConfigError
 
 #: Points per histogram bin at which the rounding error is evaluated.
 SUBSAMPLES = 8
@@ -53,6 +53,8 @@ class AutoCalibrator(Calibrator):
         entropy: include TensorRT's entropy range (with its percentile floor).
         include_max: include the observed amax.
     """
+
+    _threadsafe = True  # compute_amax reads only its own stats
 
     method = "auto"
 

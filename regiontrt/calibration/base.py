@@ -26,12 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..datasets import DataLike
-from ..errors import DataError, RegionConfigError
-from ..graph.io import ModelSource
-from .collect import FOLD_THREADS, as_model, as_source, fold_batches, resolve_tensors
-from .entropy import entropy_threshold
-from .stats import TensorStats
+from regiontrt.calibration.collect import (
+    FOLD_THREADS,
+    as_model,
+    as_source,
+    fold_batches,
+    resolve_tensors,
+)
+from regiontrt.calibration.entropy import entropy_threshold
+from regiontrt.calibration.stats import TensorStats
+from regiontrt.data.sources import DataLike
+from regiontrt.errors import DataError, RegionConfigError
+from regiontrt.graph.io import ModelSource
 
 log = logging.getLogger("regiontrt.calibration")
 
@@ -166,7 +172,7 @@ class Calibrator(ABC):
         Their searches are numpy array arithmetic, which releases the GIL, with per-thread
         scratch space; a subclass's ``compute_amax`` is not assumed thread-safe.
         """
-        if type(self) not in _threadsafe() or len(stats) < 2 or FOLD_THREADS < 2:
+        if not type(self).__dict__.get("_threadsafe", False) or len(stats) < 2 or FOLD_THREADS < 2:
             return [self.compute_amax(st) for st in stats]
         with ThreadPoolExecutor(FOLD_THREADS, thread_name_prefix="regiontrt-ranges") as pool:
             return list(pool.map(self.compute_amax, stats))
@@ -177,6 +183,9 @@ class Calibrator(ABC):
 
 class MinMaxCalibrator(Calibrator):
     """``amax = max |x|`` over the calibration data (no histogram needed)."""
+
+    # compute_amax reads only its own stats: ranges may be computed on several threads
+    _threadsafe = True
 
     needs_histogram = False
     method = "minmax"
@@ -191,6 +200,9 @@ class PercentileCalibrator(Calibrator):
     Args:
         percentile: in ``(0, 100]``; 99.99 by default.
     """
+
+    # compute_amax reads only its own stats: ranges may be computed on several threads
+    _threadsafe = True
 
     method = "percentile"
 
@@ -226,6 +238,9 @@ class EntropyCalibrator(Calibrator):
             model emitted blank lines. Bounding the clipped share at 1e-4 keeps the entropy
             range where it is sound and fixes that (see docs/benchmarks.md).
     """
+
+    # compute_amax reads only its own stats: ranges may be computed on several threads
+    _threadsafe = True
 
     method = "entropy"
 
@@ -268,36 +283,3 @@ class EntropyCalibrator(Calibrator):
         if self.floor_percentile is not None:
             amax = max(amax, stats.percentile(self.floor_percentile))
         return min(amax, stats.amax)
-
-
-def _threadsafe() -> tuple[type[Calibrator], ...]:
-    return (MinMaxCalibrator, PercentileCalibrator, EntropyCalibrator, _auto())
-
-
-def _auto() -> type[Calibrator]:
-    from .auto import AutoCalibrator
-
-    return AutoCalibrator
-
-
-_CALIBRATORS: dict[str, type[Calibrator]] = {
-    "entropy": EntropyCalibrator,
-    "percentile": PercentileCalibrator,
-    "minmax": MinMaxCalibrator,
-}
-
-
-def get_calibrator(name: str, **kwargs: Any) -> Calibrator:
-    """A calibrator by method name: ``"auto"``, ``"entropy"``, ``"percentile"`` or ``"minmax"``.
-
-    Keyword arguments go to its constructor (e.g. ``percentile=99.9``).
-
-    Raises:
-        RegionConfigError: an unknown name or bad arguments.
-    """
-    key = name.strip().lower().replace("-", "").replace("_", "")
-    cls = _auto() if key == "auto" else _CALIBRATORS.get(key)
-    if cls is None:
-        known = ", ".join(["auto", *_CALIBRATORS])
-        raise RegionConfigError(f"unknown calibrator {name!r}; known: {known}")
-    return cls(**kwargs)

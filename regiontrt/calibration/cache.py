@@ -20,14 +20,13 @@ reads either, ignoring blank lines, surrounding whitespace and Windows line ends
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import DataError
+from regiontrt._fs import atomic_write_text
+from regiontrt.errors import DataError
 
 #: ``TRT-<version>-<algorithm>``; the version is digits, the algorithm a word.
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9_]+)$")
@@ -143,19 +142,10 @@ def write_calibration_cache(
     text = format_calibration_cache(amax, version=version)
     dest = Path(path)
     directory = dest.parent if str(dest.parent) else Path(".")
+    if not directory.is_dir():  # a cache goes where it is asked to, no folders are made
+        raise DataError(f"cannot write calibration cache {dest}: {directory} is not a folder")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+        atomic_write_text(directory / dest.name, text)
     except OSError as exc:
         raise DataError(f"cannot write calibration cache {dest}: {exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(f"cannot write calibration cache {dest}: {exc}") from None
-        raise
     return dest

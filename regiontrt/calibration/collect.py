@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .._progress import track
-from ..datasets import DataLike, DataSource
-from ..errors import DataError, InvalidModelError
-from ..graph.io import ModelSource, free_unsized_dims, input_specs, load_model
-from .stats import TensorStats
+from regiontrt._progress import track
+from regiontrt.calibration.stats import TensorStats
+from regiontrt.data.sources import DataLike, DataSource
+from regiontrt.errors import DataError, InvalidModelError
+from regiontrt.graph.arithmetic import make_session
+from regiontrt.graph.io import ModelSource, free_unsized_dims, input_specs, load_model
 
 #: ONNX element types whose tensors are calibrated (bfloat16 has no numpy type in ONNX Runtime).
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
@@ -201,7 +202,6 @@ def iter_activations(
     GIL) while the caller folds batch ``k``: at most two batches' activations are alive, however
     many batches there are.
     """
-    from ..backends.onnxruntime import make_session
 
     inputs = {spec.name for spec in input_specs(model)}
     fetch = [name for name in tensors if name not in inputs]
@@ -291,7 +291,7 @@ def collect_statistics(
 
     Args:
         model: the FP32 model (a path, bytes or ``ModelProto``; not modified).
-        data: calibration batches (anything :class:`~regiontrt.datasets.DataSource` accepts;
+        data: calibration batches (anything :class:`~regiontrt.data.sources.DataSource` accepts;
             a one-shot generator works, it is read once).
         tensors: tensor names; ``None`` for every float tensor that feeds a node.
         num_bins: histogram bins per tensor.

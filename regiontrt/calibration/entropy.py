@@ -37,7 +37,7 @@ import threading
 
 import numpy as np
 
-from ..errors import DataError
+from regiontrt.errors import DataError
 
 _TIE = 1e-12
 

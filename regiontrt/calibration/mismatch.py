@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets import DataLike
-from ..errors import DataError, RegionConfigError
-from ..graph.io import ModelSource
-from .collect import as_model, as_source, fold_batches, resolve_tensors
-from .stats import TensorStats
+from regiontrt.calibration.collect import as_model, as_source, fold_batches, resolve_tensors
+from regiontrt.calibration.stats import TensorStats
+from regiontrt.data.sources import DataLike
+from regiontrt.errors import DataError, RegionConfigError
+from regiontrt.graph.io import ModelSource
 
 
 @dataclass

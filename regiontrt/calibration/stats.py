@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from regiontrt.errors import DataError
 
 _FLOAT_KINDS = "f"
 _CHUNK = 1 << 16  # elements per histogram chunk: its buffers stay within L2

@@ -15,9 +15,9 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .. import __version__
-from ..errors import RegionTRTError
-from ._common import cli_message
+from regiontrt._version import __version__
+from regiontrt.cli._common import cli_message
+from regiontrt.errors import RegionTRTError
 
 DESCRIPTION = "One ONNX model, per-region TensorRT engines under each region's rules."
 
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     verbosity = args.verbose - args.quiet
-    from .._progress import configure_logging, reset_logging
+    from regiontrt._progress import configure_logging, reset_logging
 
     configure_logging(verbosity)
     try:

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._text import reword
-from ..errors import RegionTRTError
+from regiontrt._text import reword
+from regiontrt.errors import RegionTRTError
 
 
 class UsageError(RegionTRTError, ValueError):

@@ -7,8 +7,14 @@ import json
 import logging
 from pathlib import Path
 
-from .._text import print_table
-from ._common import UsageError, parse_input_shapes, parse_metric, parse_profile_shapes
+from regiontrt._text import print_table
+from regiontrt.backends import BACKENDS
+from regiontrt.cli._common import (
+    UsageError,
+    parse_input_shapes,
+    parse_metric,
+    parse_profile_shapes,
+)
 
 log = logging.getLogger("regiontrt.cli")
 
@@ -24,8 +30,8 @@ def default_output(model: str | Path, region: str) -> Path:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from ..builder import RegionalEngineBuilder
-    from ..regions import default_regions, load_regions
+    from regiontrt.build.builder import RegionalEngineBuilder
+    from regiontrt.precision.regions import default_regions, load_regions
 
     # A --regions-file applies to this build only (the process-wide registry stays as it was).
     registry = load_regions(args.regions_file) if args.regions_file else default_regions()
@@ -60,7 +66,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _inspect_onnx(path: str, as_json: bool) -> int:
     """An ONNX model: its inputs and outputs (the keys and shapes data files need)."""
-    from ..graph.io import input_specs, load_model, output_specs
+    from regiontrt.graph.io import input_specs, load_model, output_specs
 
     model = load_model(path)
     specs = [("input", s) for s in input_specs(model)] + [("output", s) for s in
@@ -80,7 +86,7 @@ def _inspect_onnx(path: str, as_json: bool) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ..inspection import inspect, summarize
+    from regiontrt.runtime.inspection import inspect, summarize
 
     if str(args.engine).lower().endswith(".onnx"):
         return _inspect_onnx(args.engine, args.json)
@@ -93,8 +99,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ..engine import load_engine
-    from ..errors import ShapeOutOfProfile
+    from regiontrt.errors import ShapeOutOfProfile
+    from regiontrt.runtime.engine import load_engine
 
     shapes = parse_input_shapes(args.shape) if args.shape else None
     with load_engine(args.engine) as engine:
@@ -117,7 +123,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_regions(args: argparse.Namespace) -> int:
-    from ..regions import default_regions, load_regions
+    from regiontrt.precision.regions import default_regions, load_regions
 
     registry = load_regions(args.regions_file) if args.regions_file else default_regions()
     if args.json:
@@ -135,8 +141,8 @@ def _cmd_regions(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .._progress import live_table
-    from ..demo.run import HEADER, demo_regions, iter_demo, row_cells
+    from regiontrt._progress import live_table
+    from regiontrt.demo.run import HEADER, demo_regions, iter_demo, row_cells
 
     regions = demo_regions(args.regions.split(",") if args.regions else None)
     with live_table(HEADER, title="regiontrt demo") as table:
@@ -147,7 +153,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the core commands to the ``regiontrt`` parser."""
+    _register_build(sub)
+    _register_inspect_bench(sub)
+    _register_regions_demo(sub)
 
+
+def _register_build(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "build", help="build one region's engine from an ONNX model", formatter_class=_FMT,
         description="Build one region's engine: try the precisions the region allows, in order,\n"
@@ -188,7 +199,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "x:1x3x48x32,8x3x48x320,16x3x48x1280 (needed for dynamic dims on "
                         "TensorRT)")
     b.add_argument("--backend", default="onnxruntime",
-                   choices=("auto", "onnxruntime", "tensorrt", "tensorrt-rtx"),
+                   choices=("auto", *BACKENDS),
                    help="what runs the engine (default: onnxruntime on the CPU), e.g. "
                         "tensorrt-rtx")
     b.add_argument("--regions-file", metavar="TOML",
@@ -198,6 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "current folder), e.g. -o out/rec.EU.engine")
     b.set_defaults(func=_cmd_build)
 
+
+def _register_inspect_bench(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("inspect", help="show an engine's metadata (no GPU needed)",
                        description="Show what an engine is, how and from what it was built; "
                                    "reads only the file, needs no GPU. Given an .onnx model, "
@@ -224,6 +237,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--json", action="store_true", help="print the report as JSON")
     be.set_defaults(func=_cmd_bench)
 
+
+def _register_regions_demo(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("regions", help="list the region registry",
                        description="List the regions: precisions tried, forbidden precisions, "
                                    "accuracy budget and latency SLA.")

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RegionTRTError
-from ._common import positive_int
+from regiontrt.cli._common import positive_int
+from regiontrt.errors import RegionTRTError
 
 if TYPE_CHECKING:
-    from ..deploy.matrix import CellResult, FleetResult
+    from regiontrt.deploy.matrix import CellResult, FleetResult
 
 
 class _CommandError(RegionTRTError):
@@ -40,9 +40,9 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 @_guard
 def _cmd_fleet_build(args: argparse.Namespace) -> int:
-    from .._progress import live_table
-    from ..deploy import build_fleet
-    from ..deploy.matrix import CELL_HEADER
+    from regiontrt._progress import live_table
+    from regiontrt.deploy import build_fleet
+    from regiontrt.deploy.matrix import CELL_HEADER
 
     def build(on_cell: Callable[[CellResult], None] | None = None) -> FleetResult:
         return build_fleet(args.fleet, args.out, workers=args.workers,
@@ -68,7 +68,7 @@ def _cmd_fleet_build(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from ..trust import keygen
+    from regiontrt.runtime.trust import keygen
 
     private, public = keygen(args.dir, overwrite=args.force)
     print(f"private key: {private} (keep it off bundles and registries)\npublic key: {public}")
@@ -77,8 +77,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_sign(args: argparse.Namespace) -> int:
-    from ..deploy.signing import sign_bundle
-    from ..trust import sign_file
+    from regiontrt.deploy.signing import sign_bundle
+    from regiontrt.runtime.trust import sign_file
 
     target = Path(args.target)
     if target.is_file():
@@ -94,7 +94,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from ..deploy import publish
+    from regiontrt.deploy import publish
 
     for dest in publish(args.dist, args.registry, overwrite=args.overwrite):
         print(f"published {dest}")
@@ -103,7 +103,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from ..deploy import pull
+    from regiontrt.deploy import pull
 
     result = pull(args.registry, args.name, region=args.region, into=args.into, trust=args.trust,
                   version=args.version, allow_downgrade=args.allow_downgrade)
@@ -117,7 +117,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_select(args: argparse.Namespace) -> int:
-    from ..deploy import load_bundle
+    from regiontrt.deploy import load_bundle
 
     bundle = load_bundle(args.path, trust=args.trust)
     selection = bundle.select(role=args.role, rebuild=not args.no_rebuild)
@@ -131,7 +131,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from ..deploy import rollback
+    from regiontrt.deploy import rollback
 
     print(f"rolled back {args.path} to {rollback(args.path)}")
     return 0
@@ -139,7 +139,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_triton(args: argparse.Namespace) -> int:
-    from ..deploy import export_triton
+    from regiontrt.deploy import export_triton
 
     folder = export_triton(args.bundle, args.into, target=args.target, trust=args.trust)
     print(f"wrote {folder / 'config.pbtxt'}")
@@ -148,6 +148,12 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the fleet commands to the ``regiontrt`` parser."""
+    _register_fleet_build(sub)
+    _register_publishing(sub)
+    _register_edge(sub)
+
+
+def _register_fleet_build(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("fleet", help="build every region x target of a fleet file")
     fsub = f.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
     b = fsub.add_parser(
@@ -170,6 +176,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the cells as JSON")
     b.set_defaults(func=_cmd_fleet_build)
 
+
+def _register_publishing(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keygen", help="write DIR/private.pem and DIR/public.pem (ECDSA P-256)")
     k.add_argument("dir", metavar="DIR", help="folder for the key pair, e.g. keys/")
     k.add_argument("--force", action="store_true", help="overwrite an existing private key")
@@ -191,6 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace an already published version (refused by default)")
     p.set_defaults(func=_cmd_publish)
 
+
+def _register_edge(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser("pull", help="verify and install a region's bundle from a registry")
     pl.add_argument("registry", metavar="REGISTRY",
                     help="registry folder or fsspec URL, e.g. https://models.example/registry")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._text import format_table
+from regiontrt._text import format_table
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..report_page import build_page, collect, measure, text_summary
+    from regiontrt.report.page import build_page, collect, measure, text_summary
 
     if args.bench < 0:
         raise ValueError("--bench must be >= 0 (0 skips the latency measurement)")
@@ -17,7 +17,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.bench:
         measure(source, args.bench)
     if args.html:
-        from .._fs import atomic_write_text
+        from regiontrt._fs import atomic_write_text
 
         atomic_write_text(args.html, build_page(source, figures=not args.no_plots))
         print(f"wrote {args.html}: {len(source.engines)} engine(s), "

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import non_negative_float, positive_float, positive_int, share
+from regiontrt.cli._common import non_negative_float, positive_float, positive_int, share
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ..errors import BackendUnavailable
-    from ..serve import serve
+    from regiontrt.errors import BackendUnavailable
+    from regiontrt.serve import serve
 
     try:
-        from ..serve.runner import serve_http
+        from regiontrt.serve.runner import serve_http
     except ImportError as exc:
         raise BackendUnavailable(
             f"regiontrt serve needs the web stack ({exc.name}): pip install 'regiontrt[serve]'"
@@ -22,7 +22,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.regions_file:
-        from ..regions import load_regions
+        from regiontrt.precision.regions import load_regions
 
         load_regions(args.regions_file)
     sources = args.source if len(args.source) > 1 else args.source[0]

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError, InvalidModelError, UnknownRegionError
+from regiontrt.errors import DataError, InvalidModelError, UnknownRegionError
 
 if TYPE_CHECKING:
     import onnx
@@ -162,7 +162,7 @@ def model_path() -> Path:
 
 def load_model() -> onnx.ModelProto:
     """The shipped demo model, loaded and checked by the ONNX checker."""
-    from ..graph.io import load_model as _load
+    from regiontrt.graph.io import load_model as _load
 
     return _load(model_path())
 

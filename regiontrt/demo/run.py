@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._text import format_table
-from ..builder import RegionalEngineBuilder
-from ..datasets import split_batches
-from ..precision import Precision
-from ..regions import get_region
-from . import REGIONS, _region_name, model_path, region_data
+from regiontrt._text import format_table
+from regiontrt.build.builder import RegionalEngineBuilder
+from regiontrt.data.sources import split_batches
+from regiontrt.demo import REGIONS, _region_name, model_path, region_data
+from regiontrt.precision.regions import get_region
+from regiontrt.precision.types import Precision
 
 log = logging.getLogger("regiontrt.demo")
 

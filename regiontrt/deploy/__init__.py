@@ -10,14 +10,16 @@ manifest), :mod:`.signing` (OpenSSF model-signing keys), :mod:`.registry` (publi
 
 from __future__ import annotations
 
-from .bundle import Bundle, Variant, load_bundle, write_bundle
-from .fleet import FleetSpec, RegionSpec, TargetSpec
-from .install import PullResult, installed_version, pull, rollback
-from .matrix import CellResult, FleetResult, build_fleet, open_executor
-from .registry import publish, read_index
-from .select import Candidate, Selection, select
-from .signing import keygen, sign_bundle, sign_file, verify_bundle, verify_file
-from .triton import export_triton
+from regiontrt.deploy.bundle import Bundle, load_bundle, write_bundle
+from regiontrt.deploy.fleet import FleetSpec, RegionSpec, TargetSpec
+from regiontrt.deploy.install import PullResult, pull, rollback
+from regiontrt.deploy.layout import installed_version
+from regiontrt.deploy.matrix import CellResult, FleetResult, build_fleet, open_executor
+from regiontrt.deploy.registry import publish, read_index
+from regiontrt.deploy.select import Candidate, Selection, select
+from regiontrt.deploy.signing import keygen, sign_bundle, sign_file, verify_bundle, verify_file
+from regiontrt.deploy.triton import export_triton
+from regiontrt.deploy.variant import Variant
 
 __all__ = [
     "Bundle", "Candidate", "CellResult", "FleetResult", "FleetSpec", "PullResult", "RegionSpec",

@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from ..errors import BundleError
+from regiontrt.errors import BundleError
 
 # Names that come from a manifest or an index travel from a hostile source: keep them to one
 # path component of plain characters, so no name can climb out of its folder.

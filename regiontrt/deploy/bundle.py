@@ -23,66 +23,32 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__, artifact
-from .._fs import atomic_write_text
-from ..engine import Engine
-from ..errors import BundleError, PolicyViolation, RegionTRTError
-from ..precision import Precision
-from ..regions import Region
-from ..retarget import check_onnx_compliance
-from ._util import safe_name, sha256_bytes, sha256_file
+from regiontrt import _display
+from regiontrt._fs import atomic_write_text
+from regiontrt._version import __version__
+from regiontrt.build.retarget import check_onnx_compliance
+from regiontrt.deploy._util import safe_name, sha256_bytes, sha256_file
+from regiontrt.deploy.layout import POINTER, current_dir
+from regiontrt.deploy.select import Selection, select
+from regiontrt.deploy.variant import Variant
+from regiontrt.errors import BundleError, PolicyViolation
+from regiontrt.precision.regions import Region
+from regiontrt.precision.types import Precision
+from regiontrt.runtime import artifact
+from regiontrt.runtime.engine import Engine
 
 if TYPE_CHECKING:
-    from .select import Selection
-    from .signing import TrustLike
+    from regiontrt.deploy.signing import TrustLike
 
 FORMAT = "regiontrt-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 MAX_MANIFEST = 16 << 20
-POINTER = "current"
 _PAYLOAD_KEYS = ("payload_sha256", "payload_size")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One built engine of a bundle, as the manifest lists it."""
-
-    target: str
-    backend: str
-    file: str
-    sha256: str
-    size: int
-    role: str | None = None
-    compute_capabilities: tuple[str, ...] = ()
-    payload_format: str = ""
-    precision: str = ""
-    toolchain: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Variant:
-        try:
-            return cls(
-                target=safe_name(d["target"], "variant target"),
-                backend=str(d["backend"]), file=safe_name(d["file"], "variant file"),
-                sha256=str(d["sha256"]), size=int(d["size"]), role=d.get("role"),
-                compute_capabilities=tuple(d.get("compute_capabilities") or ()),
-                payload_format=str(d.get("payload_format", "")),
-                precision=str(d.get("precision", "")), toolchain=dict(d.get("toolchain") or {}))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"manifest: malformed variant entry: {exc!r}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "backend": self.backend, "file": self.file,
-                "sha256": self.sha256, "size": self.size, "role": self.role,
-                "compute_capabilities": list(self.compute_capabilities),
-                "payload_format": self.payload_format, "precision": self.precision,
-                "toolchain": dict(self.toolchain)}
 
 
 class Bundle:
@@ -106,21 +72,8 @@ class Bundle:
                 + (f", deferred={[str(d.get('name')) for d in self.deferred]}"
                    if self.deferred else "") + ")")
 
-    def _repr_html_(self) -> str:
-        """A notebook view: the region x target matrix, compliance, accuracy, provenance."""
-        from ..report_page import summary_html
-
-        engines, pending = [], []
-        for v in self.variants:
-            try:
-                engines.append((artifact.read_header(self.path / v.file), v.target))
-            except (OSError, RegionTRTError) as exc:  # the folder changed after load
-                pending.append((self.region, v.target, v.precision, f"unreadable: {exc}"))
-        pending += [(self.region, str(d.get("name")), self.precision,
-                     f"deferred: {d.get('reason') or ''}") for d in self.deferred]
-        return summary_html(engines, pending=pending, heading=f"bundle {self.name} "
-                            f"{self.version}, region {self.region}, precision {self.precision}"
-                            f" ({self.path})")
+    def _repr_html_(self) -> str | None:
+        return _display.html(self)
 
     def _read(self, file: str, sha256: str) -> bytes:
         data = (self.path / file).read_bytes()
@@ -143,8 +96,6 @@ class Bundle:
 
     def select(self, *, role: str | None = None, rebuild: bool = True) -> Selection:
         """Pick and load the variant for this machine; see :func:`regiontrt.deploy.select`."""
-        from .select import select
-
         return select(self, role=role, rebuild=rebuild)
 
 
@@ -162,7 +113,7 @@ def write_bundle(
         variants: ``(target dict, engine)`` per built target (see ``TargetSpec.to_dict``).
         deferred: target dicts with a ``reason``, for targets the node must rebuild.
     """
-    from ..retarget import source_onnx
+    from regiontrt.build.retarget import source_onnx
 
     folder = Path(folder)
     onnx_bytes = source_onnx(region_engine)
@@ -188,7 +139,7 @@ def write_bundle(
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "name": safe_name(name, "name"), "version": safe_name(version, "version"),
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "regiontrt_version": __version__,
             "region": meta["region"], "policy": meta.get("policy"),
             "precision": meta["precision"],
@@ -302,8 +253,6 @@ def _resolve_install(path: Path) -> tuple[Path, Path | None]:
     pointer = path / POINTER
     if not pointer.is_file():
         return path, None
-    from .install import current_dir
-
     return current_dir(path), path
 
 
@@ -322,7 +271,7 @@ def load_bundle(path: str | Path, trust: TrustLike | None = None) -> Bundle:
     """
     folder, install = _resolve_install(Path(path))
     if trust is not None:
-        from .signing import verify_bundle
+        from regiontrt.deploy.signing import verify_bundle
 
         verify_bundle(folder, trust)
     manifest = read_manifest(folder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import posixpath
-import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FleetError, RegionTRTError
-from ..regions import Region, default_regions, get_region, load_regions
-from ..tactics import TacticSelector
-from ._util import safe_name
+from regiontrt.backends import BACKENDS
+from regiontrt.backends.tactics import TacticSelector
+from regiontrt.deploy._util import safe_name
+from regiontrt.errors import FleetError, RegionTRTError
+from regiontrt.precision.regions import Region, default_regions, get_region, load_regions
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 ROLES = ("latency", "throughput")
 _TOP_KEYS = {"name", "version", "model", "shape_profile", "regions", "targets", "regions_file"}
 _REGION_KEYS = {"calibration", "validation", "calibrator", "metric", "precisions", "search_mixed"}
@@ -85,7 +80,8 @@ class TargetSpec:
             raise FleetError(str(exc)) from None
         backend = table.get("backend")
         if backend not in BACKENDS:
-            raise FleetError(f"target {name!r}: backend {backend!r} is not one of {BACKENDS}")
+            raise FleetError(f"target {name!r}: backend {backend!r} is not one of "
+                             f"{tuple(BACKENDS)}")
         role = table.get("role")
         if role is not None and role not in ROLES:
             raise FleetError(f"target {name!r}: role {role!r} is not one of {ROLES}")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..backends import Backend, get_backend
-from ..errors import RegionTRTError
+from regiontrt.backends import Backend, get_backend
+from regiontrt.errors import RegionTRTError
 
 
 def local_gpu() -> str | None:
     """This machine's first GPU as ``"sm89"``, or None without a usable CUDA GPU."""
     try:
-        from ..backends import cuda
+        from regiontrt.backends import cuda
 
         if not cuda.cuda_available():
             return None

@@ -17,22 +17,25 @@ untouched.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._fs import atomic_write_text
-from ..errors import BundleError, DowngradeError, RegistryError
-from ._util import is_older, safe_name
-from .bundle import POINTER, load_bundle
-from .registry import fetch_bundle, read_index
-from .signing import TrustLike
+from regiontrt.deploy._util import is_older, safe_name
+from regiontrt.deploy.bundle import load_bundle
+from regiontrt.deploy.layout import (
+    POINTER,
+    PREVIOUS,
+    VERSIONS,
+    read_pointer,
+    write_pointer,
+)
+from regiontrt.deploy.registry import fetch_bundle, read_index
+from regiontrt.deploy.signing import TrustLike
+from regiontrt.errors import BundleError, DowngradeError, RegistryError
 
-PREVIOUS = "previous"
-VERSIONS = "versions"
 STAGING = ".staging-"
 TRASH = ".trash-"
 
@@ -47,45 +50,6 @@ class PullResult:
     path: Path
     previous: str | None
     changed: bool
-
-
-def _read_pointer(install: Path, which: str) -> dict[str, str] | None:
-    path = install / which
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        safe_name(data["folder"], "installed folder")
-        return {"folder": str(data["folder"]), "version": str(data["version"]),
-                "region": str(data["region"])}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{path}: unreadable install pointer: {exc}") from None
-
-
-def _write_pointer(install: Path, which: str, pointer: dict[str, str]) -> None:
-    atomic_write_text(install / which, json.dumps(pointer, sort_keys=True))  # os.replace
-
-
-def current_dir(install: str | Path) -> Path:
-    """The bundle folder an install's ``current`` pointer names.
-
-    Raises:
-        BundleError: no or a broken pointer.
-    """
-    install = Path(install)
-    pointer = _read_pointer(install, POINTER)
-    if pointer is None:
-        raise BundleError(f"{install} has no current version")
-    folder = install / VERSIONS / pointer["folder"]
-    if not folder.is_dir():
-        raise BundleError(f"{install}: current points to a missing folder {folder.name}")
-    return folder
-
-
-def installed_version(install: str | Path) -> str | None:
-    """The version ``current`` points to, or None."""
-    pointer = _read_pointer(Path(install), POINTER)
-    return pointer["version"] if pointer else None
 
 
 def clear_debris(install: Path) -> list[Path]:
@@ -158,7 +122,7 @@ def pull(
                                 f"(published: {', '.join(sorted(index['versions'])) or 'none'})")
         if region not in index["versions"][version].get("regions", []):
             raise RegistryError(f"{name} {version} has no bundle for region {region!r}")
-        current = _read_pointer(install, POINTER)
+        current = read_pointer(install, POINTER)
         _check_downgrade(current, version, allow_downgrade)
         folder = f"{safe_name(version, 'version')}_{safe_name(region, 'region')}"
         if current is not None and current["folder"] == folder:
@@ -184,8 +148,8 @@ def pull(
             raise
         pointer = {"folder": folder, "version": version, "region": region}
         if current is not None:
-            _write_pointer(install, PREVIOUS, current)
-        _write_pointer(install, POINTER, pointer)  # the switch: one atomic rename
+            write_pointer(install, PREVIOUS, current)
+        write_pointer(install, POINTER, pointer)  # the switch: one atomic rename
         _prune(install, {folder} | ({current["folder"]} if current else set()))
         clear_debris(install)
         return PullResult(name, version, region, target,
@@ -210,11 +174,11 @@ def rollback(install: str | Path) -> str:
     """
     install = Path(install)
     with _locked(install):
-        current = _read_pointer(install, POINTER)
-        previous = _read_pointer(install, PREVIOUS)
+        current = read_pointer(install, POINTER)
+        previous = read_pointer(install, PREVIOUS)
         if previous is None or not (install / VERSIONS / previous["folder"]).is_dir():
             raise RegistryError(f"{install}: no previous version to roll back to")
-        _write_pointer(install, POINTER, previous)
+        write_pointer(install, POINTER, previous)
         if current is not None:
-            _write_pointer(install, PREVIOUS, current)
+            write_pointer(install, PREVIOUS, current)
         return previous["version"]

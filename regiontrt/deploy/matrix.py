@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import artifact
-from .._progress import task
-from .._text import format_table
-from ..engine import Engine
-from .bundle import write_bundle
-from .fleet import FleetSpec, TargetSpec
-from .tasks import build_cell, decide_region
+from regiontrt import _display
+from regiontrt._progress import task
+from regiontrt._text import format_table
+from regiontrt.deploy.bundle import write_bundle
+from regiontrt.deploy.fleet import FleetSpec, TargetSpec
+from regiontrt.deploy.tasks import build_cell, decide_region
+from regiontrt.runtime import artifact
+from regiontrt.runtime.engine import Engine
 
 
 @dataclass
@@ -84,17 +85,8 @@ class FleetResult:
                 f"cells={len(self.cells)} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
                 f"bundles={sorted(self.bundles)}, seconds={self.seconds:.1f})")
 
-    def _repr_html_(self) -> str:
-        """A notebook view: every cell's status, then the report of the engines built."""
-        from ..report_page import summary_html
-
-        engines = [(artifact.decode_header(c.engine), c.target) for c in self.cells
-                   if c.status == "built" and c.engine]
-        pending = [(c.region, c.target, c.precision or "–", c.status) for c in self.cells
-                   if not (c.status == "built" and c.engine)]
-        return summary_html(engines, pending=pending, cells=[c.to_dict() for c in self.cells],
-                            heading=f"fleet {self.fleet.name} {self.fleet.version}: "
-                                    f"{len(self.cells)} cells, {self.seconds:.1f} s")
+    def _repr_html_(self) -> str | None:
+        return _display.html(self)
 
     def table(self) -> str:
         """The final table: one row per cell."""
@@ -235,7 +227,7 @@ def build_fleet(
                               version=spec.version, region_engine=engine, variants=variants,
                               deferred=deferred)
         if sign_key is not None:
-            from .signing import sign_bundle
+            from regiontrt.deploy.signing import sign_bundle
 
             sign_bundle(folder, sign_key)
         bundles[region] = folder

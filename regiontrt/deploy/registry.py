@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import BundleError, RegionTRTError, RegistryError
-from ._util import is_older, safe_name
-from .bundle import MANIFEST, MAX_MANIFEST, load_bundle, read_manifest
-from .signing import SIGNATURE_FILE
+from regiontrt.deploy._util import is_older, safe_name
+from regiontrt.deploy.bundle import MANIFEST, MAX_MANIFEST, load_bundle, read_manifest
+from regiontrt.deploy.signing import SIGNATURE_FILE
+from regiontrt.errors import BundleError, RegionTRTError, RegistryError
 
 INDEX = "index.json"
 MAX_SIGNATURE = 1 << 20
@@ -147,7 +147,7 @@ def publish(dist: str | Path, registry: str, *, overwrite: bool = False) -> list
                     fs.put_file(str(b.path / file), _join(dest, file))
                 entry = index["versions"][b.version]
                 entry["regions"] = sorted(set(entry["regions"]) | {b.region})
-                entry["published_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+                entry["published_at"] = _dt.datetime.now(_dt.UTC).isoformat(
                     timespec="seconds")
                 written.append(dest)
             index["latest"] = _latest(index["versions"])

@@ -12,16 +12,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from .. import artifact
-from ..backends.onnxruntime import runtime_arithmetic
-from ..engine import Engine
-from ..errors import RegionTRTError
-from .hardware import backend_or_reason, tensorrt_build_blocker
+from regiontrt.backends.onnxruntime import runtime_arithmetic
+from regiontrt.deploy.hardware import backend_or_reason, tensorrt_build_blocker
+from regiontrt.deploy.variant import Variant
+from regiontrt.errors import RegionTRTError
+from regiontrt.runtime import artifact
+from regiontrt.runtime.engine import Engine
 
-if TYPE_CHECKING:
-    from .bundle import Bundle, Variant
+
+class Bundle(Protocol):
+    """What selection reads of a :class:`~regiontrt.deploy.bundle.Bundle` (which calls it)."""
+
+    path: Path
+    install: Path | None
+    manifest: dict[str, Any]
+    variants: tuple[Variant, ...]
+    deferred: tuple[dict[str, Any], ...]
+    version: str
+    region: str
+    onnx_sha256: str
+
+    def load_variant(self, variant: Variant) -> Engine: ...
+
+    def onnx_engine(self) -> Engine: ...
 
 _ORDER = ("tensorrt", "tensorrt-rtx")
 
@@ -91,7 +106,7 @@ def _rebuild(bundle: Bundle) -> tuple[Engine | None, str, bool]:
                 return Engine(metadata, payload), f"reused the plan rebuilt earlier ({cache})", True
         except RegionTRTError:
             pass  # stale or damaged cache (another GPU, a crash): rebuild below
-    from ..retarget import retarget
+    from regiontrt.build.retarget import retarget
 
     try:
         engine = retarget(bundle.onnx_engine(), backend, label=f"{bundle.region}-node")

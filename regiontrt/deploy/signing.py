@@ -1,4 +1,4 @@
-"""Signing and verifying bundle folders (the key handling lives in :mod:`regiontrt.trust`).
+"""Signing and verifying bundle folders (the key handling lives in :mod:`regiontrt.runtime.trust`).
 
 A bundle is signed as a whole folder with ``model_signing``'s elliptic-curve key signer: the
 signature (``bundle.sig``, a Sigstore bundle holding a DSSE envelope over an in-toto statement)
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SignatureError
-from ..trust import (
+from regiontrt.errors import SignatureError
+from regiontrt.runtime.trust import (
     TrustLike,
     keygen,
     sign_file,

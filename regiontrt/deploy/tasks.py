@@ -13,9 +13,9 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from .. import artifact
-from .._text import reword
-from ..engine import Engine
+from regiontrt._text import reword
+from regiontrt.runtime import artifact
+from regiontrt.runtime.engine import Engine
 
 # The builder's messages name its Python API; in a fleet, the fix is a key of the fleet file.
 _FLEET_KEYS = (
@@ -40,10 +40,10 @@ def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
         ``{"ok": True, "engine": container bytes, "seconds": ...}`` or
         ``{"ok": False, "error": "...", "detail": traceback, "seconds": ...}``.
     """
-    from ..builder import RegionalEngineBuilder
-    from ..policy import PrecisionPolicy
-    from ..regions import Region
-    from .fleet import read_npz_batches
+    from regiontrt.build.builder import RegionalEngineBuilder
+    from regiontrt.deploy.fleet import read_npz_batches
+    from regiontrt.precision.policy import PrecisionPolicy
+    from regiontrt.precision.regions import Region
 
     started = time.perf_counter()
     spec = job["region"]
@@ -83,9 +83,9 @@ def build_cell(job: Mapping[str, Any]) -> dict[str, Any]:
         (a TensorRT target this machine cannot build: the node rebuilds it from the bundled
         ONNX), or ``{"status": "failed", "error": ...}``.
     """
-    from ..retarget import retarget
-    from .fleet import TargetSpec
-    from .hardware import tensorrt_build_blocker
+    from regiontrt.build.retarget import retarget
+    from regiontrt.deploy.fleet import TargetSpec
+    from regiontrt.deploy.hardware import tensorrt_build_blocker
 
     started = time.perf_counter()
     try:

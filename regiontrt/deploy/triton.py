@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._fs import atomic_write_bytes, atomic_write_text
-from ..errors import BundleError
-from ..graph.io import TensorSpec
-from .bundle import Bundle, Variant, load_bundle
-from .signing import TrustLike
+from regiontrt._fs import atomic_write_bytes, atomic_write_text
+from regiontrt.deploy.bundle import Bundle, load_bundle
+from regiontrt.deploy.signing import TrustLike
+from regiontrt.deploy.variant import Variant
+from regiontrt.errors import BundleError
+from regiontrt.graph.io import TensorSpec
 
 #: numpy dtype name -> Triton data type.
 TRITON_DTYPES = {

@@ -25,8 +25,14 @@ from __future__ import annotations
 import enum
 import functools
 import platform
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import onnx
+
+from regiontrt.graph.io import TensorSpec
 
 #: CPU flags (Linux ``/proc/cpuinfo`` names) that change what ONNX Runtime's fused int8 kernels
 #: compute or which kernel runs: the dot-product instructions and their vector widths.
@@ -173,3 +179,23 @@ def cpu_differences(recorded: Any) -> list[str]:
         if new:
             out.append("only here: " + ", ".join(new))
     return out
+
+
+def make_session(model: onnx.ModelProto | bytes, options: Any = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU for ``model``."""
+    import onnxruntime as ort
+
+    data = model if isinstance(model, bytes) else model.SerializeToString(deterministic=True)
+    so = options if options is not None else ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def cast_feeds(feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Contiguous numpy arrays in the declared dtypes (used by host-side runners)."""
+    by_name = {s.name: s for s in specs}
+    # np.require keeps 0-d inputs 0-d (np.ascontiguousarray would make them 1-d).
+    return {
+        name: np.require(np.asarray(value, dtype=by_name[name].dtype), requirements="C")
+        for name, value in feeds.items()
+    }

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .scope import fresh_name
+from regiontrt.graph.scope import fresh_name
 
 _CONV_OPS = ("Conv", "ConvTranspose")
 

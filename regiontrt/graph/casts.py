@@ -7,7 +7,7 @@ import collections
 import onnx
 from onnx import TensorProto
 
-from .scope import subgraph_references
+from regiontrt.graph.scope import subgraph_references
 
 _FLOAT_WIDTH: dict[int, int] = {
     TensorProto.FLOAT16: 16,

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import GraphPassError
-from .arithmetic import Int8Arithmetic, session_options
-from .io import TensorSpec
+from regiontrt.errors import GraphPassError
+from regiontrt.graph.arithmetic import Int8Arithmetic, session_options
+from regiontrt.graph.io import TensorSpec
 
 Batch = Mapping[str, Any]
 Outputs = dict[str, Any]

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import InvalidModelError
-from .bnfold import fold_into_convs
-from .io import without_unsized_dims
-from .scope import non_tensor_values, subgraph_references, walk_nodes
+from regiontrt.errors import InvalidModelError
+from regiontrt.graph.bnfold import fold_into_convs
+from regiontrt.graph.io import without_unsized_dims
+from regiontrt.graph.scope import non_tensor_values, subgraph_references, walk_nodes
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 # While GraphSurgeon folds, a Shape with start/end wears this op name: its shape folders read

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from .scope import subgraphs, walk_graphs
+from regiontrt.graph.scope import subgraphs, walk_graphs
 
 __all__ = [
     "RECURRENT_OPS",

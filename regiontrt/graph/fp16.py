@@ -27,18 +27,26 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import InvalidModelError
-from .casts import fold_cast_chains
-from .clean import count_ops
-from .fp16_rules import (
+from regiontrt.errors import InvalidModelError
+from regiontrt.graph.casts import fold_cast_chains
+from regiontrt.graph.clean import count_ops
+from regiontrt.graph.fp16_rules import (
     DEFAULT_FP32_OPS,
     ISLAND_OPS,
     elem_type,
     kept_by_rule,
     types_agree,
     value_attr,
+    value_infos,
 )
-from .scope import adopt_body, all_names, subgraph_model, subgraph_references, subgraphs, walk_nodes
+from regiontrt.graph.scope import (
+    adopt_body,
+    all_names,
+    subgraph_model,
+    subgraph_references,
+    subgraphs,
+    walk_nodes,
+)
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 __all__ = ["DEFAULT_FP32_OPS", "ISLAND_OPS", "cast_count", "to_fp16"]
@@ -98,7 +106,7 @@ def _convert_bodies(model: onnx.ModelProto, ops: frozenset[str], names: frozense
     bodies = [sub for node in model.graph.node for sub in subgraphs(node)]
     if not bodies:
         return
-    outer = _value_infos(model)
+    outer = value_infos(model)
     outer.update({i.name: helper.make_tensor_value_info(i.name, i.data_type, i.dims)
                   for i in model.graph.initializer})
     taken = all_names(model.graph)
@@ -124,7 +132,7 @@ class _Converter:
         self.opset = next(
             (i.version for i in model.opset_import if i.domain in _DEFAULT_DOMAINS), 1
         )
-        self.info = _value_infos(model)
+        self.info = value_infos(model)
         self.types = {n: t for n, t in ((n, elem_type(v)) for n, v in self.info.items()) if t}
         self.inits = {i.name: i for i in self.graph.initializer}
         self.types.update({name: init.data_type for name, init in self.inits.items()})
@@ -377,18 +385,3 @@ class _Converter:
             infos.append(vi)
         del self.graph.value_info[:]
         self.graph.value_info.extend(infos)
-
-
-def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as exc:  # fall back to what the model declares
-        warnings.warn(
-            f"to_fp16: shape inference failed ({exc}); nodes whose tensor types the model does "
-            "not declare stay float32",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        inferred = model
-    g = inferred.graph
-    return {v.name: v for v in (*g.input, *g.output, *g.value_info)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -136,3 +137,20 @@ def value_attr(node: onnx.NodeProto) -> np.ndarray | None:
     if attr.t.data_type != FLOAT or attr.t.data_location == TensorProto.EXTERNAL:
         return None
     return numpy_helper.to_array(attr.t)
+
+
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Declared and inferred value infos of the main graph, by name (declared ones where
+    shape inference fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # fall back to what the model declares
+        warnings.warn(
+            f"to_fp16: shape inference failed ({exc}); nodes whose tensor types the model does "
+            "not declare stay float32",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        inferred = model
+    g = inferred.graph
+    return {v.name: v for v in (*g.input, *g.output, *g.value_info)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,55 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import InvalidModelError
-from ..schema import header_shape
+from regiontrt.errors import InvalidModelError
 
 ModelSource = str | Path | bytes | onnx.ModelProto
 Dim = int | str | None
+
+
+#: Largest static dimension (TensorRT's int32 dimensions).
+MAX_DIM = 2**31 - 1
+#: Longest symbolic dimension written inline in a ``shape`` (a name or a short expression).
+MAX_SYMBOL = 256
+#: Longest expression kept in a tensor's ``symbolic_dims``.
+MAX_EXPR = 4096
+# Identifiers, numbers and arithmetic: every name or formula shape inference writes (``batch``,
+# ``unk__17``, ``floor(height/2 - 1/2) + 1``, ``Max(1, s0)``), nothing a terminal or a page
+# could read as markup or control sequences.
+_SYMBOL = re.compile(r"[A-Za-z0-9_ +\-*/().,]+")
+
+
+def is_symbol(value: Any, max_len: int = MAX_SYMBOL) -> bool:
+    """Whether ``value`` may stand in a header as a symbolic dimension of at most ``max_len``.
+
+    A symbolic dimension is a string of 1..``max_len`` characters from ``A-Z a-z 0-9 _``, space
+    and ``+ - * / ( ) . ,``, not only spaces.
+    """
+    return (isinstance(value, str) and 1 <= len(value) <= max_len
+            and _SYMBOL.fullmatch(value) is not None and not value.isspace())
+
+
+def header_shape(shape: Sequence[Any]) -> tuple[list[int | str | None], dict[str, str]]:
+    """The header form of a declared shape: ``(shape, symbolic_dims)``; never fails.
+
+    Each dimension becomes an ``int`` (static, ``0..MAX_DIM``), a string (symbolic: a name such
+    as ``batch`` or an expression from shape inference, see :func:`is_symbol`) or ``None``
+    (dynamic, nothing known). An expression longer than :data:`MAX_SYMBOL` is written as ``None``
+    in ``shape`` and kept whole in ``symbolic_dims`` (``{"axis": expression}``) when it has at
+    most :data:`MAX_EXPR` characters; a longer one, a name with other characters or an
+    out-of-range integer is only ``None``: the payload itself still declares it.
+    """
+    dims: list[int | str | None] = []
+    exprs: dict[str, str] = {}
+    for axis, dim in enumerate(shape):
+        static = isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim <= MAX_DIM
+        if static or is_symbol(dim, MAX_SYMBOL):
+            dims.append(dim)
+        else:
+            dims.append(None)
+            if is_symbol(dim, MAX_EXPR):
+                exprs[str(axis)] = dim
+    return dims, exprs
 
 
 @dataclass(frozen=True)
@@ -33,7 +78,7 @@ class TensorSpec:
     ``symbolic_dims`` (``{"2": "..."}``), and :meth:`from_dict` puts it back. A name with other
     characters, or a longer expression, is only ``null`` (dynamic) in the header: the payload
     still declares it. Any shape gives a header the schema accepts
-    (:func:`regiontrt.schema.header_shape`); headers of older engines, whose ``shape`` lists
+    (:func:`header_shape`); headers of older engines, whose ``shape`` lists
     ints, names and ``null``, read as before.
     """
 
@@ -58,7 +103,8 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> TensorSpec:
-        """The spec of a header entry (checked by :func:`regiontrt.schema.validate_header`)."""
+        """The spec of a header entry (checked by
+        :func:`~regiontrt.runtime.schema.validate_header`)."""
         shape = d["shape"]
         assert isinstance(shape, list)
         dims: list[Dim] = list(shape)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto as T
 
-from .scope import elem_types, walk_graphs
+from regiontrt.graph.scope import elem_types, walk_graphs
 
 __all__ = ["graph_precision"]
 

@@ -22,8 +22,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from ..errors import GraphPassError, InvalidArgumentError, InvalidModelError
-from .scope import defined_names, fresh_name, rename_values, subgraphs, walk_graphs
+from regiontrt.errors import GraphPassError, InvalidArgumentError, InvalidModelError
+from regiontrt.graph.scope import defined_names, fresh_name, rename_values, subgraphs, walk_graphs
 
 __all__ = ["fold_pinned_inputs", "inline_constant_ifs"]
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import RegionConfigError
-
-if TYPE_CHECKING:
-    from .quantize import QuantizeOptions
+from regiontrt.errors import RegionConfigError
+from regiontrt.graph.qdq_options import QuantizeOptions
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -233,12 +230,38 @@ def analyse(graph: gs.Graph, options: QuantizeOptions, dtypes: Mapping[str, int]
     depth, has_down = _topology(nodes, weighted)
     outputs = {t.name for t in graph.outputs}
     p = Placement()
+    _place_layers(p, nodes, options, dtypes, depth, has_down)
+    fused: set[str] = set()
+    if options.quantize_residual_add:
+        fused = _place_residual_adds(p, nodes, dtypes, depth, outputs)
+    if options.quantize_weighted_outputs:
+        _place_weighted_outputs(p, by_name, outputs, fused)
+    uf = _place_concats(p, nodes, dtypes)
+    position = {t.name: -len(graph.inputs) + k for k, t in enumerate(graph.inputs)}
+    for k, node in enumerate(nodes):
+        for t in node.outputs:
+            position.setdefault(t.name, k)
+    p.order = sorted(p.consumers, key=lambda name: (position.get(name, len(nodes)), name))
+    members: dict[str, list[str]] = {}
+    for name in p.order:
+        if name in uf.parent:
+            members.setdefault(uf.find(name), []).append(name)
+    p.groups = [tuple(g) for g in members.values() if len(g) > 1]
+    return p
 
-    def want(tensor: gs.Tensor, node: gs.Node, index: int) -> None:
-        slots = p.consumers.setdefault(tensor.name, [])
-        if (node.name, index) not in slots:
-            slots.append((node.name, index))
 
+def _want(p: Placement, tensor: gs.Tensor, node: gs.Node, index: int) -> None:
+    """Input ``index`` of ``node`` reads the dequantized copy of ``tensor``."""
+    slots = p.consumers.setdefault(tensor.name, [])
+    if (node.name, index) not in slots:
+        slots.append((node.name, index))
+
+
+def _place_layers(p: Placement, nodes: list[gs.Node], options: QuantizeOptions,
+                  dtypes: Mapping[str, int], depth: Mapping[str, int], has_down: set[str]
+                  ) -> None:
+    """The weighted layers quantized (inputs and weights), or why each is skipped."""
+    weighted = frozenset(options.weighted_ops)
     for node in nodes:
         if node.op not in weighted:
             continue
@@ -258,77 +281,76 @@ def analyse(graph: gs.Graph, options: QuantizeOptions, dtypes: Mapping[str, int]
             continue
         p.nodes.append(node.name)
         for i, _ in acts:
-            want(node.inputs[i], node, i)
+            _want(p, node.inputs[i], node, i)
         for i, axis in weights:
             p.weights.append(WeightUse(node.name, i, node.inputs[i].name, axis))
 
+
+def _epilogue_root(tensor: gs.Tensor, outputs: set[str], quantized: set[str]) -> gs.Node | None:
+    """The quantized Conv whose epilogue (BN, bias Add) produces ``tensor`` alone, if any."""
+    while len(tensor.outputs) == 1 and tensor.name not in outputs:
+        prod = _producer(tensor)
+        if prod is None:
+            return None
+        if prod.op == "BatchNormalization":
+            tensor = prod.inputs[0]
+        elif _is_bias_add(prod):
+            tensor = next(t for t in prod.inputs if not is_constant(t))
+        else:
+            return prod if prod.op in _CONV_OPS and prod.name in quantized else None
+    return None
+
+
+def _place_residual_adds(p: Placement, nodes: list[gs.Node], dtypes: Mapping[str, int],
+                         depth: Mapping[str, int], outputs: set[str]) -> set[str]:
+    """Q/DQ on the skip branch of residual Adds; returns the main branches (fused by TRT)."""
     quantized = set(p.nodes)
-
-    def epilogue_root(tensor: gs.Tensor) -> gs.Node | None:
-        """The quantized Conv whose epilogue (BN, bias Add) produces ``tensor`` alone, if any."""
-        while len(tensor.outputs) == 1 and tensor.name not in outputs:
-            prod = _producer(tensor)
-            if prod is None:
-                return None
-            if prod.op == "BatchNormalization":
-                tensor = prod.inputs[0]
-            elif _is_bias_add(prod):
-                tensor = next(t for t in prod.inputs if not is_constant(t))
-            else:
-                return prod if prod.op in _CONV_OPS and prod.name in quantized else None
-        return None
-
     fused: set[str] = set()
-    if options.quantize_residual_add:
-        for node in nodes:
-            if node.op != "Add" or len(node.inputs) != 2:
-                continue
-            a, b = node.inputs
-            if a is b or is_constant(a) or is_constant(b):
-                continue
-            ra, rb = epilogue_root(a), epilogue_root(b)
-            if ra is None and rb is None:
-                continue
-            # Both branches end in a layer (a projection shortcut): the deeper one, the main
-            # path, fuses the Add; the shortcut is the skip branch.
-            keep = 0 if rb is None or (ra is not None and depth[ra.name] >= depth[rb.name]) else 1
-            skip = node.inputs[1 - keep]
-            if _float_ok(skip, dtypes):
-                fused.add(node.inputs[keep].name)
-                want(skip, node, 1 - keep)
+    for node in nodes:
+        if node.op != "Add" or len(node.inputs) != 2:
+            continue
+        a, b = node.inputs
+        if a is b or is_constant(a) or is_constant(b):
+            continue
+        ra, rb = _epilogue_root(a, outputs, quantized), _epilogue_root(b, outputs, quantized)
+        if ra is None and rb is None:
+            continue
+        # Both branches end in a layer (a projection shortcut): the deeper one, the main
+        # path, fuses the Add; the shortcut is the skip branch.
+        keep = 0 if rb is None or (ra is not None and depth[ra.name] >= depth[rb.name]) else 1
+        skip = node.inputs[1 - keep]
+        if _float_ok(skip, dtypes):
+            fused.add(node.inputs[keep].name)
+            _want(p, skip, node, 1 - keep)
+    return fused
 
-    if options.quantize_weighted_outputs:
-        for name in p.nodes:
-            tensor = by_name[name].outputs[0]
-            while len(tensor.outputs) == 1 and tensor.name not in outputs:
-                nxt = tensor.outputs[0]
-                if nxt.op not in _EPILOGUE_OPS and not _is_bias_add(nxt):
-                    break
-                tensor = nxt.outputs[0]
-            if tensor.name in fused:
-                continue  # Q/DQ there would break the residual fusion
-            for consumer in list(tensor.outputs):
-                for i, t in enumerate(consumer.inputs):
-                    if t is tensor:
-                        want(tensor, consumer, i)
 
+def _place_weighted_outputs(p: Placement, by_name: Mapping[str, gs.Node], outputs: set[str],
+                            fused: set[str]) -> None:
+    """Q/DQ after each quantized layer's epilogue (never inside it, never on a fused Add)."""
+    for name in p.nodes:
+        tensor = by_name[name].outputs[0]
+        while len(tensor.outputs) == 1 and tensor.name not in outputs:
+            nxt = tensor.outputs[0]
+            if nxt.op not in _EPILOGUE_OPS and not _is_bias_add(nxt):
+                break
+            tensor = nxt.outputs[0]
+        if tensor.name in fused:
+            continue  # Q/DQ there would break the residual fusion
+        for consumer in list(tensor.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is tensor:
+                    _want(p, tensor, consumer, i)
+
+
+def _place_concats(p: Placement, nodes: list[gs.Node], dtypes: Mapping[str, int]) -> _UnionFind:
+    """A quantized Concat output quantizes its inputs with one shared scale (a union-find)."""
     uf = _UnionFind()
     for node in reversed(nodes):  # downstream first, so nested Concats join one group
         if node.op != "Concat" or not node.outputs or node.outputs[0].name not in p.consumers:
             continue
         for i, t in enumerate(node.inputs):
             if t.name and not is_constant(t) and _float_ok(t, dtypes):
-                want(t, node, i)
+                _want(p, t, node, i)
                 uf.union(node.outputs[0].name, t.name)
-
-    position = {t.name: -len(graph.inputs) + k for k, t in enumerate(graph.inputs)}
-    for k, node in enumerate(nodes):
-        for t in node.outputs:
-            position.setdefault(t.name, k)
-    p.order = sorted(p.consumers, key=lambda name: (position.get(name, len(nodes)), name))
-    members: dict[str, list[str]] = {}
-    for name in p.order:
-        if name in uf.parent:
-            members.setdefault(uf.find(name), []).append(name)
-    p.groups = [tuple(g) for g in members.values() if len(g) > 1]
-    return p
+    return uf

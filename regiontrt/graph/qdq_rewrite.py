@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..errors import DataError, InvalidModelError
-from .qdq_placement import Placement, constant_values
+from regiontrt.errors import DataError, InvalidModelError
+from regiontrt.graph.qdq_placement import Placement, constant_values
 
 QMAX = 127  # symmetric int8: [-127, 127], the range TensorRT uses for weights and activations
 # The scale of an all-zero weight channel. Any positive value reconstructs zeros exactly; this one
@@ -118,11 +118,41 @@ def apply_placement(
     names = _Names(graph)
     by_name = {n.name: n for n in graph.nodes}
     index = {n.name: k for k, n in enumerate(graph.nodes)}
-    tensors = graph.tensors()
     pending: dict[int, list[gs.Node]] = {}
-    weight_dq: dict[tuple[str, int | None], gs.Variable] = {}
-    replaced_constant_nodes: list[gs.Node] = []
+    replaced = _dequantize_weights(placement, by_name, index, names, pending)
+    tensors = graph.tensors()
+    for name in placement.order:
+        tensor = tensors[name]
+        slots = placement.consumers[name]
+        scale = gs.Constant(names.new(f"{name}_scale"), np.array(scales[name], np.float32))
+        zero = gs.Constant(names.new(f"{name}_zero_point"), np.array(0, np.int8))
+        q_out = gs.Variable(names.new(f"{name}_quantized"), np.int8, tensor.shape)
+        dq_out = gs.Variable(names.new(f"{name}_dequantized"), np.float32, tensor.shape)
+        q = gs.Node("QuantizeLinear", names.new(f"{name}_QuantizeLinear"), {},
+                    [tensor, scale, zero], [q_out])
+        dq = gs.Node("DequantizeLinear", names.new(f"{name}_DequantizeLinear"), {},
+                     [q_out, scale, zero], [dq_out])
+        for node_name, i in slots:
+            by_name[node_name].inputs[i] = dq_out
+        pending.setdefault(min(index[n] for n, _ in slots), []).extend([q, dq])
+    outputs = {t.name for t in graph.outputs}
+    dropped = {id(n) for n in replaced
+               if not n.outputs[0].outputs and n.outputs[0].name not in outputs}
+    new_nodes: list[gs.Node] = []
+    for k, node in enumerate(graph.nodes):
+        new_nodes.extend(pending.get(k, ()))
+        if id(node) not in dropped:
+            new_nodes.append(node)
+    graph.nodes = new_nodes
 
+
+def _dequantize_weights(placement: Placement, by_name: Mapping[str, gs.Node],
+                        index: Mapping[str, int], names: _Names,
+                        pending: dict[int, list[gs.Node]]) -> list[gs.Node]:
+    """Int8 weights and their DequantizeLinear (one per weight and axis, shared by its users);
+    returns the ``Constant`` nodes whose values were replaced."""
+    weight_dq: dict[tuple[str, int | None], gs.Variable] = {}
+    replaced: list[gs.Node] = []
     for use in placement.weights:
         node = by_name[use.node]
         source = node.inputs[use.index]
@@ -151,43 +181,6 @@ def apply_placement(
             pending.setdefault(index[use.node], []).append(dq)
             weight_dq[key] = out
             if source.inputs and source.inputs[0].op == "Constant":
-                replaced_constant_nodes.append(source.inputs[0])
+                replaced.append(source.inputs[0])
         node.inputs[use.index] = weight_dq[key]
-
-    for name in placement.order:
-        tensor = tensors[name]
-        slots = placement.consumers[name]
-        scale = gs.Constant(names.new(f"{name}_scale"), np.array(scales[name], np.float32))
-        zero = gs.Constant(names.new(f"{name}_zero_point"), np.array(0, np.int8))
-        q_out = gs.Variable(names.new(f"{name}_quantized"), np.int8, tensor.shape)
-        dq_out = gs.Variable(names.new(f"{name}_dequantized"), np.float32, tensor.shape)
-        q = gs.Node(
-            "QuantizeLinear",
-            names.new(f"{name}_QuantizeLinear"),
-            {},
-            [tensor, scale, zero],
-            [q_out],
-        )
-        dq = gs.Node(
-            "DequantizeLinear",
-            names.new(f"{name}_DequantizeLinear"),
-            {},
-            [q_out, scale, zero],
-            [dq_out],
-        )
-        for node_name, i in slots:
-            by_name[node_name].inputs[i] = dq_out
-        pending.setdefault(min(index[n] for n, _ in slots), []).extend([q, dq])
-
-    outputs = {t.name for t in graph.outputs}
-    dropped = {
-        id(n)
-        for n in replaced_constant_nodes
-        if not n.outputs[0].outputs and n.outputs[0].name not in outputs
-    }
-    new_nodes: list[gs.Node] = []
-    for k, node in enumerate(graph.nodes):
-        new_nodes.extend(pending.get(k, ()))
-        if id(node) not in dropped:
-            new_nodes.append(node)
-    graph.nodes = new_nodes
+    return replaced

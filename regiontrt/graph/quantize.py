@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import InvalidModelError
-from .io import opset_version
-from .qdq_placement import Placement, analyse
-from .qdq_rewrite import activation_scales, apply_placement, check_amax
+from regiontrt.errors import InvalidModelError
+from regiontrt.graph.io import opset_version
+from regiontrt.graph.qdq_options import QuantizeOptions
+from regiontrt.graph.qdq_placement import Placement, analyse
+from regiontrt.graph.qdq_rewrite import activation_scales, apply_placement, check_amax
 
 __all__ = [
     "QuantizationPlan",
@@ -51,35 +52,6 @@ __all__ = [
 
 QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear (the axis attribute) arrived in opset 13
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """Where Q/DQ pairs go.
-
-    Attributes:
-        quantize_first_layer: also quantize the first weighted ops (no weighted op upstream).
-        quantize_last_layer: also quantize the last weighted ops (no weighted op downstream).
-        quantize_weighted_outputs: also put Q/DQ on quantized layers' outputs (after their
-            BatchNormalization/activation epilogue, never inside it).
-        quantize_residual_add: put Q/DQ on the skip branch of residual Adds.
-        exclude_nodes: names of weighted nodes kept in high precision.
-        weighted_ops: op types treated as weighted layers.
-        per_channel: per-output-channel weight scales (else one scale per weight tensor).
-    """
-
-    quantize_first_layer: bool = False
-    quantize_last_layer: bool = False
-    quantize_weighted_outputs: bool = False
-    quantize_residual_add: bool = True
-    exclude_nodes: frozenset[str] = frozenset()
-    weighted_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-    per_channel: bool = True
-
-    def __post_init__(self) -> None:
-        # Accept any iterable of names (a list from a TOML file) and keep the dataclass hashable.
-        object.__setattr__(self, "exclude_nodes", frozenset(self.exclude_nodes))
-        object.__setattr__(self, "weighted_ops", tuple(self.weighted_ops))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 import types
 from typing import Any
 
-from .modes import (
+from regiontrt.serve.modes import (
     AdaptivePolicy,
     BatchPlan,
     BatchPolicy,
@@ -21,8 +21,8 @@ from .modes import (
     LoadStats,
     ThroughputPolicy,
 )
-from .server import Server, UnknownModel, serve
-from .sources import ServedModel, Variant, resolve
+from regiontrt.serve.server import Server, UnknownModel, serve
+from regiontrt.serve.sources import ServedModel, Variant, resolve
 
 __all__ = [
     "AdaptivePolicy",

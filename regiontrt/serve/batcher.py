@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Engine
-from ..errors import DeadlineExceeded, InputError, ServerClosed
-from .metrics import ServeMetrics
-from .modes import BatchPolicy, LoadTracker
-from .queue import Request, RequestQueue, shape_key
-from .sources import ServedModel, Variant
+from regiontrt.errors import DeadlineExceeded, InputError, ServerClosed
+from regiontrt.runtime.engine import Engine
+from regiontrt.serve.metrics import ServeMetrics
+from regiontrt.serve.modes import BatchPolicy, LoadTracker
+from regiontrt.serve.queue import Request, RequestQueue, shape_key
+from regiontrt.serve.sources import ServedModel, Variant
 
 log = logging.getLogger("regiontrt.serve")
 

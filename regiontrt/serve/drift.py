@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..datastats import psi
-from .metrics import ServeMetrics
-from .sources import ServedModel
+from regiontrt.data.stats import psi
+from regiontrt.serve.metrics import ServeMetrics
+from regiontrt.serve.sources import ServedModel
 
 log = logging.getLogger("regiontrt.serve.drift")
 
@@ -71,7 +71,7 @@ class _RangeProbe:
         import onnx
         import onnxruntime as ort
 
-        from ..calibration.collect import expose_tensors, resolve_tensors
+        from regiontrt.calibration.collect import expose_tensors, resolve_tensors
 
         model = onnx.load_from_string(onnx_bytes)
         # ONNX Runtime follows external-data paths; an engine's payload must be self-contained.

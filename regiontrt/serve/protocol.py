@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .sources import ServedModel
+from regiontrt.errors import InputError
+from regiontrt.serve.sources import ServedModel
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_TENSORS = 64

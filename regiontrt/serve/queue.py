@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Overloaded
+from regiontrt.errors import Overloaded
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], str], ...]
 

@@ -13,8 +13,8 @@ import time
 from types import TracebackType
 from typing import Any
 
-from .http import MAX_BODY, create_app
-from .server import Server
+from regiontrt.serve.http import MAX_BODY, create_app
+from regiontrt.serve.server import Server
 
 
 def _config(server: Server, host: str, port: int, max_body: int, graceful_s: float,

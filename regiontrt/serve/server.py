@@ -16,14 +16,14 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, ServerClosed
-from .batcher import ModelBatcher
-from .metrics import ServeMetrics
-from .modes import BatchPolicy, make_policy
-from .sources import ServedModel, resolve
+from regiontrt.errors import InputError, ServerClosed
+from regiontrt.serve.batcher import ModelBatcher
+from regiontrt.serve.metrics import ServeMetrics
+from regiontrt.serve.modes import BatchPolicy, make_policy
+from regiontrt.serve.sources import ServedModel, resolve
 
 if TYPE_CHECKING:
-    from .drift import DriftMonitor
+    from regiontrt.serve.drift import DriftMonitor
 
 log = logging.getLogger("regiontrt.serve")
 
@@ -142,7 +142,7 @@ class Server:
 
     def monitor(self, sample_rate: float = 0.05, **options: Any) -> DriftMonitor:
         """Start (or return) the drift monitor; see :class:`regiontrt.serve.drift.DriftMonitor`."""
-        from .drift import DriftMonitor
+        from regiontrt.serve.drift import DriftMonitor
 
         if self._monitor is None:
             self._monitor = DriftMonitor(self.models, self.metrics, sample_rate=sample_rate,

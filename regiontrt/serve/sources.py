@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine, load_engine
-from ..errors import ArtifactError
+from regiontrt.errors import ArtifactError
+from regiontrt.runtime.engine import Engine, load_engine
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -154,7 +154,7 @@ def resolve(source: Any, name: str | None = None) -> list[ServedModel]:
         if not path.exists():
             raise ArtifactError(f"nothing to serve at {path}: no such file or directory")
         try:
-            from ..deploy import load_bundle  # type: ignore[attr-defined]
+            from regiontrt.deploy import load_bundle  # type: ignore[attr-defined]
         except ImportError as exc:
             raise ArtifactError(
                 f"{path} is not an .engine file; serving bundles and install directories "

@@ -10,14 +10,14 @@ GPU.
 
 from __future__ import annotations
 
-from .fake_trt import (
+from regiontrt.testing.fake_trt import (
     DataType,
     FakeCudaEngine,
     FakeExecutionContext,
     IOutputAllocator,
     TensorIOMode,
 )
-from .recording_trt import make_recording_trt
+from regiontrt.testing.recording_trt import make_recording_trt
 
 __all__ = [
     "DataType",

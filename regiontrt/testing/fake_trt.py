@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.cuda import (
+from regiontrt.backends.cuda import (
     DeviceBuffer,
     PinnedBuffer,
     cuda_call,
     device_compute_capability,
     memcpy_async,
 )
-from ..errors import CudaError
+from regiontrt.errors import CudaError
 
 Shape3 = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 

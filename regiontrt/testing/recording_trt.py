@@ -86,9 +86,28 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
     calls: list[tuple[Any, ...]] = []
     major, minor, patch, build = (int(v) for v in (version.split(".") + ["0"] * 4)[:4])
     enums = _enums(major)
-    state = {"refusals": refuse_timing_cache}
-    data_type: Any = enums["DataType"]
+    net = _network_fakes(enums["DataType"])
+    net.update(_parser_fakes(calls, net, parse_errors))
+    cfg = _config_fakes(calls, {"refusals": refuse_timing_cache}, max_num_tactics, profile_error)
+    head = bytearray(64)
+    head[:4] = b"ftrt"
+    head[24:28] = bytes([major, minor, patch, build % 256])
+    built = plan if plan is not None else bytes(head) + b"engine"
+    fakes = {**net, **cfg, **_builder_fakes(calls, net, cfg, build_error, built),
+             **_runtime_fakes(calls, deserialize_error)}
+    namespace = types.SimpleNamespace(
+        __name__="tensorrt", __version__=version, calls=calls, plan_bytes=lambda: built,
+        **fakes, **enums)
+    if plugins:
+        def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+            calls.append(("init_plugins", namespace))
+            return True
 
+        namespace.init_libnvinfer_plugins = init_libnvinfer_plugins
+    return namespace
+
+def _network_fakes(data_type: Any) -> dict[str, Any]:
+    """ILogger, Dims, ITensor, ILayer, INetworkDefinition."""
     class ILogger:
         def __init__(self) -> None:
             pass
@@ -134,6 +153,15 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
         def get_layer(self, index: int) -> ILayer:
             return ILayer()
 
+    return {"ILogger": ILogger, "Dims": Dims, "ITensor": ITensor, "ILayer": ILayer,
+            "INetworkDefinition": INetworkDefinition}
+
+
+def _parser_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any],
+                  parse_errors: Sequence[tuple[int, str, str, str]]) -> dict[str, Any]:
+    """ParserError and OnnxParser, which fills the network's inputs from the ONNX graph."""
+    ITensor = net["ITensor"]
+
     class ParserError:
         def __init__(self, node: int, name: str, op: str, desc: str) -> None:
             self._node, self._name, self._op, self._desc = node, name, op, desc
@@ -154,7 +182,7 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
             return self._op
 
     class OnnxParser:
-        def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
+        def __init__(self, network: Any, logger: Any) -> None:
             self.network = network
             self.errors: list[ParserError] = []
 
@@ -178,6 +206,12 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
             self.network._layers = len(proto.graph.node)
             return True
 
+    return {"ParserError": ParserError, "OnnxParser": OnnxParser}
+
+
+def _config_fakes(calls: list[tuple[Any, ...]], state: dict[str, int], max_num_tactics: bool,
+                  profile_error: str | None) -> dict[str, Any]:
+    """ITimingCache, IOptimizationProfile and IBuilderConfig (which records every setting)."""
     class ITimingCache:
         def __init__(self, entries: dict[str, float]) -> None:
             self.entries = dict(entries)
@@ -193,9 +227,9 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
 
     class IOptimizationProfile:
         def __init__(self) -> None:
-            self.shapes: dict[str, tuple[Dims, Dims, Dims]] = {}
+            self.shapes: dict[str, tuple[Any, Any, Any]] = {}
 
-        def set_shape(self, input: str, min: Dims, opt: Dims, max: Dims) -> None:
+        def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:
             # TensorRT 10+ raises (it no longer just logs) when the three shapes disagree
             if profile_error is not None:
                 raise RuntimeError(profile_error)
@@ -248,37 +282,49 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
         def get_timing_cache(self) -> ITimingCache | None:
             return self._cache
 
+    return {"ITimingCache": ITimingCache, "IOptimizationProfile": IOptimizationProfile,
+            "IBuilderConfig": IBuilderConfig}
+
+
+def _builder_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any], cfg: dict[str, Any],
+                   build_error: str | None, built: bytes) -> dict[str, Any]:
+    """Builder, whose build returns ``built`` (or logs ``build_error`` and returns None)."""
+    INetworkDefinition = net["INetworkDefinition"]
+    IBuilderConfig, IOptimizationProfile = cfg["IBuilderConfig"], cfg["IOptimizationProfile"]
+
     def plan_bytes() -> bytes:
-        if plan is not None:
-            return plan
-        head = bytearray(64)
-        head[:4] = b"ftrt"
-        head[24:28] = bytes([major, minor, patch, build % 256])
-        return bytes(head) + b"engine"
+        return built
 
     class Builder:
-        def __init__(self, logger: ILogger) -> None:
+        def __init__(self, logger: Any) -> None:
             self.logger = logger
 
-        def create_network(self, flags: int = 0) -> INetworkDefinition:
+        def create_network(self, flags: int = 0) -> Any:
             calls.append(("create_network", flags))
             return INetworkDefinition(flags)
 
-        def create_builder_config(self) -> IBuilderConfig:
+        def create_builder_config(self) -> Any:
             return IBuilderConfig()
 
-        def create_optimization_profile(self) -> IOptimizationProfile:
+        def create_optimization_profile(self) -> Any:
             return IOptimizationProfile()
 
-        def build_serialized_network(self, network: INetworkDefinition,
-                                     config: IBuilderConfig) -> bytes | None:
+        def build_serialized_network(self, network: Any,
+                                     config: Any) -> bytes | None:
             calls.append(("build", network, config))
             if build_error is not None:
-                self.logger.log(1, build_error)  # 1: ILogger.Severity.ERROR
+                self.logger.log(1, build_error)  # 1: Any.Severity.ERROR
                 return None
             if config._cache is not None:  # the build "times" one more tactic
                 config._cache.entries[f"layer{len(config._cache.entries)}"] = 1.0
             return plan_bytes()
+
+    return {"Builder": Builder}
+
+
+def _runtime_fakes(calls: list[tuple[Any, ...]], deserialize_error: str | None
+                   ) -> dict[str, Any]:
+    """EngineInspector, IExecutionContext, ICudaEngine and Runtime."""
 
     class EngineInspector:
         execution_context: Any = None
@@ -312,7 +358,7 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
             return IExecutionContext()
 
     class Runtime:
-        def __init__(self, logger: ILogger) -> None:
+        def __init__(self, logger: Any) -> None:
             self.logger = logger
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
@@ -322,20 +368,8 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
                 return None
             return ICudaEngine()
 
-    namespace = types.SimpleNamespace(
-        __name__="tensorrt", __version__=version, calls=calls, plan_bytes=plan_bytes,
-        ILogger=ILogger, Dims=Dims, ITensor=ITensor, ILayer=ILayer,
-        INetworkDefinition=INetworkDefinition, ParserError=ParserError, OnnxParser=OnnxParser,
-        ITimingCache=ITimingCache, IOptimizationProfile=IOptimizationProfile,
-        IBuilderConfig=IBuilderConfig, Builder=Builder, EngineInspector=EngineInspector,
-        IExecutionContext=IExecutionContext, ICudaEngine=ICudaEngine, Runtime=Runtime, **enums)
-    if plugins:
-        def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
-            calls.append(("init_plugins", namespace))
-            return True
-
-        namespace.init_libnvinfer_plugins = init_libnvinfer_plugins
-    return namespace
+    return {"EngineInspector": EngineInspector, "IExecutionContext": IExecutionContext,
+            "ICudaEngine": ICudaEngine, "Runtime": Runtime}
 
 
 #: The fake classes, by TensorRT name, that the conformance test compares with the bindings.

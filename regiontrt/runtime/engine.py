@@ -1,0 +1,397 @@
+"""The :class:`Engine`: a built payload, its region metadata, a guarded ``infer`` and a benchmark.
+
+An engine is created by :meth:`RegionalEngineBuilder.build` or :func:`load_engine`. Its runtime
+(ONNX Runtime, or TensorRT on cuda-python buffers) is loaded on first use, so reading metadata
+never needs a GPU. :func:`inspect` reads only the header.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from regiontrt import _display
+from regiontrt._fs import atomic_write_all
+from regiontrt.backends import Backend, Runner, Timing, get_backend
+from regiontrt.errors import (
+    ArtifactError,
+    EngineRuntimeError,
+    InputError,
+    InvalidArgumentError,
+    PolicyViolation,
+    RegionTRTError,
+)
+from regiontrt.graph.io import TensorSpec
+from regiontrt.precision.compliance import ComplianceReport, check_artifact
+from regiontrt.precision.validation import PrecisionTrial, ValidationReport
+from regiontrt.precision.validator import validate_engine
+from regiontrt.runtime import artifact
+from regiontrt.runtime.arrays import has_data as _has_data
+from regiontrt.runtime.arrays import shape_dtype as _shape_dtype
+from regiontrt.runtime.benchmarking import BenchmarkReport, timings_report
+from regiontrt.runtime.schema import check_payload, validate_header
+from regiontrt.shapes.profiles import Bucketing, Profile, select_profile
+
+PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
+#: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
+MAX_SAMPLE_BYTES = 1 << 30
+
+
+class Engine:
+    """A region's built engine.
+
+    Args:
+        metadata: the engine's metadata (as written in the container header).
+        payload: the backend payload (ONNX bytes or a TensorRT plan).
+        backend: backend instance to run it; resolved from the metadata when omitted.
+    """
+
+    def __init__(
+        self, metadata: Mapping[str, Any], payload: bytes, *, backend: Backend | None = None
+    ) -> None:
+        try:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            self._metadata = copy.deepcopy(dict(metadata))
+            self._payload = bytes(payload)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ArtifactError(
+                "Engine needs a metadata mapping and payload bytes (use load_engine for files)"
+            ) from exc
+        validate_header(self._metadata, known_backend=backend is None, payload=False)
+        self._backend = backend
+        self._runner: Runner | None = None
+        self._lock = threading.Lock()
+        self._payload_checked = False
+        try:
+            self.inputs = [TensorSpec.from_dict(d) for d in self._metadata["inputs"]]
+            self.outputs = [TensorSpec.from_dict(d) for d in self._metadata["outputs"]]
+            self.profiles = [Profile.from_dict(p) for p in self._metadata["shape_profiles"]]
+            buckets = self._metadata.get("shape_buckets")
+            self.bucketing = Bucketing.from_dict(buckets) if buckets else None
+        except (KeyError, TypeError, ValueError, AssertionError, OverflowError) as exc:
+            raise ArtifactError(f"engine metadata is inconsistent: {exc}") from exc
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the metadata: region, policy, precision, validation, provenance."""
+        return copy.deepcopy(self._metadata)
+
+    @property
+    def region(self) -> str:
+        return str(self._metadata["region"]["name"])
+
+    @property
+    def precision(self) -> str:
+        return str(self._metadata["precision"])
+
+    @property
+    def backend_name(self) -> str:
+        return str(self._metadata["backend"]["name"])
+
+    @property
+    def payload(self) -> bytes:
+        return self._payload
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine(region={self.region!r}, precision={self.precision!r}, "
+            f"backend={self.backend_name!r})"
+        )
+
+    @property
+    def report(self) -> ValidationReport:
+        """The validation report: every precision tried, its loss against the budget, the choice."""
+        return ValidationReport.from_dict(self._metadata.get("validation") or {})
+
+    def validate(self, data: Any, reference: Any) -> PrecisionTrial:
+        """Re-check this engine as it runs here, on this site's ``data``, against ``reference``
+        (the FP32 model), with the metric and budget it was built under: see
+        :func:`regiontrt.precision.validator.validate_engine`."""
+        return validate_engine(self, data, reference)
+
+    def _repr_html_(self) -> str | None:
+        return _display.html(self)
+
+    # -- running ----------------------------------------------------------------------------
+    def _get_runner(self) -> Runner:
+        with self._lock:
+            if self._runner is None:
+                if not self._payload_checked:
+                    check_payload(self._metadata, self._payload)
+                    self._payload_checked = True
+                backend = self._backend or get_backend(self.backend_name)
+                try:
+                    backend.check_compatible(self._metadata)
+                    self._runner = backend.load(self._payload, self._metadata)
+                except RegionTRTError:
+                    raise
+                except Exception as exc:  # the runtime's own errors, on a payload it refuses
+                    raise EngineRuntimeError(
+                        f"the {backend.name} backend cannot load this engine's payload: {exc}"
+                    ) from exc
+                self._backend = backend
+            return self._runner
+
+    def check_inputs(self, feeds: Any, *, profiles: bool = True) -> dict[str, Any]:
+        """Validate names, dtypes, ranks and (``profiles``) profile ranges; returns a dict.
+
+        Raises:
+            InputError: wrong names, dtypes or ranks.
+            ShapeOutOfProfile: shapes outside every optimization profile.
+        """
+        if not isinstance(feeds, Mapping):
+            if len(self.inputs) != 1:
+                names = ", ".join(s.name for s in self.inputs)
+                raise InputError(f"this engine has several inputs ({names}); pass a dict")
+            feeds = {self.inputs[0].name: feeds}
+        expected = {s.name: s for s in self.inputs}
+        missing, unknown = set(expected) - set(feeds), set(feeds) - set(expected)
+        if missing or unknown:
+            raise InputError(
+                f"input names {sorted(feeds)} do not match the engine's {sorted(expected)}"
+                + (f"; missing {sorted(missing)}" if missing else "")
+                + (f"; unknown {sorted(unknown)}" if unknown else "")
+            )
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, value in feeds.items():
+            spec = expected[name]
+            if not _has_data(value):
+                raise InputError(
+                    f"input {name!r} is a {type(value).__name__} with a shape but no data: pass "
+                    "a numpy array, a CUDA array (__cuda_array_interface__) or a DLPack tensor"
+                )
+            try:
+                shape, dtype = _shape_dtype(value)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise InputError(f"input {name!r} cannot be read as an array: {exc}") from exc
+            if dtype != spec.dtype:
+                raise InputError(
+                    f"input {name!r} has dtype {dtype}, the engine expects {spec.dtype} "
+                    f"(convert with .astype(np.{spec.dtype.name}))"
+                )
+            if len(shape) != spec.rank:
+                raise InputError(
+                    f"input {name!r} has rank {len(shape)} (shape {shape}), the engine expects "
+                    f"rank {spec.rank} (shape {list(spec.shape)})"
+                )
+            for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+                if isinstance(want, int) and got != want:
+                    raise InputError(
+                        f"input {name!r} axis {axis} is {got}; the engine fixes it at {want}"
+                    )
+            shapes[name] = shape
+        if profiles:
+            select_profile(self.profiles, shapes)
+        return dict(feeds)
+
+    def infer(self, feeds: Any, *, outputs: str = "host") -> dict[str, Any]:
+        """Run inference.
+
+        Args:
+            feeds: ``{input_name: array}``, or one array for a single-input engine. Arrays on the
+                GPU (``__cuda_array_interface__`` or DLPack) are used in place on TensorRT.
+            outputs: ``"host"`` for numpy arrays or ``"device"`` for device arrays (GPU only).
+
+        Returns:
+            ``{output_name: array}``. With shape buckets, host inputs are padded up to the next
+            bucket and the bucketed outputs cut back to the unpadded length.
+        """
+        info: dict[str, Any] = {}
+        if self.bucketing is not None and outputs == "host":
+            if not isinstance(feeds, Mapping) and len(self.inputs) == 1:
+                feeds = {self.inputs[0].name: feeds}
+            if isinstance(feeds, Mapping) and not any(
+                hasattr(v, "__cuda_array_interface__") for v in feeds.values()
+            ):
+                self.check_inputs(feeds, profiles=False)  # names, dtypes, ranks before padding
+                feeds, info = self.bucketing.pad(feeds)
+        checked = self.check_inputs(feeds)
+        runner = self._get_runner()
+        try:
+            result = runner.run(checked, outputs=outputs)
+            return self.bucketing.unpad(result, info) if info and self.bucketing else result
+        except RegionTRTError:
+            raise
+        except Exception as exc:  # the runtime failed on inputs that passed every check
+            raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
+
+    def sample_inputs(
+        self,
+        batch: int | None = None,
+        seed: int = 0,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Random inputs at the first profile's ``opt`` shape.
+
+        Args:
+            batch: overrides axis 0 of every input.
+            seed: seed of the random values.
+            shapes: ``{input: shape}`` to use instead of the profile's ``opt`` shape.
+
+        Raises:
+            InvalidArgumentError: ``batch`` is not a positive integer.
+            InputError: an input has a dynamic dimension other than axis 0 (which runs at
+                ``batch``, default 1) that neither a profile nor ``shapes`` fixes (guessing 1
+                would time a meaningless input), or the inputs would exceed
+                :data:`MAX_SAMPLE_BYTES`.
+            ShapeOutOfProfile: the shapes lie outside every profile (checked before allocating).
+        """
+        from regiontrt.runtime.sampling import sample_inputs
+
+        return sample_inputs(self.inputs, self.profiles, batch=batch, seed=seed, shapes=shapes,
+                             max_bytes=MAX_SAMPLE_BYTES)
+
+    def benchmark(
+        self,
+        iterations: int = 100,
+        warmup: int = 10,
+        batch: int | None = None,
+        feeds: Mapping[str, Any] | None = None,
+    ) -> BenchmarkReport:
+        """Time ``iterations`` inferences after ``warmup`` untimed ones.
+
+        The CPU backend times each call with ``time.perf_counter_ns``; TensorRT times host-to-
+        device, compute and device-to-host separately with CUDA events.
+        """
+        for key, value, low in (("iterations", iterations, 1), ("warmup", warmup, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidArgumentError(f"{key} must be an integer >= {low}, got {value!r}")
+        checked = self.check_inputs(feeds if feeds is not None else self.sample_inputs(batch))
+        runner = self._get_runner()
+        try:
+            for _ in range(warmup):
+                runner.run(checked)
+            timings: list[Timing] = [runner.time_once(checked) for _ in range(iterations)]
+        except RegionTRTError:
+            raise
+        except Exception as exc:
+            raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
+        first_shape = _shape_dtype(next(iter(checked.values())))[0]
+        return timings_report(self.backend_name, self.region, timings,
+                              batch=int(first_shape[0]) if first_shape else 1,
+                              sla_p99_ms=self._metadata["region"].get("latency_p99_ms"))
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the ``.engine`` container atomically, after checking its compliance.
+
+        Raises:
+            PolicyViolation: the payload holds a precision its region forbids.
+            ArtifactError: the file cannot be written (nothing is left half-written).
+        """
+        report = self.compliance()
+        if not report.compliant:
+            raise PolicyViolation(f"not saved: {report.summary()}")
+        return artifact.write(path, self._metadata, self._payload)
+
+    def compliance(self) -> ComplianceReport:
+        """Whether this engine's payload respects its region
+        (see :mod:`regiontrt.precision.compliance`)."""
+        model = check_payload(self._metadata, self._payload)
+        self._payload_checked = True
+        return check_artifact(self._metadata, model)
+
+    def to_bytes(self) -> bytes:
+        """The container bytes, as :meth:`save` writes them."""
+        return artifact.encode(self._metadata, self._payload)
+
+    def export_payload(self, path: str | Path) -> tuple[Path, Path]:
+        """Write the bare payload (for trtexec, Triton...) and a JSON sidecar with the metadata.
+
+        Returns:
+            ``(payload_path, sidecar_path)``; the sidecar is ``<payload_path>.json``.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentError(f"a payload path must be a str or os.PathLike: {path!r:.60}")
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(PAYLOAD_SUFFIX.get(self._metadata["payload_format"], ".bin"))
+        sidecar = path.with_name(path.name + ".json")
+        meta = self.metadata
+        meta["payload_sha256"] = hashlib.sha256(self._payload).hexdigest()
+        meta["payload_size"] = len(self._payload)
+        text = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
+        try:  # both files or neither
+            atomic_write_all({path: self._payload, sidecar: text})
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return path, sidecar
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the runtime (buffers, contexts); the engine can be run again later."""
+        with self._lock:
+            if self._runner is not None:
+                self._runner.close()
+                self._runner = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def load_engine(
+    path: str | Path, *, backend: str | Backend | None = None, trust: Any = None
+) -> Engine:
+    """Read and verify an ``.engine`` file.
+
+    Args:
+        path: the container file.
+        backend: backend to run it with; by default the one that built it.
+        trust: public key file(s) or folder; when given, the detached signature
+            ``<path>.sig`` must verify with one of them (see :mod:`regiontrt.runtime.trust`).
+
+    Raises:
+        ArtifactError: truncated, corrupted or tampered file; a header outside the schema; an
+            ONNX payload that differs from its header or names external data.
+        PolicyViolation: the payload holds a precision the engine's region forbids.
+        InvalidArgumentError: ``backend`` is not a backend name or instance.
+        SignatureError: with ``trust``: unsigned, untrusted key, or changed file.
+    """
+    chosen = _choose_backend(backend)
+    if trust is not None:
+        from regiontrt.runtime.trust import verify_file
+
+        verify_file(path, trust)
+    metadata, payload = artifact.read(path)
+    validate_header(metadata, known_backend=chosen is None)
+    model = check_payload(metadata, payload)
+    report = check_artifact(metadata, model)
+    if not report.compliant:
+        raise PolicyViolation(f"{path}: refused at load: {report.summary()}")
+    engine = Engine(metadata, payload, backend=chosen)
+    engine._payload_checked = True
+    return engine
+
+
+def _choose_backend(backend: Any) -> Backend | None:
+    if backend is None or isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise InvalidArgumentError(
+            f"backend must be a name or a Backend instance, got {type(backend).__name__}"
+        )
+    try:
+        return get_backend(backend)
+    except RegionTRTError:
+        raise
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
