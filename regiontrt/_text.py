@@ -7,21 +7,9 @@ as left-aligned plain columns, so a bare install still reads well and pipes stay
 from __future__ import annotations
 
 import io
-import re
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
-
-
-def reword(message: str, table: Sequence[tuple[str, str]]) -> str:
-    """``message`` with each regular expression of ``table`` replaced by its text.
-
-    The library's errors name its Python API (``.with_calibrator(data=...)``); where the user
-    works through a CLI flag or a fleet-file key instead, a table maps one to the other.
-    """
-    for pattern, text in table:
-        message = re.sub(pattern, text, message)
-    return message
 
 
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

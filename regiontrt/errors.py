@@ -9,10 +9,92 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+Front = Literal["api", "cli", "fleet"]
+
+
+class Setting(NamedTuple):
+    """One setting a user can change, as each front door spells it."""
+
+    api: str
+    cli: str
+    fleet: str
+
+
+#: The settings an error can name (``RegionTRTError.setting``), by id.
+SETTINGS: dict[str, Setting] = {
+    "calibration": Setting(".with_calibrator(data=...)", "--calibration FILE_OR_FOLDER",
+                           "calibration = FOLDER_OR_URL in its [regions.NAME]"),
+    "validation": Setting(".with_validation(data)", "--validation FILE_OR_FOLDER",
+                          "validation = FOLDER_OR_URL in its [regions.NAME]"),
+    "precisions": Setting(".with_precision([...])", "--precision LIST, e.g. --precision fp16,fp32",
+                          'precisions = ["fp16", "fp32"]'),
+    "region": Setting(".for_region(name) before .build()", "--region NAME", "[regions.NAME]"),
+    "shape_profile": Setting("a ShapeProfile (.with_shape_profile(...))",
+                             "--shape NAME:MIN,OPT,MAX", "[shape_profile] in the fleet file"),
+    "int8_arithmetic": Setting(".with_int8_arithmetic(...)", "--int8-arithmetic", "-"),
+    "sample_shapes": Setting("sample_inputs(shapes={NAME: SHAPE})",
+                             "--shape NAME:SHAPE (e.g. --shape x:1x3x48x320)", "-"),
+    "sample_batch": Setting("sample_inputs(batch=...)", "--batch N", "-"),
+}
+#: Where a message names the setting it points at.
+SETTING = "{setting}"
+
+
+def _restore(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class RegionTRTError(Exception):
-    """Base class of every error raised by regiontrt."""
+    """Base class of every error raised by regiontrt.
+
+    Besides its message, an error carries the data a caller needs, so no caller parses prose:
+
+    Attributes:
+        setting: the id (a key of :data:`SETTINGS`) of the setting to change, if any. The
+            message names it where it holds :data:`SETTING`; ``str(exc)`` spells it as the
+            Python API does, :meth:`render` as the CLI or a fleet file does.
+        also: further settings that would do, each named where the message holds ``{id}``.
+        region: the region concerned, if any.
+        path: the file concerned, if any.
+    """
+
+    setting: str | None = None
+    also: tuple[str, ...] = ()
+    region: str | None = None
+    path: str | None = None
+
+    def __init__(self, *args: Any, setting: str | None = None, also: Sequence[str] = (),
+                 region: str | None = None, path: str | None = None) -> None:
+        super().__init__(*args)
+        unknown = [s for s in (setting, *also) if s is not None and s not in SETTINGS]
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+        if also:
+            self.also = tuple(also)
+        # set only what is given: a subclass may have set its own fields before calling this
+        for name, value in (("setting", setting), ("region", region), ("path", path)):
+            if value is not None:
+                setattr(self, name, value)
+
+    def render(self, front: Front = "api") -> str:
+        """The message, with the setting spelled for ``front`` (``api``, ``cli`` or ``fleet``)."""
+        text = super().__str__()
+        if self.setting is not None:
+            text = text.replace(SETTING, getattr(SETTINGS[self.setting], front))
+        for other in self.also:
+            text = text.replace("{" + other + "}", getattr(SETTINGS[other], front))
+        return text
+
+    def __str__(self) -> str:
+        return self.render("api")
+
+    def __reduce__(self) -> Any:  # keyword fields survive pickling (Dask workers' errors)
+        return _restore, (type(self), self.args, dict(self.__dict__))
 
 
 class InvalidModelError(RegionTRTError, ValueError):

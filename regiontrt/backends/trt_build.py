@@ -208,7 +208,8 @@ def complete_profiles(profiles: Sequence[Profile],
                 if dynamic:
                     raise ShapeProfileError(
                         f"input {name!r} has dynamic axes {dynamic} (shape {list(shape)}) but "
-                        f"profile {i} gives no range for it; add it to the ShapeProfile"
+                        f"profile {i} gives no range for it; add its range ({{setting}})",
+                        setting="shape_profile",
                     )
                 ranges[name] = Range(shape, shape, shape)
                 continue

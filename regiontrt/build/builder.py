@@ -22,6 +22,7 @@ import onnx
 from regiontrt.backends import BACKENDS, Backend
 from regiontrt.calibration import Calibrator, get_calibrator
 from regiontrt.build.pipeline import run_build
+from regiontrt.build.stages import Stages
 from regiontrt.build.state import Shared, State
 from regiontrt.data.sources import DataLike
 from regiontrt.errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
@@ -166,6 +167,19 @@ class RegionalEngineBuilder:
             raise InvalidArgumentError(
                 f"with_pinned_inputs takes {{input name: value}}, not {type(values).__name__}")
         return self._with(pinned_inputs=dict(values))
+
+    def with_stages(self, **stages: Any) -> RegionalEngineBuilder:
+        """Replace build stages: ``compile``, ``backend_build``, ``comply``, ``package``.
+
+        Each is a callable of the shape :mod:`regiontrt.build.stages` documents, e.g.
+        ``.with_stages(package=lambda engine, path: publish(engine))``.
+        """
+        known = {f.name for f in dataclasses.fields(Stages)}
+        unknown = sorted(set(stages) - known)
+        if unknown or not all(callable(v) for v in stages.values()):
+            raise InvalidArgumentError(
+                f"with_stages takes callables for {sorted(known)}; got {sorted(stages)}")
+        return self._with(stages=dataclasses.replace(self._state.stages, **stages))
 
     def with_int8_arithmetic(self, arithmetic: Int8Arithmetic | str) -> RegionalEngineBuilder:
         """Which int8 arithmetic an ONNX Runtime engine is checked on and runs.

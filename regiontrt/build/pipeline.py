@@ -25,6 +25,13 @@ import onnx
 from regiontrt._version import __version__
 from regiontrt._progress import task
 from regiontrt.backends import Backend, BuildRequest, BuildResult, get_backend
+from regiontrt.build.stages import (
+    BuildContext,
+    BuildPlan,
+    Candidate,
+    Stages,
+    payload_metadata,
+)
 from regiontrt.build.state import Shared, State
 from regiontrt.build.checks import check_clean, check_header, precision_label
 from regiontrt.precision.compliance import check_model
@@ -102,44 +109,6 @@ def _base_metadata(region: Region, policy: PrecisionPolicy, shared: Shared,
     }
 
 
-def _try_payload(
-    backend: Backend, variant: onnx.ModelProto, precision: Precision, profiles: Sequence[Profile],
-    state: State, name: str, metadata: dict[str, Any], validator: Validator | None,
-) -> tuple[BuildResult, float | None, str]:
-    """Build the payload; measure on it when it runs here and is not the ONNX variant itself."""
-    with task(f"{backend.name} build ({name})"):
-        result = backend.build(BuildRequest(variant, precision, profiles, state.tactics, name))
-    log.info("%s: built the %s payload (%d bytes) for %s", name, result.payload_format,
-             len(result.payload), result.target)
-    if validator is None or not result.runnable_here or result.payload_format == "onnx":
-        return result, None, "onnxruntime"
-    runner = backend.load(result.payload, {**metadata, **_payload_metadata(backend, result)})
-    return result, validator.loss(runner), backend.name
-
-
-def _payload_metadata(backend: Backend, result: BuildResult) -> dict[str, Any]:
-    return {
-        "backend": {"name": backend.name, "version": result.backend_version},
-        "payload_format": result.payload_format,
-        "target": result.target,
-        "build": result.info,
-        "gpu": result.info.get("gpu"),
-    }
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What a build settles before any work: every check that can refuse it runs here."""
-
-    model: onnx.ModelProto  # the model as given, with the pinned inputs folded in
-    region: Region
-    policy: PrecisionPolicy
-    candidates: tuple[Precision, ...]
-    backend: Backend
-    metric: MetricPlan
-    arithmetic: Int8Arithmetic
-
-
 def _arithmetic(state: State, backend: Backend) -> Int8Arithmetic:
     """The int8 arithmetic of the checks: TensorRT's, unless an ONNX Runtime target asks."""
     asked = state.int8_arithmetic
@@ -148,16 +117,16 @@ def _arithmetic(state: State, backend: Backend) -> Int8Arithmetic:
     if asked is Int8Arithmetic.FUSED:
         raise InvalidArgumentError(
             f"int8 arithmetic 'fused' is ONNX Runtime's CPU kernels; a {backend.name} engine "
-            "runs TensorRT's arithmetic, which is what its checks use: drop "
-            ".with_int8_arithmetic('fused') for this backend"
+            "runs TensorRT's arithmetic, which is what its checks use: leave {setting} out "
+            "for this backend", setting="int8_arithmetic"
         )
     return Int8Arithmetic.TENSORRT
 
 
-def _plan(shared: Shared, state: State) -> _Plan:
+def plan_build(shared: Shared, state: State) -> BuildPlan:
     """Region, policy, backend, compliance and metric, checked in seconds (fail fast)."""
     if state.region is None:
-        raise RegionConfigError("no region chosen: call .for_region(name) before .build()")
+        raise RegionConfigError("no region chosen: {setting}", setting="region")
     region = state.region
     policy = state.policy or PrecisionPolicy()
     candidates = tuple(policy.candidates(region))
@@ -179,42 +148,26 @@ def _plan(shared: Shared, state: State) -> _Plan:
         lossy = ", ".join(p.value for p in candidates if p is not Precision.FP32)
         raise DataError(
             f"region {region.name!r} may build {lossy}, which must be checked against its "
-            "accuracy budget: pass the region's data with .with_validation(data)"
+            "accuracy budget: pass the region's data with {setting}", setting="validation",
+            region=region.name,
         )
-    return _Plan(model, region, policy, candidates, backend, metric, arithmetic)
+    return BuildPlan(model, region, policy, candidates, backend, metric, arithmetic)
 
 
-def _attempt(precision: Precision, plan: _Plan, state: State, cleaned: onnx.ModelProto,
-             validator: Validator | None) -> tuple[Any, float | None, tuple[str, ...], str, Any]:
-    """Compile one precision and measure it on ONNX Runtime: ``(variant, loss, kept, note,
-    calibration metadata)``."""
-    if precision is Precision.INT8:
-        assert validator is not None
-        int8 = Int8Attempt(state, plan.policy, cleaned, plan.region, validator)
-        variant, loss, kept, note = int8.compile()
-        if variant is not None and validator.plan.whole is None:
-            validator.loss_of_model(variant)  # cached run: the chosen variant's output losses
-        return variant, loss, kept, note, int8.metadata or None
-    variant = plan.policy.compile(cleaned, precision)
-    if validator is None:
-        return variant, None, (), "not measured: no validation data", None
-    return variant, validator.loss_of_model(variant), (), "", None
-
-
-def _try_precision(precision: Precision, plan: _Plan, state: State, cleaned: onnx.ModelProto,
-                   validator: Validator | None, profiles: Sequence[Profile],
-                   metadata: dict[str, Any]) -> tuple[PrecisionTrial, Any, Any, Any]:
-    """One precision: ``(trial, variant, payload build result, calibration metadata)``."""
-    region = plan.region
-    variant, loss, kept, note, calibration = _attempt(precision, plan, state, cleaned, validator)
-    per_output = validator.output_losses if validator is not None and variant is not None else {}
-    fits = variant is not None and (loss is None or loss <= region.budget)
+def _try_precision(precision: Precision, ctx: BuildContext, stages: Stages
+                   ) -> tuple[PrecisionTrial, Candidate, BuildResult | None]:
+    """One precision through the compile and backend stages: ``(trial, candidate, payload)``;
+    the trial says whether it was accepted."""
+    plan, validator, region = ctx.plan, ctx.validator, ctx.plan.region
+    candidate = stages.compile(precision, ctx)
+    loss, note = candidate.loss, candidate.note
+    fits = candidate.variant is not None and (loss is None or loss <= region.budget)
+    per_output = (validator.output_losses
+                  if validator is not None and candidate.variant is not None else {})
     measured_on, result = "onnxruntime", None
-    if fits and variant is not None:
-        enforce_compliance(variant, region)
-        result, engine_loss, measured_on = _try_payload(
-            plan.backend, variant, precision, profiles, state,
-            f"{region.name}-{precision.value}", metadata, validator)
+    if fits and candidate.variant is not None:
+        enforce_compliance(candidate.variant, region)
+        result, engine_loss, measured_on = stages.backend_build(candidate, ctx)
         if engine_loss is not None:
             assert validator is not None
             note = (note + "; " if note else "") + f"onnxruntime loss {loss:.4g}"
@@ -224,16 +177,16 @@ def _try_precision(precision: Precision, plan: _Plan, state: State, cleaned: onn
         note = (note + "; " if note else "") + FP16_ON_CPU
     if measured_on == "onnxruntime" and precision is Precision.INT8 and loss is not None:
         note = (note + "; " if note else "") + f"int8 in {plan.arithmetic.value} arithmetic"
-    trial = PrecisionTrial(precision.value, loss, region.budget, fits, measured_on, kept, note,
-                           per_output)
+    trial = PrecisionTrial(precision.value, loss, region.budget, fits, measured_on,
+                           candidate.kept, note, per_output)
     log.info("region %s: %s loss %s vs budget %.4g on %s: %s%s", region.name, precision.value,
              "not measured" if loss is None else f"{loss:.4g}", region.budget, measured_on,
              "accepted" if fits else "rejected", f" ({note})" if note else "",
              extra={"trial": trial.to_dict(), "region": region.name})
-    return trial, variant if fits else None, result, calibration
+    return trial, candidate, result
 
 
-def _evaluation(plan: _Plan, validator: Validator | None, precision: Precision,
+def _evaluation(plan: BuildPlan, validator: Validator | None, precision: Precision,
                 variant: onnx.ModelProto) -> dict[str, Any]:
     """What the checks ran on; for fused int8, also the loss in the portable arithmetic."""
     record = evaluation_record(plan.arithmetic)
@@ -246,7 +199,7 @@ def _evaluation(plan: _Plan, validator: Validator | None, precision: Precision,
     return record
 
 
-def _control_flow(metadata: dict[str, Any], plan: _Plan, cleaned: onnx.ModelProto,
+def _control_flow(metadata: dict[str, Any], plan: BuildPlan, cleaned: onnx.ModelProto,
                   state: State) -> None:
     """Record (and log, where int8 is tried) the layers that control flow keeps in float."""
     if state.pinned_inputs:
@@ -261,7 +214,7 @@ def _control_flow(metadata: dict[str, Any], plan: _Plan, cleaned: onnx.ModelProt
             log.warning("region %s: %s", plan.region.name, line)
 
 
-def _outcome(plan: _Plan, validator: Validator | None, precision: Precision,
+def _outcome(plan: BuildPlan, validator: Validator | None, precision: Precision,
              variant: onnx.ModelProto, trials: list[PrecisionTrial], label: str
              ) -> dict[str, Any]:
     """The metadata of the chosen precision: label, report, compliance, evaluation, stats."""
@@ -288,7 +241,7 @@ def _outcome(plan: _Plan, validator: Validator | None, precision: Precision,
 
 def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
     """Build the engine described by ``state`` (see the module docstring)."""
-    plan = _plan(shared, state)
+    plan = plan_build(shared, state)
     region = plan.region
     log.info("region %s: trying %s in order, budget %g (%s: %s), backend %s", region.name,
              " > ".join(p.value for p in plan.candidates), region.budget, plan.metric.name,
@@ -314,37 +267,36 @@ def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
     metadata["graph_check"] = check_clean(plan.model, cleaned, validator, choice.profiles,
                                            state.tactics.cpu_threads)
     _control_flow(metadata, plan, cleaned, state)
+    ctx = BuildContext(plan, state, state.tactics, cleaned, validator, choice.profiles,
+                       metadata)
+    stages = state.stages
     trials: list[PrecisionTrial] = []
     calibration = None  # kept when int8 is rejected: the report shows its search
     for precision in plan.candidates:
         started = time.perf_counter()
         log.info("region %s: trying %s", region.name, precision.value)
-        trial, variant, result, calibrated = _try_precision(
-            precision, plan, state, cleaned, validator, choice.profiles, metadata)
-        calibration = calibrated or calibration
+        trial, candidate, result = _try_precision(precision, ctx, stages)
+        calibration = candidate.calibration or calibration
         trials.append(trial)
-        if variant is not None:
+        if trial.accepted:
             break
     else:
         raise AccuracyBudgetExceeded(
             region.name, plan.metric.name,
             [Attempt(t.precision, t.loss, t.budget, t.note) for t in trials],
         )
+    variant = candidate.variant
+    assert variant is not None and result is not None
     label, trials[-1] = precision_label(precision, variant, trials[-1])
     trial = trials[-1]
-    metadata.update(_payload_metadata(plan.backend, result))
+    metadata.update(payload_metadata(plan.backend, result))
     metadata.update(_outcome(plan, validator, precision, variant, trials, label))
     metadata.update({"calibration": calibration,
                      "build_seconds": round(time.perf_counter() - started, 3)})
     engine = Engine(metadata, result.payload, backend=plan.backend)
-    built = engine.compliance()  # the payload itself (or a plan's layer report), not the graph
-    if not built.compliant:
-        raise PolicyViolation(f"region {region.name!r}: the built payload is refused: "
-                              f"{built.summary()}")
+    stages.comply(engine, region)  # the payload itself (or a plan's layer report)
     log.info("region %s: chose %s (%d layers kept in float32)%s", region.name, precision.value,
              len(trial.kept_high_precision), f"; writing {path}" if path is not None else "",
              extra={"region": region.name, "chosen": precision.value,
                     "kept": list(trial.kept_high_precision)})
-    if path is not None:
-        engine.save(path)
-    return engine
+    return stages.package(engine, path)

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RegionTRTError, ValueError, OSError) as exc:
         if verbosity > 0:
             traceback.print_exc()
-        print(f"regiontrt: error: {cli_message(str(exc))}", file=sys.stderr)
+        print(f"regiontrt: error: {cli_message(exc)}", file=sys.stderr)
         return 2
     finally:
         reset_logging()

@@ -6,7 +6,6 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from regiontrt._text import reword
 from regiontrt.errors import RegionTRTError
 
 
@@ -101,21 +100,8 @@ non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), ">= 0 and f
 share = _number(float, lambda v: 0 <= v <= 1, "within [0, 1]")
 
 
-# The library's messages name its Python API; the CLI user needs the flag that does the same.
-_FLAGS: tuple[tuple[str, str], ...] = (
-    (r"\.with_calibrator\(data=\.\.\.\)", "--calibration FILE_OR_FOLDER"),
-    (r"\.with_validation\(data\)", "--validation FILE_OR_FOLDER"),
-    (r"\.with_precision\(\[\.\.\.\]\)", "--precision LIST, e.g. --precision fp16,fp32"),
-    (r"call \.for_region\(name\) before \.build\(\)", "pass --region"),
-    (r"add it to the ShapeProfile", "add it with --shape NAME:MIN,OPT,MAX"),
-    (r"rebuild with a wider ShapeProfile", "rebuild with a wider --shape"),
-    (r"give a ShapeProfile", "give --shape NAME:MIN,OPT,MAX"),
-    (r"\.with_int8_arithmetic\('fused'\)", "--int8-arithmetic fused"),
-    (r"sample_inputs\(shapes=\{[^}]*\}\)", "--shape NAME:SHAPE (e.g. --shape x:1x3x48x320)"),
-    (r"sample_inputs\(batch=\.\.\.\)", "--batch N"),
-)
-
-
-def cli_message(message: str) -> str:
-    """``message`` with Python API calls replaced by the command-line flags that do the same."""
-    return reword(message, _FLAGS)
+def cli_message(exc: BaseException) -> str:
+    """An error as the CLI says it: the setting it names spelled as the flag that sets it."""
+    if isinstance(exc, RegionTRTError):
+        return exc.render("cli")
+    return str(exc)

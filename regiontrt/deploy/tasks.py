@@ -13,21 +13,16 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from regiontrt._text import reword
+from regiontrt.errors import RegionTRTError
 from regiontrt.runtime import artifact
 from regiontrt.runtime.engine import Engine
 
-# The builder's messages name its Python API; in a fleet, the fix is a key of the fleet file.
-_FLEET_KEYS = (
-    (r"\.with_calibrator\(data=\.\.\.\)", "calibration = FOLDER_OR_URL in its [regions.NAME]"),
-    (r"\.with_validation\(data\)", "validation = FOLDER_OR_URL in its [regions.NAME]"),
-    (r"\.with_precision\(\[\.\.\.\]\)", 'precisions = ["fp16", "fp32"]'),
-)
-
 
 def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return reword(f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "), _FLEET_KEYS)
+    """One line for a fleet cell: the setting an error names, spelled as the fleet file's key."""
+    text = exc.render("fleet") if isinstance(exc, RegionTRTError) else str(exc)
+    lines = text.strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -121,8 +121,8 @@ class Int8Attempt:
         if self.state.calibration_data is None:
             raise DataError(
                 f"region {self.region.name!r} allows int8, which needs the region's own "
-                "calibration data: .with_calibrator(data=...) (or remove int8 with "
-                ".with_precision([...]))"
+                "calibration data: {setting} (or leave int8 out: {precisions})",
+                setting="calibration", also=("precisions",), region=self.region.name,
             )
         # Named and upgraded once: every candidate of the search is written from this copy.
         self.base = upgrade_opset(name_nodes(self.cleaned), QDQ_MIN_OPSET)

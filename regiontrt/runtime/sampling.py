@@ -26,7 +26,7 @@ def _shape(spec: TensorSpec, ranges: Mapping[str, object], shapes: Mapping[str, 
             raise InputError(
                 f"input {spec.name!r} has dynamic dimensions at axes {free} (shape "
                 f"{list(spec.shape)}) and the engine has no shape profile for it: "
-                f"give its shape, sample_inputs(shapes={{{spec.name!r}: (...)}})"
+                "give its shape: {setting}", setting="sample_shapes"
             )
         shape = [d if isinstance(d, int) else 1 for d in spec.shape]
     if batch is not None and shape:

@@ -134,7 +134,8 @@ def choose_profiles(shape_profile: ShapeProfile | None, inputs: Sequence[TensorS
         dynamic = [s.name for s in inputs if s.is_dynamic]
         raise ShapeProfileError(
             f"inputs {dynamic} have dynamic dimensions and the {backend} backend needs a range "
-            "for each: give a ShapeProfile or validation data to derive one from"
+            "for each: give {setting}, or validation data to derive one from",
+            setting="shape_profile",
         )
     profiles = tuple(ShapeProfile(derived[0].to_dict()).resolve(inputs, require_all=True))
     log.info("no shape profile given: derived from the validation data with headroom x%d: %s "

@@ -93,7 +93,8 @@ def select_profile(profiles: Sequence[Profile], shapes: Mapping[str, Sequence[in
         reasons.append(f"profile {i}: {why}")
     raise ShapeOutOfProfile(
         "input shapes outside every optimization profile of this engine; "
-        "rebuild with a wider ShapeProfile:\n  " + "\n  ".join(reasons)
+        "rebuild with wider ranges ({setting}):\n  " + "\n  ".join(reasons),
+        setting="shape_profile",
     )
 
 
@@ -187,7 +188,7 @@ class ShapeProfile:
                             raise ShapeProfileError(
                                 f"input {spec.name!r} has dynamic dimensions {dyn} "
                                 f"(shape {list(spec.shape)}) but profile {i} gives no range; "
-                                "add it to the ShapeProfile"
+                                "add its range ({setting})", setting="shape_profile"
                             )
                         continue
                     static = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
