@@ -201,17 +201,14 @@ def test_measuring_pp_ocrv4_rec_agrees_with_its_inferred_formula(monkeypatch) ->
         assert length(measured, w) == truth, w
 
 
-def test_no_formula_fits_is_refused_before_any_build_work(tmp_path, monkeypatch) -> None:
-    from regiontrt.build import pipeline
-
+def test_no_formula_fits_is_refused_before_any_build_work(tmp_path) -> None:
     def no_build(*args, **kwargs):
         raise AssertionError("build work started before the refusal")
 
-    monkeypatch.setattr(pipeline, "_try_payload", no_build)
     sp = rt.ShapeProfile({"x": [(1, 64), (1, 256), (1, 512)]}, buckets={"x": {1: [64, 512]}},
                          bucket_outputs={"y": 1})
     builder = (rt.RegionalEngineBuilder.from_onnx(_sqrt_model()).for_region("CERTIFIED")
-               .with_shape_profile(sp))
+               .with_shape_profile(sp).with_stages(compile=no_build, backend_build=no_build))
     with pytest.raises(LengthMismatch) as info:
         builder.build(tmp_path / "s.engine")
     assert not (tmp_path / "s.engine").exists()

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _verbosity_everywhere(sub: argparse._SubParsersAction) -> None:
+def _verbosity_everywhere(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``-v``/``-q`` on every command, nested ones too (``regiontrt fleet build ... -q``)."""
     for command in sub.choices.values():
         _add_verbosity(command, top=False)

@@ -151,14 +151,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the core commands to the ``regiontrt`` parser."""
     _register_build(sub)
     _register_inspect_bench(sub)
     _register_regions_demo(sub)
 
 
-def _register_build(sub: argparse._SubParsersAction) -> None:
+def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser(
         "build", help="build one region's engine from an ONNX model", formatter_class=_FMT,
         description="Build one region's engine: try the precisions the region allows, in order,\n"
@@ -210,7 +210,7 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_cmd_build)
 
 
-def _register_inspect_bench(sub: argparse._SubParsersAction) -> None:
+def _register_inspect_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser("inspect", help="show an engine's metadata (no GPU needed)",
                        description="Show what an engine is, how and from what it was built; "
                                    "reads only the file, needs no GPU. Given an .onnx model, "
@@ -238,7 +238,7 @@ def _register_inspect_bench(sub: argparse._SubParsersAction) -> None:
     be.set_defaults(func=_cmd_bench)
 
 
-def _register_regions_demo(sub: argparse._SubParsersAction) -> None:
+def _register_regions_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("regions", help="list the region registry",
                        description="List the regions: precisions tried, forbidden precisions, "
                                    "accuracy budget and latency SLA.")

@@ -146,14 +146,14 @@ def _cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the fleet commands to the ``regiontrt`` parser."""
     _register_fleet_build(sub)
     _register_publishing(sub)
     _register_edge(sub)
 
 
-def _register_fleet_build(sub: argparse._SubParsersAction) -> None:
+def _register_fleet_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f = sub.add_parser("fleet", help="build every region x target of a fleet file")
     fsub = f.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
     b = fsub.add_parser(
@@ -177,7 +177,7 @@ def _register_fleet_build(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_cmd_fleet_build)
 
 
-def _register_publishing(sub: argparse._SubParsersAction) -> None:
+def _register_publishing(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     k = sub.add_parser("keygen", help="write DIR/private.pem and DIR/public.pem (ECDSA P-256)")
     k.add_argument("dir", metavar="DIR", help="folder for the key pair, e.g. keys/")
     k.add_argument("--force", action="store_true", help="overwrite an existing private key")
@@ -200,7 +200,7 @@ def _register_publishing(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_publish)
 
 
-def _register_edge(sub: argparse._SubParsersAction) -> None:
+def _register_edge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pl = sub.add_parser("pull", help="verify and install a region's bundle from a registry")
     pl.add_argument("registry", metavar="REGISTRY",
                     help="registry folder or fsspec URL, e.g. https://models.example/registry")

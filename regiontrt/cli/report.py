@@ -9,7 +9,8 @@ from regiontrt._text import format_table
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from regiontrt.report.page import build_page, collect, measure, text_summary
+    from regiontrt.report.page import build_page, text_summary
+    from regiontrt.report.source import collect, measure
 
     if args.bench < 0:
         raise ValueError("--bench must be >= 0 (0 skips the latency measurement)")
@@ -29,7 +30,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 1 if source.problems else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``report`` to the ``regiontrt`` parser."""
     r = sub.add_parser(
         "report",

@@ -40,7 +40,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve`` to the ``regiontrt`` parser."""
     s = sub.add_parser("serve", help="serve engines over the KServe v2 / Triton HTTP protocol "
                        "(needs the serve extra)")

@@ -121,7 +121,7 @@ class DataSource:
         if isinstance(src, Iterable):
             return src
         try:  # the sequence protocol (__getitem__ until IndexError), as Polygraphy's DataLoader
-            return iter(src)
+            return iter(src)  # type: ignore[no-any-return]
         except TypeError:
             raise DataError(f"unsupported data source of type {type(src).__name__}") from None
 

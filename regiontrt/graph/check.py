@@ -204,29 +204,36 @@ def _identical(a: Any, b: Any) -> bool:
 def generated_inputs(specs: Sequence[TensorSpec],
                      shapes: Mapping[str, Sequence[int]] | None = None,
                      seed: int = 0) -> dict[str, np.ndarray]:
-    """One batch of inputs for ``specs`` when no data is given.
+    """One batch of inputs for ``specs`` when no data is given, from Polygraphy's seeded
+    ``DataLoader``.
 
     Shapes come from ``shapes`` (say, a profile's ``opt``), else the declared static dimensions
-    with 1 for each dynamic one. Floats are standard normal; integers are 0 or 1 (valid indices
-    and counts for most ops); booleans random; strings short words.
+    with 1 for each dynamic one. Floats are uniform in [-1, 1]; integers are 0 or 1 (valid
+    indices and counts for most ops); booleans random. Polygraphy generates no strings, so
+    string inputs are short words chosen here.
     """
-    rng = np.random.default_rng(seed)
+    from polygraphy.common import TensorMetadata
+    from polygraphy.comparator import DataLoader
+    from polygraphy.logger import G_LOGGER
+
     shapes = shapes or {}
-    out: dict[str, np.ndarray] = {}
+    meta, ranges, strings = TensorMetadata(), {}, {}
     for spec in specs:
-        shape = tuple(shapes.get(spec.name) or (d if isinstance(d, int) else 1
-                                                 for d in spec.shape))
-        kind = spec.dtype.kind
-        if kind in "fc":
-            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif kind in "iu":
-            out[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-        elif kind == "b":
-            out[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
+        shape = tuple(int(d) for d in shapes.get(spec.name) or (
+            d if isinstance(d, int) else 1 for d in spec.shape))
+        if spec.dtype.kind in "OUS":
             words = np.array(["a", "bc", "def"], dtype=object)
-            out[spec.name] = words[rng.integers(0, 3, size=shape)]
-    return out
+            strings[spec.name] = words[np.random.default_rng(seed).integers(0, 3, size=shape)]
+            continue
+        meta.add(spec.name, spec.dtype, shape)
+        ranges[spec.name] = (-1.0, 1.0) if spec.dtype.kind in "fc" else (0, 1)
+    out: dict[str, np.ndarray] = {}
+    if len(meta):
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):  # it logs every generated batch otherwise
+            batch = DataLoader(seed=seed, iterations=1, input_metadata=meta, val_range=ranges)[0]
+        out = {name: np.asarray(value) for name, value in batch.items()}
+    return {spec.name: out[spec.name] if spec.name in out else strings[spec.name]
+            for spec in specs}
 
 
 def metric_view(reference: Mapping[str, Any], candidate: Mapping[str, Any]

@@ -39,7 +39,8 @@ from regiontrt.runtime.arrays import has_data as _has_data
 from regiontrt.runtime.arrays import shape_dtype as _shape_dtype
 from regiontrt.runtime.benchmarking import BenchmarkReport, timings_report
 from regiontrt.runtime.schema import check_payload, validate_header
-from regiontrt.shapes.profiles import Bucketing, Profile, select_profile
+from regiontrt.shapes.buckets import Bucketing
+from regiontrt.shapes.profiles import Profile, select_profile
 
 PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
 #: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
