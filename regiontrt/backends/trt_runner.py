@@ -32,6 +32,7 @@ import numpy as np
 
 from regiontrt.backends import cuda
 from regiontrt.backends.base import Runner, Timing
+from regiontrt.backends.guard import check_names, check_tensor
 from regiontrt.backends.trt_slots import (
     Plan,
     RunnerStats,
@@ -95,8 +96,6 @@ class TensorRTRunner(Runner):
                 (self.inputs if mode == "INPUT" else self.outputs).append(spec)
                 self._io[name] = (dtype, shape)
         self._input_names = [s.name for s in self.inputs]
-        self._static = {n: [(a, d) for a, d in enumerate(shape) if d >= 0]
-                        for n, (_, shape) in self._io.items()}
         self._engine_profiles = [
             engine_profile(engine, self.inputs, k)
             for k in range(int(getattr(engine, "num_optimization_profiles", 0)))
@@ -134,33 +133,20 @@ class TensorRTRunner(Runner):
     def _plan(self, feeds: Mapping[str, Any]) -> Plan:
         if self._closed:
             raise InputError("this engine was closed")
-        names = self._input_names
-        if len(feeds) != len(names) or not all(n in feeds for n in names):
-            missing, unknown = set(names) - set(feeds), set(feeds) - set(names)
-            raise InputError(f"inputs must be exactly {names}; missing {sorted(missing)}, "
-                             f"unknown {sorted(unknown)}")
+        check_names(feeds, self.inputs)
         plan = Plan(0, {}, {}, {})
-        for name in names:
-            dtype, eshape = self._io[name]
-            value = feeds[name]
+        for spec in self.inputs:
+            name, value = spec.name, feeds[spec.name]
             view = None if type(value) is np.ndarray else cuda.device_view(value)
-            if view is None:
-                arr = np.ascontiguousarray(np.asarray(value), dtype=dtype)
-                shape = tuple(arr.shape)
+            if view is None:  # host arrays are cast to the engine's dtype on the way in
+                arr = np.ascontiguousarray(np.asarray(value), dtype=spec.dtype)
+                check_tensor(spec, arr.shape, None)
                 plan.host[name] = arr
+                plan.shapes[name] = tuple(arr.shape)
             else:
-                if view.dtype != dtype:
-                    raise InputError(f"device input {name!r} has dtype {view.dtype}, the engine "
-                                     f"wants {dtype}; device inputs are used in place, uncast")
-                shape = view.shape
+                check_tensor(spec, view.shape, view.dtype, device=True)
                 plan.views[name] = view
-            if len(shape) != len(eshape):
-                raise InputError(f"input {name!r} has rank {len(shape)} (shape {shape}), the "
-                                 f"engine wants rank {len(eshape)} ({eshape})")
-            if self._static[name] and any(shape[a] != d for a, d in self._static[name]):
-                raise ShapeOutOfProfile(f"input {name!r} shape {shape} contradicts the engine's "
-                                        f"static shape {eshape}")
-            plan.shapes[name] = shape
+                plan.shapes[name] = tuple(view.shape)
         key = tuple(plan.shapes.values())
         k = self._guard_cache.get(key)
         if k is None:

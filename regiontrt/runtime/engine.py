@@ -22,6 +22,7 @@ import numpy as np
 from regiontrt import _display
 from regiontrt._fs import atomic_write_all
 from regiontrt.backends import Backend, Runner, Timing, get_backend
+from regiontrt.backends.guard import check_names, check_tensor
 from regiontrt.errors import (
     ArtifactError,
     EngineRuntimeError,
@@ -157,16 +158,9 @@ class Engine:
                 raise InputError(f"this engine has several inputs ({names}); pass a dict")
             feeds = {self.inputs[0].name: feeds}
         expected = {s.name: s for s in self.inputs}
-        missing, unknown = set(expected) - set(feeds), set(feeds) - set(expected)
-        if missing or unknown:
-            raise InputError(
-                f"input names {sorted(feeds)} do not match the engine's {sorted(expected)}"
-                + (f"; missing {sorted(missing)}" if missing else "")
-                + (f"; unknown {sorted(unknown)}" if unknown else "")
-            )
+        check_names(feeds, self.inputs)
         shapes: dict[str, tuple[int, ...]] = {}
         for name, value in feeds.items():
-            spec = expected[name]
             if not _has_data(value):
                 raise InputError(
                     f"input {name!r} is a {type(value).__name__} with a shape but no data: pass "
@@ -176,21 +170,8 @@ class Engine:
                 shape, dtype = _shape_dtype(value)
             except (TypeError, ValueError, KeyError) as exc:
                 raise InputError(f"input {name!r} cannot be read as an array: {exc}") from exc
-            if dtype != spec.dtype:
-                raise InputError(
-                    f"input {name!r} has dtype {dtype}, the engine expects {spec.dtype} "
-                    f"(convert with .astype(np.{spec.dtype.name}))"
-                )
-            if len(shape) != spec.rank:
-                raise InputError(
-                    f"input {name!r} has rank {len(shape)} (shape {shape}), the engine expects "
-                    f"rank {spec.rank} (shape {list(spec.shape)})"
-                )
-            for axis, (got, want) in enumerate(zip(shape, spec.shape)):
-                if isinstance(want, int) and got != want:
-                    raise InputError(
-                        f"input {name!r} axis {axis} is {got}; the engine fixes it at {want}"
-                    )
+            check_tensor(expected[name], shape, dtype,
+                         device=hasattr(value, "__cuda_array_interface__"))
             shapes[name] = shape
         if profiles:
             select_profile(self.profiles, shapes)

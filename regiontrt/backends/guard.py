@@ -1,0 +1,65 @@
+"""The one input guard: feeds against a model's declared inputs, before any work.
+
+:meth:`regiontrt.runtime.engine.Engine.check_inputs` and the TensorRT runner both call it (the
+runner also when used on its own), so a feed is refused the same way, with the same words,
+whichever door it came through, and before any CUDA call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from regiontrt.errors import InputError, ShapeOutOfProfile
+from regiontrt.graph.io import TensorSpec
+
+
+def check_names(given: Iterable[str], specs: Sequence[TensorSpec]) -> None:
+    """Refuse feeds whose names are not exactly the inputs'.
+
+    Raises:
+        InputError: names missing or unknown (each listed).
+    """
+    given = list(given)
+    expected = [s.name for s in specs]
+    missing, unknown = set(expected) - set(given), set(given) - set(expected)
+    if missing or unknown or len(given) != len(expected):
+        raise InputError(
+            f"input names {sorted(given)} do not match the engine's {sorted(expected)}"
+            + (f"; missing {sorted(missing)}" if missing else "")
+            + (f"; unknown {sorted(unknown)}" if unknown else "")
+        )
+
+
+def check_tensor(spec: TensorSpec, shape: Sequence[int], dtype: np.dtype | None, *,
+                 device: bool = False) -> None:
+    """Refuse one feed of the wrong dtype, rank or static dimensions.
+
+    Args:
+        spec: the declared input.
+        shape: the feed's shape.
+        dtype: the feed's dtype; ``None`` where the caller casts it to the declared one.
+        device: whether the feed lives in device memory (used in place, so never cast).
+
+    Raises:
+        InputError: the dtype or the rank differs.
+        ShapeOutOfProfile: a static dimension differs.
+    """
+    name, shape = spec.name, tuple(int(d) for d in shape)
+    if dtype is not None and dtype != spec.dtype:
+        if device:
+            raise InputError(f"device input {name!r} has dtype {dtype}, the engine wants "
+                             f"{spec.dtype}; device inputs are used in place, uncast")
+        raise InputError(f"input {name!r} has dtype {dtype}, the engine expects {spec.dtype} "
+                         f"(convert with .astype(np.{spec.dtype.name}))")
+    if len(shape) != spec.rank:
+        raise InputError(f"input {name!r} has rank {len(shape)} (shape {shape}), the engine "
+                         f"expects rank {spec.rank} (shape {list(spec.shape)})")
+    for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+        if isinstance(want, int) and got != want:
+            static = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
+            raise ShapeOutOfProfile(
+                f"input {name!r} shape {shape} contradicts the engine's static shape {static} "
+                f"(axis {axis} is {got}, fixed at {want})"
+            )
