@@ -54,3 +54,29 @@ def test_stages_are_checked_and_the_builder_stays_immutable() -> None:
         base.with_stages(package="not callable")
     changed = base.with_stages(package=package_engine)
     assert base._state.stages == Stages() and changed is not base
+
+
+def test_validate_and_search_stages_are_replaceable() -> None:
+    from regiontrt.build import stages as st
+    from regiontrt.precision.mixed import search_mixed_precision
+
+    calls = {"validate": 0, "search": 0}
+
+    def validate(*args, **kwargs):
+        calls["validate"] += 1
+        return st.make_validator(*args, **kwargs)
+
+    def search(*args, **kwargs):
+        calls["search"] += 1
+        return search_mixed_precision(*args, **kwargs)
+
+    data = demo.region_data("SEA")
+    strict = rt.Region("TIGHT", ("int8", "fp32"), budget=1e-6, metric="relative_l2")
+    engine = (rt.RegionalEngineBuilder.from_onnx(demo.model_path()).for_region(strict)
+              .with_calibrator("entropy", data=split_batches({"input": data.calibration}, 64))
+              .with_validation(split_batches({"input": data.validation[:128]}, 64))
+              .with_calibration_check(strict=False)
+              .with_stages(validate=validate, search=search).build())
+    assert calls == {"validate": 1, "search": 1}
+    assert engine.precision == "fp32"  # the search ran and int8 still missed 1e-6
+    assert "mixed_precision" in engine.metadata["calibration"]

@@ -169,7 +169,8 @@ class RegionalEngineBuilder:
         return self._with(pinned_inputs=dict(values))
 
     def with_stages(self, **stages: Any) -> RegionalEngineBuilder:
-        """Replace build stages: ``compile``, ``backend_build``, ``comply``, ``package``.
+        """Replace build stages: ``validate``, ``compile``, ``search``, ``backend_build``,
+        ``comply``, ``package``.
 
         Each is a callable of the shape :mod:`regiontrt.build.stages` documents, e.g.
         ``.with_stages(package=lambda engine, path: publish(engine))``.

@@ -250,11 +250,11 @@ def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
     split = None  # one file holding more samples than the profile's max batch is cut to opt
     if state.shape_profile is not None:
         split = profile_split(state.shape_profile.resolve(inputs, require_all=False), inputs)
+    stages = state.stages
     validator = None
     if state.validation_data is not None:
-        validator = Validator(state.validation_data, plan.model, plan.metric,
-                              threads=state.tactics.cpu_threads, split=split,
-                              arithmetic=plan.arithmetic)
+        validator = stages.validate(state.validation_data, plan, threads=state.tactics.cpu_threads,
+                                    split=split)
     choice = choose_profiles(state.shape_profile, inputs, plan.backend.name,
                              validator.shapes() if validator is not None else None)
     if validator is not None:
@@ -268,8 +268,7 @@ def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
                                            state.tactics.cpu_threads)
     _control_flow(metadata, plan, cleaned, state)
     ctx = BuildContext(plan, state, state.tactics, cleaned, validator, choice.profiles,
-                       metadata)
-    stages = state.stages
+                       metadata, stages.search)
     trials: list[PrecisionTrial] = []
     calibration = None  # kept when int8 is rejected: the report shows its search
     for precision in plan.candidates:

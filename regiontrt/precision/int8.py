@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -27,6 +27,7 @@ import onnx
 from regiontrt.data.sources import Batch, DataSource
 from regiontrt.errors import CalibrationMismatch, DataError
 from regiontrt.graph.arithmetic import Int8Arithmetic, cast_feeds, make_session, session_options
+from regiontrt.precision.mixed import Evaluate, MixedPrecisionResult, search_mixed_precision
 from regiontrt.precision.types import Precision
 from regiontrt.precision.validation import collate
 
@@ -107,9 +108,11 @@ class Int8Attempt:
     """Calibration, mismatch check and mixed-precision search for one region's int8 attempt."""
 
     def __init__(self, state: Int8Settings, policy: PrecisionPolicy, cleaned: onnx.ModelProto,
-                 region: Region, validator: Validator) -> None:
+                 region: Region, validator: Validator,
+                 search: Callable[..., MixedPrecisionResult] = search_mixed_precision) -> None:
         self.state, self.policy, self.cleaned = state, policy, cleaned
         self.region, self.validator = region, validator
+        self.search = search  # the mixed-precision search (a build stage, replaceable)
         self.metadata: dict[str, Any] = {}
         self._last: tuple[frozenset[str], onnx.ModelProto] | None = None
 
@@ -172,7 +175,6 @@ class Int8Attempt:
                 ) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
         from regiontrt.graph.io import output_specs
         from regiontrt.graph.qdq_probe import layer_probe
-        from regiontrt.precision.mixed import Evaluate, search_mixed_precision
 
         started = time.perf_counter()
         v = self.validator
@@ -201,7 +203,7 @@ class Int8Attempt:
                 float(v.metric(screen_ref, screen_ref))
             except Exception:
                 screen = None
-        search = search_mixed_precision(
+        search = self.search(
             layers, lambda keep: v.loss_of_model(self._variant(keep)), self.region.budget,
             max_kept=int(self.policy.max_kept_fraction * len(layers)),
             sensitivity=sensitivity, screen=screen,
