@@ -21,6 +21,9 @@ def check_names(given: Iterable[str], specs: Sequence[TensorSpec]) -> None:
     Raises:
         InputError: names missing or unknown (each listed).
     """
+    given = given if isinstance(given, (dict, list, tuple)) else list(given)
+    if len(given) == len(specs) and all(s.name in given for s in specs):
+        return  # the common case, on every call: no sets built
     given = list(given)
     expected = [s.name for s in specs]
     missing, unknown = set(expected) - set(given), set(given) - set(expected)
@@ -32,8 +35,14 @@ def check_names(given: Iterable[str], specs: Sequence[TensorSpec]) -> None:
         )
 
 
+def static_axes(spec: TensorSpec) -> tuple[tuple[int, int], ...]:
+    """``(axis, size)`` of each static dimension (a runner computes it once per input)."""
+    return tuple((a, d) for a, d in enumerate(spec.shape) if isinstance(d, int))
+
+
 def check_tensor(spec: TensorSpec, shape: Sequence[int], dtype: np.dtype | None, *,
-                 device: bool = False) -> None:
+                 device: bool = False,
+                 static: Sequence[tuple[int, int]] | None = None) -> None:
     """Refuse one feed of the wrong dtype, rank or static dimensions.
 
     Args:
@@ -41,12 +50,13 @@ def check_tensor(spec: TensorSpec, shape: Sequence[int], dtype: np.dtype | None,
         shape: the feed's shape.
         dtype: the feed's dtype; ``None`` where the caller casts it to the declared one.
         device: whether the feed lives in device memory (used in place, so never cast).
+        static: :func:`static_axes` of ``spec``, when the caller keeps it.
 
     Raises:
         InputError: the dtype or the rank differs.
         ShapeOutOfProfile: a static dimension differs.
     """
-    name, shape = spec.name, tuple(int(d) for d in shape)
+    name = spec.name
     if dtype is not None and dtype != spec.dtype:
         if device:
             raise InputError(f"device input {name!r} has dtype {dtype}, the engine wants "
@@ -54,12 +64,12 @@ def check_tensor(spec: TensorSpec, shape: Sequence[int], dtype: np.dtype | None,
         raise InputError(f"input {name!r} has dtype {dtype}, the engine expects {spec.dtype} "
                          f"(convert with .astype(np.{spec.dtype.name}))")
     if len(shape) != spec.rank:
-        raise InputError(f"input {name!r} has rank {len(shape)} (shape {shape}), the engine "
-                         f"expects rank {spec.rank} (shape {list(spec.shape)})")
-    for axis, (got, want) in enumerate(zip(shape, spec.shape)):
-        if isinstance(want, int) and got != want:
-            static = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
+        raise InputError(f"input {name!r} has rank {len(shape)} (shape {tuple(shape)}), the "
+                         f"engine expects rank {spec.rank} (shape {list(spec.shape)})")
+    for axis, want in static if static is not None else static_axes(spec):
+        if shape[axis] != want:
+            fixed = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
             raise ShapeOutOfProfile(
-                f"input {name!r} shape {shape} contradicts the engine's static shape {static} "
-                f"(axis {axis} is {got}, fixed at {want})"
+                f"input {name!r} shape {tuple(int(d) for d in shape)} contradicts the engine's "
+                f"static shape {fixed} (axis {axis} is {shape[axis]}, fixed at {want})"
             )

@@ -32,7 +32,7 @@ import numpy as np
 
 from regiontrt.backends import cuda
 from regiontrt.backends.base import Runner, Timing
-from regiontrt.backends.guard import check_names, check_tensor
+from regiontrt.backends.guard import check_names, check_tensor, static_axes
 from regiontrt.backends.trt_slots import (
     Plan,
     RunnerStats,
@@ -96,6 +96,7 @@ class TensorRTRunner(Runner):
                 (self.inputs if mode == "INPUT" else self.outputs).append(spec)
                 self._io[name] = (dtype, shape)
         self._input_names = [s.name for s in self.inputs]
+        self._static = {s.name: static_axes(s) for s in self.inputs}
         self._engine_profiles = [
             engine_profile(engine, self.inputs, k)
             for k in range(int(getattr(engine, "num_optimization_profiles", 0)))
@@ -140,11 +141,12 @@ class TensorRTRunner(Runner):
             view = None if type(value) is np.ndarray else cuda.device_view(value)
             if view is None:  # host arrays are cast to the engine's dtype on the way in
                 arr = np.ascontiguousarray(np.asarray(value), dtype=spec.dtype)
-                check_tensor(spec, arr.shape, None)
+                check_tensor(spec, arr.shape, None, static=self._static[name])
                 plan.host[name] = arr
                 plan.shapes[name] = tuple(arr.shape)
             else:
-                check_tensor(spec, view.shape, view.dtype, device=True)
+                check_tensor(spec, view.shape, view.dtype, device=True,
+                             static=self._static[name])
                 plan.views[name] = view
                 plan.shapes[name] = tuple(view.shape)
         key = tuple(plan.shapes.values())

@@ -11,31 +11,28 @@ base fans out to many regions without any of them seeing another's settings::
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from regiontrt.backends import BACKENDS, Backend
-from regiontrt.calibration import Calibrator, get_calibrator
+from regiontrt.backends.tactics import TacticSelector
 from regiontrt.build.pipeline import run_build
 from regiontrt.build.stages import Stages
 from regiontrt.build.state import Shared, State
+from regiontrt.calibration import Calibrator, get_calibrator
 from regiontrt.data.sources import DataLike
 from regiontrt.errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
 from regiontrt.graph.arithmetic import Int8Arithmetic
-from regiontrt.graph.io import ModelSource, load_model, model_sha256, without_unsized_dims
+from regiontrt.graph.io import ModelSource, load_model
 from regiontrt.precision.metrics import MetricSpec, check_metric_spec
 from regiontrt.precision.policy import PrecisionPolicy
-from regiontrt.precision.types import Precision
 from regiontrt.precision.regions import Region, get_region
+from regiontrt.precision.types import Precision
 from regiontrt.runtime.engine import Engine
 from regiontrt.shapes.profiles import ShapeProfile
-from regiontrt.backends.tactics import TacticSelector
-
 
 
 class RegionalEngineBuilder:

@@ -22,10 +22,10 @@ from regiontrt.graph.check import check_pass, generated_inputs, reference_output
 from regiontrt.graph.io import input_specs
 from regiontrt.graph.label import graph_precision
 from regiontrt.precision.types import Precision
-from regiontrt.runtime.schema import validate_header
-from regiontrt.shapes.profiles import Profile
 from regiontrt.precision.validation import PrecisionTrial
 from regiontrt.precision.validator import Validator
+from regiontrt.runtime.schema import validate_header
+from regiontrt.shapes.profiles import Profile
 
 log = logging.getLogger("regiontrt.build.pipeline")
 

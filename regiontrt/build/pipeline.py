@@ -14,8 +14,6 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,8 @@ import numpy as np
 import onnx
 
 from regiontrt._version import __version__
-from regiontrt._progress import task
-from regiontrt.backends import Backend, BuildRequest, BuildResult, get_backend
+from regiontrt.backends import Backend, BuildResult, get_backend
+from regiontrt.build.checks import check_clean, check_header, precision_label
 from regiontrt.build.stages import (
     BuildContext,
     BuildPlan,
@@ -33,34 +31,30 @@ from regiontrt.build.stages import (
     payload_metadata,
 )
 from regiontrt.build.state import Shared, State
-from regiontrt.build.checks import check_clean, check_header, precision_label
-from regiontrt.precision.compliance import check_model
 from regiontrt.data.sources import profile_split
 from regiontrt.data.stats import summarize_inputs
-from regiontrt.runtime.engine import Engine
-from regiontrt.shapes.defaults import ProfileChoice, choose_profiles
 from regiontrt.errors import (
     AccuracyBudgetExceeded,
     Attempt,
     BuildError,
     DataError,
     InvalidArgumentError,
-    PolicyViolation,
     RegionConfigError,
 )
-from regiontrt.graph.arithmetic import Int8Arithmetic, evaluation_record
 from regiontrt.graph import clean as graph_clean
+from regiontrt.graph.arithmetic import Int8Arithmetic, evaluation_record
 from regiontrt.graph.control_flow import control_flow_report, trt_control_flow_problems
 from regiontrt.graph.io import input_specs, model_sha256, opset_version, output_specs
 from regiontrt.graph.pin import fold_pinned_inputs
-from regiontrt.precision.int8 import Int8Attempt
-from regiontrt.precision.metrics import MetricPlan, plan_metrics
+from regiontrt.precision.compliance import check_model
+from regiontrt.precision.metrics import plan_metrics
 from regiontrt.precision.policy import PrecisionPolicy, enforce_compliance
-from regiontrt.precision.types import Precision
 from regiontrt.precision.regions import Region
-from regiontrt.shapes.profiles import Profile
+from regiontrt.precision.types import Precision
 from regiontrt.precision.validation import PrecisionTrial, ValidationReport
 from regiontrt.precision.validator import Validator
+from regiontrt.runtime.engine import Engine
+from regiontrt.shapes.defaults import ProfileChoice, choose_profiles
 
 # ONNX Runtime's CPU provider runs float16 nodes that lack float16 kernels in float32 (it drops
 # the cast pairs around them), so on the CPU an fp16 loss is a lower bound; the report says so.
@@ -88,7 +82,7 @@ def _base_metadata(region: Region, policy: PrecisionPolicy, shared: Shared,
     """The metadata known before any precision is tried (``model``: pinned inputs folded)."""
     return {
         "regiontrt_version": __version__,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "region": region.to_dict(),
         "policy": policy.to_dict(),
         "model": {

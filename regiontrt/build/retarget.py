@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from regiontrt.backends import Backend, BuildRequest, get_backend
-from regiontrt.runtime.engine import Engine
+from regiontrt.backends.tactics import TacticSelector
 from regiontrt.errors import ArtifactError, PolicyViolation
 from regiontrt.graph.io import load_model
 from regiontrt.precision.policy import enforce_compliance
-from regiontrt.precision.types import Precision
 from regiontrt.precision.regions import Region
+from regiontrt.precision.types import Precision
+from regiontrt.runtime.engine import Engine
 from regiontrt.shapes.profiles import Profile
-from regiontrt.backends.tactics import TacticSelector
 
 
 def source_onnx(engine: Engine) -> bytes:

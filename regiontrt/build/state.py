@@ -18,8 +18,8 @@ from regiontrt.backends import Backend
 from regiontrt.backends.tactics import TacticSelector
 from regiontrt.build.stages import Stages
 from regiontrt.calibration import Calibrator
-from regiontrt.graph.arithmetic import Int8Arithmetic
 from regiontrt.graph import clean as graph_clean
+from regiontrt.graph.arithmetic import Int8Arithmetic
 from regiontrt.graph.io import model_sha256, without_unsized_dims
 from regiontrt.precision.metrics import MetricSpec
 from regiontrt.precision.policy import PrecisionPolicy
