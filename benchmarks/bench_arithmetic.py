@@ -8,7 +8,7 @@ fused int8 kernels (``fused``). With ``--emulate``, the measurement is repeated 
 AVX2-only CPU (``qemu-x86_64 -cpu Haswell``: no AVX-512, no VNNI), on the very same graphs.
 
 Writes ``docs/results/bench_arithmetic.json`` (machine, CPU flags, load, versions, commit,
-command) and regenerates the table in ``docs/int8.md`` from it::
+command) and regenerates the table in ``docs/int8.md`` and ``docs/benchmarks.md`` from it::
 
     python3 -m benchmarks.bench_arithmetic --emulate          # ~4 min on 2 cores
     python3 -m benchmarks.bench_arithmetic --table-only       # the table from the JSON
@@ -34,6 +34,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "docs" / "results" / "bench_arithmetic.json"
 DOC = ROOT / "docs" / "int8.md"
+#: Every page that shows the table (between the markers), all written from the one JSON.
+DOCS = (DOC, ROOT / "docs" / "benchmarks.md")
 START, END = "<!-- arithmetic-table:start -->", "<!-- arithmetic-table:end -->"
 
 
@@ -143,9 +145,10 @@ def table(result: dict[str, Any]) -> str:
 
 
 def write_table(result: dict[str, Any]) -> None:
-    text = DOC.read_text()
-    a, b = text.index(START) + len(START), text.index(END)
-    DOC.write_text(text[:a] + "\n" + table(result) + "\n" + text[b:])
+    for doc in DOCS:
+        text = doc.read_text()
+        a, b = text.index(START) + len(START), text.index(END)
+        doc.write_text(text[:a] + "\n" + table(result) + "\n" + text[b:])
 
 
 def main() -> None:

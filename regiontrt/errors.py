@@ -170,7 +170,13 @@ class ShapeProfileError(RegionTRTError, ValueError):
 
 
 class ArtifactError(RegionTRTError, ValueError):
-    """A ``.engine`` file is truncated, corrupted, tampered with or of an unknown format."""
+    """A ``.engine`` file is truncated, corrupted, tampered with or of an unknown format.
+
+    Attributes:
+        field: the header field refused by the schema (``"inputs[1].dtype"``), if one was.
+    """
+
+    field: str | None = None
 
 
 class IncompatibleEngineError(ArtifactError):

@@ -85,8 +85,10 @@ def test_a_package_registers_its_backend_through_an_entry_point(tmp_path: Path) 
         "[regiontrt.backends]\nfrom-entry-point = ep_backend:CountingBackend\n")
     code = textwrap.dedent("""
         import sys
-        from regiontrt.backends import BACKENDS, get_backend
+        from regiontrt.backends import BACKENDS, backend_names, get_backend
         from regiontrt.cli import build_parser
+        assert "from-entry-point" not in BACKENDS  # entry points are read on first lookup
+        assert "from-entry-point" in backend_names()
         assert BACKENDS["from-entry-point"] == ("ep_backend", "CountingBackend")
         assert type(get_backend("from-entry-point")).__name__ == "CountingBackend"
         build_parser().parse_args(["build", "m.onnx", "--region", "EU", "--backend",

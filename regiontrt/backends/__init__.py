@@ -22,6 +22,7 @@ __all__ = [
     "Runner",
     "Timing",
     "available_backends",
+    "backend_names",
     "get_backend",
     "register_backend",
 ]
@@ -43,7 +44,8 @@ def register_backend(name: str, target: str) -> None:
     A new backend is one module with a :class:`Backend` subclass (``build``, ``load``,
     ``is_available``, ``version``); registering it touches neither the builder, the build
     stages nor the CLI. Packages register theirs without code through the entry-point group
-    :data:`ENTRY_POINTS` (``[project.entry-points."regiontrt.backends"]``), read on import.
+    :data:`ENTRY_POINTS` (``[project.entry-points."regiontrt.backends"]``), read on the first
+    lookup of a backend.
 
     Args:
         name: the backend's name (lowercase letters, digits, ``-`` and ``_``).
@@ -61,31 +63,37 @@ def register_backend(name: str, target: str) -> None:
     BACKENDS[name] = (module, cls)
 
 
-def _load_entry_points() -> None:
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        try:
-            register_backend(entry.name, entry.value)
-        except ValueError as exc:  # one broken package must not break every import
-            warnings.warn(f"backend entry point {entry.name!r} ignored: {exc}", stacklevel=2)
+_ENTRY_POINTS_READ: list[bool] = []
 
 
-_load_entry_points()
+def backend_names() -> tuple[str, ...]:
+    """Every known backend: the built-in ones, registered ones and packages' entry points.
+
+    Entry points are read on the first call, not at import (scanning the installed packages
+    costs several milliseconds that ``import regiontrt`` should not pay).
+    """
+    if not _ENTRY_POINTS_READ:
+        _ENTRY_POINTS_READ.append(True)
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+            try:
+                register_backend(entry.name, entry.value)
+            except ValueError as exc:  # one broken package must not break every lookup
+                warnings.warn(f"backend entry point {entry.name!r} ignored: {exc}",
+                              stacklevel=2)
+    return tuple(BACKENDS)
 
 
 def _backend_class(name: str) -> type[Backend]:
-    try:
-        module, cls = BACKENDS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}"
-        ) from None
+    if name not in backend_names():
+        raise ValueError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[name]
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
 def available_backends() -> list[str]:
     """Backends whose packages import here."""
     out = []
-    for name in BACKENDS:
+    for name in backend_names():
         try:
             if _backend_class(name).is_available():
                 out.append(name)

@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from regiontrt.backends import BACKENDS, Backend
+from regiontrt.backends import Backend, backend_names
 from regiontrt.backends.tactics import TacticSelector
 from regiontrt.build.pipeline import run_build
 from regiontrt.build.stages import Stages
@@ -127,9 +127,9 @@ class RegionalEngineBuilder:
     def with_backend(self, backend: str | Backend = "auto") -> RegionalEngineBuilder:
         """``"onnxruntime"``, ``"tensorrt"``, ``"tensorrt-rtx"``, ``"auto"`` or an instance."""
         if isinstance(backend, str):
-            if backend != "auto" and backend not in BACKENDS:
+            if backend != "auto" and backend not in backend_names():
                 raise InvalidArgumentError(
-                    f"unknown backend {backend!r}; known: auto, {', '.join(BACKENDS)}"
+                    f"unknown backend {backend!r}; known: auto, {', '.join(backend_names())}"
                 )
         elif not isinstance(backend, Backend):
             raise InvalidArgumentError(

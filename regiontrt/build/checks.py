@@ -67,7 +67,7 @@ def check_header(metadata: dict[str, Any], backend: Backend, model: onnx.ModelPr
                          "payload_format": backend.payload_format, "compliance": {}},
                         known_backend=False, payload=False)
     except ArtifactError as exc:
-        where = re.search(r"\b(inputs|outputs)\[(\d+)\]", str(exc))
+        where = re.match(r"(inputs|outputs)\[(\d+)\]", exc.field or "")
         tensor = ""
         if where is not None:
             index = int(where.group(2))

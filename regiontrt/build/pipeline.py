@@ -131,8 +131,10 @@ def plan_build(shared: Shared, state: State) -> BuildPlan:
         model = fold_pinned_inputs(model, state.pinned_inputs)
     enforce_compliance(model, region)
     metric = plan_metrics(state.metric, output_specs(model), default=region.metric)
+    given = None
     if state.shape_profile is not None:  # a profile that does not fit the model: refused now
-        state.shape_profile.resolve(input_specs(model), require_all=backend.name != "onnxruntime")
+        given = tuple(state.shape_profile.resolve(input_specs(model),
+                                                  require_all=backend.name != "onnxruntime"))
     if backend.name != "onnxruntime":
         problems = trt_control_flow_problems(model)
         if problems:
@@ -145,7 +147,7 @@ def plan_build(shared: Shared, state: State) -> BuildPlan:
             "accuracy budget: pass the region's data with {setting}", setting="validation",
             region=region.name,
         )
-    return BuildPlan(model, region, policy, candidates, backend, metric, arithmetic)
+    return BuildPlan(model, region, policy, candidates, backend, metric, arithmetic, given)
 
 
 def _try_precision(precision: Precision, ctx: BuildContext, stages: Stages
@@ -155,18 +157,20 @@ def _try_precision(precision: Precision, ctx: BuildContext, stages: Stages
     plan, validator, region = ctx.plan, ctx.validator, ctx.plan.region
     candidate = stages.compile(precision, ctx)
     loss, note = candidate.loss, candidate.note
-    fits = candidate.variant is not None and (loss is None or loss <= region.budget)
-    per_output = (validator.output_losses
-                  if validator is not None and candidate.variant is not None else {})
+    variant = candidate.variant
+    fits = variant is not None and (loss is None or loss <= region.budget)
+    per_output = (validator.output_losses(variant)
+                  if validator is not None and variant is not None and loss is not None else {})
     measured_on, result = "onnxruntime", None
-    if fits and candidate.variant is not None:
-        enforce_compliance(candidate.variant, region)
+    if fits:
+        assert variant is not None
+        enforce_compliance(variant, region)
         result, engine_loss, measured_on = stages.backend_build(candidate, ctx)
         if engine_loss is not None:
             assert validator is not None
             note = (note + "; " if note else "") + f"onnxruntime loss {loss:.4g}"
             loss, fits = engine_loss, engine_loss <= region.budget
-            per_output = validator.output_losses
+            per_output = validator.payload_losses
     if precision is Precision.FP16 and measured_on == "onnxruntime" and loss is not None:
         note = (note + "; " if note else "") + FP16_ON_CPU
     if measured_on == "onnxruntime" and precision is Precision.INT8 and loss is not None:
@@ -241,15 +245,14 @@ def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
              " > ".join(p.value for p in plan.candidates), region.budget, plan.metric.name,
              plan.metric.describe(), plan.backend.name)
     inputs = input_specs(plan.model)
-    split = None  # one file holding more samples than the profile's max batch is cut to opt
-    if state.shape_profile is not None:
-        split = profile_split(state.shape_profile.resolve(inputs, require_all=False), inputs)
+    # one file holding more samples than the profile's max batch is cut to opt batches
+    split = profile_split(plan.given_profiles, inputs) if plan.given_profiles else None
     stages = state.stages
     validator = None
     if state.validation_data is not None:
         validator = stages.validate(state.validation_data, plan, threads=state.tactics.cpu_threads,
                                     split=split)
-    choice = choose_profiles(state.shape_profile, inputs, plan.backend.name,
+    choice = choose_profiles(plan.given_profiles, inputs, plan.backend.name,
                              validator.shapes() if validator is not None else None)
     if validator is not None:
         validator.check_profiles(choice.profiles)

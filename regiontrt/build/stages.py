@@ -60,6 +60,7 @@ class BuildPlan:
     backend: Backend
     metric: MetricPlan
     arithmetic: Int8Arithmetic
+    given_profiles: tuple[Profile, ...] | None = None  # the caller's, resolved on the model
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,6 @@ def compile_precision(precision: Precision, ctx: BuildContext) -> Candidate:
         int8 = Int8Attempt(ctx.settings, plan.policy, ctx.cleaned, plan.region, validator,
                            ctx.search)
         variant, loss, kept, note = int8.compile()
-        if variant is not None and validator.plan.whole is None:
-            validator.loss_of_model(variant)  # cached run: the chosen variant's output losses
         return Candidate(precision, variant, loss, kept, note, int8.metadata or None)
     variant = plan.policy.compile(ctx.cleaned, precision)
     if validator is None:

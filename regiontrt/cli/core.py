@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from regiontrt._text import print_table
-from regiontrt.backends import BACKENDS
+from regiontrt.backends import backend_names
 from regiontrt.cli._common import (
     UsageError,
     parse_input_shapes,
@@ -199,7 +199,7 @@ def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "x:1x3x48x32,8x3x48x320,16x3x48x1280 (needed for dynamic dims on "
                         "TensorRT)")
     b.add_argument("--backend", default="onnxruntime",
-                   choices=("auto", *BACKENDS),
+                   choices=("auto", *backend_names()),
                    help="what runs the engine (default: onnxruntime on the CPU), e.g. "
                         "tensorrt-rtx")
     b.add_argument("--regions-file", metavar="TOML",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from regiontrt.backends import BACKENDS
+from regiontrt.backends import backend_names
 from regiontrt.backends.tactics import TacticSelector
 from regiontrt.deploy._util import safe_name
 from regiontrt.errors import FleetError, RegionTRTError
@@ -79,9 +79,9 @@ class TargetSpec:
         except RegionTRTError as exc:
             raise FleetError(str(exc)) from None
         backend = table.get("backend")
-        if backend not in BACKENDS:
+        if backend not in backend_names():
             raise FleetError(f"target {name!r}: backend {backend!r} is not one of "
-                             f"{tuple(BACKENDS)}")
+                             f"{backend_names()}")
         role = table.get("role")
         if role is not None and role not in ROLES:
             raise FleetError(f"target {name!r}: role {role!r} is not one of {ROLES}")

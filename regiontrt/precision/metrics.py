@@ -107,23 +107,24 @@ class MetricPlan:
         self._functions = dict(functions)
         self.whole = whole
         self.name = whole[0] if whole is not None else spec_name
-        self.last_losses: dict[str, float] = {}
+
+    def losses(self, ref: Outputs, cand: Outputs) -> dict[str, float]:
+        """Each float output's loss (empty for the caller's whole-model metric)."""
+        if self.whole is not None:
+            return {}
+        return {
+            item.output: checked_loss(f"{item.metric} on {item.output!r}",
+                                      self._functions[item.output], {item.output: ref[item.output]},
+                                      {item.output: cand[item.output]})
+            for item in self.per_output
+            if item.output in ref  # not a float output: compared exactly elsewhere
+        }
 
     def __call__(self, ref: Outputs, cand: Outputs) -> float:
         """The loss: the user's whole-model metric, or the largest per-output loss."""
         if self.whole is not None:
-            self.last_losses = {}
             return checked_loss(self.whole[0], self.whole[1], ref, cand)
-        losses = {}
-        for item in self.per_output:
-            if item.output not in ref:  # not a float output, compared exactly elsewhere
-                continue
-            one_ref, one_cand = {item.output: ref[item.output]}, {item.output: cand[item.output]}
-            losses[item.output] = checked_loss(
-                f"{item.metric} on {item.output!r}", self._functions[item.output], one_ref,
-                one_cand)
-        self.last_losses = losses
-        return max(losses.values(), default=0.0)
+        return max(self.losses(ref, cand).values(), default=0.0)
 
     def describe(self) -> str:
         """One line: which metric judges which output."""

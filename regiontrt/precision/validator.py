@@ -119,6 +119,7 @@ class Validator:
         self.metric_name, self.metric = metric.name, metric
         self.threads = threads
         self._runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.payload_losses: dict[str, float] = {}
         self._reference(reference)
 
     def _reference(self, reference: onnx.ModelProto) -> None:
@@ -172,25 +173,31 @@ class Validator:
         finally:
             runner.close()
 
-    def _score(self, outputs: dict[str, Any]) -> float:
+    def _score(self, outputs: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        """``(loss, per-output losses)``; per-output is empty for a caller's whole metric."""
         # Non-float outputs must match exactly; NaN/inf that agree do not poison the metric.
         ref, cand, differs = metric_view(self.reference, outputs)
         if differs is not None:
-            self.plan.last_losses = {}
-            return float("inf")
+            return float("inf"), {}
         if not ref:
-            self.plan.last_losses = {}
-            return 0.0
-        return checked_loss(self.metric_name, self.metric, ref, cand)
-
-    @property
-    def output_losses(self) -> dict[str, float]:
-        """Each output's loss in the latest evaluation (empty for a caller's whole metric)."""
-        return dict(self.plan.last_losses)
+            return 0.0, {}
+        if self.plan.whole is not None:
+            return checked_loss(self.metric_name, self.plan.whole[1], ref, cand), {}
+        losses = self.plan.losses(ref, cand)
+        return max(losses.values(), default=0.0), losses
 
     def loss(self, runner: Runs) -> float:
-        """The metric's loss of ``runner`` against the FP32 reference (``inf`` for NaN outputs)."""
-        return self._score(self._outputs(runner))
+        """The metric's loss of ``runner`` against the FP32 reference (``inf`` for NaN outputs);
+        its per-output losses are kept in :attr:`payload_losses`."""
+        loss, self.payload_losses = self._score(self._outputs(runner))
+        return loss
+
+    def output_losses(self, model: onnx.ModelProto) -> dict[str, float]:
+        """Each output's loss of an ONNX variant (its outputs are cached: no model run); empty
+        for a caller's whole-model metric, which is not called again."""
+        if self.plan.whole is not None:
+            return {}
+        return self._score(collate(self.model_outputs(model)))[1]
 
     def loss_of_model(self, model: onnx.ModelProto,
                       arithmetic: Int8Arithmetic | None = None) -> float:
@@ -201,7 +208,7 @@ class Validator:
             raise
         except Exception as exc:
             raise BuildError(f"ONNX Runtime cannot load or run a compiled variant: {exc}") from exc
-        return self._score(collate(outputs))
+        return self._score(collate(outputs))[0]
 
 
 def validate_engine(engine: Checkable, data: Any, reference: Any) -> PrecisionTrial:
@@ -230,8 +237,8 @@ def validate_engine(engine: Checkable, data: Any, reference: Any) -> PrecisionTr
     plan = plan_metrics(spec, output_specs(model))
     validator = Validator(data, model, plan, profiles=engine.profiles)
     outputs = collate([engine.infer(batch) for batch in validator.batches])
-    loss = validator._score(outputs)
+    loss, losses = validator._score(outputs)
     budget = float(engine.metadata["region"]["budget"])
     return PrecisionTrial(engine.precision, loss, budget, loss <= budget,
                           f"{engine.backend_name} on this machine", (),
-                          "site re-check against the FP32 model", validator.output_losses)
+                          "site re-check against the FP32 model", losses)

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from regiontrt.backends import BACKENDS
+from regiontrt.backends import backend_names
 from regiontrt.errors import ArtifactError, InvalidModelError
 from regiontrt.graph.io import (  # noqa: F401 - MAX_EXPR, header_shape: the header's rules
     MAX_EXPR,
@@ -53,7 +53,9 @@ Check = Callable[[Any, str], None]
 
 
 def _fail(path: str, why: str) -> ArtifactError:
-    return ArtifactError(f"header field {path}: {why}")
+    exc = ArtifactError(f"header field {path}: {why}")
+    exc.field = path
+    return exc
 
 
 def text(max_len: int = MAX_NAME, min_len: int = 0) -> Check:
@@ -268,7 +270,7 @@ def validate_header(metadata: Any, *, known_backend: bool = True, payload: bool 
         fields = {"payload_sha256": "0" * 64, "payload_size": 0, **metadata}
     HEADER(fields, "")
     if known_backend:
-        one_of(*BACKENDS)(metadata["backend"]["name"], "backend.name")  # registered ones too
+        one_of(*backend_names())(metadata["backend"]["name"], "backend.name")
     _cross_check(metadata)
 
 

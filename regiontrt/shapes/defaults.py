@@ -99,32 +99,32 @@ def headroom_profile(inputs: Sequence[TensorSpec],
     return Profile(ranges)
 
 
-def choose_profiles(shape_profile: ShapeProfile | None, inputs: Sequence[TensorSpec],
+def choose_profiles(given: Sequence[Profile] | None, inputs: Sequence[TensorSpec],
                     backend: str, observed: Sequence[Mapping[str, Sequence[int]]] | None,
                     ) -> ProfileChoice:
     """The profiles of a build (module docstring).
 
     Args:
-        shape_profile: the profile the caller gave, if any.
+        given: the caller's profiles, resolved against the model
+            (:meth:`ShapeProfile.resolve`), if any.
         inputs: the model's inputs.
         backend: the backend's name (``onnxruntime`` needs no profile).
         observed: input shapes of each validation batch (``None`` without validation data).
 
     Raises:
-        ShapeProfileError: the given profile does not fit the model, or a TensorRT target has a
-            dynamic input and neither a profile nor data to derive one from.
+        ShapeProfileError: a TensorRT target has a dynamic input and neither a profile nor data
+            to derive one from.
     """
     needs_all = backend != "onnxruntime"
-    if shape_profile is not None:
-        resolved = shape_profile.resolve(inputs, require_all=needs_all)
-        return ProfileChoice(tuple(resolved), GIVEN)
+    if given is not None:
+        return ProfileChoice(tuple(given), GIVEN)
     if not any(s.is_dynamic for s in inputs):
         return ProfileChoice(tuple(ShapeProfile().resolve(inputs, require_all=needs_all)), STATIC)
     derived: tuple[Profile, ...] = ()
     if observed:
         try:
             complete = ShapeProfile(headroom_profile(inputs, observed).to_dict())
-            derived = tuple(complete.resolve(inputs, require_all=False))
+            derived = tuple(complete.resolve(inputs, require_all=needs_all))
         except ShapeProfileError:
             if needs_all:
                 raise
@@ -137,7 +137,6 @@ def choose_profiles(shape_profile: ShapeProfile | None, inputs: Sequence[TensorS
             "for each: give {setting}, or validation data to derive one from",
             setting="shape_profile",
         )
-    profiles = tuple(ShapeProfile(derived[0].to_dict()).resolve(inputs, require_all=True))
     log.info("no shape profile given: derived from the validation data with headroom x%d: %s "
-             "(a ShapeProfile sets your own)", HEADROOM, [p.to_dict() for p in profiles])
-    return ProfileChoice(profiles, DERIVED)
+             "(a ShapeProfile sets your own)", HEADROOM, [p.to_dict() for p in derived])
+    return ProfileChoice(derived, DERIVED)
