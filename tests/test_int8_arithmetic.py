@@ -83,7 +83,9 @@ def test_both_arithmetics_agree_where_nothing_saturates(native: dict) -> None:
         assert numerics["fused"] > numerics["tensorrt"]
     portable = native["build"]["tensorrt"]["evaluation"]
     assert portable["int8_arithmetic"] == "tensorrt" and portable["portable"] is True
-    assert portable["cpu"] == int8_cpu_features()
+    # what the build recorded is what the process that ran ONNX Runtime saw (the probe's own
+    # reading: under an emulator the test process and the probe may see different CPUs)
+    assert portable["cpu"] == native["cpu"]
 
 
 def test_session_options_name_the_arithmetic() -> None:
