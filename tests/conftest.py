@@ -97,6 +97,16 @@ def make_cnn(opset: int = 13, seed: int = 0, channels: int = 8) -> onnx.ModelPro
 
 
 @pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory):
+    """``(private, public)`` PEM keys. A TensorRT plan for a region that forbids a precision loads
+    only from a signed file (issue 19), so tests that save such plans sign them with these."""
+    pytest.importorskip("model_signing", reason="needs model-signing (the fleet extra)")
+    from regiontrt.runtime.trust import keygen
+
+    return keygen(tmp_path_factory.mktemp("signing-keys"))
+
+
+@pytest.fixture(scope="session")
 def tiny_cnn() -> onnx.ModelProto:
     return make_cnn()
 

@@ -22,6 +22,7 @@ from regiontrt.precision.compliance import check_model, scan_model
 from regiontrt.precision.regions import RegionRegistry, default_regions, load_regions
 from regiontrt.precision.types import Precision
 from regiontrt.runtime import artifact
+from regiontrt.runtime.trust import keygen, sign_file
 
 EU = rt.get_region("EU").to_dict()
 
@@ -194,6 +195,12 @@ def _eu_with(blob: bytes, payload: bytes) -> bytes:
     return forge(blob, as_eu, payload=payload)
 
 
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    pytest.importorskip("model_signing", reason="signing needs model-signing (the fleet extra)")
+    return keygen(tmp_path_factory.mktemp("keys"))
+
 @pytest.fixture(scope="module")
 def blob() -> bytes:
     return build_blob()
@@ -225,11 +232,12 @@ def test_eu_artifact_whose_region_was_loosened_is_still_checked_against_the_pres
         rt.load_engine(path)
 
 
-def test_save_refuses_a_non_compliant_engine(tmp_path, blob):
+def test_a_non_compliant_engine_is_refused_on_construction_so_never_saved(tmp_path, blob):
+    # Issue 19: Engine(eu_metadata, int8_payload) used to run infer, serve and export_payload;
+    # only save() refused. Construction now checks like load_engine.
     meta, payload = artifact.decode(_eu_with(blob, qdq_model().SerializeToString()))
-    engine = rt.Engine(meta, payload)
-    with pytest.raises(rt.errors.PolicyViolation, match="not saved"):
-        engine.save(tmp_path / "x.engine")
+    with pytest.raises(rt.errors.PolicyViolation, match="refused: no: onnx payload holds int8"):
+        rt.Engine(meta, payload)
     assert not list(tmp_path.iterdir())
 
 
@@ -242,7 +250,7 @@ def test_a_compliant_eu_artifact_loads_and_runs(tmp_path, blob):
     np.testing.assert_allclose(out, [[1, 2, 3, 4]])
 
 
-def test_plan_payload_needs_the_build_record_of_its_variant(tmp_path, blob):
+def test_plan_payload_needs_the_build_record_of_its_variant(tmp_path, blob, keys):
     def plan(record: bool):
         def edit(meta):
             meta["region"] = dict(EU)
@@ -252,12 +260,19 @@ def test_plan_payload_needs_the_build_record_of_its_variant(tmp_path, blob):
                 meta.pop("compliance")
         return edit
 
+    private, public = keys
     for record, compliant in ((True, True), (False, False)):
         path = tmp_path / f"plan-{record}.engine"
         path.write_bytes(forge(blob, plan(record), payload=b"opaque plan bytes"))
-        check = rt.inspect(path)["compliance_check"]
+        # Unsigned, a plan's record is a header field anyone can edit: never enough for EU.
+        unsigned = rt.inspect(path)["compliance_check"]
+        assert unsigned["compliant"] is False
+        assert "signature verifies" in " ".join(unsigned["reasons"])
+        sign_file(path, private)
+        check = rt.inspect(path, trust=public)["compliance_check"]
         assert check["compliant"] is compliant, check
         assert ("build record" in " ".join(check["reasons"])) is record
+        assert "signature verified with public.pem" in check["checked"]
 
 
 def test_preset_names_are_one_spelling_everywhere(tmp_path):
@@ -294,7 +309,7 @@ def test_cli_build_uses_the_regions_file_without_touching_the_global_registry(tm
     ({"fusion_report": {"layers": [{"name": "q", "outputs": ["int8"]}]}}, False),
     ({"fusion_report": {"layers": "junk"}, "network_dtypes": [1]}, True),
 ])
-def test_plan_layer_precisions_from_the_build_report(tmp_path, blob, build, compliant):
+def test_plan_layer_precisions_from_the_build_report(tmp_path, blob, keys, build, compliant):
     def as_plan(meta):
         meta["region"] = dict(EU)
         meta["payload_format"] = "tensorrt-rtx-plan"
@@ -303,7 +318,9 @@ def test_plan_layer_precisions_from_the_build_report(tmp_path, blob, build, comp
 
     path = tmp_path / "plan.engine"
     path.write_bytes(forge(blob, as_plan, payload=b"opaque plan bytes"))
-    check = rt.inspect(path)["compliance_check"]
+    private, public = keys
+    sign_file(path, private)  # a plan's records count for EU only under a valid signature
+    check = rt.inspect(path, trust=public)["compliance_check"]
     assert check["compliant"] is compliant, check
     if not compliant:
         assert "int8" in " ".join(check["reasons"])

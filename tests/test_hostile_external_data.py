@@ -49,11 +49,10 @@ def test_engine_naming_external_data_is_refused_before_onnxruntime(
         rt.inspect(path)
     assert main(["inspect", str(path)]) == 2
     assert "external data" in capsys.readouterr().err
-    # An Engine made in memory from such a payload refuses at first use, too.
+    # An Engine made in memory from such a payload is refused on construction, too.
     meta, payload = artifact.decode(path.read_bytes())
-    engine = rt.Engine(meta, payload)
     with pytest.raises(rt.errors.ArtifactError, match="external data"):
-        engine.infer(np.ones((1, 4), np.float32))
+        rt.Engine(meta, payload)
     # And the runner of the ONNX Runtime backend refuses it on its own.
     with pytest.raises(rt.errors.InvalidModelError, match="external data"):
         OnnxRuntimeRunner(payload)

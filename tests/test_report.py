@@ -210,9 +210,10 @@ def test_engine_that_cannot_run_here_is_reported_not_fatal(engines, tmp_path, ca
     else:
         pytest.skip("needs a machine without TensorRT (here it would try to run the plan)")
 
-    meta, payload = artifact.read(engines["NA"])
-    meta.update(backend={"name": "tensorrt", "version": "10.13"}, target="sm90")
-    artifact.write(tmp_path / "digits.NA.sm90.engine", meta, payload)
+    meta = artifact.read(engines["NA"])[0]
+    meta.update(backend={"name": "tensorrt", "version": "10.13"}, target="sm90",
+                payload_format="tensorrt-plan")
+    artifact.write(tmp_path / "digits.NA.sm90.engine", meta, b"\x00a plan's opaque bytes")
     shutil.copy(engines["NA"], tmp_path / "digits.NA.engine")
     assert main(["report", str(tmp_path), "--bench", "3"]) == 0
     rows = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}

@@ -17,6 +17,7 @@ import regiontrt as rt
 from regiontrt import demo
 from regiontrt.backends.plan import read_plan_header
 from regiontrt.data.sources import split_batches
+from regiontrt.runtime.trust import sign_file
 
 pytestmark = pytest.mark.rtx
 DEMO_PROFILE = {"input": [(1, 1, 8, 8), (32, 1, 8, 8), (64, 1, 8, 8)]}
@@ -38,7 +39,7 @@ def demo_base():
     ("region", "precision", "dtype"),
     [("CERTIFIED", "fp32", None), ("EU", "fp16", "HALF"), ("NA", "int8", "INT8")],
 )
-def test_demo_model_rtx_plans(demo_base, region, precision, dtype, tmp_path):
+def test_demo_model_rtx_plans(demo_base, region, precision, dtype, tmp_path, signing_keys):
     data = demo.region_data(region)
     b = demo_base.for_region(region).with_precision(precision).with_validation(_b(data.validation))
     if precision == "int8":
@@ -55,8 +56,13 @@ def test_demo_model_rtx_plans(demo_base, region, precision, dtype, tmp_path):
     if dtype:
         assert dtype in str(meta["build"]["network_dtypes"])
     # round trip: the container holds the exact plan, and inspect reads it without a GPU
-    again = rt.load_engine(tmp_path / "e.engine")
-    assert again.payload == engine.payload and rt.inspect(tmp_path / "e.engine")["target"]
+    # (a plan for a region that forbids a precision loads only from a signed file)
+    private, public = signing_keys
+    sign_file(tmp_path / "e.engine", private)
+    again = rt.load_engine(tmp_path / "e.engine", trust=public)
+    assert again.payload == engine.payload
+    assert rt.inspect(tmp_path / "e.engine", trust=public)["target"]
+    assert again.provenance == "signature verified with public.pem"
 
 
 def test_rtx_engine_refuses_to_run_without_a_supported_gpu(demo_base):

@@ -26,6 +26,7 @@ import regiontrt as rt
 from regiontrt.graph.io import TensorSpec
 from regiontrt.runtime.inspection import summarize
 from regiontrt.runtime.schema import MAX_DIM, MAX_EXPR, MAX_SYMBOL, validate_header
+from regiontrt.runtime.trust import sign_file
 
 CLASSES = 3
 PROFILE = {"images": [(1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96)]}
@@ -120,15 +121,15 @@ def test_the_model_declares_an_expression_longer_than_the_inline_cap(yolo):
     assert _boxes(boxes, 64, 64) == 16 * 16 + 8 * 8 + 4 * 4
 
 
-def _check_engine(path, yolo) -> None:
+def _check_engine(path, yolo, trust=None) -> None:
     """Saved, loaded and inspected: the names stay inline, the long expression beside them."""
     expr = _declared(yolo)[2]
-    info = rt.inspect(path)
+    info = rt.inspect(path, trust=trust)
     assert info["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
     out = info["outputs"][0]
     assert out["shape"] == ["batch", 4 + CLASSES, None] and out["symbolic_dims"] == {"2": expr}
     assert any(expr in value for _, value in summarize(info))
-    engine = rt.load_engine(path)
+    engine = rt.load_engine(path, trust=trust)
     assert engine.outputs[0].shape == ("batch", 4 + CLASSES, expr)
     assert engine.inputs[0].shape == ("batch", 3, "height", "width")
 
@@ -151,7 +152,7 @@ def test_yolo_head_builds_on_onnxruntime(yolo, region, tmp_path):
 
 @pytest.mark.rtx
 @pytest.mark.parametrize("region", ["NA", "EU", "CERTIFIED"])
-def test_yolo_head_builds_with_tensorrt_rtx(yolo, region, tmp_path):
+def test_yolo_head_builds_with_tensorrt_rtx(yolo, region, tmp_path, signing_keys):
     builder = (rt.RegionalEngineBuilder.from_onnx(yolo).for_region(region)
                .with_backend("tensorrt-rtx").with_shape_profile(PROFILE)
                .with_tactics(rt.TacticSelector(optimization_level=0,
@@ -161,7 +162,8 @@ def test_yolo_head_builds_with_tensorrt_rtx(yolo, region, tmp_path):
         builder = builder.with_calibrator("minmax", data=_data(2, 8))
     engine = builder.build(tmp_path / "yolo.engine")
     assert engine.metadata["payload_format"] == "tensorrt-rtx-plan"
-    _check_engine(tmp_path / "yolo.engine", yolo)
+    sign_file(tmp_path / "yolo.engine", signing_keys[0])  # EU/CERTIFIED plans load signed only
+    _check_engine(tmp_path / "yolo.engine", yolo, trust=signing_keys[1])
 
 
 # -- every declared shape gives a header the schema accepts ---------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "available_backends",
     "backend_names",
     "get_backend",
+    "payload_formats",
     "register_backend",
 ]
 
@@ -88,6 +89,19 @@ def _backend_class(name: str) -> type[Backend]:
         raise ValueError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
     module, cls = BACKENDS[name]
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def payload_formats(name: str) -> tuple[str, ...]:
+    """The payload formats backend ``name`` runs (``()`` when it cannot be imported here).
+
+    An ONNX payload labelled as a plan must never reach ONNX Runtime, nor a plan a runtime of
+    another kind: readers compare the header's ``payload_format`` with this.
+    """
+    try:
+        fmt = getattr(_backend_class(name), "payload_format", None)
+    except (ImportError, ValueError, AttributeError):
+        return ()
+    return (fmt,) if isinstance(fmt, str) else ()
 
 
 def available_backends() -> list[str]:

@@ -53,7 +53,7 @@ from regiontrt.precision.regions import Region
 from regiontrt.precision.types import Precision
 from regiontrt.precision.validation import PrecisionTrial, ValidationReport
 from regiontrt.precision.validator import Validator
-from regiontrt.runtime.engine import Engine
+from regiontrt.runtime.engine import BUILT_HERE, Engine
 from regiontrt.shapes.defaults import ProfileChoice, choose_profiles
 
 # ONNX Runtime's CPU provider runs float16 nodes that lack float16 kernels in float32 (it drops
@@ -289,7 +289,7 @@ def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
     metadata.update(_outcome(plan, validator, precision, variant, trials, label))
     metadata.update({"calibration": calibration,
                      "build_seconds": round(time.perf_counter() - started, 3)})
-    engine = Engine(metadata, result.payload, backend=plan.backend)
+    engine = Engine(metadata, result.payload, backend=plan.backend, provenance=BUILT_HERE)
     stages.comply(engine, region)  # the payload itself (or a plan's layer report)
     log.info("region %s: chose %s (%d layers kept in float32)%s", region.name, precision.value,
              len(trial.kept_high_precision), f"; writing {path}" if path is not None else "",

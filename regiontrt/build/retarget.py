@@ -23,7 +23,7 @@ from regiontrt.graph.io import load_model
 from regiontrt.precision.policy import enforce_compliance
 from regiontrt.precision.regions import Region
 from regiontrt.precision.types import Precision
-from regiontrt.runtime.engine import Engine
+from regiontrt.runtime.engine import BUILT_HERE, Engine
 from regiontrt.shapes.profiles import Profile
 
 
@@ -113,7 +113,7 @@ def retarget(
         "retarget_seconds": round(time.perf_counter() - started, 3),
     })
     meta["toolchain"] = {**meta.get("toolchain", {}), chosen.name: result.backend_version}
-    return Engine(meta, result.payload, backend=chosen)
+    return Engine(meta, result.payload, backend=chosen, provenance=BUILT_HERE)
 
 
 __all__ = ["check_onnx_compliance", "retarget", "source_onnx"]

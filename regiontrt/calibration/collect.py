@@ -21,7 +21,7 @@ from regiontrt._progress import track
 from regiontrt.calibration.stats import TensorStats
 from regiontrt.data.sources import DataLike, DataSource
 from regiontrt.errors import DataError, InvalidModelError
-from regiontrt.graph.arithmetic import make_session
+from regiontrt.graph.arithmetic import make_session, seal
 from regiontrt.graph.io import ModelSource, free_unsized_dims, input_specs, load_model
 
 #: ONNX element types whose tensors are calibrated (bfloat16 has no numpy type in ONNX Runtime).
@@ -162,7 +162,7 @@ def _session_options() -> Any:
     # ONNX Runtime's idle worker threads spin by default, taking the cores the overlapped
     # folding needs (measured: 25-40 % longer calibration with spinning on 2 cores).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+    return seal(options)
 
 
 def _run_views(

@@ -90,7 +90,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     if str(args.engine).lower().endswith(".onnx"):
         return _inspect_onnx(args.engine, args.json)
-    meta = inspect(args.engine)
+    meta = inspect(args.engine, trust=args.trust)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
     else:
@@ -217,6 +217,9 @@ def _register_inspect_bench(sub: argparse._SubParsersAction[argparse.ArgumentPar
                                    "list its inputs and outputs (the names data files use).")
     i.add_argument("engine", help="the .engine file (or an .onnx model), e.g. rec.EU.engine")
     i.add_argument("--json", action="store_true", help="print the full metadata as JSON")
+    i.add_argument("--trust", metavar="PUBLIC.pem",
+                   help="verify the detached signature ENGINE.sig with this public key (or a "
+                        "folder of keys) over the bytes inspected, e.g. keys/public.pem")
     i.set_defaults(func=_cmd_inspect)
 
     be = sub.add_parser(

@@ -54,8 +54,11 @@ _PAYLOAD_KEYS = ("payload_sha256", "payload_size")
 class Bundle:
     """A verified bundle (create it with :func:`load_bundle`)."""
 
-    def __init__(self, path: Path, manifest: Mapping[str, Any], install: Path | None) -> None:
+    def __init__(self, path: Path, manifest: Mapping[str, Any], install: Path | None,
+                 verified_by: str | None = None) -> None:
         self.path = path
+        #: The trusted key the bundle's signature verified with (``None``: not verified).
+        self.verified_by = verified_by
         self.manifest = dict(manifest)
         self.install = install
         self.name: str = manifest["name"]
@@ -85,14 +88,19 @@ class Bundle:
         """The variant's engine (its file re-checked against the manifest)."""
         metadata, payload = artifact.decode(self._read(variant.file, variant.sha256),
                                             str(self.path / variant.file))
-        return Engine(metadata, payload)
+        return Engine(metadata, payload, provenance=self._provenance)
 
     def onnx_engine(self) -> Engine:
         """An ONNX Runtime engine of the bundled precision-compiled ONNX."""
         meta = dict(self.manifest["engine_metadata"])
         meta.update({"backend": {"name": "onnxruntime", "version": ""}, "payload_format": "onnx",
                      "target": "cpu"})
-        return Engine(meta, self._read(ONNX_FILE, self.onnx_sha256))
+        return Engine(meta, self._read(ONNX_FILE, self.onnx_sha256), provenance=self._provenance)
+
+    @property
+    def _provenance(self) -> str | None:
+        # Files are re-hashed against the manifest on every read, so the signature covers them.
+        return None if self.verified_by is None else f"signed bundle ({self.verified_by})"
 
     def select(self, *, role: str | None = None, rebuild: bool = True) -> Selection:
         """Pick and load the variant for this machine; see :func:`regiontrt.deploy.select`."""
@@ -270,13 +278,14 @@ def load_bundle(path: str | Path, trust: TrustLike | None = None) -> Bundle:
         PolicyViolation: a precision the region forbids.
     """
     folder, install = _resolve_install(Path(path))
+    key = None
     if trust is not None:
         from regiontrt.deploy.signing import verify_bundle
 
-        verify_bundle(folder, trust)
+        key = verify_bundle(folder, trust).name
     manifest = read_manifest(folder)
     verify_contents(folder, manifest)
-    return Bundle(folder, manifest, install)
+    return Bundle(folder, manifest, install, verified_by=key)
 
 
 def remove_tree(path: Path) -> None:

@@ -25,7 +25,7 @@ from regiontrt.deploy.bundle import write_bundle
 from regiontrt.deploy.fleet import FleetSpec, TargetSpec
 from regiontrt.deploy.tasks import build_cell, decide_region
 from regiontrt.runtime import artifact
-from regiontrt.runtime.engine import Engine
+from regiontrt.runtime.engine import FLEET_BUILT, Engine
 
 
 @dataclass
@@ -161,7 +161,8 @@ def run_matrix(fleet: FleetSpec, executor: cf.Executor,
                     finished = _region_cells(fleet, region, out)
                 elif target is None:
                     blob = out["engine"]
-                    engines[region] = Engine(*artifact.decode(blob, f"region {region}"))
+                    engines[region] = Engine(*artifact.decode(blob, f"region {region}"),
+                                             provenance=FLEET_BUILT)
                     for t in fleet.targets:
                         job = {"engine": blob, "target": t.to_dict()}
                         pending[executor.submit(build_cell, job)] = (region, t)
@@ -219,7 +220,8 @@ def build_fleet(
     for region, engine in engines.items():
         mine = [c for c in cells if c.region == region]
         targets = {t.name: t for t in spec.targets}
-        variants = [(targets[c.target].to_dict(), Engine(*artifact.decode(c.engine)))
+        variants = [(targets[c.target].to_dict(),
+                     Engine(*artifact.decode(c.engine), provenance=FLEET_BUILT))
                     for c in mine if c.status == "built" and c.engine]
         deferred = [{**targets[c.target].to_dict(), "reason": c.error}
                     for c in mine if c.status == "deferred"]

@@ -103,7 +103,8 @@ def _rebuild(bundle: Bundle) -> tuple[Engine | None, str, bool]:
             metadata, payload = artifact.read(cache)
             if metadata.get("source_onnx_sha256") == bundle.onnx_sha256:
                 backend.check_compatible(metadata)
-                return Engine(metadata, payload), f"reused the plan rebuilt earlier ({cache})", True
+                return (Engine(metadata, payload, provenance=f"rebuilt on this node ({cache})"),
+                        f"reused the plan rebuilt earlier ({cache})", True)
         except RegionTRTError:
             pass  # stale or damaged cache (another GPU, a crash): rebuild below
     from regiontrt.build.retarget import retarget

@@ -15,7 +15,7 @@ from typing import Any
 
 from regiontrt.errors import RegionTRTError
 from regiontrt.runtime import artifact
-from regiontrt.runtime.engine import Engine
+from regiontrt.runtime.engine import FLEET_BUILT, Engine
 
 
 def _error(exc: BaseException) -> str:
@@ -86,7 +86,7 @@ def build_cell(job: Mapping[str, Any]) -> dict[str, Any]:
     try:
         target = TargetSpec.from_dict(job["target"])
         metadata, payload = artifact.decode(job["engine"], "region engine")
-        engine = Engine(metadata, payload)
+        engine = Engine(metadata, payload, provenance=FLEET_BUILT)
         if target.backend == "tensorrt":
             blocker = tensorrt_build_blocker(target.compute_capabilities)
             if blocker is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import functools
 import platform
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,26 @@ class Int8Arithmetic(str, enum.Enum):
         return self is Int8Arithmetic.TENSORRT
 
 
+_SEALED_KEY = "session.model_external_initializers_file_folder_path"
+_EMPTY_DIR: list[str] = []
+
+
+def seal(options: Any) -> Any:
+    """Point ONNX Runtime's external-data folder at an empty private folder, so no model handed
+    over as bytes can make it read a file (ONNX Runtime resolves some external-data locations,
+    e.g. in function attribute defaults, against the working directory). Payloads are checked
+    for external data before this; this makes the working directory irrelevant regardless."""
+    try:
+        folder = options.get_session_config_entry(_SEALED_KEY)
+    except Exception:  # not set yet: ONNX Runtime raises for a missing key
+        folder = ""
+    if not folder:
+        if not _EMPTY_DIR:
+            _EMPTY_DIR.append(tempfile.mkdtemp(prefix="regiontrt-no-external-data-"))
+        options.add_session_config_entry(_SEALED_KEY, _EMPTY_DIR[0])
+    return options
+
+
 def session_options(arithmetic: Int8Arithmetic | str = Int8Arithmetic.TENSORRT, *,
                     threads: int = 0, options: Any = None) -> Any:
     """``onnxruntime.SessionOptions`` that evaluate Q/DQ in ``arithmetic``.
@@ -79,6 +100,7 @@ def session_options(arithmetic: Int8Arithmetic | str = Int8Arithmetic.TENSORRT, 
 
     so = options if options is not None else ort.SessionOptions()
     so.log_severity_level = 3
+    seal(so)
     if threads:
         so.intra_op_num_threads = int(threads)
     if Int8Arithmetic.parse(arithmetic) is Int8Arithmetic.TENSORRT:
@@ -186,7 +208,7 @@ def make_session(model: onnx.ModelProto | bytes, options: Any = None) -> Any:
     import onnxruntime as ort
 
     data = model if isinstance(model, bytes) else model.SerializeToString(deterministic=True)
-    so = options if options is not None else ort.SessionOptions()
+    so = seal(options if options is not None else ort.SessionOptions())
     so.log_severity_level = 3
     return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
 

@@ -119,27 +119,41 @@ class TensorSpec:
 AnyGraph = onnx.GraphProto | onnx.FunctionProto
 
 
+def _attributes(where: str, graph: AnyGraph) -> Iterator[tuple[str, onnx.AttributeProto]]:
+    """Every attribute held by ``graph``: its nodes' and, for a function, its default values
+    (``FunctionProto.attribute_proto`` can store tensors and graphs like any node attribute)."""
+    for node in graph.node:
+        for attr in node.attribute:
+            yield f"{where} > {node.op_type} {node.name or '?'}.{attr.name}", attr
+    if isinstance(graph, onnx.FunctionProto):
+        for attr in graph.attribute_proto:
+            yield f"{where} default {attr.name}", attr
+
+
 def iter_graphs(model: onnx.ModelProto) -> Iterator[tuple[str, AnyGraph]]:
     """Every graph of ``model``, with a path naming where it sits.
 
-    The main graph, each subgraph (``If``/``Loop``/``Scan`` bodies, at any depth) and each
-    model-local function (and the subgraphs inside them).
+    The main graph, each subgraph (``If``/``Loop``/``Scan`` bodies, at any depth), each
+    model-local function, the graphs stored as a function's default attribute values, and the
+    training-info graphs (and the subgraphs inside all of them).
     """
     stack: list[tuple[str, AnyGraph]] = [("graph", model.graph)]
     stack += [(f"function {f.domain}:{f.name}", f) for f in model.functions]
+    for i, info in enumerate(model.training_info):
+        stack += [(f"training_info[{i}].{part}", getattr(info, part))
+                  for part in ("initialization", "algorithm") if info.HasField(part)]
     while stack:
         where, graph = stack.pop()
         yield where, graph
-        for node in graph.node:
-            for attr in node.attribute:
-                label = f"{where} > {node.op_type} {node.name or '?'}.{attr.name}"
-                if attr.HasField("g"):
-                    stack.append((label, attr.g))
-                stack.extend((f"{label}[{i}]", g) for i, g in enumerate(attr.graphs))
+        for label, attr in _attributes(where, graph):
+            if attr.HasField("g"):
+                stack.append((label, attr.g))
+            stack.extend((f"{label}[{i}]", g) for i, g in enumerate(attr.graphs))
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
-    """Every stored tensor: initializers, sparse initializers and tensor attributes, everywhere."""
+    """Every stored tensor: initializers, sparse initializers and tensor attributes (function
+    defaults included), everywhere."""
     for where, graph in iter_graphs(model):
         if isinstance(graph, onnx.GraphProto):
             for t in graph.initializer:
@@ -147,18 +161,16 @@ def iter_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto
             for sp in graph.sparse_initializer:
                 yield f"{where} sparse initializer {sp.values.name}", sp.values
                 yield f"{where} sparse initializer {sp.values.name} indices", sp.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                label = f"{where} > {node.op_type} {node.name or '?'}.{attr.name}"
-                if attr.HasField("t"):
-                    yield label, attr.t
-                if attr.HasField("sparse_tensor"):
-                    yield label, attr.sparse_tensor.values
-                    yield label + " indices", attr.sparse_tensor.indices
-                yield from ((f"{label}[{i}]", t) for i, t in enumerate(attr.tensors))
-                for i, sp in enumerate(attr.sparse_tensors):
-                    yield f"{label}[{i}]", sp.values
-                    yield f"{label}[{i}] indices", sp.indices
+        for label, attr in _attributes(where, graph):
+            if attr.HasField("t"):
+                yield label, attr.t
+            if attr.HasField("sparse_tensor"):
+                yield label, attr.sparse_tensor.values
+                yield label + " indices", attr.sparse_tensor.indices
+            yield from ((f"{label}[{i}]", t) for i, t in enumerate(attr.tensors))
+            for i, sp in enumerate(attr.sparse_tensors):
+                yield f"{label}[{i}]", sp.values
+                yield f"{label}[{i}] indices", sp.indices
 
 
 def external_data_refs(model: onnx.ModelProto) -> list[tuple[str, str]]:

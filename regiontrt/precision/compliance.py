@@ -1,23 +1,21 @@
 """One compliance checker: which precisions a model really holds, and whether a region allows them.
 
 A region that forbids int8 (the EU preset) must never ship a quantized graph, whoever compiled it
-and wherever the quantization hides. :func:`scan_model` walks the whole model (the main graph,
-every ``If``/``Loop``/``Scan`` subgraph at any depth and every model-local function) and reports:
+and wherever the quantization hides. The evidence comes from :func:`~regiontrt.precision.scan.
+scan_model` (the whole model: subgraphs, functions, their defaults, resolved call sites, ops that
+compute on 8-bit values); this module judges it against a region.
 
-* **int8** (any lossy integer or 8-bit float arithmetic): Quantize/DequantizeLinear of any domain,
-  ``QLinear*``, ``*Integer*`` ops (``MatMulInteger``, ``ConvInteger``, ``MatMulIntegerToFloat``),
-  ``DynamicQuantize*``, onnxruntime's ``QGemm``/``QAttention``/``QOrdered*``, casts to an integer
-  type of 8 bits or fewer or to a float8/float4 type, and stored tensors of those types;
-* **fp16** (lossy 16-bit floats): float16/bfloat16 tensors, initializers and casts.
+The same checker runs at build (the source model and each compiled variant), on construction of
+every :class:`~regiontrt.runtime.engine.Engine` (so at load, before any runtime sees a payload)
+and in :func:`~regiontrt.runtime.inspection.inspect`. A TensorRT plan cannot be opened without
+TensorRT: there the check is on the header (the chosen precision, the build-time record of the
+variant the plan was built from, and TensorRT's layer report), and for a region that forbids a
+precision those records count only with a *provenance*: built in this process, or read from a
+file whose signature verified.
 
-The same checker runs at build (the source model and each compiled variant), at save, at load
-(on the ONNX payload, before any runtime sees it) and in
-:func:`~regiontrt.runtime.inspection.inspect`. A TensorRT plan cannot be opened without
-TensorRT: there the check is on the header (the chosen precision, and the build-time record of
-the variant the plan was built from, by its hash).
-
-Forbidden precisions come from the header's region and, for a preset region name, from the preset
-itself: loosening a preset needs ``override_compliance`` in the region, which is reported.
+Forbidden precisions come from the header's region and, for a region whose name is a preset's
+(see :func:`regiontrt._names.region_key`), from the preset itself: loosening a preset needs
+``override_compliance`` with a reason of a few visible words, which is reported.
 """
 
 from __future__ import annotations
@@ -29,114 +27,11 @@ from typing import Any
 import onnx
 
 from regiontrt.errors import PolicyViolation
-from regiontrt.graph.io import iter_graphs, iter_tensors
-from regiontrt.graph.scope import elem_types
+from regiontrt.precision.scan import NARROW_TYPES, Finding, scan_model
 from regiontrt.precision.types import Precision
 
-T = onnx.TensorProto
-#: Element types of 8 bits or fewer: integer, float8 and float4 (names looked up, as older onnx
-#: versions lack some).
-NARROW_TYPES = frozenset(
-    getattr(T, name) for name in (
-        "INT8", "UINT8", "INT4", "UINT4", "INT2", "UINT2", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ",
-        "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "FLOAT4E2M1",
-    ) if hasattr(T, name)
-)
-HALF_TYPES = frozenset((T.FLOAT16, T.BFLOAT16))
-QUANT_OPS = frozenset((
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QGemm", "QAttention",
-    "QEmbedLayerNormalization", "QuantizeWithOrder", "DequantizeWithOrder", "QuantizeBFP",
-    "DequantizeBFP", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
-))
-_QUANT_PREFIXES = ("QLinear", "DynamicQuantize", "QOrdered")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Evidence of a precision in a model: what it is and where."""
-
-    precision: Precision
-    where: str
-    what: str
-
-    def __str__(self) -> str:
-        return f"{self.precision.value}: {self.what} ({self.where})"
-
-
-def _is_quant_op(op_type: str) -> bool:
-    return op_type in QUANT_OPS or op_type.startswith(_QUANT_PREFIXES) or "Integer" in op_type
-
-
-def _type_of(elem: int) -> Precision | None:
-    if elem in NARROW_TYPES:
-        return Precision.INT8
-    if elem in HALF_TYPES:
-        return Precision.FP16
-    return None
-
-
-def _castlike(model: onnx.ModelProto) -> tuple[list[Finding], int]:
-    """Findings of ``CastLike`` nodes, and how many have a target type that is not declared."""
-    found: list[Finding] = []
-    unknown = 0
-    for where, graph in iter_graphs(model):
-        types = elem_types(graph)
-        for node in graph.node:
-            if node.op_type != "CastLike" or len(node.input) < 2:
-                continue
-            label = f"{where} > CastLike {node.name or '?'}"
-            target = types.get(node.input[1])
-            precision = None if target is None else _type_of(target)
-            if target is None:
-                unknown += 1
-                found.append(Finding(Precision.INT8, label,
-                                     "CastLike to a type that cannot be determined"))
-            elif precision is not None:
-                found.append(Finding(precision, label, f"cast to {T.DataType.Name(target)}"))
-    return found, unknown
-
-
-def _castlike_inferred(model: onnx.ModelProto) -> list[Finding] | None:
-    """``CastLike`` findings after inlining local functions and inferring types (exporters such
-    as torch's dynamo put float ``CastLike`` in functions, where no type is declared)."""
-    try:
-        from onnx import inliner, shape_inference
-
-        inferred = shape_inference.infer_shapes(inliner.inline_local_functions(model))
-    except Exception:  # inference is best effort: the undetermined casts then count
-        return None
-    return _castlike(inferred)[0]
-
-
-def scan_model(model: onnx.ModelProto) -> list[Finding]:
-    """Every piece of evidence of int8 or fp16 arithmetic anywhere in ``model``."""
-    found: list[Finding] = []
-    for where, graph in iter_graphs(model):
-        if isinstance(graph, onnx.GraphProto):
-            for v in (*graph.input, *graph.output, *graph.value_info):
-                p = _type_of(v.type.tensor_type.elem_type)
-                if p is Precision.FP16:  # 8-bit inputs (images) are data, not arithmetic
-                    found.append(Finding(p, where, f"tensor {v.name!r} typed float16"))
-        for node in graph.node:
-            label = f"{where} > {node.op_type} {node.name or '?'}"
-            if _is_quant_op(node.op_type):
-                found.append(Finding(Precision.INT8, label, f"quantization op {node.op_type}"))
-            elif node.op_type == "Cast":
-                to = next((a.i for a in node.attribute if a.name == "to"), None)
-                p = _type_of(to) if to is not None else None
-                if p is not None:
-                    found.append(Finding(p, label, f"cast to {T.DataType.Name(to or 0)}"))
-    casts, unknown = _castlike(model)
-    if unknown:
-        inferred = _castlike_inferred(model)
-        if inferred is not None:
-            casts = inferred
-    found += casts
-    for where, tensor in iter_tensors(model):
-        p = _type_of(tensor.data_type)
-        if p is not None:
-            found.append(Finding(p, where, f"stored {T.DataType.Name(tensor.data_type)} tensor"))
-    return found
+__all__ = ["NARROW_TYPES", "ComplianceReport", "Finding", "check_artifact", "check_model",
+           "enforce", "forbidden_for", "plan_layer_findings", "scan_model"]
 
 
 @dataclass(frozen=True)
@@ -214,11 +109,15 @@ def _report(region: Mapping[str, Any], forbidden: Iterable[Precision], override:
                             override, findings=tuple(str(f) for f in bad))
 
 
-def check_artifact(metadata: Mapping[str, Any],
-                   model: onnx.ModelProto | None) -> ComplianceReport:
+def check_artifact(metadata: Mapping[str, Any], model: onnx.ModelProto | None, *,
+                   provenance: str | None = None) -> ComplianceReport:
     """Check an engine: its header, and its ONNX payload when given (``None``: header only).
 
-    The header must already be valid (:func:`regiontrt.runtime.schema.validate_header`).
+    Args:
+        metadata: the header, already valid (:func:`regiontrt.runtime.schema.validate_header`).
+        model: the parsed ONNX payload, or ``None`` (a plan, or the header alone).
+        provenance: who vouches for a plan's build records (``None``: nobody; a plan is then
+            refused for a region that forbids a precision).
     """
     region = metadata["region"]
     forbidden, override = forbidden_for(region)
@@ -235,13 +134,18 @@ def check_artifact(metadata: Mapping[str, Any],
         checked = "plan header"
         record = metadata.get("compliance") or {}
         variant = metadata.get("variant_sha256")
-        if forbidden:
+        if forbidden and provenance is None:
+            extra.append("a TensorRT plan's compliance record is a header field anyone can "
+                         "edit; for a region that forbids a precision a plan is accepted only "
+                         "from a file whose signature verifies (trust=...) or from a build here")
+        elif forbidden:
             if (record.get("compliant") is True and isinstance(variant, str)
                     and record.get("variant_sha256") == variant):
                 checked = f"build record of the plan's ONNX variant {variant[:16]}"
             else:
                 extra.append("no build-time compliance record for the ONNX variant this plan was "
                              "built from (a TensorRT plan cannot be opened without TensorRT)")
+            checked += f" ({provenance})"
             layers, bad = plan_layer_findings(metadata)
             if layers:
                 checked += f" and TensorRT's layer report ({layers})"

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from regiontrt._names import normalize_reason, normalize_region_name, reason_problem, region_key
 from regiontrt.errors import RegionConfigError, UnknownRegionError
 from regiontrt.precision.types import Precision
 
@@ -68,10 +69,10 @@ class Region:
     cpu_mismatch: str = "warn"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 128:
-            raise RegionConfigError(
-                f"a region needs a non-empty name of at most 128 characters, got {self.name!r}"
-            )
+        try:
+            object.__setattr__(self, "name", normalize_region_name(self.name))
+        except ValueError as exc:
+            raise RegionConfigError(str(exc)) from exc
         _check_types(self)
         try:
             precisions = tuple(Precision.parse(p) for p in _strings(self, "precisions"))
@@ -90,7 +91,7 @@ class Region:
                 )
             forbidden = forbidden | preset
         if preset is not None:  # one spelling of a preset's name everywhere ("eu" -> "EU")
-            object.__setattr__(self, "name", _preset_tables()[self.name.strip().upper()][0])
+            object.__setattr__(self, "name", _preset_tables()[region_key(self.name)][0])
         if not precisions:
             raise RegionConfigError(f"region {self.name!r}: at least one precision is required")
         if len(set(precisions)) != len(precisions):
@@ -171,7 +172,7 @@ class RegionRegistry(Mapping[str, Region]):
 
     def register(self, region: Region) -> None:
         """Add ``region``, replacing one of the same name."""
-        self._regions[region.name.upper()] = region
+        self._regions[region_key(region.name)] = region
 
     def update_from_toml(self, path: str | Path) -> None:
         """Add or override regions from a TOML file with ``[regions.NAME]`` tables."""
@@ -209,8 +210,8 @@ class RegionRegistry(Mapping[str, Region]):
 
     def __getitem__(self, name: str) -> Region:
         try:
-            return self._regions[str(name).upper()]
-        except KeyError:
+            return self._regions[region_key(str(name))]
+        except (KeyError, ValueError):
             known = ", ".join(r.name for r in self._regions.values())
             raise UnknownRegionError(f"unknown region {name!r}; known regions: {known}") from None
 
@@ -234,7 +235,7 @@ def _preset_tables() -> dict[str, tuple[str, frozenset[Precision]]]:
     text = resources.files("regiontrt").joinpath(_PRESET_FILE).read_text("utf-8")
     tables = tomllib.loads(text)["regions"]
     return {
-        str(name).upper(): (
+        region_key(str(name)): (
             str(name), frozenset(Precision.parse(p) for p in table.get("forbidden", ()))
         )
         for name, table in tables.items()
@@ -243,7 +244,11 @@ def _preset_tables() -> dict[str, tuple[str, frozenset[Precision]]]:
 
 def preset_forbidden(name: str) -> frozenset[Precision] | None:
     """What the shipped preset of that name (case-insensitive) forbids; ``None``: no preset."""
-    entry = _preset_tables().get(str(name).strip().upper())
+    try:
+        key = region_key(str(name))
+    except ValueError:  # not a region name at all: no preset
+        return None
+    entry = _preset_tables().get(key)
     return None if entry is None else entry[1]
 
 
@@ -288,8 +293,11 @@ def _check_types(region: Region) -> None:
     ):
         raise bad("tags", "a table of string keys and string values")
     override = region.override_compliance
-    if override is not None and (not isinstance(override, str) or not override.strip()):
-        raise bad("override_compliance", "a non-empty reason")
+    if override is not None:
+        problem = reason_problem(override)
+        if problem is not None:
+            raise RegionConfigError(f"region {region.name!r}: override_compliance {problem}")
+        object.__setattr__(region, "override_compliance", normalize_reason(override))
 
 
 def _presets() -> RegionRegistry:

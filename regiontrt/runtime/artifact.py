@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ MAX_STRING = 1024 * 1024
 #: Largest integer magnitude accepted in a header (beyond any size or dimension we use).
 MAX_INT = 2**63 - 1
 _CHUNK = 1024 * 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Largest ONNX payload: protobuf cannot hold a model past 2 GiB, so a larger one is refused
+#: before a byte of it is read.
+MAX_ONNX_PAYLOAD = 2**31 - 1
 # Upper bound of bracket nesting (strings included) before json parses; json's own recursion guard
 # and _check_values then enforce MAX_DEPTH exactly.
 _MAX_BRACKETS = 10_000
@@ -141,6 +146,8 @@ def _check_values(value: Any) -> None:
         if isinstance(item, str):
             if len(item) > MAX_STRING:
                 raise _Refused(f"a string of {len(item)} characters (limit {MAX_STRING})")
+            if _SURROGATE.search(item):  # "\ud800" in JSON: no UTF-8 spelling, so no page
+                raise _Refused("a string holding a lone surrogate (not valid Unicode text)")
         elif isinstance(item, (dict, list)):
             if depth > MAX_DEPTH:
                 raise _Refused(f"nesting deeper than {MAX_DEPTH} levels")
@@ -291,10 +298,30 @@ def _open(path: str | Path) -> tuple[BinaryIO, int]:
 
 
 def _read_exact(fh: BinaryIO, size: int, source: str) -> bytes:
-    data = fh.read(size)
+    """``size`` bytes in one buffer of that size (the size the caller verified): a file that
+    cannot be read or held is a typed error."""
+    try:
+        data = fh.read(size)  # one allocation of ``size`` bytes, filled in place
+    except MemoryError:
+        raise ArtifactError(f"{source}: {size} bytes do not fit in memory here") from None
+    except OSError as exc:
+        raise ArtifactError(f"{source}: read error: {exc.strerror or exc}") from exc
     if len(data) != size:
         raise ArtifactError(f"{source}: the file changed size while being read")
     return data
+
+
+def read_file(path: str | Path, limit: int) -> bytes:
+    """The whole of a regular file of at most ``limit`` bytes, read once.
+
+    Raises:
+        ArtifactError: not a regular file, larger than ``limit``, or unreadable.
+    """
+    fh, total = _open(path)
+    with fh:
+        if total > limit:
+            raise ArtifactError(f"{path}: {total} bytes, more than the {limit} accepted")
+        return _read_exact(fh, total, str(path))
 
 
 def _open_header(path: str | Path) -> tuple[BinaryIO, int, int, dict[str, Any]]:
@@ -302,11 +329,9 @@ def _open_header(path: str | Path) -> tuple[BinaryIO, int, int, dict[str, Any]]:
     fh, total = _open(path)
     try:
         source = str(path)
-        end, hdigest = _prefix(fh.read(_PREFIX.size), source, total)
-        try:
-            raw = _read_exact(fh, end - _PREFIX.size, source)
-        except OSError as exc:
-            raise ArtifactError(f"{source}: read error: {exc}") from exc
+        end, hdigest = _prefix(_read_exact(fh, min(_PREFIX.size, total), source), source,
+                               total)
+        raw = _read_exact(fh, end - _PREFIX.size, source)
         return fh, total, end, _header(raw, hdigest, source)
     except BaseException:
         fh.close()
@@ -318,6 +343,9 @@ def _payload(path: str | Path, keep: bool) -> tuple[dict[str, Any], bytes | None
     source = str(path)
     with fh:
         expected = _declared_payload(header, total - end, source)
+        if header.get("payload_format") == "onnx" and total - end > MAX_ONNX_PAYLOAD:
+            raise ArtifactError(f"{source}: an ONNX payload of {total - end} bytes is beyond "
+                                "protobuf's 2 GiB limit; refused unread")
         digest = hashlib.sha256()
         data: bytes | None = None
         try:
@@ -363,3 +391,4 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def verify(path: str | Path) -> dict[str, Any]:
     """Check both digests of a file, hashing the payload in chunks; returns the metadata."""
     return _payload(path, keep=False)[0]
+

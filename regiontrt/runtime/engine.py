@@ -8,9 +8,6 @@ never needs a GPU. :func:`inspect` reads only the header.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from regiontrt import _display
-from regiontrt._fs import atomic_write_all
 from regiontrt.backends import Backend, Runner, Timing, get_backend
 from regiontrt.backends.guard import check_names, check_tensor
 from regiontrt.errors import (
@@ -39,11 +35,15 @@ from regiontrt.runtime import artifact
 from regiontrt.runtime.arrays import has_data as _has_data
 from regiontrt.runtime.arrays import shape_dtype as _shape_dtype
 from regiontrt.runtime.benchmarking import BenchmarkReport, timings_report
+from regiontrt.runtime.export import export_payload
 from regiontrt.runtime.schema import check_payload, validate_header
 from regiontrt.shapes.buckets import Bucketing
 from regiontrt.shapes.profiles import Profile, select_profile
 
-PAYLOAD_SUFFIX = {"onnx": ".onnx", "tensorrt-plan": ".plan", "tensorrt-rtx-plan": ".plan"}
+#: The provenance of an engine built in this process (its header's records are first-hand).
+BUILT_HERE = "built in this process"
+#: The provenance of an engine built by this process's fleet run (on its own Dask workers).
+FLEET_BUILT = "built by this fleet run"
 #: Largest total size of the inputs :meth:`Engine.sample_inputs` generates.
 MAX_SAMPLE_BYTES = 1 << 30
 
@@ -51,14 +51,29 @@ MAX_SAMPLE_BYTES = 1 << 30
 class Engine:
     """A region's built engine.
 
+    The payload is checked on construction as :func:`load_engine` checks a file: an ONNX payload
+    is parsed and scanned (it must be self-contained and hold nothing its region forbids), a
+    TensorRT plan must not be an ONNX model under a plan label, and, for a region that forbids a
+    precision, a plan is accepted only with a ``provenance`` (a plan cannot be opened without
+    TensorRT, so its build records are only as good as where the header came from).
+
     Args:
         metadata: the engine's metadata (as written in the container header).
         payload: the backend payload (ONNX bytes or a TensorRT plan).
         backend: backend instance to run it; resolved from the metadata when omitted.
+        provenance: who vouches for the header's build records: regiontrt passes ``"built in
+            this process"`` or ``"signature verified with <key>"``. Pass it only for metadata you
+            produced or verified yourself.
+
+    Raises:
+        ArtifactError: metadata outside the schema, or a payload that does not match it.
+        PolicyViolation: the payload holds (or, for a plan, cannot be shown not to hold) a
+            precision the region forbids.
     """
 
     def __init__(
-        self, metadata: Mapping[str, Any], payload: bytes, *, backend: Backend | None = None
+        self, metadata: Mapping[str, Any], payload: bytes, *, backend: Backend | None = None,
+        provenance: str | None = None,
     ) -> None:
         try:
             if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -73,7 +88,15 @@ class Engine:
         self._backend = backend
         self._runner: Runner | None = None
         self._lock = threading.Lock()
-        self._payload_checked = False
+        self.provenance = provenance
+        # Checked here, not on first use: infer, serve and export_payload must never see a
+        # payload save() would refuse.
+        self._compliance = check_artifact(self._metadata,
+                                          check_payload(self._metadata, self._payload),
+                                          provenance=provenance)
+        if not self._compliance.compliant:
+            raise PolicyViolation(f"refused: {self._compliance.summary()}",
+                                  region=self.region)
         try:
             self.inputs = [TensorSpec.from_dict(d) for d in self._metadata["inputs"]]
             self.outputs = [TensorSpec.from_dict(d) for d in self._metadata["outputs"]]
@@ -129,10 +152,12 @@ class Engine:
     def _get_runner(self) -> Runner:
         with self._lock:
             if self._runner is None:
-                if not self._payload_checked:
-                    check_payload(self._metadata, self._payload)
-                    self._payload_checked = True
                 backend = self._backend or get_backend(self.backend_name)
+                fmt = self._metadata["payload_format"]
+                if getattr(backend, "payload_format", fmt) != fmt:
+                    raise ArtifactError(
+                        f"the {backend.name} backend runs {backend.payload_format!r} payloads; "
+                        f"this engine's payload is {fmt!r} (refused before loading)")
                 try:
                     backend.check_compatible(self._metadata)
                     self._runner = backend.load(self._payload, self._metadata)
@@ -273,16 +298,14 @@ class Engine:
             ArtifactError: the file cannot be written (nothing is left half-written).
         """
         report = self.compliance()
-        if not report.compliant:
-            raise PolicyViolation(f"not saved: {report.summary()}")
+        if not report.compliant:  # cannot happen since construction checks; kept as the gate
+            raise PolicyViolation(f"not saved: {report.summary()}", region=self.region)
         return artifact.write(path, self._metadata, self._payload)
 
     def compliance(self) -> ComplianceReport:
-        """Whether this engine's payload respects its region
+        """Whether this engine's payload respects its region, as checked on construction
         (see :mod:`regiontrt.precision.compliance`)."""
-        model = check_payload(self._metadata, self._payload)
-        self._payload_checked = True
-        return check_artifact(self._metadata, model)
+        return self._compliance
 
     def to_bytes(self) -> bytes:
         """The container bytes, as :meth:`save` writes them."""
@@ -294,21 +317,7 @@ class Engine:
         Returns:
             ``(payload_path, sidecar_path)``; the sidecar is ``<payload_path>.json``.
         """
-        if not isinstance(path, (str, os.PathLike)):
-            raise InvalidArgumentError(f"a payload path must be a str or os.PathLike: {path!r:.60}")
-        path = Path(path)
-        if not path.suffix:
-            path = path.with_suffix(PAYLOAD_SUFFIX.get(self._metadata["payload_format"], ".bin"))
-        sidecar = path.with_name(path.name + ".json")
-        meta = self.metadata
-        meta["payload_sha256"] = hashlib.sha256(self._payload).hexdigest()
-        meta["payload_size"] = len(self._payload)
-        text = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
-        try:  # both files or neither
-            atomic_write_all({path: self._payload, sidecar: text})
-        except OSError as exc:
-            raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return path, sidecar
+        return export_payload(path, self._metadata, self._payload)
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -349,19 +358,24 @@ def load_engine(
         SignatureError: with ``trust``: unsigned, untrusted key, or changed file.
     """
     chosen = _choose_backend(backend)
-    if trust is not None:
-        from regiontrt.runtime.trust import verify_file
+    provenance = None
+    if trust is None:
+        metadata, payload = artifact.read(path)
+    else:
+        from regiontrt.runtime.trust import read_verified
 
-        verify_file(path, trust)
-    metadata, payload = artifact.read(path)
+        # The bytes are read once and the signature checked over those very bytes: a writer
+        # swapping the file after the check cannot change what runs.
+        blob, key = read_verified(path, trust)
+        metadata, payload = artifact.decode(blob, str(path))
+        del blob
+        provenance = f"signature verified with {key.name}"
     validate_header(metadata, known_backend=chosen is None)
-    model = check_payload(metadata, payload)
-    report = check_artifact(metadata, model)
-    if not report.compliant:
-        raise PolicyViolation(f"{path}: refused at load: {report.summary()}")
-    engine = Engine(metadata, payload, backend=chosen)
-    engine._payload_checked = True
-    return engine
+    try:
+        return Engine(metadata, payload, backend=chosen, provenance=provenance)
+    except PolicyViolation as exc:
+        raise PolicyViolation(f"{path}: refused at load: {exc}", region=exc.region,
+                              path=str(path)) from None
 
 
 def _choose_backend(backend: Any) -> Backend | None:

@@ -16,6 +16,7 @@ from regiontrt.precision.compliance import check_artifact
 from regiontrt.precision.validation import ValidationReport, format_value
 from regiontrt.runtime import artifact
 from regiontrt.runtime.schema import check_payload, validate_header
+from regiontrt.runtime.trust import TrustLike, read_verified
 
 
 def region_of(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -56,6 +57,8 @@ def compliance(metadata: Mapping[str, Any]) -> tuple[bool | None, str]:
         why = "precision allowed (loss not measured)"
     if check.get("checked"):
         why += f"; checked on the {check['checked']}"
+    if region.get("override_compliance"):
+        why += f"; preset compliance overridden: {region['override_compliance']}"
     return True, why
 
 
@@ -98,12 +101,15 @@ class EngineInfo(dict):  # type: ignore[type-arg]
 
 
 
-def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
+def inspect(path: str | Path, *, verify_payload: bool = True,
+            trust: TrustLike | None = None) -> EngineInfo:
     """The engine's metadata, read without a GPU, TensorRT or any runtime.
 
     The header is checked against the schema; the result is the header plus a computed
     ``compliance_check`` (``compliant``, ``checked``, ``reasons``...): on the ONNX payload itself
-    when it is read, on the header alone otherwise.
+    when it is read, on the header alone otherwise. A TensorRT plan for a region that forbids a
+    precision is judged compliant only with ``trust`` (its records are header fields anyone can
+    edit unless a signature covers them).
 
     The result is a ``dict`` with accessors: ``info.region_name``, ``info.report`` (the
     validation report), ``info.region_rules`` (same as ``info["region"]``: the region's whole
@@ -112,12 +118,22 @@ def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
     Args:
         path: the container file.
         verify_payload: also check the payload digest and scan an ONNX payload (reads the file).
+        trust: public key(s); the detached signature ``<path>.sig`` must verify with one of them,
+            over the very bytes inspected.
 
     Raises:
         ArtifactError: the file is refused (see :func:`load_engine`).
+        SignatureError: with ``trust``: unsigned, untrusted key, or changed file.
     """
-    model = None
-    if not verify_payload:
+    model, provenance = None, None
+    if trust is not None:
+        blob, key = read_verified(path, trust)
+        metadata, payload = artifact.decode(blob, str(path))
+        del blob
+        validate_header(metadata)
+        model = check_payload(metadata, payload)
+        provenance = f"signature verified with {key.name}"
+    elif not verify_payload:
         metadata = artifact.read_header(path)
         validate_header(metadata)
     elif artifact.read_header(path).get("payload_format") == "onnx":
@@ -128,7 +144,7 @@ def inspect(path: str | Path, *, verify_payload: bool = True) -> EngineInfo:
         metadata = artifact.verify(path)
         validate_header(metadata)
     out = EngineInfo(metadata)
-    out["compliance_check"] = check_artifact(metadata, model).to_dict()
+    out["compliance_check"] = check_artifact(metadata, model, provenance=provenance).to_dict()
     return out
 
 

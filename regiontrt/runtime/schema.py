@@ -18,7 +18,8 @@ from typing import Any
 
 import onnx
 
-from regiontrt.backends import backend_names
+from regiontrt._names import normalize_region_name, reason_problem
+from regiontrt.backends import backend_names, payload_formats
 from regiontrt.errors import ArtifactError, InvalidModelError
 from regiontrt.graph.io import (  # noqa: F401 - MAX_EXPR, header_shape: the header's rules
     MAX_EXPR,
@@ -190,7 +191,23 @@ TENSOR = obj({
 }, {
     "symbolic_dims": mapping(symbol(MAX_EXPR), key=_axis_key, max_items=MAX_RANK),
 })
-REGION = obj({"name": text(128, 1)}, {
+def _region_name(value: Any, path: str) -> None:
+    text(128, 1)(value, path)
+    try:
+        if normalize_region_name(value) != value:
+            raise ValueError(f"not in its normalised spelling {normalize_region_name(value)!r}")
+    except ValueError as exc:
+        raise _fail(path, str(exc)) from None
+
+
+def _reason(value: Any, path: str) -> None:
+    text(MAX_TEXT, 1)(value, path)
+    problem = reason_problem(value)
+    if problem is not None:
+        raise _fail(path, f"an override reason {problem}")
+
+
+REGION = obj({"name": _region_name}, {
     "precisions": array(one_of(*PRECISIONS), 0, 3),
     "forbidden": array(one_of(*PRECISIONS), 0, 3),
     "budget": number(0, 1e12),
@@ -199,7 +216,7 @@ REGION = obj({"name": text(128, 1)}, {
     "strict_calibration": boolean,
     "description": text(MAX_TEXT),
     "tags": mapping(text(MAX_TEXT), max_items=256),
-    "override_compliance": optional(text(MAX_TEXT, 1)),
+    "override_compliance": optional(_reason),
 })
 TRIAL = obj({
     "precision": text(64), "loss": optional(number(0, 1e300)), "budget": number(0, 1e12),
@@ -217,7 +234,7 @@ BUCKETS = obj({
 })
 COMPLIANCE = obj({}, {
     "compliant": boolean, "checked": text(), "reasons": array(text(MAX_TEXT), 0, 64),
-    "variant_sha256": optional(hex64), "override": optional(text(MAX_TEXT)),
+    "variant_sha256": optional(hex64), "override": optional(_reason),
 })
 
 HEADER = obj({
@@ -271,6 +288,10 @@ def validate_header(metadata: Any, *, known_backend: bool = True, payload: bool 
     HEADER(fields, "")
     if known_backend:
         one_of(*backend_names())(metadata["backend"]["name"], "backend.name")
+        formats = payload_formats(metadata["backend"]["name"])
+        if formats and metadata["payload_format"] not in formats:
+            raise _fail("payload_format", f"the {metadata['backend']['name']} backend runs "
+                        f"{' or '.join(formats)} payloads, not {metadata['payload_format']!r}")
     _cross_check(metadata)
 
 
@@ -315,7 +336,8 @@ def check_payload(metadata: Mapping[str, Any], payload: bytes) -> Any:
     Refused: bytes that are not an ONNX model, an IR or opset version newer than this onnx
     package knows, any tensor naming external data (ONNX Runtime would read that file), and inputs
     or outputs whose names, dtypes or ranks differ from the header's. A TensorRT plan is opaque
-    without TensorRT and is passed through (its runtime checks it against the header).
+    without TensorRT; what is checked is that it is *not* an ONNX model under a plan label (which
+    would otherwise escape the payload scan). Its runtime checks it against the header.
 
     Returns:
         The parsed ``onnx.ModelProto`` for an ONNX payload, else ``None``.
@@ -324,6 +346,9 @@ def check_payload(metadata: Mapping[str, Any], payload: bytes) -> Any:
         ArtifactError: the first mismatch, naming it.
     """
     if metadata["payload_format"] != "onnx":
+        if _is_onnx(payload):
+            raise _fail("payload_format", f"says {metadata['payload_format']!r} but the payload "
+                        "is an ONNX model; refused (the payload format comes from the bytes)")
         return None
     model = onnx.ModelProto()
     try:
@@ -357,3 +382,14 @@ def check_payload(metadata: Mapping[str, Any], payload: bytes) -> Any:
                 f"payload {actual[:8]}"
             )
     return model
+
+
+def _is_onnx(payload: bytes) -> bool:
+    """Whether bytes parse as an ONNX model with a graph (a plan's bytes do not: protobuf refuses
+    them within the first fields, so this costs next to nothing on a real plan)."""
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(bytes(payload))
+    except Exception:  # protobuf's DecodeError: not a protobuf, so not ONNX
+        return False
+    return bool(model.graph.node or model.graph.output or model.opset_import)

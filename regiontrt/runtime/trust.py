@@ -16,15 +16,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from regiontrt._fs import atomic_write_bytes
-from regiontrt.errors import SignatureError
+from regiontrt.errors import ArtifactError, SignatureError
+from regiontrt.runtime.artifact import read_file
 
 PRIVATE_KEY = "private.pem"
+#: Largest detached signature read (a Sigstore bundle is a few KiB).
+MAX_SIGNATURE = 1 << 20
 PUBLIC_KEY = "public.pem"
 
 #: A public key file, a folder of ``*.pem`` public keys, or a list of either.
@@ -153,3 +157,30 @@ def verify_file(path: str | Path, trust: TrustLike) -> Path:
     """
     path = Path(path)
     return verify_path(path, signature_path(path), trust)
+
+
+def read_verified(path: str | Path, trust: TrustLike,
+                  limit: int = sys.maxsize) -> tuple[bytes, Path]:
+    """Read a file once and verify its detached signature over *those bytes*.
+
+    Verifying a path and then reopening it lets a writer swap the file in between; here the
+    bytes returned are the bytes verified (checked through a private copy, as ``model_signing``
+    reads paths). Returns ``(bytes, the trusted key that matched)``.
+
+    Raises:
+        SignatureError: no signature, an untrusted key, or bytes that do not match it.
+        ArtifactError: the file is not a regular file, is larger than ``limit`` or unreadable.
+    """
+    path = Path(path)
+    try:
+        signature = read_file(signature_path(path), MAX_SIGNATURE)
+    except ArtifactError as exc:
+        raise SignatureError(f"{path} is not signed: {exc}") from exc
+    data = read_file(path, limit)
+    with tempfile.TemporaryDirectory(prefix="regiontrt-verify-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_bytes(data)
+        sig = signature_path(copy)
+        sig.write_bytes(signature)
+        key = verify_path(copy, sig, trust)
+    return data, key

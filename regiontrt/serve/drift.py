@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from regiontrt.data.stats import psi
+from regiontrt.graph.arithmetic import seal
 from regiontrt.serve.metrics import ServeMetrics
 from regiontrt.serve.sources import ServedModel
 
@@ -85,6 +86,7 @@ class _RangeProbe:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # off the request path: leave the cores to serving
         options.log_severity_level = 3
+        seal(options)
         exposed = expose_tensors(model, self.fetch, types).SerializeToString()
         self.session = ort.InferenceSession(exposed, sess_options=options,
                                             providers=["CPUExecutionProvider"])

@@ -68,6 +68,9 @@ class ServedModel:
             "target": meta.get("target"),
             "variants": [{"label": v.label, "role": v.role,
                           "precision": v.engine.precision} for v in self.variants],
+            # Shown wherever the engine is: a loosened preset must never be silent.
+            "compliance_override": (meta.get("region") or {}).get("override_compliance"),
+            "loaded_from": self.engine.provenance,
             "provenance": {
                 "model_sha256": (meta.get("model") or {}).get("sha256"),
                 "variant_sha256": meta.get("variant_sha256"),
@@ -163,7 +166,8 @@ def resolve(source: Any, name: str | None = None) -> list[ServedModel]:
         return [from_bundle(load_bundle(path), name)]
     if isinstance(source, Sequence):
         models = [m for s in source for m in resolve(s, name)]
-        names = [m.name for m in models]
+        # Compared case-insensitively: URLs and people do not tell "m_lab" from "m_LAB".
+        names = [m.name.casefold() for m in models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ArtifactError(f"two sources serve the same model name: {dupes}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from regiontrt.errors import ShapeProfileError
+from regiontrt.graph.arithmetic import seal
 from regiontrt.shapes.length_fit import (
     LengthFit,
     LengthMismatch,
@@ -61,6 +62,7 @@ class ShapeProbe:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         options.log_severity_level = 4  # failures at too small widths are expected and caught
+        seal(options)
         self._session = ort.InferenceSession(work.SerializeToString(), options,
                                              providers=["CPUExecutionProvider"])
         self._outputs = dict(outputs)
