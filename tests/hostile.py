@@ -103,3 +103,23 @@ def forge_raw_header(blob: bytes, raw_header: bytes) -> bytes:
     """A container whose header is ``raw_header`` verbatim (digest recomputed)."""
     _, payload = split(blob)
     return container(raw_header, payload)
+
+
+def function_default_external(location: str) -> onnx.ModelProto:
+    """A model whose local function's default attribute value names external data (ONNX
+    Runtime resolved such a location from the working directory: issue 19)."""
+    t = onnx.TensorProto(name="v", data_type=onnx.TensorProto.UINT8, dims=[8],
+                         data_location=onnx.TensorProto.EXTERNAL)
+    for k, v in (("location", location), ("offset", "0"), ("length", "8")):
+        t.external_data.add(key=k, value=v)
+    const = helper.make_node("Constant", [], ["out"])
+    const.attribute.append(onnx.AttributeProto(name="value", ref_attr_name="v",
+                                              type=onnx.AttributeProto.TENSOR))
+    fn = helper.make_function("local", "F", [], ["out"], [const], [helper.make_opsetid("", 17)])
+    fn.attribute_proto.append(helper.make_attribute("v", t))
+    graph = helper.make_graph([helper.make_node("F", [], ["y"], domain="local")], "g", [],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.UINT8, [8])])
+    model = helper.make_model(graph, functions=[fn], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    model.ir_version = 9
+    return model

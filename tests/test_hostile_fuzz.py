@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile import build_blob, container, external_payload, qdq_model, relu_model, split
+from hostile import (
+    build_blob,
+    container,
+    external_payload,
+    function_default_external,
+    qdq_model,
+    relu_model,
+    split,
+)
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -79,6 +87,8 @@ def _payloads() -> list[bytes]:
         int_input.SerializeToString(), custom.SerializeToString(),
         external_payload("/etc/passwd"), external_payload("../../../../etc/passwd"),
         external_payload("conf/app.env"), os.urandom(256),
+        # issue 19: external data named by a function's default attribute value
+        function_default_external("conf/app.env").SerializeToString(),
     ]
 
 
@@ -88,7 +98,10 @@ json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
     st.sampled_from(["onnxruntime", "tensorrt", "onnx", "tensorrt-rtx-plan", "int8", "fp16",
-                     "float32", "N", "x", "y", "EU", "CERTIFIED", "abc", "0" * 64, ""]),
+                     "float32", "N", "x", "y", "EU", "CERTIFIED", "abc", "0" * 64, "",
+                     # issue 19: look-alike regions, invisible override reasons, surrogates
+                     "EU_", "EU.", "EU\u200b", "e-u", "\u200b", "\u2800", " ", "approved",
+                     "\ud800", "tensorrt-plan"]),
     st.integers(0, 3).map(lambda i: ["", "a" * 5000, "\udcff", "x" * (1 << 20) + "y"][i]),
     st.integers(1, 5000).map(lambda depth: (_DEEP, depth)),
 )
@@ -180,7 +193,9 @@ def _read_all(path: Path) -> str:
     except rt.RegionTRTError:
         outcome = "header refused"
     try:
-        summarize(rt.inspect(path))
+        info = rt.inspect(path)
+        summarize(info)
+        info._repr_html_()
     except rt.RegionTRTError:
         outcome = "refused" if outcome == "loaded" else outcome
     for argv in (["inspect", str(path)], ["inspect", "--json", str(path)]):
@@ -194,6 +209,7 @@ def _read_all(path: Path) -> str:
         return outcome if outcome != "loaded" else "refused at load"
     with engine:
         (engine.region, engine.precision, engine.backend_name, repr(engine), engine.metadata)
+        engine._repr_html_()  # a notebook shows what loaded: it must render (issue 19)
         try:
             feeds = engine.sample_inputs()
             result = engine.infer(feeds)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hostile import build_blob, forge, qdq_model, relu_model
+from hostile import build_blob, forge, function_default_external, qdq_model, relu_model
 from onnx import TensorProto, helper
 
 import regiontrt as rt
@@ -320,27 +320,10 @@ def test_load_engine_with_trust_runs_the_bytes_it_verified(tmp_path, blob, keys)
 
 
 # -- payload file reads -------------------------------------------------------------------------
-def _function_default_external(location: str) -> onnx.ModelProto:
-    t = onnx.TensorProto(name="v", data_type=T.UINT8, dims=[8],
-                         data_location=T.EXTERNAL)
-    for k, v in (("location", location), ("offset", "0"), ("length", "8")):
-        t.external_data.add(key=k, value=v)
-    const = helper.make_node("Constant", [], ["out"])
-    const.attribute.append(_ref("value", "v", onnx.AttributeProto.TENSOR))
-    fn = helper.make_function("local", "F", [], ["out"], [const], [helper.make_opsetid("", 17)])
-    fn.attribute_proto.append(helper.make_attribute("v", t))
-    graph = helper.make_graph([helper.make_node("F", [], ["y"], domain="local")], "g", [],
-                              [helper.make_tensor_value_info("y", T.UINT8, [8])])
-    model = helper.make_model(graph, functions=[fn], opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
-    model.ir_version = 9
-    return model
-
-
 def test_external_data_in_a_function_default_is_refused(tmp_path, blob, monkeypatch):
     (tmp_path / "app.env").write_bytes(b"SECRET=hunter2!!")
     monkeypatch.chdir(tmp_path)
-    payload = _function_default_external("app.env").SerializeToString()
+    payload = function_default_external("app.env").SerializeToString()
 
     def as_uint8_out(meta: dict) -> None:
         meta["inputs"] = [{"name": "unused", "dtype": "float32", "shape": [1]}]
@@ -363,7 +346,7 @@ def test_onnxruntime_sessions_never_read_the_working_directory(tmp_path, monkeyp
 
     (tmp_path / "app.env").write_bytes(b"SECRET=hunter2!!")
     monkeypatch.chdir(tmp_path)
-    data = _function_default_external("app.env").SerializeToString()
+    data = function_default_external("app.env").SerializeToString()
     with pytest.raises(Exception) as caught:
         out = make_session(data).run(None, {})
         raise AssertionError(f"read {bytes(out[0])!r}")

@@ -38,6 +38,7 @@ from regiontrt.errors import BundleError, PolicyViolation
 from regiontrt.precision.regions import Region
 from regiontrt.precision.types import Precision
 from regiontrt.runtime import artifact
+from regiontrt.runtime.schema import check_payload, validate_header
 from regiontrt.runtime.engine import Engine
 
 if TYPE_CHECKING:
@@ -252,7 +253,9 @@ def verify_contents(folder: Path, manifest: Mapping[str, Any]) -> None:
                               f"{manifest['precision']}")
         if meta.get("source_onnx_sha256") != onnx["sha256"]:
             raise BundleError(f"{where} was not built from this bundle's ONNX")
-        if meta.get("payload_format") == "onnx":
+        validate_header(meta)
+        # The format comes from the bytes: an ONNX payload labelled as a plan is refused here.
+        if check_payload(meta, payload) is not None:
             check_onnx_compliance(payload, region_dict)
 
 
