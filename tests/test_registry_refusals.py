@@ -23,6 +23,7 @@ from fleet_support import region_batches, serve, write_fleet
 
 import regiontrt as rt
 from regiontrt import deploy
+from regiontrt.deploy.tuf_repo import Repository
 from regiontrt.errors import (
     BundleError,
     DowngradeError,
@@ -30,7 +31,6 @@ from regiontrt.errors import (
     RegistryError,
     SignatureError,
 )
-from regiontrt.deploy.tuf_repo import Repository
 from regiontrt.runtime import artifact
 
 pytest.importorskip("model_signing", reason="needs model-signing (pip install 'regiontrt[fleet]')")

@@ -25,5 +25,6 @@ __all__ = [
     "Bundle", "Candidate", "CellResult", "FleetResult", "FleetSpec", "PullResult", "RegionSpec",
     "Selection", "TargetSpec", "Variant", "build_fleet", "export_triton", "installed_version",
     "keygen", "load_bundle", "open_executor", "publish", "pull", "read_index", "refresh",
-    "rollback", "select", "sign_bundle", "sign_file", "verify_bundle", "verify_file", "write_bundle",
+    "rollback", "select", "sign_bundle", "sign_file", "verify_bundle", "verify_file",
+    "write_bundle",
 ]
