@@ -240,8 +240,8 @@ class Session:
             for chunk in self.fetcher.fetch(url):  # chunks of at most CHUNK bytes
                 received += len(chunk)
                 if received > length:  # endless data: stop at the signed length
-                    raise tuf_errors.DownloadLengthMismatchError(
-                        f"more than its signed length {length}")
+                    raise tuf_errors.LengthOrHashMismatchError(
+                        f"longer than its signed length {length}: cut there")
                 out.write(chunk)
 
 

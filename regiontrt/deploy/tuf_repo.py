@@ -206,7 +206,7 @@ class Repository:
             if role not in dirty:
                 continue
             meta = self.roles[role]
-            if role == "snapshot":
+            if role == "snapshot" and "targets" in blobs:  # else it names the same targets
                 meta.signed.meta["targets.json"] = self._meta_file(md, blobs["targets"],
                                                                    "targets")
             if role == "timestamp" and "snapshot" in blobs:  # else it names the same snapshot
