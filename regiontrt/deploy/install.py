@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from regiontrt.deploy._util import is_older, latest, safe_name, share_tree, write_shared_text
 from regiontrt.deploy.bundle import load_bundle
@@ -157,8 +158,11 @@ def pull(
     deadline = time.monotonic() + float(timeout_s)
     install = Path(into) / safe_name(name, "model name")
     install.mkdir(parents=True, exist_ok=True)
-    # python-tuf is in the fleet extra: imported when a pull needs it, like fsspec.
-    from regiontrt.deploy.tuf_client import Session
+    try:  # python-tuf is in the fleet extra: imported when a pull needs it, like fsspec
+        from regiontrt.deploy.tuf_client import Session
+    except ImportError as exc:
+        raise RegistryError(f"pulls need python-tuf: pip install 'regiontrt[fleet]' ({exc})") \
+            from exc
 
     with _locked(install, deadline):
         clear_debris(install)
@@ -174,25 +178,9 @@ def pull(
             load_bundle(install, trust=trust)  # re-verify what is installed, change nothing
             return PullResult(name, version, region, install / VERSIONS / folder,
                               current["version"], changed=False)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=install))
-        try:
-            for file in channels[version][region]:
-                session.download(version, region, file, staging / file)
-            bundle = load_bundle(staging, trust=trust)
-            if (bundle.name, bundle.version, bundle.region) != (name, version, region):
-                raise BundleError(
-                    f"the registry served {bundle.name} {bundle.version} {bundle.region} for "
-                    f"{name} {version} {region}")
-            _check_downgrade(current, bundle.version, allow_downgrade)
-            share_tree(staging, group_readable=group_readable)  # mkdtemp made it 0700
-            target = install / VERSIONS / folder
-            target.parent.mkdir(exist_ok=True)
-            if target.exists():  # an older copy of this version (e.g. rolled back from)
-                target.rename(install / f"{TRASH}{folder}")
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        target = _install(session, channels[version][region], install / VERSIONS / folder,
+                          (name, version, region), trust, current, allow_downgrade,
+                          group_readable)
         pointer = {"folder": folder, "version": version, "region": region}
         if current is not None:
             _write_pointer(install, PREVIOUS, current, group_readable)
@@ -201,6 +189,33 @@ def pull(
         clear_debris(install)
         return PullResult(name, version, region, target,
                           current["version"] if current else None, changed=True)
+
+
+def _install(session: Any, files: list[str], target: Path, want: tuple[str, str, str],
+             trust: TrustLike, current: dict[str, str] | None, allow_downgrade: bool,
+             group_readable: bool) -> Path:
+    """Download ``files`` into a staging folder, verify them, and rename it to ``target``."""
+    install = target.parent.parent
+    name, version, region = want
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=install))
+    try:
+        for file in files:
+            session.download(version, region, file, staging / file)
+        bundle = load_bundle(staging, trust=trust)
+        if (bundle.name, bundle.version, bundle.region) != want:
+            raise BundleError(
+                f"the registry served {bundle.name} {bundle.version} {bundle.region} for "
+                f"{name} {version} {region}")
+        _check_downgrade(current, bundle.version, allow_downgrade)
+        share_tree(staging, group_readable=group_readable)  # mkdtemp made it 0700
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():  # an older copy of this version (e.g. rolled back from)
+            target.rename(install / f"{TRASH}{target.name}")
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def _write_pointer(install: Path, which: str, pointer: Mapping[str, str],
