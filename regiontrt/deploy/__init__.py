@@ -2,11 +2,11 @@
 
 Stages, one module each: :mod:`.fleet` (the fleet file), :mod:`.tasks` and :mod:`.matrix` (the
 build matrix on any ``concurrent.futures.Executor``), :mod:`.bundle` (bundles and their
-manifest), :mod:`.signing` (OpenSSF model-signing keys), :mod:`.registry` (publish over fsspec; TUF metadata in
-:mod:`.tuf_repo` and :mod:`.tuf_client`),
-:mod:`.install` (pull, atomic switch, rollback), :mod:`.select` (which variant runs here) and
-:mod:`.triton` (a Triton model repository). Dask, fsspec and model-signing come with the
-``fleet`` extra and are imported only by the functions that need them.
+manifest), :mod:`.signing` (OpenSSF model-signing keys), :mod:`.registry` (publish over
+fsspec), :mod:`.tuf_repo` and :mod:`.tuf_client` (the registry's TUF metadata), :mod:`.install`
+(pull, atomic switch, rollback), :mod:`.select` (which variant runs here) and :mod:`.triton` (a
+Triton model repository). Dask, fsspec, python-tuf and model-signing come with the ``fleet``
+extra and are imported only by the functions that need them.
 """
 
 from __future__ import annotations
