@@ -231,6 +231,14 @@ class DowngradeError(RegistryError):
     """A pull would install an older version than the installed one (rollback protection)."""
 
 
+class StaleMetadataError(RegistryError):
+    """The registry's signed metadata has expired: it may replay an old state (freeze attack)."""
+
+
+class RegistryTimeout(RegistryError, TimeoutError):
+    """A registry was too slow: a file or the whole pull exceeded its time limit."""
+
+
 class Overloaded(RegionTRTError, RuntimeError):
     """The server's request queue is full; retry later (HTTP 503)."""
 

@@ -75,7 +75,7 @@ def test_fleet_dask_sign_publish_pull_http_select(tmp_path):
     for folder in local.bundles.values():
         deploy.sign_bundle(folder, keys / "private.pem")
     registry = tmp_path / "registry"
-    deploy.publish(tmp_path / "dist", str(registry))
+    deploy.publish(tmp_path / "dist", str(registry), key=keys / "private.pem")
     assert deploy.read_index(str(registry), "digits")["latest"] == "1.0.0"
 
     with serve(registry) as url:

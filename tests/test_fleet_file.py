@@ -84,7 +84,8 @@ def test_cli_flow_and_one_line_errors(tmp_path, capsys):
     assert main(["keygen", str(tmp_path / "keys")]) == 0
     assert main(["fleet", "build", str(fleet), "--out", str(tmp_path / "dist"),
                  "--sign", str(tmp_path / "keys" / "private.pem")]) == 0
-    assert main(["publish", str(tmp_path / "dist"), str(tmp_path / "reg")]) == 0
+    assert main(["publish", str(tmp_path / "dist"), str(tmp_path / "reg"),
+                 "--key", str(tmp_path / "keys" / "private.pem")]) == 0
     pull = ["pull", str(tmp_path / "reg"), "digits", "--region", "CERTIFIED",
             "--trust", str(tmp_path / "keys" / "public.pem"), "--into", str(tmp_path / "site")]
     assert main(pull) == 0
@@ -92,7 +93,8 @@ def test_cli_flow_and_one_line_errors(tmp_path, capsys):
     assert main(["select", str(tmp_path / "site" / "digits")]) == 0
     out = capsys.readouterr().out
     assert "CERTIFIED (fp32): onnxruntime variant cpu" in out
-    assert main(["publish", str(tmp_path / "dist"), str(tmp_path / "reg")]) == 2
+    assert main(["publish", str(tmp_path / "dist"), str(tmp_path / "reg"),
+                 "--key", str(tmp_path / "keys" / "private.pem")]) == 2
     assert main(["rollback", str(tmp_path / "site" / "digits")]) == 2
     assert main(["pull", str(tmp_path / "reg"), "digits", "--region", "EU", "--trust",
                  str(tmp_path / "keys" / "public.pem"), "--into", str(tmp_path / "site")]) == 2

@@ -25,14 +25,14 @@ def dist(tmp_path_factory):
             fleet = write_fleet(root / "src", regions=("CERTIFIED",), version=version)
             assert deploy.build_fleet(fleet, root / f"dist-{version}", executor=pool,
                                       sign_key=private).ok
-    return root, public
+    return root, public, private
 
 
 def test_memory_registry_round_trip_and_latest_by_version_order(dist, tmp_path):
-    root, public = dist
+    root, public, private = dist
     registry = f"memory://rt-{uuid.uuid4().hex}"
     for version in ("1.0.0", "1.10.0", "1.9.2"):
-        deploy.publish(root / f"dist-{version}", registry)
+        deploy.publish(root / f"dist-{version}", registry, key=private)
     index = deploy.read_index(registry, "digits")
     assert sorted(index["versions"]) == ["1.0.0", "1.10.0", "1.9.2"]
     assert index["latest"] == "1.10.0"  # PEP 440 order, not string order
@@ -40,20 +40,20 @@ def test_memory_registry_round_trip_and_latest_by_version_order(dist, tmp_path):
     assert result.version == "1.10.0"
     assert rt.load_bundle(tmp_path / "digits", trust=public).select().engine.precision == "fp32"
     with pytest.raises(RegistryError, match="already published"):
-        deploy.publish(root / "dist-1.0.0", registry)
-    deploy.publish(root / "dist-1.0.0", registry, overwrite=True)
+        deploy.publish(root / "dist-1.0.0", registry, key=private)
+    deploy.publish(root / "dist-1.0.0", registry, key=private, overwrite=True)
     assert deploy.read_index(registry, "digits")["latest"] == "1.10.0"
 
 
 def test_failed_publish_leaves_the_index_as_it_was(dist, tmp_path):
-    root, public = dist
+    root, public, private = dist
     registry = tmp_path / "registry"
-    deploy.publish(root / "dist-1.0.0", str(registry))
+    deploy.publish(root / "dist-1.0.0", str(registry), key=private)
     before = (registry / "digits" / "index.json").read_bytes()
     # The signature's destination is taken by a folder: the upload fails after the other files.
     (registry / "digits" / "1.9.2" / "CERTIFIED" / "bundle.sig").mkdir(parents=True)
     with pytest.raises(RegistryError, match="publishing"):
-        deploy.publish(root / "dist-1.9.2", str(registry))
+        deploy.publish(root / "dist-1.9.2", str(registry), key=private)
     assert (registry / "digits" / "index.json").read_bytes() == before
     assert (registry / "digits" / "1.9.2" / "CERTIFIED" / "manifest.json").is_file()
     assert deploy.pull(str(registry), "digits", region="CERTIFIED", into=tmp_path / "site",
@@ -67,8 +67,9 @@ def test_unsigned_bundles_are_not_published(tmp_path):
     fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED",))
     with cf.ThreadPoolExecutor(1) as pool:
         deploy.build_fleet(fleet, tmp_path / "dist", executor=pool)
+    private, _ = deploy.keygen(tmp_path / "keys")
     with pytest.raises(RegistryError, match="not signed"):
-        deploy.publish(tmp_path / "dist", str(tmp_path / "registry"))
+        deploy.publish(tmp_path / "dist", str(tmp_path / "registry"), key=private)
     assert not (tmp_path / "registry").exists()
     with pytest.raises(RegistryError, match="read-only"):
-        deploy.publish(tmp_path / "dist", "http://127.0.0.1:1/registry")
+        deploy.publish(tmp_path / "dist", "http://127.0.0.1:1/registry", key=private)

@@ -23,6 +23,7 @@ from fleet_support import region_batches, serve, write_fleet
 
 import regiontrt as rt
 from regiontrt import deploy
+from regiontrt.deploy.tuf_repo import Repository
 from regiontrt.errors import (
     BundleError,
     DowngradeError,
@@ -33,7 +34,7 @@ from regiontrt.errors import (
 from regiontrt.runtime import artifact
 
 pytest.importorskip("model_signing", reason="needs model-signing (pip install 'regiontrt[fleet]')")
-pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
+fsspec = pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def built(tmp_path_factory):
             fleet = write_fleet(root / "src", regions=("NA", "EU"), version=version)
             result = deploy.build_fleet(fleet, root / "dist", executor=pool, sign_key=keys[0])
             assert result.ok, result.table()
-    deploy.publish(root / "dist", str(root / "registry"))
+    deploy.publish(root / "dist", str(root / "registry"), key=keys[0])
     return {"root": root, "private": keys[0], "public": keys[1], "other": other[0]}
 
 
@@ -136,11 +137,21 @@ def test_eu_bundle_holding_an_int8_variant_is_refused(built, site):
                                  "sha256": hashlib.sha256(blob).hexdigest()})
     (eu / "manifest.json").write_text(json.dumps(manifest))
     deploy.sign_bundle(eu, built["private"])  # even signed by the trusted key
+    _resign_registry(registry, eu, built["private"])  # and listed by the registry's metadata
     with pytest.raises(PolicyViolation, match="int8"):
         rt.load_bundle(eu, trust=built["public"])
     with pytest.raises(PolicyViolation):
         _pull(registry, install, built["public"])
     _assert_still_serving(install, built["public"])
+
+
+def _resign_registry(registry: Path, bundle: Path, key: Path) -> None:
+    """What a publisher holding the key could do: sign metadata naming the bundle's files."""
+    fs = fsspec.filesystem("file")
+    repo = Repository.open(fs, str(registry / "digits"), key)
+    repo.add_bundle("digits", bundle.parent.name, bundle.name,
+                    {p.name: p for p in bundle.iterdir()})
+    repo.commit()
 
 
 def test_variant_of_another_region_is_refused(built, tmp_path):

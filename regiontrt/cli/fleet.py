@@ -96,8 +96,26 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from regiontrt.deploy import publish
 
-    for dest in publish(args.dist, args.registry, overwrite=args.overwrite):
+    for dest in publish(args.dist, args.registry, key=args.key, overwrite=args.overwrite,
+                        expiry=_expiry(args)):
         print(f"published {dest}")
+    return 0
+
+
+def _expiry(args: argparse.Namespace) -> dict[str, float]:
+    return {role: days * 86400.0 for role, days in (("timestamp", args.timestamp_days),
+                                                    ("snapshot", args.snapshot_days))
+            if days is not None}
+
+
+@_guard
+def _cmd_refresh(args: argparse.Namespace) -> int:
+    from regiontrt.deploy import refresh
+
+    version = refresh(args.registry, args.name, key=args.key, expiry=_expiry(args),
+                      snapshot=args.snapshot)
+    print(f"re-signed {args.name}'s timestamp (version {version})"
+          + (" and snapshot" if args.snapshot else ""))
     return 0
 
 
@@ -106,7 +124,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     from regiontrt.deploy import pull
 
     result = pull(args.registry, args.name, region=args.region, into=args.into, trust=args.trust,
-                  version=args.version, allow_downgrade=args.allow_downgrade)
+                  version=args.version, allow_downgrade=args.allow_downgrade,
+                  timeout_s=args.timeout, file_timeout_s=args.file_timeout,
+                  group_readable=args.group_readable)
     if result.changed:
         before = f" (was {result.previous})" if result.previous else ""
         print(f"installed {result.name} {result.version} {result.region}{before}: {result.path}")
@@ -197,7 +217,37 @@ def _register_publishing(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="registry folder or fsspec URL, e.g. s3://models/registry")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an already published version (refused by default)")
+    _key_options(p)
     p.set_defaults(func=_cmd_publish)
+
+    rf = sub.add_parser("refresh", help="re-sign a registry's timestamp (sites refuse expired "
+                                        "metadata as a frozen registry)")
+    rf.add_argument("registry", metavar="REGISTRY",
+                    help="registry folder or fsspec URL, e.g. /srv/registry")
+    rf.add_argument("name", metavar="NAME", help="the model's name, e.g. ocr")
+    rf.add_argument("--snapshot", action="store_true", help="re-sign the snapshot too")
+    _key_options(rf)
+    rf.set_defaults(func=_cmd_refresh)
+
+
+def _key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, metavar="PRIVATE.pem",
+                   help="the private key that signs the registry's TUF metadata (the bundles' "
+                        "key), e.g. keys/private.pem")
+    p.add_argument("--timestamp-days", type=_positive_float, metavar="DAYS",
+                   help="timestamp expiry (default: 1 day; refresh before it), e.g. 0.5")
+    p.add_argument("--snapshot-days", type=_positive_float, metavar="DAYS",
+                   help="snapshot expiry (default: 7 days), e.g. 7")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def _register_edge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -214,6 +264,13 @@ def _register_edge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                     help="folder of installs (the install is DIR/NAME), e.g. /opt/models")
     pl.add_argument("--allow-downgrade", action="store_true",
                     help="install a version older than the installed one")
+    pl.add_argument("--timeout", type=_positive_float, default=900.0, metavar="SECONDS",
+                    help="time limit of the whole pull (default: 900), e.g. 120")
+    pl.add_argument("--file-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                    help="time limit of each file (default: 300), e.g. 30")
+    pl.add_argument("--group-readable", action="store_true",
+                    help="make the install group-readable whatever the umask (for a service "
+                         "user of this group)")
     pl.set_defaults(func=_cmd_pull)
 
     se = sub.add_parser("select", help="pick the variant this machine runs, and say why")

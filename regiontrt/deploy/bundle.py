@@ -22,17 +22,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from regiontrt import _display
 from regiontrt._fs import atomic_write_text
 from regiontrt._version import __version__
-from regiontrt.build.retarget import check_onnx_compliance
-from regiontrt.deploy._util import safe_name, sha256_bytes, sha256_file
+from regiontrt.build.retarget import check_onnx_compliance, source_onnx
+from regiontrt.deploy._util import load_json, safe_name, sha256_bytes, sha256_file, share_tree
 from regiontrt.deploy.layout import POINTER, current_dir
 from regiontrt.deploy.select import Selection, select
+from regiontrt.deploy.signing import sign_bundle, verify_bundle
 from regiontrt.deploy.variant import Variant
 from regiontrt.errors import BundleError, PolicyViolation
 from regiontrt.precision.regions import Region
@@ -50,6 +52,12 @@ MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 MAX_MANIFEST = 16 << 20
 _PAYLOAD_KEYS = ("payload_sha256", "payload_size")
+_MANIFEST_SCHEMA: dict[str, type] = {
+    "name": str, "version": str, "region": dict, "precision": str, "onnx": dict,
+    "variants": list, "engine_metadata": dict}
+# Our temporary and set-aside bundle folders, beside the bundle: ".<region>.rtrt-new-XXXX".
+_NEW_MARK = ".rtrt-new-"
+_OLD_MARK = ".rtrt-old-"
 
 
 class Bundle:
@@ -111,9 +119,16 @@ class Bundle:
 def write_bundle(
     folder: str | Path, *, name: str, version: str, region_engine: Engine,
     variants: Sequence[tuple[Mapping[str, Any], Engine]],
-    deferred: Sequence[Mapping[str, Any]] = (),
+    deferred: Sequence[Mapping[str, Any]] = (), sign_key: str | Path | None = None,
 ) -> Path:
-    """Write a bundle folder atomically (a temporary folder renamed into place).
+    """Write (and sign) a bundle folder atomically: built in a sibling folder, then swapped in.
+
+    The bundle is written and signed in ``.<folder>.rtrt-new-*`` beside ``folder``, given the
+    modes the umask gives, and swapped with the previous bundle in one ``renameat2`` exchange
+    (Linux; elsewhere: the old one renamed aside, the new one renamed in, the old one removed).
+    A writer killed at any moment leaves the previous complete bundle or the new complete one,
+    never an unsigned one; the next write removes our leftovers (and restores a bundle set aside
+    by a writer killed between its two renames).
 
     Args:
         folder: the bundle folder to create (replaced if it exists).
@@ -121,61 +136,127 @@ def write_bundle(
         region_engine: the region's ONNX Runtime engine (its payload is the compiled ONNX).
         variants: ``(target dict, engine)`` per built target (see ``TargetSpec.to_dict``).
         deferred: target dicts with a ``reason``, for targets the node must rebuild.
+        sign_key: a private key to sign the bundle with before it appears under ``folder``.
     """
-    from regiontrt.build.retarget import source_onnx
-
     folder = Path(folder)
-    onnx_bytes = source_onnx(region_engine)
-    meta = region_engine.metadata
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        (tmp / ONNX_FILE).write_bytes(onnx_bytes)
-        entries = []
-        for target, engine in variants:
-            file = f"{safe_name(target['name'], 'target name')}.engine"
-            blob = engine.to_bytes()
-            (tmp / file).write_bytes(blob)
-            vmeta = engine.metadata
-            entries.append(Variant(
-                target=target["name"], backend=engine.backend_name, file=file,
-                sha256=sha256_bytes(blob), size=len(blob), role=target.get("role"),
-                compute_capabilities=tuple(target.get("compute_capabilities") or ()),
-                payload_format=vmeta["payload_format"], precision=engine.precision,
-                toolchain=vmeta.get("toolchain", {})).to_dict()
-                | {"source_onnx_sha256": vmeta.get("source_onnx_sha256"),
-                   "built_target": vmeta.get("target")})
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "name": safe_name(name, "name"), "version": safe_name(version, "version"),
-            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "regiontrt_version": __version__,
-            "region": meta["region"], "policy": meta.get("policy"),
-            "precision": meta["precision"],
-            "kept_high_precision": meta.get("kept_high_precision", []),
-            "validation": meta.get("validation"),
-            "model": meta.get("model"),
-            "onnx": {"file": ONNX_FILE, "sha256": sha256_bytes(onnx_bytes),
-                     "size": len(onnx_bytes)},
-            "engine_metadata": {k: v for k, v in meta.items() if k not in _PAYLOAD_KEYS},
-            "variants": entries,
-            "deferred": [dict(d) for d in deferred],
-        }
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _bundle_lock(folder):
+        _clear_leftovers(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_NEW_MARK}", dir=folder.parent))
+        try:
+            _write_contents(tmp, name=name, version=version, region_engine=region_engine,
+                            variants=variants, deferred=deferred)
+            if sign_key is not None:
+                sign_bundle(tmp, sign_key)
+            share_tree(tmp)  # mkdtemp made it 0700, the signer's file is 0600
+            _swap_in(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return folder
 
 
+def _write_contents(tmp: Path, *, name: str, version: str, region_engine: Engine,
+                    variants: Sequence[tuple[Mapping[str, Any], Engine]],
+                    deferred: Sequence[Mapping[str, Any]]) -> None:
+    onnx_bytes = source_onnx(region_engine)
+    meta = region_engine.metadata
+    (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+    entries = []
+    for target, engine in variants:
+        file = f"{safe_name(target['name'], 'target name')}.engine"
+        blob = engine.to_bytes()
+        (tmp / file).write_bytes(blob)
+        vmeta = engine.metadata
+        entries.append(Variant(
+            target=target["name"], backend=engine.backend_name, file=file,
+            sha256=sha256_bytes(blob), size=len(blob), role=target.get("role"),
+            compute_capabilities=tuple(target.get("compute_capabilities") or ()),
+            payload_format=vmeta["payload_format"], precision=engine.precision,
+            toolchain=vmeta.get("toolchain", {})).to_dict()
+            | {"source_onnx_sha256": vmeta.get("source_onnx_sha256"),
+               "built_target": vmeta.get("target")})
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "name": safe_name(name, "name"), "version": safe_name(version, "version"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "regiontrt_version": __version__,
+        "region": meta["region"], "policy": meta.get("policy"),
+        "precision": meta["precision"],
+        "kept_high_precision": meta.get("kept_high_precision", []),
+        "validation": meta.get("validation"),
+        "model": meta.get("model"),
+        "onnx": {"file": ONNX_FILE, "sha256": sha256_bytes(onnx_bytes),
+                 "size": len(onnx_bytes)},
+        "engine_metadata": {k: v for k, v in meta.items() if k not in _PAYLOAD_KEYS},
+        "variants": entries,
+        "deferred": [dict(d) for d in deferred],
+    }
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def _bundle_lock(folder: Path) -> Iterator[None]:
+    """One writer per bundle folder, so clearing leftovers never removes a live writer's."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with (folder.parent / f".{folder.name}.rtrt-lock").open("a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove our temporary folders beside ``folder``; restore one set aside by a killed swap."""
+    aside = sorted(folder.parent.glob(f".{folder.name}{_OLD_MARK}*"),
+                   key=lambda p: p.stat().st_mtime)
+    if aside and not folder.exists():
+        os.rename(aside.pop(), folder)  # killed between "old aside" and "new in"
+    for path in [*aside, *folder.parent.glob(f".{folder.name}{_NEW_MARK}*")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system or kernel can't
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    if not folder.exists():
+        os.rename(new, folder)
+    elif _exchange(new, folder):
+        shutil.rmtree(new)  # it now holds the previous bundle
+    else:
+        aside = folder.with_name(f".{folder.name}{_OLD_MARK}{uuid.uuid4().hex[:8]}")
+        os.rename(folder, aside)
+        os.rename(new, folder)
+        shutil.rmtree(aside)
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """Parse and shape-check ``folder/manifest.json`` (never trusting its content).
+    """Parse and schema-check ``folder/manifest.json`` (never trusting its content).
 
     Raises:
-        BundleError: missing, too large, not JSON, or of another format.
+        BundleError: missing, too large, too deep, not JSON, of another format, or a field of
+            the wrong type.
     """
     path = folder / MANIFEST
     try:
@@ -183,24 +264,28 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raw = fh.read(MAX_MANIFEST + 1)
     except OSError as exc:
         raise BundleError(f"{folder} is not a bundle: {exc}") from None
-    if len(raw) > MAX_MANIFEST:
-        raise BundleError(f"{path}: larger than {MAX_MANIFEST} bytes")
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not JSON: {exc}") from None
+    manifest = load_json(raw, str(path), MAX_MANIFEST, BundleError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a regiontrt bundle manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {manifest.get('format_version')} "
+        raise BundleError(f"{path}: bundle format {manifest.get('format_version')!r} "
                           f"is not supported (this regiontrt reads {FORMAT_VERSION})")
-    for key in ("name", "version", "region", "precision", "onnx", "variants", "engine_metadata"):
-        if key not in manifest:
-            raise BundleError(f"{path}: no {key!r}")
+    for key, kind in _MANIFEST_SCHEMA.items():
+        if not isinstance(manifest.get(key), kind):
+            raise BundleError(f"{path}: {key!r} is missing or not a {kind.__name__}")
     safe_name(manifest["name"], "name")
     safe_name(manifest["version"], "version")
-    if not isinstance(manifest["variants"], list) or not isinstance(manifest["region"], dict):
-        raise BundleError(f"{path}: malformed variants or region")
+    onnx = manifest["onnx"]
+    if (not isinstance(onnx.get("file"), str) or not isinstance(onnx.get("sha256"), str)
+            or type(onnx.get("size")) is not int or onnx["size"] < 0):
+        raise BundleError(f"{path}: 'onnx' needs a file name, a sha256 and a size")
+    if not isinstance(manifest["region"].get("name"), str):
+        raise BundleError(f"{path}: the region has no name")
+    if not isinstance(manifest.get("deferred") or [], list):
+        raise BundleError(f"{path}: 'deferred' must be a list")
+    for key in ("variants", "deferred"):
+        if not all(isinstance(v, dict) for v in manifest.get(key) or []):
+            raise BundleError(f"{path}: every {key!r} entry must be a table")
     return manifest
 
 
@@ -283,8 +368,6 @@ def load_bundle(path: str | Path, trust: TrustLike | None = None) -> Bundle:
     folder, install = _resolve_install(Path(path))
     key = None
     if trust is not None:
-        from regiontrt.deploy.signing import verify_bundle
-
         key = verify_bundle(folder, trust).name
     manifest = read_manifest(folder)
     verify_contents(folder, manifest)

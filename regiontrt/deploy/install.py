@@ -6,24 +6,32 @@ An install folder (``DIR/NAME``)::
     previous                 pointer file: the one before, for ``regiontrt rollback``
     versions/<ver>_<region>/ verified bundles (current and previous; older ones are pruned)
     local/                   plans rebuilt on this node (see :mod:`.select`)
+    tuf/                     the registry's TUF metadata this site trusts (root and the newest
+                             timestamp, snapshot and targets it has seen: rollback protection)
     .staging-*/              a pull in progress; debris of an interrupted one, cleared next pull
 
-A pull downloads into a staging folder beside the install, verifies the signature with the
-site's trusted keys, every file's hash and the region's compliance, and only then renames it into
-``versions/`` and replaces ``current``. A refused or interrupted pull leaves the running install
-untouched.
+A pull first refreshes the registry's signed TUF metadata (:mod:`.tuf_client`): what is current,
+and the length and hashes of every file. It downloads exactly the signed files of the bundle,
+each streamed to a staging folder beside the install and cut at its signed length, checks their
+hashes, verifies the bundle signature with the site's trusted keys, every file's hash and the
+region's compliance, and only then renames it into ``versions/`` and replaces ``current``. A
+refused, timed-out or interrupted pull leaves the running install untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from regiontrt.deploy._util import is_older, safe_name
+from regiontrt.deploy._util import is_older, latest, safe_name, share_tree, write_shared_text
 from regiontrt.deploy.bundle import load_bundle
 from regiontrt.deploy.layout import (
     POINTER,
@@ -32,12 +40,21 @@ from regiontrt.deploy.layout import (
     read_pointer,
     write_pointer,
 )
-from regiontrt.deploy.registry import fetch_bundle, read_index
 from regiontrt.deploy.signing import TrustLike
-from regiontrt.errors import BundleError, DowngradeError, RegistryError
+from regiontrt.errors import (
+    BundleError,
+    DowngradeError,
+    InvalidArgumentError,
+    RegistryError,
+    RegistryTimeout,
+)
 
 STAGING = ".staging-"
 TRASH = ".trash-"
+TUF_DIR = "tuf"
+#: Default time limits of a pull: the whole pull, and each file (metadata or bundle file).
+DEFAULT_TIMEOUT_S = 900.0
+DEFAULT_FILE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -63,15 +80,27 @@ def clear_debris(install: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _locked(install: Path) -> Iterator[None]:
-    """One pull or rollback at a time per install (POSIX advisory lock; a no-op elsewhere)."""
+def _locked(install: Path, deadline: float = math.inf) -> Iterator[None]:
+    """One pull or rollback at a time per install (POSIX advisory lock; a no-op elsewhere).
+
+    Raises:
+        RegistryTimeout: another pull held the lock past ``deadline`` (``time.monotonic``).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
     with (install / ".lock").open("a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        while True:  # polled, so a pull waiting behind a stuck one still honours its time limit
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RegistryTimeout(
+                        f"{install}: another pull holds the install lock") from None
+                time.sleep(0.05)
         try:
             yield
         finally:
@@ -94,6 +123,9 @@ def pull(
     trust: TrustLike,
     version: str | None = None,
     allow_downgrade: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
+    group_readable: bool = False,
 ) -> PullResult:
     """Install ``name`` for ``region`` from ``registry`` into ``into/name``.
 
@@ -102,26 +134,43 @@ def pull(
         name: the model name.
         region: the region whose bundle to install.
         into: the folder holding installs; the install is ``into/name``.
-        trust: the public key(s) the bundle's signature must verify with.
-        version: a version; by default the index's ``latest``.
-        allow_downgrade: accept a version older than the installed one.
+        trust: the public key(s) that anchor the registry's TUF root (first pull) and verify the
+            bundle's signature.
+        version: a version; by default the highest signed version that has ``region``.
+        allow_downgrade: accept a version older than the installed one (the registry's
+            metadata itself can never go back: :class:`DowngradeError` regardless).
+        timeout_s: the whole pull's time limit (waiting for the install lock included).
+        file_timeout_s: each file's time limit (metadata and bundle files).
+        group_readable: make the installed files group-readable whatever the umask (for a
+            service user of the puller's group); otherwise modes follow the umask.
 
     Raises:
-        DowngradeError: an older version without ``allow_downgrade``.
-        SignatureError, BundleError, PolicyViolation: the bundle is refused.
+        StaleMetadataError: the registry's metadata expired (a frozen or replayed registry).
+        DowngradeError: an older version without ``allow_downgrade``, or older metadata.
+        SignatureError, BundleError, PolicyViolation: the metadata or the bundle is refused.
+        RegistryTimeout: a file or the pull exceeded its time limit (the lock is released).
         RegistryError: not in the registry, or the transfer failed.
     """
+    for what, value in (("timeout_s", timeout_s), ("file_timeout_s", file_timeout_s)):
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise InvalidArgumentError(f"pull: {what} must be a positive number of seconds, "
+                                       f"not {value!r}")
+    deadline = time.monotonic() + float(timeout_s)
     install = Path(into) / safe_name(name, "model name")
     install.mkdir(parents=True, exist_ok=True)
-    with _locked(install):
+    try:  # python-tuf is in the fleet extra: imported when a pull needs it, like fsspec
+        from regiontrt.deploy.tuf_client import Session
+    except ImportError as exc:
+        raise RegistryError(f"pulls need python-tuf: pip install 'regiontrt[fleet]' ({exc})") \
+            from exc
+
+    with _locked(install, deadline):
         clear_debris(install)
-        index = read_index(registry, name)
-        version = version or index.get("latest")
-        if not isinstance(version, str) or version not in index["versions"]:
-            raise RegistryError(f"{name}: version {version!r} is not in the registry "
-                                f"(published: {', '.join(sorted(index['versions'])) or 'none'})")
-        if region not in index["versions"][version].get("regions", []):
-            raise RegistryError(f"{name} {version} has no bundle for region {region!r}")
+        session = Session(registry, name, install / TUF_DIR, trust,
+                          timeout_s=max(deadline - time.monotonic(), 1e-3),
+                          file_timeout_s=file_timeout_s)
+        channels = session.refresh()  # signed, fresh, never older than what this site saw
+        version = _choose(channels, name, region, version)
         current = read_pointer(install, POINTER)
         _check_downgrade(current, version, allow_downgrade)
         folder = f"{safe_name(version, 'version')}_{safe_name(region, 'region')}"
@@ -129,31 +178,68 @@ def pull(
             load_bundle(install, trust=trust)  # re-verify what is installed, change nothing
             return PullResult(name, version, region, install / VERSIONS / folder,
                               current["version"], changed=False)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=install))
-        try:
-            fetch_bundle(registry, name, version, region, staging)
-            bundle = load_bundle(staging, trust=trust)
-            if (bundle.name, bundle.version, bundle.region) != (name, version, region):
-                raise BundleError(
-                    f"the registry served {bundle.name} {bundle.version} {bundle.region} for "
-                    f"{name} {version} {region}")
-            _check_downgrade(current, bundle.version, allow_downgrade)
-            target = install / VERSIONS / folder
-            target.parent.mkdir(exist_ok=True)
-            if target.exists():  # an older copy of this version (e.g. rolled back from)
-                target.rename(install / f"{TRASH}{folder}")
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        target = _install(session, channels[version][region], install / VERSIONS / folder,
+                          (name, version, region), trust, current, allow_downgrade,
+                          group_readable)
         pointer = {"folder": folder, "version": version, "region": region}
         if current is not None:
-            write_pointer(install, PREVIOUS, current)
-        write_pointer(install, POINTER, pointer)  # the switch: one atomic rename
+            _write_pointer(install, PREVIOUS, current, group_readable)
+        _write_pointer(install, POINTER, pointer, group_readable)  # the switch: one rename
         _prune(install, {folder} | ({current["folder"]} if current else set()))
         clear_debris(install)
         return PullResult(name, version, region, target,
                           current["version"] if current else None, changed=True)
+
+
+def _install(session: Any, files: list[str], target: Path, want: tuple[str, str, str],
+             trust: TrustLike, current: dict[str, str] | None, allow_downgrade: bool,
+             group_readable: bool) -> Path:
+    """Download ``files`` into a staging folder, verify them, and rename it to ``target``."""
+    install = target.parent.parent
+    name, version, region = want
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=install))
+    try:
+        for file in files:
+            session.download(version, region, file, staging / file)
+        bundle = load_bundle(staging, trust=trust)
+        if (bundle.name, bundle.version, bundle.region) != want:
+            raise BundleError(
+                f"the registry served {bundle.name} {bundle.version} {bundle.region} for "
+                f"{name} {version} {region}")
+        _check_downgrade(current, bundle.version, allow_downgrade)
+        share_tree(staging, group_readable=group_readable)  # mkdtemp made it 0700
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():  # an older copy of this version (e.g. rolled back from)
+            target.rename(install / f"{TRASH}{target.name}")
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _write_pointer(install: Path, which: str, pointer: Mapping[str, str],
+                   group_readable: bool) -> None:
+    write_shared_text(install / which, json.dumps(dict(pointer), sort_keys=True),
+                      group_readable=group_readable)
+
+
+def _choose(channels: Mapping[str, Mapping[str, object]], name: str, region: str,
+            version: str | None) -> str:
+    """The version to install, from the signed channels."""
+    published = ", ".join(sorted(channels)) or "none"
+    if version is None:
+        chosen = latest(v for v, regions in channels.items() if region in regions)
+        if chosen is None:
+            raise RegistryError(f"{name}: no bundle for region {region!r} in the registry "
+                                f"(published: {published})")
+        return chosen
+    if version not in channels:
+        raise RegistryError(f"{name}: version {version!r} is not in the registry "
+                            f"(published: {published})")
+    if region not in channels[version]:
+        raise RegistryError(f"{name} {version} has no bundle for region {region!r}")
+    return version
 
 
 def _check_downgrade(current: dict[str, str] | None, version: str, allow: bool) -> None:
@@ -178,7 +264,7 @@ def rollback(install: str | Path) -> str:
         previous = read_pointer(install, PREVIOUS)
         if previous is None or not (install / VERSIONS / previous["folder"]).is_dir():
             raise RegistryError(f"{install}: no previous version to roll back to")
-        write_pointer(install, POINTER, previous)
+        write_pointer(install, POINTER, previous)  # an overwritten pointer keeps its mode
         if current is not None:
             write_pointer(install, PREVIOUS, current)
         return previous["version"]

@@ -227,10 +227,6 @@ def build_fleet(
                     for c in mine if c.status == "deferred"]
         folder = write_bundle(bundle_dir(out, spec.name, spec.version, region), name=spec.name,
                               version=spec.version, region_engine=engine, variants=variants,
-                              deferred=deferred)
-        if sign_key is not None:
-            from regiontrt.deploy.signing import sign_bundle
-
-            sign_bundle(folder, sign_key)
+                              deferred=deferred, sign_key=sign_key)  # signed before it appears
         bundles[region] = folder
     return FleetResult(spec, cells, bundles, time.perf_counter() - started)

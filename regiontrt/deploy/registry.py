@@ -2,31 +2,33 @@
 
 Layout (see docs/fleet.md)::
 
-    <registry>/<name>/index.json                  versions, their regions, the ``latest`` channel
+    <registry>/<name>/tuf/...                     signed TUF metadata: what is current
+                                                  (see :mod:`.tuf_repo`)
+    <registry>/<name>/channels.json               the signed versions/regions/files (a target)
     <registry>/<name>/<version>/<region>/...      one signed bundle, files as in the bundle
+    <registry>/<name>/index.json                  for humans only: never decides what installs
 
-:func:`publish` writes every bundle file first (each bundle's manifest and signature last) and
-the index last, so a reader never sees a version whose files are missing. ``http(s)://``
-registries are read-only (pull from a CDN or plain web server). Everything read back from a
-registry is treated as hostile: names are checked, sizes capped at what the manifest declares.
+:func:`publish` writes every bundle file first, then the TUF metadata (targets, snapshot, and the
+timestamp last), then the index, so a reader never sees a version whose files are missing.
+``http(s)://`` registries are read-only (pull from a CDN or plain web server). Everything read
+back from a registry is hostile: pulls take lengths and hashes from verified metadata only.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from regiontrt.deploy._util import is_older, safe_name
-from regiontrt.deploy.bundle import MANIFEST, MAX_MANIFEST, load_bundle, read_manifest
+from regiontrt.deploy._util import latest, load_json, safe_name
+from regiontrt.deploy.bundle import MANIFEST, MAX_MANIFEST, Bundle, load_bundle
 from regiontrt.deploy.signing import SIGNATURE_FILE
-from regiontrt.errors import BundleError, RegionTRTError, RegistryError
+from regiontrt.deploy.tuf_repo import ExpiryLike, Repository
+from regiontrt.errors import RegionTRTError, RegistryError
 
 INDEX = "index.json"
-MAX_SIGNATURE = 1 << 20
 
 
 def _fs(registry: str) -> tuple[Any, str]:
@@ -45,76 +47,39 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
 
 
-def read_limited(fs: Any, path: str, limit: int) -> bytes:
-    """Read at most ``limit`` bytes of ``path``; more is an error (a hostile or wrong file).
-
-    Raises:
-        RegistryError: missing, unreadable, interrupted, or larger than ``limit``.
-    """
-    # Over HTTP, stream the body (no Range requests: plain web servers do not all serve them).
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    options = {"block_size": 0} if protocol in ("http", "https") else {}
-    try:
-        with fs.open(path, "rb", **options) as fh:
-            chunks, total = [], 0
-            while total <= limit:
-                chunk = fh.read(min(1 << 20, limit + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-    except Exception as exc:  # fsspec back-ends raise OSError, aiohttp and botocore errors...
-        raise RegistryError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
-    if total > limit:
-        raise RegistryError(f"{path}: larger than the {limit} bytes expected")
-    return b"".join(chunks)
+def _writable(registry: str) -> tuple[Any, str]:
+    if str(registry).startswith(("http://", "https://")):
+        raise RegistryError("http(s) registries are read-only: publish to the server's folder")
+    return _fs(registry)
 
 
 def read_index(registry: str, name: str) -> dict[str, Any]:
-    """The model's index: ``{"name", "latest", "versions": {version: {"regions": [...]}}}``.
+    """The model's human-readable index: ``{"name", "latest", "versions": {v: {"regions"}}}``.
+
+    Informational only: pulls decide from the signed TUF metadata, never from this file.
 
     Raises:
-        RegistryError: no such model, or an unreadable index.
+        RegistryError: no such model, or an index of another shape (schema-checked).
     """
     fs, root = _fs(registry)
     path = _join(root, safe_name(name, "model name"), INDEX)
-    raw = read_limited(fs, path, MAX_MANIFEST)
     try:
-        index = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path}: not JSON: {exc}") from None
-    if not isinstance(index, dict) or not isinstance(index.get("versions"), dict):
+        with fs.open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST + 1)
+    except Exception as exc:  # fsspec back-ends raise OSError, aiohttp errors...
+        raise RegistryError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    index = load_json(raw, path, MAX_MANIFEST, RegistryError)
+    versions = index.get("versions") if isinstance(index, dict) else None
+    if not isinstance(versions, dict) or not isinstance(index.get("latest", ""), str):
         raise RegistryError(f"{path}: not a regiontrt registry index")
+    for version, entry in versions.items():
+        regions = entry.get("regions") if isinstance(entry, dict) else None
+        if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+            raise RegistryError(f"{path}: version {version!r}: not an index entry")
     return index
 
 
-def _latest(versions: Mapping[str, Any]) -> str:
-    best = None
-    for version in versions:
-        if best is None or is_older(best, version):
-            best = version
-    assert best is not None
-    return best
-
-
-def publish(dist: str | Path, registry: str, *, overwrite: bool = False) -> list[str]:
-    """Upload every signed bundle under ``dist`` to ``registry``; the index is written last.
-
-    Args:
-        dist: a build output folder (bundles at ``<name>/<version>/<region>/``) or one bundle.
-        registry: a folder or fsspec URL (not ``http(s)://``, which is read-only).
-        overwrite: replace a (version, region) already published (refused by default: a
-            published version is immutable, so sites that pulled it keep what they verified).
-
-    Returns:
-        The registry paths of the bundles published.
-
-    Raises:
-        RegistryError: no bundle, an unsigned bundle, an existing version, or a write failure.
-    """
-    if str(registry).startswith(("http://", "https://")):
-        raise RegistryError("http(s) registries are read-only: publish to the server's folder")
-    dist = Path(dist)
+def _signed_bundles(dist: Path) -> list[Bundle]:
     folders = sorted(p.parent for p in dist.rglob(MANIFEST))
     if not folders:
         raise RegistryError(f"no bundle (manifest.json) under {dist}")
@@ -123,35 +88,62 @@ def publish(dist: str | Path, registry: str, *, overwrite: bool = False) -> list
         if not (folder / SIGNATURE_FILE).is_file():
             raise RegistryError(f"{folder} is not signed: run `regiontrt sign` first")
         bundles.append(load_bundle(folder))  # hashes and compliance, before anything is written
-    fs, root = _fs(registry)
-    by_name: dict[str, list[Any]] = {}
+    return bundles
+
+
+def bundle_files(bundle: Bundle) -> list[str]:
+    """A bundle's files in upload order: payloads first, manifest and signature last."""
+    return [*(v.file for v in bundle.variants), bundle.manifest["onnx"]["file"], MANIFEST,
+            SIGNATURE_FILE]
+
+
+def publish(dist: str | Path, registry: str, *, key: str | Path, overwrite: bool = False,
+            expiry: ExpiryLike = None) -> list[str]:
+    """Upload every signed bundle under ``dist`` and sign the registry's metadata with ``key``.
+
+    Args:
+        dist: a build output folder (bundles at ``<name>/<version>/<region>/``) or one bundle.
+        registry: a folder or fsspec URL (not ``http(s)://``, which is read-only).
+        key: the private key (PEM, from ``regiontrt keygen``) that signs the TUF metadata; the
+            registry's root names it, so later publishes must use it too.
+        overwrite: replace a (version, region) already published (refused by default: a
+            published version is immutable, so sites that pulled it keep what they verified).
+        expiry: per role (``root``, ``targets``, ``snapshot``, ``timestamp``), a ``timedelta`` or
+            seconds; defaults in :data:`regiontrt.deploy.tuf_repo.DEFAULT_EXPIRY`.
+
+    Returns:
+        The registry paths of the bundles published.
+
+    Raises:
+        RegistryError: no bundle, an unsigned bundle, an existing version, another key's
+            registry, or a write failure (the previous metadata then stays current).
+        SignatureError: an unreadable key.
+    """
+    fs, root = _writable(registry)
+    bundles = _signed_bundles(Path(dist))
+    by_name: dict[str, list[Bundle]] = {}
     for b in bundles:
         by_name.setdefault(b.name, []).append(b)
     written = []
     try:
         for name, group in by_name.items():
-            index_path = _join(root, name, INDEX)
-            index: dict[str, Any] = read_index(registry, name) if fs.exists(index_path) else {
-                "name": name, "versions": {}}
+            base = _join(root, name)
+            repo = Repository.open(fs, base, key, expiry)
+            published = repo.channels()
             for b in group:
-                entry = index["versions"].setdefault(b.version, {"regions": []})
-                if b.region in entry["regions"] and not overwrite:
+                if b.region in published.get(b.version, {}) and not overwrite:
                     raise RegistryError(f"{name} {b.version} {b.region} is already published "
                                         "(versions are immutable; use a new version)")
             for b in group:
-                dest = _join(root, name, b.version, b.region)
-                files = [*(v.file for v in b.variants), b.manifest["onnx"]["file"],
-                         MANIFEST, SIGNATURE_FILE]
+                dest = _join(base, b.version, b.region)
                 fs.makedirs(dest, exist_ok=True)
+                files = bundle_files(b)
                 for file in files:  # manifest and signature last
                     fs.put_file(str(b.path / file), _join(dest, file))
-                entry = index["versions"][b.version]
-                entry["regions"] = sorted(set(entry["regions"]) | {b.region})
-                entry["published_at"] = _dt.datetime.now(_dt.UTC).isoformat(
-                    timespec="seconds")
+                repo.add_bundle(name, b.version, b.region, {f: b.path / f for f in files})
                 written.append(dest)
-            index["latest"] = _latest(index["versions"])
-            _write_index(fs, index_path, index)
+            repo.commit()  # the timestamp last: the new state appears in one rename
+            _write_index(fs, _join(base, INDEX), name, repo.channels())
     except RegionTRTError:
         raise
     except Exception as exc:  # back-end write errors
@@ -159,41 +151,43 @@ def publish(dist: str | Path, registry: str, *, overwrite: bool = False) -> list
     return written
 
 
-def _write_index(fs: Any, path: str, index: Mapping[str, Any]) -> None:
-    """Write the index under a temporary name, then move it over the old one."""
-    data = json.dumps(index, indent=2, sort_keys=True).encode()
+def refresh(registry: str, name: str, *, key: str | Path, expiry: ExpiryLike = None,
+            snapshot: bool = False) -> int:
+    """Re-sign the model's timestamp (and snapshot) with new expiries, publishing nothing new.
+
+    Run it more often than the timestamp's expiry (1 day by default), e.g. from cron, or sites
+    refuse the registry as frozen (``StaleMetadataError``).
+
+    Returns:
+        The new timestamp version.
+
+    Raises:
+        RegistryError: no such model, another key's registry, or a write failure.
+    """
+    fs, root = _writable(registry)
+    base = _join(root, safe_name(name, "model name"))
+    try:
+        if not fs.exists(_join(base, "tuf", "root.json")):
+            raise RegistryError(f"{registry}: no model {name!r} published")
+        repo = Repository.open(fs, base, key, expiry)
+        repo.commit(refresh=("snapshot",) if snapshot else ())
+    except RegionTRTError:
+        raise
+    except Exception as exc:  # back-end errors
+        raise RegistryError(f"refreshing {name} in {registry} failed: {exc}") from exc
+    return int(repo.roles["timestamp"].signed.version)
+
+
+def _write_index(fs: Any, path: str, name: str,
+                 channels: Mapping[str, Mapping[str, Any]]) -> None:
+    """The human-readable index, derived from the signed channels (temporary name, then moved)."""
+    index = {"name": name, "latest": latest(channels),
+             "note": "informational: pulls read the signed metadata under tuf/",
+             "versions": {v: {"regions": sorted(r)} for v, r in channels.items()}}
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    fs.pipe_file(tmp, data)
+    fs.pipe_file(tmp, json.dumps(index, indent=2, sort_keys=True).encode())
     try:
         fs.mv(tmp, path)
     except Exception:
         fs.rm(tmp)
         raise
-
-
-def fetch_bundle(registry: str, name: str, version: str, region: str, dest: Path) -> None:
-    """Download one bundle into the (empty, local) folder ``dest``.
-
-    The manifest and signature come first; the other files are the ones the manifest lists,
-    each read up to its declared size. Nothing is trusted yet: :func:`load_bundle` verifies.
-
-    Raises:
-        RegistryError: missing or unreadable files, or an interrupted transfer.
-        BundleError: a manifest that names unsafe files.
-    """
-    fs, root = _fs(registry)
-    src = _join(root, safe_name(name, "model name"), safe_name(version, "version"),
-                safe_name(region, "region"))
-    manifest_raw = read_limited(fs, _join(src, MANIFEST), MAX_MANIFEST)
-    (dest / MANIFEST).write_bytes(manifest_raw)
-    (dest / SIGNATURE_FILE).write_bytes(
-        read_limited(fs, _join(src, SIGNATURE_FILE), MAX_SIGNATURE))
-    manifest = read_manifest(dest)
-    files = [(manifest["onnx"].get("file"), manifest["onnx"].get("size"))]
-    files += [(v.get("file"), v.get("size")) for v in manifest["variants"]
-              if isinstance(v, Mapping)]
-    for file, size in files:
-        if not isinstance(size, int) or size < 0:
-            raise BundleError(f"manifest: bad size {size!r} for {file!r}")
-        data = read_limited(fs, _join(src, safe_name(file, "file")), size)
-        (dest / file).write_bytes(data)
