@@ -40,8 +40,8 @@ from regiontrt.errors import BundleError, PolicyViolation
 from regiontrt.precision.regions import Region
 from regiontrt.precision.types import Precision
 from regiontrt.runtime import artifact
-from regiontrt.runtime.schema import check_payload, validate_header
 from regiontrt.runtime.engine import Engine
+from regiontrt.runtime.schema import check_payload, validate_header
 
 if TYPE_CHECKING:
     from regiontrt.deploy.signing import TrustLike
