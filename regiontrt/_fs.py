@@ -38,6 +38,11 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The mode any tool's new file gets here: ``0666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
 def _mode_for(path: Path) -> int:
     try:
         return stat.S_IMODE(os.stat(path).st_mode)

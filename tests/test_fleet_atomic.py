@@ -149,3 +149,18 @@ def test_modes_follow_the_umask(built, tmp_path, mask, group_readable, want_dir,
     current = stat.S_IMODE((tmp_path / "site" / "digits" / "current").stat().st_mode)
     assert current == want_file
     shutil.rmtree(tmp_path / "site")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_regiontrt_sign_writes_the_signature_with_the_umask(built, tmp_path, mask):
+    folder = tmp_path / "b"
+    shutil.copytree(built["bundle"], folder)
+    (folder / "bundle.sig").unlink()
+    old = os.umask(mask)
+    try:
+        deploy.sign_bundle(folder, built["private"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((folder / "bundle.sig").stat().st_mode) == 0o666 & ~mask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no signer debris
+    rt.load_bundle(folder, trust=built["public"])

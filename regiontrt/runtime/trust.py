@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from regiontrt._fs import atomic_write_bytes
+from regiontrt._fs import TMP_MARK, atomic_write_bytes, new_file_mode
 from regiontrt.errors import ArtifactError, SignatureError
 from regiontrt.runtime.artifact import read_file
 
@@ -98,8 +98,12 @@ def sign_path(target: Path, signature: Path, key: str | Path, ignore: Sequence[s
         raise SignatureError(f"private key not found: {key}")
     hashing = ms.hashing.Config().set_ignored_paths(paths=list(ignore), ignore_git_paths=False)
     # Written outside the signed folder first, so the signer never hashes a half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=".sig.", dir=target.parent if target.is_dir() else None)
+    # Named like every temporary file of ours, so a killed signer's debris is swept by the next
+    # write into that folder (regiontrt._fs.sweep_stale).
+    fd, tmp = tempfile.mkstemp(prefix=f".{TMP_MARK}sig-",
+                               dir=target.parent if target.is_dir() else None)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide the signature from other users
     try:
         config = ms.signing.Config().set_hashing_config(hashing)
         try:
