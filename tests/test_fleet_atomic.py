@@ -164,3 +164,34 @@ def test_regiontrt_sign_writes_the_signature_with_the_umask(built, tmp_path, mas
     assert stat.S_IMODE((folder / "bundle.sig").stat().st_mode) == 0o666 & ~mask
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no signer debris
     rt.load_bundle(folder, trust=built["public"])
+
+
+def test_a_signed_bundle_holding_onnx_under_a_plan_label_is_refused(built, tmp_path):
+    """Issue 19: an int8 ONNX payload labelled as a TensorRT plan, with a made-up compliance
+    record, inside a bundle signed by a trusted key, was pulled, selected and served as EU."""
+    import hashlib
+    import json
+
+    from hostile import forge, qdq_model
+
+    folder = tmp_path / "b"
+    shutil.copytree(built["bundle"], folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    good = manifest["variants"][0]
+    blob = (folder / good["file"]).read_bytes()
+
+    def as_plan(meta: dict) -> None:
+        meta.update(payload_format="tensorrt-plan", backend={"name": "onnxruntime"},
+                    compliance={"compliant": True, "checked": "made up", "reasons": ["ok"]})
+
+    evil = forge(blob, as_plan, payload=qdq_model().SerializeToString())
+    (folder / "evil.engine").write_bytes(evil)
+    manifest["variants"].insert(0, {**good, "target": "evil", "file": "evil.engine",
+                                    "payload_format": "tensorrt-plan",
+                                    "sha256": hashlib.sha256(evil).hexdigest(),
+                                    "size": len(evil)})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "bundle.sig").unlink()
+    deploy.sign_bundle(folder, built["private"])  # the key holder signs it: still refused
+    with pytest.raises(rt.errors.ArtifactError, match="payload_format"):
+        rt.load_bundle(folder, trust=built["public"])
