@@ -109,7 +109,11 @@ class Bundle:
     @property
     def _provenance(self) -> str | None:
         # Files are re-hashed against the manifest on every read, so the signature covers them.
-        return None if self.verified_by is None else f"signed bundle ({self.verified_by})"
+        if self.verified_by is not None:
+            return f"signed bundle ({self.verified_by})"
+        # pull() verified the signature before installing; the install folder is this node's
+        # own, trusted like its rebuild cache (docs/security.md, "Limits").
+        return None if self.install is None else f"installed by a verified pull ({self.install})"
 
     def select(self, *, role: str | None = None, rebuild: bool = True) -> Selection:
         """Pick and load the variant for this machine; see :func:`regiontrt.deploy.select`."""
