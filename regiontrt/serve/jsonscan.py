@@ -100,7 +100,7 @@ class NumberRun:
             cut = self.end if cut < 0 else cut
             try:
                 values = json.loads(b"[" + self.body[pos:cut] + b"]")
-            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # not ours: json's
                 raise ProtocolError(f"{label}: malformed data: {exc}") from None
             n = len(values)
             if n == 0 or filled + n > self.count:
@@ -178,6 +178,8 @@ class _Parser:
         try:
             return json.loads(data, parse_int=self._int, parse_float=self._float,
                               parse_constant=self._constant)
+        except ProtocolError:  # over the budget (an InputError is a ValueError too)
+            raise
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ProtocolError(f"malformed JSON: {exc}") from None
         except ValueError as exc:  # e.g. an int past sys.get_int_max_str_digits()
