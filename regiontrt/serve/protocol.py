@@ -30,8 +30,8 @@ MAX_TENSORS = 64
 MAX_RANK = 16
 #: Default cap on one request's decoded input arrays (bytes): 413 past it.
 MAX_DECODED = 128 * 1024 * 1024
-#: Largest shape dimension accepted (past it the request is refused before any arithmetic).
-MAX_DIM = 1 << 31
+#: Largest shape dimension accepted (int64, as ONNX dimensions); the memory cap bounds the product.
+MAX_DIM = (1 << 63) - 1
 #: Largest ``parameters.timeout`` (microseconds, as Triton): one day.
 MAX_TIMEOUT_US = 86_400 * 10**6
 #: Output values encoded to JSON per call (larger outputs are encoded slice by slice).
@@ -88,7 +88,7 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
         raise ProtocolError(f"input {name!r}: shape must be a list of at most {MAX_RANK} ints")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM
                for d in value):
-        raise ProtocolError(f"input {name!r}: shape must hold ints in [0, {MAX_DIM}], got "
+        raise ProtocolError(f"input {name!r}: shape must hold ints in [0, 2**63 - 1], got "
                             f"{_short(value)}")
     return tuple(value)
 
