@@ -7,11 +7,16 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -480,3 +485,56 @@ def test_readiness_is_503_from_the_start_of_draining_and_live_stays_200(engine):
         assert other.ready
         srv._uv.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
         assert not other.ready  # at once, not after uvicorn's next tick
+
+
+def test_after_sigterm_readiness_never_answers_200(engine, tmp_path):
+    """The CLI server, SIGTERMed with a request in flight: every readiness probe from then on
+    is refused or 503 (uvicorn notices the signal only on its next 0.1 s tick)."""
+    path = tmp_path / "double.CERTIFIED.engine"
+    engine.save(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": str(Path(rt.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from regiontrt.cli import main; sys.exit(main())",
+         "serve", str(path), "--port", str(port), "--mode", "throughput", "--max-batch", "64",
+         "--max-delay-ms", "2000", "--log-level", "warning", "--header-timeout-s", "5"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.1)
+        replies: list[tuple[int, bytes]] = []
+        sender = threading.Thread(target=lambda: replies.append(_post(
+            port, "/v2/models/double_CERTIFIED/infer", _request(np.ones((1, 4), np.float32)))))
+        sender.start()
+        time.sleep(0.5)  # queued for the 2 s fill
+        proc.send_signal(signal.SIGTERM)
+        statuses = []
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/v2/health/ready")
+                statuses.append(c.getresponse().status)
+                c.close()
+            except OSError:
+                statuses.append(0)  # refused: no longer listening
+        sender.join(20)
+        assert proc.wait(20) in (0, -signal.SIGTERM)
+        print("readiness after SIGTERM:", Counter(statuses))
+        assert statuses and 200 not in statuses, statuses
+        assert replies and replies[0][0] == 200  # the in-flight request was still answered
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
