@@ -122,7 +122,9 @@ def _spans(body: bytes) -> list[tuple[int, int]]:
     """``(index of '[', index of ']')`` of the long flat arrays following a ``"data"`` key."""
     spans: list[tuple[int, int]] = []
     pos, n = 0, len(body)
-    while len(spans) < MAX_SPANS:
+    for _ in range(4 * MAX_SPANS):  # each look may scan far: a bounded number of them
+        if len(spans) == MAX_SPANS:
+            break
         key = _find(body, b'"data"', pos, n)
         if key < 0:
             break
