@@ -13,7 +13,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from regiontrt.serve import serve
 
     try:
-        from regiontrt.serve.runner import serve_http
+        from regiontrt.serve.runner import HTTPLimits, serve_http
     except ImportError as exc:
         raise BackendUnavailable(
             f"regiontrt serve needs the web stack ({exc.name}): pip install 'regiontrt[serve]'"
@@ -34,7 +34,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve_http(server, host=args.host, port=args.port,
                    max_body=int(args.max_body_mb * 1024 * 1024), graceful_s=args.graceful_s,
-                   log_level=args.log_level)
+                   log_level=args.log_level, limits=HTTPLimits(
+                       max_decoded=int(args.max_decoded_mb * 1024 * 1024),
+                       header_timeout_s=args.header_timeout_s, body_idle_s=args.body_idle_s,
+                       body_timeout_s=args.body_timeout_s, keep_alive_s=args.keep_alive_s,
+                       decode_workers=args.decode_workers,
+                       max_connections=args.max_connections))
     finally:
         server.close()
     return 0
@@ -67,6 +72,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="p99 latency SLA (default: the region's), e.g. 50")
     s.add_argument("--max-body-mb", type=positive_float, default=64.0, metavar="MB",
                    help="largest request body accepted (default: 64), e.g. 16")
+    s.add_argument("--max-decoded-mb", type=positive_float, default=128.0, metavar="MB",
+                   help="cap on one request's decoded input arrays (default: 128), e.g. 32")
+    s.add_argument("--header-timeout-s", type=positive_float, default=10.0, metavar="S",
+                   help="close a connection whose request head is not complete this long "
+                        "after it opened or its last response (default: 10), e.g. 5")
+    s.add_argument("--body-idle-s", type=positive_float, default=10.0, metavar="S",
+                   help="408 when the next piece of a body takes longer (default: 10), e.g. 5")
+    s.add_argument("--body-timeout-s", type=positive_float, default=60.0, metavar="S",
+                   help="408 when a whole body takes longer (default: 60), e.g. 30")
+    s.add_argument("--keep-alive-s", type=positive_int, default=5, metavar="S",
+                   help="close idle keep-alive connections after this (default: 5), e.g. 2")
+    s.add_argument("--decode-workers", type=positive_int, default=2, metavar="N",
+                   help="threads decoding request bodies off the event loop (default: 2), "
+                        "e.g. 4")
+    s.add_argument("--max-connections", type=positive_int, metavar="N",
+                   help="open connections past which new requests get 503 (default: no "
+                        "limit), e.g. 1000")
     s.add_argument("--graceful-s", type=non_negative_float, default=30.0, metavar="S",
                    help="on SIGTERM, wait this long for in-flight requests (default: 30), "
                         "e.g. 10")

@@ -63,6 +63,7 @@ class Server:
         self._batchers: dict[str, ModelBatcher] = {}
         self._monitor: DriftMonitor | None = None
         self._closed = False
+        self._draining = False
         try:
             for m in models:
                 sla = sla_ms if sla_ms is not None else \
@@ -100,8 +101,22 @@ class Server:
 
     @property
     def ready(self) -> bool:
-        """Whether every batcher is running and the server accepts requests."""
-        return not self._closed and all(b.alive for b in self._batchers.values())
+        """Whether every batcher is running and the server is neither draining nor closed."""
+        return not (self._closed or self._draining) and \
+            all(b.alive for b in self._batchers.values())
+
+    @property
+    def draining(self) -> bool:
+        """Whether shutdown has begun (:meth:`begin_drain` or :meth:`close`)."""
+        return self._draining or self._closed
+
+    def begin_drain(self) -> None:
+        """Mark the server as going away: :attr:`ready` turns False at once (health checks
+        answer 503) while requests already sent, and new ones, still run until :meth:`close`.
+        """
+        if not self._draining:
+            self._draining = True
+            log.info("draining: no longer ready")
 
     # -- requests -----------------------------------------------------------------------------
     def submit(self, inputs: Any, *, model: str | None = None,
@@ -156,6 +171,7 @@ class Server:
         """Stop accepting requests, finish (``drain``) or fail what is queued, join threads."""
         if self._closed:
             return
+        self._draining = True
         self._closed = True
         for b in self._batchers.values():
             b.close(drain=drain, timeout=timeout)

@@ -1,0 +1,100 @@
+"""Connection guards for uvicorn: a deadline on each request head, and draining on shutdown.
+
+uvicorn (h11 mode, 0.3x-0.5x) times out only idle keep-alive connections after a response: a
+connection that never sends a complete request head (an idle socket, headers sent a byte at a
+time) stays open for ever. :func:`head_timeout_protocol` returns an ``H11Protocol`` subclass
+that closes a connection whose next request head is not complete within ``header_timeout_s``
+of the connection opening or of its previous response; once a head is in, the app's own body
+timeouts (:func:`regiontrt.serve.http.create_app`) take over. :class:`DrainingUvicorn` marks the
+served :class:`Server` as draining (readiness 503) the moment shutdown begins: on the signal,
+not after uvicorn's next 0.1 s tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from types import FrameType
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from regiontrt.serve.server import Server
+
+log = logging.getLogger("regiontrt.serve")
+
+#: Default longest time for a connection to deliver a complete request head (s).
+HEADER_TIMEOUT_S = 10.0
+
+
+class _HeadTimeoutH11(H11Protocol):
+    """``H11Protocol`` with a deadline on each request head (see the module docstring)."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _serving(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._serving():  # a whole head arrived: the app's timeouts apply from here
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a pipelined request
+        if not self.transport.is_closing():
+            self._arm()
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._serving():
+            return
+        log.info("closing the connection from %s: no complete request head within %g s",
+                 self.client[0] if self.client else "?", self.header_timeout_s)
+        with contextlib.suppress(h11.LocalProtocolError):  # mid-request: just drop it
+            self.conn.send(h11.ConnectionClosed())
+        self.transport.close()
+
+
+def head_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
+    """An h11 protocol class for ``uvicorn.Config(http=...)`` with this head deadline."""
+    if not header_timeout_s > 0:
+        raise ValueError(f"header_timeout_s must be > 0, got {header_timeout_s}")
+    return type("HeadTimeoutH11", (_HeadTimeoutH11,), {"header_timeout_s": header_timeout_s})
+
+
+class DrainingUvicorn(uvicorn.Server):
+    """``uvicorn.Server`` that marks ``served`` as draining as soon as shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, served: Server) -> None:
+        super().__init__(config)
+        self.served = served
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.served.begin_drain()  # SIGTERM/SIGINT: readiness 503 from now on
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.served.begin_drain()  # should_exit set another way (a test, max requests)
+        await super().shutdown(sockets)
