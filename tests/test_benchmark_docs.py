@@ -134,3 +134,17 @@ def test_the_check_finds_a_typed_figure() -> None:
     text = "Bandwidth 31.33 GB/s and 12.5 % at `--phase-s 2` on 2026-11-25, SLA 50 ms, 3 cores."
     assert untraceable(text, [32.645, 0.125], set()) == ["31.33 GB/s"]
     assert untraceable(text, [31.331, 0.125], set()) == []
+
+
+def test_the_check_fails_on_an_edited_figure(tmp_path: Path) -> None:
+    # A generated figure typed over by hand is caught: the page no longer equals the render.
+    text = DOC.read_text()
+    generated = re.search(r"<!-- table:fleet .*?\n\| fleet, 1 worker \(ours\) \| ([\d.]+) \|", text,
+                          re.S)
+    assert generated, "the fleet table is generated on the page"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(text.replace(generated.group(0), generated.group(0).replace(
+        f"| {generated.group(1)} |", "| 1.0 |")))
+    run = subprocess.run([sys.executable, str(GENERATOR), "--check", "--doc", str(doc)],
+                         cwd=ROOT, capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "differs from docs/results" in run.stderr
