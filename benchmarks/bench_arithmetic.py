@@ -31,11 +31,14 @@ from typing import Any
 import numpy as np
 import onnx
 
+from benchmarks._env import environment, finish
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "docs" / "results" / "bench_arithmetic.json"
 DOC = ROOT / "docs" / "int8.md"
-#: Every page that shows the table (between the markers), all written from the one JSON.
-DOCS = (DOC, ROOT / "docs" / "benchmarks.md")
+#: The page that shows the table between these markers; docs/benchmarks.md shows the same table
+#: through scripts/gen_benchmarks_md.py (its ``arithmetic`` table calls :func:`table`).
+DOCS = (DOC,)
 START, END = "<!-- arithmetic-table:start -->", "<!-- arithmetic-table:end -->"
 
 
@@ -166,6 +169,7 @@ def main() -> None:
     if args.table_only:
         write_table(json.loads(RESULT.read_text()))
         return
+    env = environment()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -184,9 +188,10 @@ def main() -> None:
                          "seconds": round(time.time() - started, 1)})
     result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
               "machine": _machine(), "load_before": load_before, "load_after": os.getloadavg(),
-              "models": names, "runs": runs}
+              "models": names, "runs": runs, "environment": finish(env)}
     RESULT.write_text(json.dumps(result, indent=1) + "\n")
     write_table(result)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_benchmarks_md.py")], check=True)
     print(table(result))
 
 

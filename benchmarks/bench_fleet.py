@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import ocr
+from benchmarks._env import environment, finish
 
 REGIONS = ("NA", "EU", "CERTIFIED")
 PROFILE = {"x": [[1, 3, 48, 80], [8, 3, 48, 320], [16, 3, 48, 960]]}
@@ -73,7 +72,8 @@ def ours(fleet: Path, out: Path, workers: int) -> dict[str, Any]:
     print(result.table())
     return {"wall_s": wall, "ok": result.ok,
             "cells": {f"{c.region}/{c.target}": [c.status, c.precision, round(c.seconds, 2)]
-                      for c in result.cells}}
+                      for c in result.cells},
+            "errors": {f"{c.region}/{c.target}": c.error for c in result.cells if c.error}}
 
 
 def peer(root: Path) -> dict[str, Any]:
@@ -106,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--no-peer", action="store_true")
     args = p.parse_args(argv)
-    results: dict[str, Any] = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores",
-        "load_average_before": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "lines": args.lines, "runs": {}}
+    results: dict[str, Any] = {"environment": environment(argv), "lines": args.lines,
+                               "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         root = Path(tmp)
         fleet = write_inputs(root, args.lines)
@@ -119,22 +115,22 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][f"fleet, {w} worker{'s' if w > 1 else ''} (ours)"] = ours(
                 fleet, root / f"dist-{w}", w)
         failed = [n for n, r in results["runs"].items() if not r["ok"]]
-        if failed:  # the table above shows each failed cell's error
-            print(f"bench_fleet: failed cells in {failed}; no figures", file=sys.stderr)
-            return 1
-        if not args.no_peer:
+        if not failed and not args.no_peer:
             results["runs"]["by hand, 1 process (peer)"] = peer(root)
-    results["load_average_after"] = os.getloadavg()
+    results["failed"] = failed
+    results["environment"] = finish(results["environment"])
+    if args.json:  # written on failure too: a failed run is a result, with each cell's error
+        args.json.write_text(json.dumps(results, indent=2))
+    if failed:  # the table above shows each failed cell's error
+        print(f"bench_fleet: failed cells in {failed}; no figures", file=sys.stderr)
+        return 1
     peer_s = results["runs"].get("by hand, 1 process (peer)", {}).get("wall_s")
     print(f"\n{'configuration':<32} {'wall s':>8} {'vs peer':>8}")
     for name, run in results["runs"].items():
         ratio = f"{peer_s / run['wall_s']:.2f}x" if peer_s else "-"
         print(f"{name:<32} {run['wall_s']:>8.1f} {ratio:>8}")
     print(json.dumps(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

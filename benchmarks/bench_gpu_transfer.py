@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._env import environment, finish
 from benchmarks._gpu_common import Results, make_parser, run_gpu_benchmark
 from regiontrt.backends import cuda
 
@@ -120,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 16, 256])
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args(argv)
+    env = environment(argv)
     return run_gpu_benchmark("bench_gpu_transfer", args.json,
-                             lambda: measure(args.sizes_mib, args.reps), report)
+                             lambda: {**measure(args.sizes_mib, args.reps),
+                                      "environment": finish(env)}, report)
 
 
 if __name__ == "__main__":

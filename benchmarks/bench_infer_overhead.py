@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._env import environment, finish
 from benchmarks._gpu_common import Results, make_parser, run_gpu_benchmark
 from regiontrt.backends import cuda
 from regiontrt.backends.trt_runner import TensorRTRunner
@@ -151,9 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--blocks", type=int, default=9)
     args = ap.parse_args(argv)
-    return run_gpu_benchmark("bench_infer_overhead", args.json,
-                             lambda: measure(args.rows, args.cols, args.calls, args.blocks),
-                             report)
+    env = environment(argv)
+    return run_gpu_benchmark(
+        "bench_infer_overhead", args.json,
+        lambda: {**measure(args.rows, args.cols, args.calls, args.blocks),
+                 "environment": finish(env)}, report)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import regiontrt as rt
+from benchmarks._env import environment, finish
 from regiontrt.serve.protocol import datatype
 
 MODES = ("latency", "throughput", "adaptive")
@@ -446,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="modes take turns this many times; figures pool the rounds")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    env = environment(argv)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} (shared with other jobs)")
     print("| model | path | mode | phase | requests | p50 ms | p99 ms | answered/s | SLA % |")
@@ -473,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"machine": platform.platform(), "reports": reports,
                                          "monitor_cost_us": demo_cost,
-                                         "date": time.strftime("%Y-%m-%d")}, indent=2))
+                                         "date": time.strftime("%Y-%m-%d"),
+                                         "environment": finish(env)}, indent=2))
     return 0
 
 

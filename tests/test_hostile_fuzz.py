@@ -10,7 +10,9 @@ and the CLI's ``inspect`` and ``inspect --json``.
 Every exception must be a :class:`RegionTRTError`; each example runs under a deadline (no hangs)
 and the process's peak memory is checked at the end. CI runs a small, derandomized count;
 ``nox -s fuzz`` runs ``REGIONTRT_FUZZ_EXAMPLES`` (20,000) and writes a JSON summary to
-``REGIONTRT_FUZZ_REPORT``.
+``REGIONTRT_FUZZ_REPORT``. The summary's counts are this process's own (every call of the fuzzed
+function that raised, by exception type; every call over the deadline), and it is written at
+exit whether the run passed or failed, so a failed run's report says it failed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import resource
 import shutil
 import struct
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import regiontrt as rt
+from benchmarks._env import environment, finish
 from regiontrt.cli import main
 from regiontrt.runtime.inspection import summarize
 
@@ -55,6 +59,12 @@ BASE = build_blob()
 META, PAYLOAD = split(BASE)
 _DEEP = "\x00deep\x00"
 OUTCOMES: Counter[str] = Counter()
+#: Calls of the fuzzed function that raised, by exception type. Hypothesis replays a failing
+#: example while shrinking it, so one bug can count more than once; zero means zero.
+FAILURES: Counter[str] = Counter()
+DEADLINE_S = 20
+OVER_DEADLINE: list[float] = []  # seconds of every call that took longer than the deadline
+ENV = environment()
 
 
 def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -220,7 +230,7 @@ def _read_all(path: Path) -> str:
     return "loaded and ran"
 
 
-@settings(max_examples=EXAMPLES, deadline=datetime.timedelta(seconds=20), database=None,
+@settings(max_examples=EXAMPLES, deadline=datetime.timedelta(seconds=DEADLINE_S), database=None,
           derandomize=not FULL, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.large_base_example])
@@ -231,10 +241,16 @@ def _fuzz(case):
     path.write_bytes(data)
     cwd = os.getcwd()
     os.chdir(WORK)  # relative external-data locations would resolve here
+    started = time.perf_counter()
     try:
         OUTCOMES[f"{kind}: {_read_all(path)}"] += 1
+    except BaseException as exc:  # counted for the report, then failed as before
+        FAILURES[type(exc).__name__] += 1
+        raise
     finally:
         os.chdir(cwd)
+        if (elapsed := time.perf_counter() - started) > DEADLINE_S:
+            OVER_DEADLINE.append(round(elapsed, 1))
     if REPORT and sum(OUTCOMES.values()) % 500 == 0:  # progress of long runs
         Path(REPORT + ".progress").write_text(str(sum(OUTCOMES.values())))
 
@@ -244,15 +260,30 @@ test_every_reader_refuses_hostile_files_with_typed_errors = (
 )
 
 
+def fuzz_summary() -> dict[str, Any]:
+    """This process's counts so far: outcomes, failures by type, calls over the deadline."""
+    untyped = sum(n for name, n in FAILURES.items() if name != "AssertionError")
+    return {"environment": finish(ENV), "examples": sum(OUTCOMES.values()) + FAILURES.total(),
+            "passed": not FAILURES and not OVER_DEADLINE, "untyped_exceptions": untyped,
+            "assertion_failures": FAILURES["AssertionError"], "failures": dict(FAILURES),
+            "over_deadline": len(OVER_DEADLINE), "over_deadline_s": OVER_DEADLINE,
+            "deadline_s_per_file": DEADLINE_S,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "seed": SEED, "outcomes": dict(sorted(OUTCOMES.items()))}
+
+
+def _write_report() -> None:
+    if REPORT and (OUTCOMES or FAILURES):  # at exit: written after a failed fuzz run too
+        Path(REPORT).write_text(json.dumps(fuzz_summary(), indent=2))
+
+
+atexit.register(_write_report)
+
+
 def test_fuzz_summary_and_memory_bound():
-    """Runs after the fuzz (file order): peak memory stays bounded, and the summary is written."""
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    total = sum(OUTCOMES.values())
-    if total == 0:
+    """Runs after the fuzz (file order): peak memory stays bounded; the summary is printed."""
+    if not OUTCOMES and not FAILURES:
         pytest.skip("needs the fuzz test above to run first in this session (run the file)")
-    summary = {"examples": total, "untyped_exceptions": 0, "peak_rss_mib": round(peak_mib),
-               "seed": SEED, "outcomes": dict(sorted(OUTCOMES.items()))}
-    if REPORT:
-        Path(REPORT).write_text(json.dumps(summary, indent=2))
+    summary = fuzz_summary()
     print(json.dumps(summary, indent=2))
-    assert peak_mib < 4096, summary
+    assert summary["peak_rss_mib"] < 4096, summary

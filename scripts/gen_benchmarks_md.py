@@ -1,0 +1,295 @@
+"""Write every table and inline figure of ``docs/benchmarks.md`` from ``docs/results/*.json``.
+
+Issue 20 (results you can trust): a figure in the benchmarks page is what a script wrote, never
+typed. The page holds two kinds of markers, and everything between them is rewritten here:
+
+* ``<!-- table:NAME source:docs/results/A.json[,docs/results/B.json] -->`` ... ``<!-- /table -->``:
+  the table NAME (one of :data:`TABLES`) rendered from the listed result files;
+* ``<!-- value:FMT source:docs/results/A.json key:a.b.0.c -->`` ... ``<!-- /value -->``: one
+  number of one file, found by its dotted key (list items by index), written with format FMT
+  (``.2f``; a ``%`` suffix multiplies by 100, as for a fraction shown as a percentage).
+
+    python scripts/gen_benchmarks_md.py            # rewrite docs/benchmarks.md
+    python scripts/gen_benchmarks_md.py --check    # exit 1 (with a diff) if it is out of date
+
+Every number a renderer writes goes through :func:`fmt`, which records it in :data:`EMITTED`, so
+``tests/test_benchmark_docs.py`` can tell a figure the generator derived (a ratio, a sum) from a
+figure nobody derived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(ROOT))
+
+#: Every number written by a renderer, as written (filled by :func:`fmt`).
+EMITTED: set[str] = set()
+
+TABLE = re.compile(r"(<!-- table:(?P<name>[\w-]+) source:(?P<src>\S+) -->\n)(?P<body>.*?)"
+                   r"(<!-- /table -->)", re.S)
+VALUE = re.compile(r"(<!-- value:(?P<fmt>\S+) source:(?P<src>\S+) key:(?P<key>\S+) -->)"
+                   r"(?P<body>.*?)(<!-- /value -->)", re.S)
+
+
+def fmt(value: float | int | None, spec: str) -> str:
+    """``value`` in format ``spec`` (``%`` suffix: times 100); recorded in :data:`EMITTED`."""
+    if value is None:
+        return "-"
+    text = format(value * 100, spec[:-1]) if spec.endswith("%") else format(value, spec)
+    EMITTED.add(text)
+    return text
+
+
+def lookup(data: Any, key: str) -> Any:
+    """The item of ``data`` at the dotted ``key`` (list items by index)."""
+    for part in key.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def _rows(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+# -- GPU ---------------------------------------------------------------------------------------
+def gpu_transfer(data: list[dict[str, Any]]) -> list[str]:
+    d = data[0]
+    rows = [[f"{r['size_mib']} MiB", r["direction"].upper(), fmt(r["pinned_gbps"], ".2f"),
+             fmt(r["pageable_gbps"], ".2f"), fmt(r["pinned_vs_peak"], ".2f"),
+             fmt(r["pinned_vs_pageable"], ".2f")] for r in d["rows"]]
+    peak = d["peak_gbps"]
+    return [f"Peak (best of {2 * d['reps']} pinned copies of the largest size): H2D {fmt(peak['h2d'], '.1f')} GB/s, "
+            f"D2H {fmt(peak['d2h'], '.1f')} GB/s; median of {d['reps']}.", "",
+            *_rows(["size", "direction", "our pinned buffers GB/s", "pageable numpy GB/s",
+                    "ours / peak", "ours / pageable"], rows)]
+
+
+def infer_overhead(data: list[dict[str, Any]]) -> list[str]:
+    d = data[0]
+    res, bare = d["results"], d["results"]["bare"]["median_us"]
+    names = {"bare": "bare cuda-python sequence (set shapes/addresses, H2D, execute, D2H, sync)",
+             "runner": "`TensorRTRunner.run` (shape guard, profile selection, buffer reuse)",
+             "runner_graph": "`TensorRTRunner` with CUDA-graph replay"}
+    rows = [[names[k], fmt(v["median_us"], ".1f"), fmt(v["min_us"], ".1f"),
+             fmt(v["median_us"] / bare, ".2f")] for k, v in res.items()]
+    t = d["device_timeline_ms"]
+    return [*_rows(["path", "median µs per call", "min µs", "vs bare"], rows), "",
+            f"Runner minus bare: {fmt(d['runner_minus_bare_us'], '.1f')} µs. GPU time per call "
+            f"(CUDA events): H2D {fmt(t['h2d'], '.3f')} ms, compute {fmt(t['compute'], '.3f')} ms, "
+            f"D2H {fmt(t['d2h'], '.3f')} ms."]
+
+
+# -- INT8 quantization -------------------------------------------------------------------------
+def _task(r: dict[str, Any]) -> str:
+    if "cer" in r and r["cer"] is not None:
+        return (f"CER {fmt(r['cer'], '.2f%')} % (Latin {fmt(r['cer_latin'], '.2f%')} %, "
+                f"CJK {fmt(r['cer_cjk'], '.2f%')} %)")
+    if r.get("box_f1") is not None:
+        return f"box F1 {fmt(r['box_f1'], '.2f%')} %"
+    if r.get("accuracy") is not None:
+        return f"accuracy {fmt(r['accuracy'], '.2f%')} %"
+    return ""
+
+
+def _quantizer(name: str, r: dict[str, Any]) -> str:
+    info = r.get("info") or {}
+    if not info.get("kept"):
+        return name
+    kept = f"{name}: kept {len(info['kept'])} ({', '.join(info['kept'][:4])}" + (
+        ", ...)" if len(info["kept"]) > 4 else ")")
+    if "evaluations" in info:
+        kept += f"; {info['evaluations']} full + {info.get('screen_evaluations', 0)} screened"
+    return kept
+
+
+def quant_rows(data: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for d in data:
+        for model, m in d["models"].items():
+            rows.append([model, "FP32", "", "", "", "", _task(m["fp32"])])
+            for name, r in m["rows"].items():
+                ok = r["status"] == "ok"
+                rows.append([model, _quantizer(name, r), fmt(r["wall_s"], ".1f"),
+                             fmt(r["peak_rss_mb"], ".0f"),
+                             fmt(r.get("rel_l2"), ".4f") if ok else r["status"],
+                             fmt(r.get("top1_agreement"), ".2f%") + " %"
+                             if ok and r.get("top1_agreement") is not None else "",
+                             _task(r) if ok else ""])
+    return _rows(["model", "quantizer", "time s", "peak RSS MB", "rel L2 vs FP32",
+                  "top-1 agreement", "task metric"], rows)
+
+
+def quant_search(data: list[dict[str, Any]]) -> list[str]:
+    rows = [[model, fmt(s["search_s"], ".1f"), fmt(s["whole_s"], ".1f"),
+             fmt(s["ratio"], ".2f") + "×"]
+            for d in data for model, m in d["models"].items()
+            if (s := m.get("search_vs_whole"))]
+    return _rows(["model", "mixed-precision build s", "whole-model INT8 build s", "ratio"], rows)
+
+
+def quant_micro(data: list[dict[str, Any]]) -> list[str]:
+    micro = data[0]["micro"]
+    e = micro["entropy_search"]
+    out = [f"Entropy search on {e['histograms']} histograms of {e['bins']} bins: ours "
+           f"{fmt(e['ours_s'], '.3f')} s ({e['candidates_ours']} candidates each), ONNX "
+           f"Runtime {fmt(e['onnxruntime_s'], '.1f')} s ({e['candidates_onnxruntime']}): "
+           f"{fmt(e['speedup'], '.0f')}×.", ""]
+    rows = [[model, name, fmt(r["seconds"], ".2f"), str(r["tensors"]), fmt(r["peak_rss_mb"], ".0f"),
+             fmt(r.get("ratio_to_onnxruntime_minmax"), ".2f")]
+            for model, m in micro["calibration_speed"].items()
+            for name, r in m.items() if isinstance(r, dict)]
+    out += _rows(["model", "calibration", "s", "tensors", "peak RSS MB", "vs ORT MinMax"], rows)
+    rows = []
+    for model, m in micro["memory_scaling"].items():
+        for name, per in m.items():
+            if name != "sizes":
+                rows.append([model, name, *(fmt(per[str(n)].get("peak_rss_mb"), ".0f")
+                                            if per.get(str(n), {}).get("status") == "ok"
+                                            else per.get(str(n), {}).get("status", "-")
+                                            for n in m["sizes"])])
+    sizes = next(iter(micro["memory_scaling"].values()))["sizes"]
+    head = ["model", "calibration", *(f"peak RSS MB, {n} samples" for n in sizes)]
+    return [*out, "", *_rows(head, rows)]
+
+
+def calibration(data: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for d in data:
+        run = Path(d["argv"][d["argv"].index("--out") + 1]).stem if "--out" in d["argv"] else ""
+        for name, r in d["micro"]["calibration_speed"]["ocr"].items():
+            if not isinstance(r, dict):
+                continue
+            spread = ", ".join(fmt(x, ".2f") for x in r.get("all_seconds", []))
+            ratios = r.get("ratios") or []
+            rng = f" ({fmt(min(ratios), '.2f')}–{fmt(max(ratios), '.2f')})" if ratios else ""
+            rows.append([d["_file"], run, name, str(r["tensors"]),
+                         f"{fmt(r['seconds'], '.2f')} ({spread})",
+                         fmt(r.get("ratio_to_onnxruntime_minmax"), ".2f") + rng,
+                         fmt(r["peak_rss_mb"], ".0f")])
+    return _rows(["file", "--out", "calibration", "tensors", "median s (rounds)",
+                  "vs ORT MinMax, median (range)", "peak RSS MB"], rows)
+
+
+def arithmetic(data: list[dict[str, Any]]) -> list[str]:
+    from benchmarks.bench_arithmetic import table
+
+    return table(data[0]).splitlines()
+
+
+# -- fleet, serving ----------------------------------------------------------------------------
+def fleet(data: list[dict[str, Any]]) -> list[str]:
+    d = data[0]
+    peer = d["runs"].get("by hand, 1 process (peer)", {}).get("wall_s")
+    rows = []
+    for name, r in d["runs"].items():
+        cells = r["cells"].values()
+        precisions = ", ".join(c[1] if isinstance(c, list) else c for c in cells)
+        rows.append([name, fmt(r["wall_s"], ".1f"),
+                     fmt(peer / r["wall_s"], ".2f") + "×" if peer else "-",
+                     "yes" if r.get("ok", True) else "no", precisions])
+    env = d["environment"]
+    return [*_rows(["configuration", "wall s", "speed-up vs peer", "all cells built",
+                    "cell precisions (NA, NA, EU, EU, CERTIFIED, CERTIFIED)"], rows), "",
+            f"`{env['command']}`, {env['started_at']} to {env['finished_at']}, "
+            f"{env['machine']['cpu']['model']} ({env['machine']['cpu']['cores']} cores), "
+            f"load average {fmt(env['load_before'][0], '.2f')} before, "
+            f"{fmt(env['load_after'][0], '.2f')} after; commit `{env['commit'][:12]}`."]
+
+
+def _reports(d: dict[str, Any]) -> list[dict[str, Any]]:
+    return d.get("reports", [d])  # type: ignore[no-any-return]  # the GPU test: one, bare
+
+
+def serving_phases(data: list[dict[str, Any]]) -> list[str]:
+    rows = [[rep["model"], path, mode, phase, str(s["requests"]), fmt(s["p50_ms"], ".2f"),
+             fmt(s["p99_ms"], ".2f"), fmt(s["throughput"], ".0f"),
+             fmt(s["sla_attainment"], ".1f%")]
+            for d in data for rep in _reports(d) for path, run in rep["runs"].items()
+            for mode, m in run["modes"].items() for phase, s in m["phases"].items()]
+    return _rows(["model", "path", "mode", "phase", "requests", "p50 ms", "p99 ms",
+                  "answered/s", "SLA %"], rows)
+
+
+def serving_summary(data: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for d in data:
+        for rep in _reports(d):
+            for path, run in rep["runs"].items():
+                for mode, m in run["modes"].items():
+                    p = m["phases"]
+                    rows.append([d["_file"], rep["model"], path, fmt(run["capacity_rps"], ".0f"),
+                                 fmt(run["base_rps"], ".0f"), mode,
+                                 *(fmt(p[k]["sla_attainment"], ".1f%")
+                                   for k in ("base", "surge", "recover", "all"))])
+    return _rows(["file", "model", "path", "capacity/s (saturated)", "base/s", "mode",
+                  "SLA % base", "surge", "recover", "all"], rows)
+
+
+def monitor_cost(data: list[dict[str, Any]]) -> list[str]:
+    rows = [[d["_file"], *(fmt(d["monitor_cost_us"][k], ".1f")
+                           for k in ("off", "sample 5%", "sample 100%")),
+             fmt(d["monitor_cost_us"]["dropped (sample 5%)"]
+                 + d["monitor_cost_us"]["dropped (sample 100%)"], ".0f")]
+            for d in data if d.get("monitor_cost_us")]
+    return _rows(["file", "monitor off µs", "sampling 5 % µs", "sampling every request µs",
+                  "samples dropped"], rows)
+
+
+TABLES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
+    f.__name__.replace("_", "-"): f for f in (
+        gpu_transfer, infer_overhead, quant_rows, quant_search, quant_micro, calibration,
+        arithmetic, fleet, serving_phases, serving_summary, monitor_cost)}
+
+
+def load(sources: str) -> list[dict[str, Any]]:
+    """The result files named in a marker (comma-separated), each tagged with its file name."""
+    return [{**json.loads((ROOT / s).read_text()), "_file": Path(s).name}
+            for s in sources.split(",")]
+
+
+def render(text: str) -> str:
+    """``text`` with every marked table and value rewritten from its result files."""
+    def table(m: re.Match[str]) -> str:
+        name = m["name"]
+        if name not in TABLES:
+            raise SystemExit(f"unknown table {name!r}; known: {sorted(TABLES)}")
+        return m.group(1) + "\n".join(TABLES[name](load(m["src"]))) + "\n" + m.group(5)
+
+    def value(m: re.Match[str]) -> str:
+        return m.group(1) + fmt(lookup(load(m["src"])[0], m["key"]), m["fmt"]) + m.group(6)
+
+    return VALUE.sub(value, TABLE.sub(table, text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="fail if the page is out of date")
+    p.add_argument("--doc", type=Path, default=DOC)
+    args = p.parse_args(argv)
+    text = args.doc.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(
+                text.splitlines(True), new.splitlines(True), str(args.doc), "generated"))
+            print(f"{args.doc} differs from docs/results/*.json: run "
+                  "python scripts/gen_benchmarks_md.py", file=sys.stderr)
+            return 1
+        return 0
+    args.doc.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
