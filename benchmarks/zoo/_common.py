@@ -18,7 +18,7 @@ from benchmarks.ocr_det_cls import Box, box_f1
 from benchmarks.zoo.base import Feeds, Outputs, ZooAssetError
 
 #: scikit-image sample photographs (all RGB, shipped inside the scikit-image wheel).
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left",
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera",
                   "immunohistochemistry", "hubble_deep_field", "retina", "cat", "colorwheel")
 
 
