@@ -102,7 +102,7 @@ def augmented_photo(rng: np.random.Generator, out_hw: tuple[int, int]) -> np.nda
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     out = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
-        (out_hw[1], out_hw[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+        (out_hw[1], out_hw[0]), Image.Resampling.BILINEAR), dtype=np.float64)
     gain = rng.uniform(0.7, 1.3, size=3)  # per-channel colour jitter
     out = out * gain + rng.uniform(-25, 25) + rng.normal(0, rng.uniform(0, 10), out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
