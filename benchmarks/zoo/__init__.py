@@ -11,9 +11,9 @@ import importlib
 from benchmarks.zoo.base import ZooModel
 
 #: The modules that define zoo models (each exposes ``MODELS: list[ZooModel]``).
-MODULES: list[str] = []
+MODULES: list[str] = ["ppocr", "layout", "classifiers", "vad", "text_encoder"]
 #: The fast subset CI runs.
-FAST: tuple[str, ...] = ()
+FAST: tuple[str, ...] = ("ppocr-rec", "magika")
 
 
 def zoo() -> dict[str, ZooModel]:
