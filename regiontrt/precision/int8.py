@@ -116,6 +116,7 @@ class Int8Attempt:
         self.metadata: dict[str, Any] = {}
         self._last: tuple[frozenset[str], onnx.ModelProto] | None = None
         self.note = ""  # the int8 techniques' summary, added to the trial's note
+        self.candidate: Any = None  # the int8 techniques' choice, when not the plain ranges
 
     def compile(self) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
         """Returns ``(variant, loss, kept layers, note)``; ``variant`` is None if it can't fit."""
@@ -218,6 +219,7 @@ class Int8Attempt:
         if best.model is self.base and best.amax == self.amax:
             return variant, loss
         self.base, self.amax, self._last = best.model, dict(best.amax), None
+        self.candidate = best
         return self._variant(()), best.loss
 
     def _search(self, layers: Sequence[str], whole: onnx.ModelProto, whole_loss: float
@@ -293,7 +295,10 @@ class Int8Attempt:
             log.debug("int8: calibrating %d more tensors: %s", len(missing), ", ".join(missing))
             extra = self.calibrator.calibrate(self.base, self.data, missing)
             self.amax.update(extra.amax)
-        variant = self.policy.compile(self.base, Precision.INT8, amax=self.amax, keep=key)
+        model = self.base
+        if self.candidate is not None:  # bias correction: on the quantized layers only
+            model = self.candidate.graph_for(self.policy.quantization_plan(model, key).nodes)
+        variant = self.policy.compile(model, Precision.INT8, amax=self.amax, keep=key)
         self._last = (key, variant)
         return variant
 

@@ -25,6 +25,7 @@ all that apply; ``()``: none).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,8 @@ import numpy as np
 import onnx
 
 from regiontrt.calibration.auto import AutoCalibrator
-from regiontrt.calibration.base import INT8_TECHNIQUES, Calibrator
+from regiontrt.calibration.base import INT8_TECHNIQUES, ZERO_RANGE_AMAX, Calibrator
+from regiontrt.calibration.collect import collect_statistics
 from regiontrt.calibration.smooth import channel_statistics
 from regiontrt.calibration.stats import TensorStats
 from regiontrt.errors import DataError
@@ -57,6 +59,16 @@ class Candidate:
     amax: dict[str, float]
     choice: dict[str, str] = field(default_factory=dict)  # tensor -> range candidate name
     loss: float = float("inf")
+    #: bias correction: per-channel input means of the layers, applied only to the layers
+    #: quantized (a layer the mixed search keeps in float32 keeps its own bias)
+    means: dict[str, np.ndarray] | None = None
+    per_channel: bool = True
+
+    def graph_for(self, layers: Sequence[str]) -> onnx.ModelProto:
+        """The graph the int8 model with ``layers`` quantized is written from."""
+        if not self.means:
+            return self.model
+        return correct_bias(self.model, self.means, layers, per_channel=self.per_channel)[0]
 
 
 def techniques_of(calibrator: Calibrator) -> tuple[str, ...]:
@@ -168,19 +180,17 @@ def smoothed(model: onnx.ModelProto, data: Any, layers: Sequence[str], alpha: fl
     return smooth_model(model, {k: v.amax for k, v in stats.items()}, alpha=alpha, layers=layers)
 
 
-def bias_corrected(model: onnx.ModelProto, data: Any, layers: Sequence[str], *,
-                   per_channel: bool = True) -> tuple[onnx.ModelProto, list[str]]:
-    """:func:`correct_bias` of the Conv/Gemm ``layers``, from the calibration means."""
+def bias_means(model: onnx.ModelProto, data: Any, layers: Sequence[str]
+               ) -> dict[str, np.ndarray]:
+    """Per-channel means of the inputs of the Conv/Gemm ``layers`` over the calibration data."""
     wanted = set(layers)
     inputs: dict[str, int] = {}
     for node in model.graph.node:
         if node.name in wanted and node.op_type in ("Conv", "Gemm") and node.input:
             inputs[node.input[0]] = 1 if node.op_type == "Conv" else -1
     if not inputs:
-        return model, []
-    stats = channel_statistics(model, data, inputs)
-    return correct_bias(model, {k: v.mean for k, v in stats.items()}, layers,
-                        per_channel=per_channel)
+        return {}
+    return {k: v.mean for k, v in channel_statistics(model, data, inputs).items()}
 
 
 @dataclass
@@ -210,9 +220,21 @@ class Hooks:
 
 
 def _recalibrated(name: str, model: onnx.ModelProto, best: Candidate, hooks: Hooks) -> Candidate:
-    """``model`` calibrated again, each tensor with the range kind the best candidate chose."""
-    result = hooks.calibrator.calibrate(model, hooks.data, list(hooks.activations(model)))
-    amax = ranges_from(hooks.calibrator, result.stats, result.amax, best.choice)
+    """``model`` calibrated again, each tensor with the range kind the best candidate chose.
+
+    The statistics are collected here and handed to the calibrator's ``compute_amax``, so a
+    build calls its ``calibrate`` once, whatever the techniques.
+    """
+    cal = hooks.calibrator
+    stats = collect_statistics(model, hooks.data, list(hooks.activations(model)),
+                               num_bins=cal.num_bins, histogram=cal.needs_histogram)
+    default = {}
+    for tensor, st in stats.items():
+        value = float(cal.compute_amax(st))
+        if not math.isfinite(value) or value < 0:
+            raise DataError(f"{cal.name}: invalid amax {value!r} for tensor {tensor!r}")
+        default[tensor] = value if value > 0 else ZERO_RANGE_AMAX
+    amax = ranges_from(cal, stats, default, best.choice)
     return Candidate(name, model, amax, dict(best.choice))
 
 
@@ -259,7 +281,7 @@ def improve(base: Candidate, stats: Mapping[str, TensorStats], hooks: Hooks
         ``(best candidate, every trial, a one-line summary)``.
     """
     wanted = techniques_of(hooks.calibrator)
-    greedy = Greedy(base, lambda c: hooks.measure(c.model, c.amax))
+    greedy = Greedy(base, lambda c: hooks.measure(c.graph_for(hooks.layers(c.model)), c.amax))
     if "ranges" in wanted:
         _try_ranges(greedy, stats, hooks)
     for name in wanted[1:]:
@@ -287,11 +309,12 @@ def _try_technique(name: str, greedy: Greedy, hooks: Hooks) -> None:
         greedy.offer(_recalibrated(name, model, best, hooks),
                      f"{n} activations, alpha {hooks.alpha:g}")
     elif name == "bias_correction":
-        model, done = bias_corrected(best.model, hooks.data, layers,
-                                     per_channel=hooks.per_channel)
+        means = bias_means(best.model, hooks.data, layers)
+        done = correct_bias(best.model, means, layers, per_channel=hooks.per_channel)[1]
         if not done:
             greedy.skip(name, "no Conv/Gemm bias to correct")
             return
         # The corrected biases shift downstream ranges by the (small) removed error: same amax.
-        greedy.offer(Candidate(name, model, dict(best.amax), dict(best.choice)),
+        greedy.offer(Candidate(name, best.model, dict(best.amax), dict(best.choice),
+                               means=means, per_channel=hooks.per_channel),
                      f"{len(done)} layers")
