@@ -96,7 +96,8 @@ class Calibrator(ABC):
         keep_stats: keep the per-tensor statistics in the result.
         techniques: the int8 techniques the build tries on top of these ranges, each kept only
             when the region's metric improves (``"ranges"``, ``"equalize"``, ``"smoothquant"``,
-            ``"bias_correction"``; see docs/int8.md); ``None``: all that apply, ``()``: none.
+            ``"bias_correction"``; see docs/int8.md); ``None``: all that apply for ``auto``, none
+            for the other calibrators; ``()``: none.
         smooth_alpha: SmoothQuant's migration strength in ``[0, 1]``.
 
     Attributes:

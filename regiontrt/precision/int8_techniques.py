@@ -19,7 +19,7 @@ and kept only when its loss is strictly lower.
 
 Each candidate is recorded (name, loss, kept) in the int8 attempt's metadata and summarised in
 the trial's note. Techniques are chosen with the calibrator's ``techniques`` option (``None``:
-all that apply; ``()``: none).
+all that apply with ``auto``, none with another calibrator; ``()``: none).
 """
 
 from __future__ import annotations
@@ -72,9 +72,15 @@ class Candidate:
 
 
 def techniques_of(calibrator: Calibrator) -> tuple[str, ...]:
-    """The techniques a calibrator asks for (its ``techniques`` attribute; ``None``: all)."""
+    """The techniques a calibrator asks for (its ``techniques`` attribute).
+
+    ``None`` means all of them for :class:`AutoCalibrator` (the default) and none for another
+    calibrator, whose ranges were asked for by name.
+    """
     asked = getattr(calibrator, "techniques", None)  # a Calibrator checked the names
-    return TECHNIQUES if asked is None else tuple(t for t in TECHNIQUES if t in asked)
+    if asked is None:  # the default path (auto) tries them all; a named method is taken as is
+        return TECHNIQUES if isinstance(calibrator, AutoCalibrator) else ()
+    return tuple(t for t in TECHNIQUES if t in asked)
 
 
 def assemblies(calibrator: AutoCalibrator, stats: Mapping[str, TensorStats]
