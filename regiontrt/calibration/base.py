@@ -47,6 +47,10 @@ log = logging.getLogger("regiontrt.calibration")
 #: mismatch check still flags validation data that is not.
 ZERO_RANGE_AMAX = 127.0 * 2.0**-14
 
+#: The int8 techniques a build can try on top of a calibrator's ranges, in the order tried
+#: (:mod:`regiontrt.precision.int8_techniques`).
+INT8_TECHNIQUES = ("ranges", "equalize", "smoothquant", "bias_correction")
+
 
 @dataclass
 class CalibrationResult:
@@ -90,6 +94,11 @@ class Calibrator(ABC):
     Args:
         num_bins: histogram bins per tensor.
         keep_stats: keep the per-tensor statistics in the result.
+        techniques: the int8 techniques the build tries on top of these ranges, each kept only
+            when the region's metric improves (``"ranges"``, ``"equalize"``, ``"smoothquant"``,
+            ``"bias_correction"``; see docs/int8.md); ``None``: all that apply for ``auto``, none
+            for the other calibrators; ``()``: none.
+        smooth_alpha: SmoothQuant's migration strength in ``[0, 1]``.
 
     Attributes:
         needs_histogram: whether :meth:`compute_amax` reads ``stats.hist`` (skipping it makes
@@ -100,11 +109,22 @@ class Calibrator(ABC):
     needs_histogram: ClassVar[bool] = True
     method: ClassVar[str] = ""
 
-    def __init__(self, *, num_bins: int = 2048, keep_stats: bool = True) -> None:
+    def __init__(self, *, num_bins: int = 2048, keep_stats: bool = True,
+                 techniques: Sequence[str] | None = None, smooth_alpha: float = 0.5) -> None:
         if num_bins < 1:
             raise RegionConfigError(f"num_bins must be >= 1, got {num_bins}")
+        if isinstance(techniques, str):
+            techniques = (techniques,)
+        unknown = [t for t in techniques or () if t not in INT8_TECHNIQUES]
+        if unknown:
+            raise RegionConfigError(
+                f"unknown int8 techniques {unknown}; known: {', '.join(INT8_TECHNIQUES)}")
+        if not 0.0 <= smooth_alpha <= 1.0:
+            raise RegionConfigError(f"smooth_alpha must be within [0, 1], got {smooth_alpha}")
         self.num_bins = num_bins
         self.keep_stats = keep_stats
+        self.techniques = None if techniques is None else tuple(techniques)
+        self.smooth_alpha = float(smooth_alpha)
 
     @property
     def name(self) -> str:

@@ -115,6 +115,8 @@ class Int8Attempt:
         self.search = search  # the mixed-precision search (a build stage, replaceable)
         self.metadata: dict[str, Any] = {}
         self._last: tuple[frozenset[str], onnx.ModelProto] | None = None
+        self.note = ""  # the int8 techniques' summary, added to the trial's note
+        self.candidate: Any = None  # the int8 techniques' choice, when not the plain ranges
 
     def compile(self) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
         """Returns ``(variant, loss, kept layers, note)``; ``variant`` is None if it can't fit."""
@@ -165,11 +167,60 @@ class Int8Attempt:
             warnings.warn(message, stacklevel=4)
         variant = self._variant(())
         loss = self.validator.loss_of_model(variant)
+        variant, loss = self._improve(result.stats, variant, loss)
         budget = self.region.budget
         log.info("int8: whole-model loss %.4g (budget %.4g)", loss, budget)
         if loss <= budget or not self.policy.search_mixed:
             return self._done(variant, loss, (), "")
         return self._search(plan.nodes, variant, loss)
+
+    def _improve(self, stats: dict[str, Any], variant: onnx.ModelProto, loss: float
+                 ) -> tuple[onnx.ModelProto, float]:
+        """The int8 techniques (:mod:`regiontrt.precision.int8_techniques`), each kept only
+        where the region's metric improves; returns the best variant and its loss."""
+        from regiontrt.precision.int8_techniques import (
+            Candidate,
+            Hooks,
+            improve,
+            techniques_of,
+        )
+
+        if not techniques_of(self.calibrator):
+            return variant, loss
+        v, policy = self.validator, self.policy
+        n_screen = screen_batches(v.batches)
+        subset = v.batches[:n_screen] if n_screen else v.batches
+
+        def layer_errors(model: onnx.ModelProto, amax: Any) -> dict[str, float]:
+            from regiontrt.graph.qdq_probe import layer_probe
+
+            layers = policy.quantization_plan(model).nodes
+            probe, pairs = layer_probe(model, policy.compile(model, Precision.INT8, amax=amax),
+                                       layers)
+            return probe_sensitivity(probe, pairs, [], subset, v.arithmetic)[0]
+
+        hooks = Hooks(
+            self.calibrator, self.data,
+            layers=lambda m: policy.quantization_plan(m).nodes,
+            activations=lambda m: policy.quantization_plan(m).activations,
+            measure=lambda m, a: v.loss_of_model(policy.compile(m, Precision.INT8, amax=a)),
+            layer_errors=layer_errors, per_channel=policy.quantize_options().per_channel,
+            alpha=float(getattr(self.calibrator, "smooth_alpha", 0.5)),
+        )
+        start = time.perf_counter()
+        best, trials, summary = improve(
+            Candidate("calibrated ranges", self.base, dict(self.amax), loss=loss), stats, hooks)
+        self.metadata["techniques"] = {
+            "trials": [t.to_dict() for t in trials], "chosen": best.name,
+            "seconds": round(time.perf_counter() - start, 3)}
+        if len(trials) > 1:
+            self.note = summary
+        log.info("int8: %s", summary)
+        if best.model is self.base and best.amax == self.amax:
+            return variant, loss
+        self.base, self.amax, self._last = best.model, dict(best.amax), None
+        self.candidate = best
+        return self._variant(()), best.loss
 
     def _search(self, layers: Sequence[str], whole: onnx.ModelProto, whole_loss: float
                 ) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
@@ -244,11 +295,14 @@ class Int8Attempt:
             log.debug("int8: calibrating %d more tensors: %s", len(missing), ", ".join(missing))
             extra = self.calibrator.calibrate(self.base, self.data, missing)
             self.amax.update(extra.amax)
-        variant = self.policy.compile(self.base, Precision.INT8, amax=self.amax, keep=key)
+        model = self.base
+        if self.candidate is not None:  # bias correction: on the quantized layers only
+            model = self.candidate.graph_for(self.policy.quantization_plan(model, key).nodes)
+        variant = self.policy.compile(model, Precision.INT8, amax=self.amax, keep=key)
         self._last = (key, variant)
         return variant
 
     def _done(self, variant: onnx.ModelProto | None, loss: float | None, kept: tuple[str, ...],
               note: str) -> tuple[onnx.ModelProto | None, float | None, tuple[str, ...], str]:
         self.metadata["amax"] = {k: float(v) for k, v in sorted(self.amax.items())}
-        return variant, loss, kept, note
+        return variant, loss, kept, "; ".join(filter(None, [note, self.note]))
