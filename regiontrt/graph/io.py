@@ -295,10 +295,13 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def free_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Make every graph input or output dimension declared as ``<= 0`` an unnamed dynamic one.
+    """Make every graph input or output dimension declared as ``<= 0``, or named with something
+    that is no symbol (``"?"``), an unnamed dynamic one.
 
     Modifies ``model`` in place and returns it. ONNX Runtime already reads -1 as "any size" but
     takes 0 literally; after this, both run any size there, as :func:`input_specs` reads them.
+    TensorRT reads two dimensions of one name as equal: PP-OCR's classifier declares height and
+    width both ``"?"``, which made a 48x192 profile a contradiction.
     """
     for d in _unsized_dims(model):
         d.Clear()
@@ -306,8 +309,8 @@ def free_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def without_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` itself when no graph input or output declares a dimension ``<= 0``, else a
-    copy with those dimensions freed (see :func:`free_unsized_dims`); ``model`` is not modified.
+    """``model`` itself when no graph input or output declares a dimension ``<= 0`` or a name
+    that is no symbol, else a copy with those dimensions freed (see :func:`free_unsized_dims`); ``model`` is not modified.
     """
     if next(_unsized_dims(model), None) is None:
         return model
@@ -321,6 +324,8 @@ def _unsized_dims(model: onnx.ModelProto) -> Iterator[Any]:
         if value.type.HasField("tensor_type"):
             for d in value.type.tensor_type.shape.dim:
                 if d.HasField("dim_value") and d.dim_value <= 0:
+                    yield d
+                elif d.HasField("dim_param") and not is_symbol(d.dim_param):
                     yield d
 
 
