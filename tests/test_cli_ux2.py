@@ -1,0 +1,146 @@
+"""Issue 22, "for people, round 2": what a new operator meets, through ``regiontrt.cli.main``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from fleet_support import write_fleet
+
+from regiontrt.cli import build_parser, main
+
+pytest.importorskip("model_signing", reason="needs model-signing (pip install 'regiontrt[fleet]')")
+pytest.importorskip("fsspec", reason="needs fsspec (pip install 'regiontrt[fleet]')")
+
+FLEET_COMMANDS = ("build", "keygen", "sign", "publish", "refresh", "pull", "select", "rollback",
+                  "triton-export")
+
+
+def _build(root: Path, version: str, out: Path) -> None:
+    fleet = write_fleet(root / "src", regions=("CERTIFIED",), version=version)
+    assert main(["fleet", "build", str(fleet), "--out", str(out), "--sign",
+                 str(root / "keys" / "private.pem"), "-q"]) == 0
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    """1.0.0 and 1.1.0 of CERTIFIED built into ONE --out folder, as docs/fleet.md shows."""
+    root = tmp_path_factory.mktemp("ux2")
+    assert main(["fleet", "keygen", str(root / "keys")]) == 0
+    _build(root, "1.0.0", root / "dist")
+    return root
+
+
+def _publish(root: Path, dist: Path, registry: Path, capsys) -> tuple[int, str, str]:
+    status = main(["fleet", "publish", str(dist), str(registry), "--key",
+                   str(root / "keys" / "private.pem")])
+    got = capsys.readouterr()
+    return status, got.out, got.err
+
+
+def test_fleet_help_lists_every_fleet_command_and_each_runs_under_fleet(tmp_path, capsys):
+    fleet = next(a for a in build_parser()._subparsers._group_actions[0].choices.items()
+                 if a[0] == "fleet")[1]
+    text = fleet.format_help()
+    for command in FLEET_COMMANDS:
+        assert f"    {command}" in text, command
+    # The same implementation behind both spellings.
+    assert main(["fleet", "keygen", str(tmp_path / "k")]) == 0
+    assert (tmp_path / "k" / "public.pem").is_file()
+    assert main(["keygen", str(tmp_path / "k2")]) == 0
+    capsys.readouterr()
+
+
+def test_keygen_refusal_names_force(tmp_path, capsys):
+    assert main(["fleet", "keygen", str(tmp_path)]) == 0
+    before = (tmp_path / "private.pem").read_bytes()
+    assert main(["fleet", "keygen", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "refusing to overwrite" in err
+    assert (tmp_path / "private.pem").read_bytes() == before
+    assert main(["fleet", "keygen", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "private.pem").read_bytes() != before
+
+
+def test_publishing_one_out_folder_twice_skips_what_is_published(dist, tmp_path, capsys):
+    root, registry = dist, tmp_path / "registry"
+    out = tmp_path / "dist"
+    shutil.copytree(root / "dist", out)
+    status, text, _ = _publish(root, out, registry, capsys)
+    assert status == 0 and "latest is now 1.0.0" in text
+    _build(root, "1.1.0", out)  # the docs' flow: the next version into the same --out
+    capsys.readouterr()
+    status, text, err = _publish(root, out, registry, capsys)
+    assert status == 0, err
+    assert "skipped digits 1.0.0 CERTIFIED: already published with identical content" in text
+    assert "published " in text and "1.1.0" in text and "latest is now 1.1.0" in text
+    # An older version published later: latest does not move, and the operator is told.
+    _build(root, "0.9.0", tmp_path / "old")
+    capsys.readouterr()
+    status, text, err = _publish(root, tmp_path / "old", registry, capsys)
+    assert status == 0, err
+    assert "latest stays 1.1.0" in text and "0.9.0 is older" in text
+    # A bundle of a published version whose content changed is refused, and nothing moves.
+    changed = tmp_path / "changed"
+    shutil.copytree(out / "digits" / "1.1.0", changed / "digits" / "1.1.0")
+    assert main(["fleet", "sign", str(changed), "--key", str(root / "keys" / "private.pem")]) == 0
+    capsys.readouterr()
+    status, _, err = _publish(root, changed, registry, capsys)
+    assert status == 2 and "already published with different content" in err
+    assert "--overwrite" in err
+
+
+def _site(dist: Path, tmp_path: Path, capsys) -> tuple[Path, Path]:
+    """A registry of 1.0.0 and 1.1.0, and a site serving 1.0.0."""
+    root, registry, out = dist, tmp_path / "registry", tmp_path / "dist"
+    shutil.copytree(root / "dist", out)
+    _build(root, "1.1.0", out)
+    assert _publish(root, out, registry, capsys)[0] == 0
+    assert main(["fleet", "pull", str(registry), "digits", "--region", "CERTIFIED", "--into",
+                 str(tmp_path / "site"), "--trust", str(root / "keys" / "public.pem"),
+                 "--version", "1.0.0"]) == 0
+    capsys.readouterr()
+    return registry, tmp_path / "site"
+
+
+def _pull(dist: Path, registry: Path, site: Path, key: str = "public.pem") -> int:
+    return main(["fleet", "pull", str(registry), "digits", "--region", "CERTIFIED", "--into",
+                 str(site), "--trust", str(dist / "keys" / key)])
+
+
+@pytest.mark.parametrize("file", ["model.onnx", "bundle.sig"])
+def test_tampered_pull_says_what_was_kept_and_what_to_do(dist, tmp_path, capsys, file):
+    registry, site = _site(dist, tmp_path, capsys)
+    path = registry / "digits" / "1.1.0" / "CERTIFIED" / file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert _pull(dist, registry, site) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "\\x" not in err and "b'" not in err and 'b"' not in err
+    assert ".staging-" not in err and file in err
+    assert "nothing was installed; 1.0.0 keeps serving" in err
+    assert err.count("next: ") == 1 and "re-publish" in err
+    assert main(["fleet", "select", str(site / "digits")]) == 0
+
+
+def test_private_key_as_trust_is_refused_before_any_download(dist, tmp_path, capsys):
+    registry, site = _site(dist, tmp_path, capsys)
+    fresh = tmp_path / "fresh"
+    assert _pull(dist, registry, fresh, key="private.pem") == 2
+    err = capsys.readouterr().err
+    assert "is a private key; pass the public key" in err
+    assert not fresh.exists()  # nothing created, nothing downloaded
+
+
+def test_rollback_twice_is_worded_by_direction(dist, tmp_path, capsys):
+    registry, site = _site(dist, tmp_path, capsys)
+    assert _pull(dist, registry, site) == 0
+    capsys.readouterr()
+    install = str(site / "digits")
+    assert main(["fleet", "rollback", install]) == 0
+    assert "rolled back" in (out := capsys.readouterr().out) and "from 1.1.0 to 1.0.0" in out
+    assert main(["rollback", install]) == 0
+    out = capsys.readouterr().out
+    assert "rolled back" not in out and "from 1.0.0 to 1.1.0" in out and "forward" in out
