@@ -144,3 +144,55 @@ def test_rollback_twice_is_worded_by_direction(dist, tmp_path, capsys):
     assert main(["rollback", install]) == 0
     out = capsys.readouterr().out
     assert "rolled back" not in out and "from 1.0.0 to 1.1.0" in out and "forward" in out
+
+
+@pytest.fixture(scope="module")
+def deferred_bundle(dist):
+    """CERTIFIED built for cpu and dc-h100 (a TensorRT target this machine cannot build)."""
+    fleet = write_fleet(dist / "src-h100", regions=("CERTIFIED",), targets=("cpu", "dc-h100"))
+    out = dist / "dist-h100"
+    assert main(["fleet", "build", str(fleet), "--out", str(out), "-q"]) == 0
+    return out / "digits" / "1.0.0" / "CERTIFIED"
+
+
+def test_triton_export_of_a_deferred_target_says_it_was_deferred(deferred_bundle, tmp_path,
+                                                                  capsys):
+    from regiontrt import deploy
+
+    if any(v.target == "dc-h100" for v in deploy.load_bundle(deferred_bundle).variants):
+        pytest.skip("this machine built the dc-h100 plan (an sm90 GPU): nothing was deferred")
+    assert main(["fleet", "triton-export", str(deferred_bundle), "--into", str(tmp_path),
+                 "--target", "dc-h100"]) == 2
+    err = capsys.readouterr().err
+    assert "'dc-h100' was deferred" in err and "no plan" in err and "cpu" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_triton_export_defaults_to_the_cpu_variant_and_maps_the_version(deferred_bundle,
+                                                                         tmp_path, capsys):
+    from google.protobuf import text_format
+    from test_triton_export import _model_config_pb2
+
+    from regiontrt import deploy
+
+    pytest.importorskip("tritonclient", reason="needs tritonclient[http] (the test extra)")
+    bundle = deploy.load_bundle(deferred_bundle)
+    assert main(["triton-export", str(deferred_bundle), "--into", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "variant cpu (onnxruntime)" in out and "version 1" in out
+    folder = tmp_path / "digits_CERTIFIED"
+    cpu = next(v for v in bundle.variants if v.target == "cpu")
+    assert (folder / "1" / "model.onnx").read_bytes() == bundle.load_variant(cpu).payload
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), _model_config_pb2()
+                               .ModelConfig())
+    params = deploy.triton.parse_parameters(config)
+    assert params["regiontrt.variant"] == "cpu" and params["regiontrt.version"] == "1.0.0"
+    assert "regiontrt.latency_p99_ms" not in params  # CERTIFIED has no SLA: no empty string
+    assert all(value != "" for key, value in params.items() if key != "regiontrt.forbidden")
+    assert main(["fleet", "triton-export", str(deferred_bundle), "--into", str(tmp_path),
+                 "--version", "3"]) == 0
+    assert (folder / "3" / "model.onnx").is_file()
+    with pytest.raises(SystemExit) as exc:  # argparse: Triton versions are integers
+        main(["triton-export", str(deferred_bundle), "--into", str(tmp_path),
+              "--version", "1.0.0"])
+    assert exc.value.code == 2 and "--version" in capsys.readouterr().err

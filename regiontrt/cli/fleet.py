@@ -175,10 +175,16 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_triton(args: argparse.Namespace) -> int:
-    from regiontrt.deploy import export_triton
+    from regiontrt.deploy import export_triton, load_bundle
+    from regiontrt.deploy.triton import choose_variant
 
-    folder = export_triton(args.bundle, args.into, target=args.target, trust=args.trust)
-    print(f"wrote {folder / 'config.pbtxt'}")
+    bundle = load_bundle(args.bundle, trust=args.trust)
+    variant = choose_variant(bundle, args.target)
+    what = (f"variant {variant.target} ({variant.backend})" if variant is not None
+            else "the bundle's precision-compiled ONNX (it has no TensorRT or CPU variant)")
+    folder = export_triton(bundle, args.into, target=args.target, version=args.version)
+    print(f"exported {bundle.name} {bundle.version} {bundle.region}: {what}, as Triton model "
+          f"{folder.name} version {args.version}\nwrote {folder / 'config.pbtxt'}")
     return 0
 
 
@@ -320,8 +326,11 @@ def _register_edge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    help="a bundle or install folder, e.g. dist/ocr/1.0.0/EU")
     t.add_argument("--into", required=True, metavar="REPO",
                    help="the Triton model repository folder, e.g. triton-models/")
-    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else ONNX), "
-                                    "e.g. cpu")
+    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else the CPU "
+                                    "variant, else the bundle's ONNX), e.g. cpu")
+    t.add_argument("--version", type=positive_int, default=1, metavar="N",
+                   help="Triton version folder (Triton needs integers, so bundle 1.2.0 maps "
+                        "to 1 by default), e.g. 2")
     t.add_argument("--trust", metavar="PUBLIC.pem",
                    help="verify the bundle's signature with this key, e.g. keys/public.pem")
     t.set_defaults(func=_cmd_triton)
