@@ -196,3 +196,26 @@ def test_triton_export_defaults_to_the_cpu_variant_and_maps_the_version(deferred
         main(["triton-export", str(deferred_bundle), "--into", str(tmp_path),
               "--version", "1.0.0"])
     assert exc.value.code == 2 and "--version" in capsys.readouterr().err
+
+
+def test_notebook_views_are_short_and_speak_python(dist):
+    import json
+
+    import regiontrt as rt
+    from regiontrt import deploy
+
+    bundle = deploy.load_bundle(dist / "dist" / "digits" / "1.0.0" / "CERTIFIED")
+    engine_file = bundle.path / bundle.variants[0].file
+    info = rt.inspect(engine_file)
+    text = repr(info)
+    assert "\n" not in text and len(text) < 300 and text.startswith("EngineInfo(")
+    assert "region='CERTIFIED'" in text and "precision='fp32'" in text
+    assert info["region"]["name"] == "CERTIFIED" and json.loads(json.dumps(info)) == dict(info)
+    selection = bundle.select()
+    short = repr(selection)
+    assert "\n" not in short and len(short) < 300 and "variant='cpu'" in short
+    page = selection._repr_html_()
+    assert "<table>" in page and "selected cpu" in page
+    assert all(c.target in page for c in selection.reasons)
+    view = bundle._repr_html_()
+    assert view and "--bench" not in view and "not measured" in view

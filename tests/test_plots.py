@@ -139,7 +139,7 @@ def test_sensitivity_draws_the_budget_only_against_the_regions_metric():
     meta = {"validation": {"metric": "top1", "budget": 0.01},
             "calibration": {"mixed_precision": {"sensitivity": {"a": 0.3, "b": 0.001}}}}
     fig = plots.sensitivity_figure(meta)
-    assert fig.axes[0].lines == [] and "proxy" in fig.axes[0].get_xlabel()
+    assert len(fig.axes[0].lines) == 0 and "proxy" in fig.axes[0].get_xlabel()
     meta["calibration"]["mixed_precision"]["sensitivity_metric"] = "top1"
     fig = plots.sensitivity_figure(meta)
     [line] = fig.axes[0].lines

@@ -99,6 +99,17 @@ class EngineInfo(dict):  # type: ignore[type-arg]
     def _repr_html_(self) -> str | None:
         return _display.html(self)
 
+    def __repr__(self) -> str:
+        # One line: the whole header (tensors, trials, provenance) as a dict repr fills a
+        # notebook screen. The dict itself is unchanged: info["region"], dict(info), json.
+        val = self.get("validation") if isinstance(self.get("validation"), Mapping) else {}
+        backend = self.get("backend") if isinstance(self.get("backend"), Mapping) else {}
+        loss = self.report.loss if val else None
+        return (f"EngineInfo(region={self.region_name!r}, precision={self.precision!r}, "
+                f"backend={backend.get('name')!r}, target={self.get('target')!r}, "
+                f"loss={loss if loss is None else float(f'{loss:.4g}')!r}, "
+                f"budget={val.get('budget')!r}, metric={val.get('metric')!r}, "
+                f"compliant={self.compliant!r})")
 
 
 def inspect(path: str | Path, *, verify_payload: bool = True,
