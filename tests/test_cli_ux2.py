@@ -126,7 +126,7 @@ def test_tampered_pull_says_what_was_kept_and_what_to_do(dist, tmp_path, capsys,
 
 
 def test_private_key_as_trust_is_refused_before_any_download(dist, tmp_path, capsys):
-    registry, site = _site(dist, tmp_path, capsys)
+    registry, _ = _site(dist, tmp_path, capsys)
     fresh = tmp_path / "fresh"
     assert _pull(dist, registry, fresh, key="private.pem") == 2
     err = capsys.readouterr().err

@@ -13,10 +13,10 @@ from regiontrt.backends import backend_names
 from regiontrt.cli._common import (
     UsageError,
     non_negative_int,
-    positive_int,
     parse_input_shapes,
     parse_metric,
     parse_profile_shapes,
+    positive_int,
 )
 
 log = logging.getLogger("regiontrt.cli")

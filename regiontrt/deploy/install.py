@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -201,7 +202,7 @@ def refuse_private_keys(trust: TrustLike) -> None:
     Raises:
         SignatureError: a file named by ``trust`` holds a private key.
     """
-    items = [trust] if isinstance(trust, (str, Path)) else list(trust or ())
+    items = [trust] if isinstance(trust, (str, os.PathLike)) else list(trust or ())
     for item in items:
         path = Path(item)
         try:

@@ -102,8 +102,9 @@ class EngineInfo(dict):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         # One line: the whole header (tensors, trials, provenance) as a dict repr fills a
         # notebook screen. The dict itself is unchanged: info["region"], dict(info), json.
-        val = self.get("validation") if isinstance(self.get("validation"), Mapping) else {}
-        backend = self.get("backend") if isinstance(self.get("backend"), Mapping) else {}
+        raw_val, raw_backend = self.get("validation"), self.get("backend")
+        val: Mapping[str, Any] = raw_val if isinstance(raw_val, Mapping) else {}
+        backend: Mapping[str, Any] = raw_backend if isinstance(raw_backend, Mapping) else {}
         loss = self.report.loss if val else None
         return (f"EngineInfo(region={self.region_name!r}, precision={self.precision!r}, "
                 f"backend={backend.get('name')!r}, target={self.get('target')!r}, "
