@@ -144,6 +144,8 @@ def test_site_builds_strict(tmp_path):
         assert f"regiontrt {name}" in cli
     api = (site / "api" / "index.html").read_text()
     assert "RegionalEngineBuilder" in api and "with_calibrator" in api and "region_name" in api
+    assert "_Shared" not in api and "_State" not in api  # the private constructor stays hidden
+    assert "from_onnx" in api and "export_triton" in api and "ThroughputPolicy" in api
     assert (site / "tutorial" / "index.html").exists()
 
 
@@ -200,3 +202,18 @@ def test_fleet_page_toml_loads(tmp_path):
         '[regions.OCR]\nprecisions = ["fp16", "fp32"]\nbudget = 0.01\nmetric = "top1"\n')
     spec = FleetSpec.load(tmp_path / "fleet.toml")
     assert spec.name == "ocr-rec" and [r.name for r in spec.regions] == ["NA", "EU"]
+
+
+def test_api_page_documents_every_public_name():
+    """Every name of the root's, regiontrt.deploy's and regiontrt.serve's __all__."""
+    import regiontrt
+
+    deploy, serve = (importlib.import_module(f"regiontrt.{m}") for m in ("deploy", "serve"))
+    page = (DOCS / "api.md").read_text()
+    directives = {line.split()[1] for line in page.splitlines() if line.startswith("::: ")}
+    missing = [f"regiontrt.{name}" for name in regiontrt.__all__
+               if f"`regiontrt.{name}`" not in page]
+    for module in (deploy, serve):
+        missing += [f"{module.__name__}.{name}" for name in module.__all__
+                    if f"{module.__name__}.{name}" not in directives]
+    assert missing == []

@@ -132,3 +132,15 @@ def test_plots_need_matplotlib_only_when_drawing():
             "except p.PlotUnavailable as e:\n    print('refused:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "refused: plots need matplotlib: pip install 'regiontrt[plot]'" in out.stdout
+
+
+def test_sensitivity_draws_the_budget_only_against_the_regions_metric():
+    """The search's ranking proxy is not the region's metric: no budget line against it."""
+    meta = {"validation": {"metric": "top1", "budget": 0.01},
+            "calibration": {"mixed_precision": {"sensitivity": {"a": 0.3, "b": 0.001}}}}
+    fig = plots.sensitivity_figure(meta)
+    assert len(fig.axes[0].lines) == 0 and "proxy" in fig.axes[0].get_xlabel()
+    meta["calibration"]["mixed_precision"]["sensitivity_metric"] = "top1"
+    fig = plots.sensitivity_figure(meta)
+    [line] = fig.axes[0].lines
+    assert line.get_xdata()[0] == 0.01 and "top1" in fig.axes[0].get_xlabel()

@@ -85,3 +85,54 @@ def test_report_page_renders_in_chromium(tmp_path, browser, capsys):
     # the console check does see errors: a probe logged by the page is reported
     browser.execute_script("console.error('probe')")
     assert any("probe" in e["message"] for e in browser.get_log("browser"))
+
+
+def _matrix_rows(browser) -> list[list[str]]:
+    return browser.execute_script(
+        "return Array.from(document.querySelector('table').rows).map("
+        "r => Array.from(r.cells).map(c => c.innerText.split('\\n')[0]))")
+
+
+def test_two_engines_of_one_cell_and_a_bare_title(tmp_path, browser, monkeypatch, capsys):
+    """Two EU engines (two metrics) get a row and a chart each; `report .` names its folder."""
+    from regiontrt import demo
+
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    np.savez(tmp_path / "val.npz", input=demo.region_data("EU").validation[:64])
+    for metric in ("relative_l2", "max_abs"):
+        assert main(["build", str(demo.model_path()), "--region", "EU", "--validation",
+                     str(tmp_path / "val.npz"), "--metric", metric, "--shape",
+                     "input:1x1x8x8,32x1x8x8,64x1x8x8", "-o", str(folder / f"{metric}.engine"),
+                     "-q"]) == 0
+    monkeypatch.chdir(folder)
+    assert main(["report", ".", "--html", str(tmp_path / "r.html"), "--bench", "3"]) == 0
+    browser.get((tmp_path / "r.html").as_uri())
+    assert browser.title == "regiontrt report: twins"  # never "regiontrt report:" alone
+    rows = _matrix_rows(browser)[1:]
+    assert sorted(r[0] for r in rows) == ["EU (max_abs.engine)", "EU (relative_l2.engine)"]
+    latency = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table')[3].rows).slice(1).map("
+        "r => r.cells[0].innerText)")
+    assert len(latency) == 2 and len(set(latency)) == 2
+    # the accuracy chart has one panel per engine: two panels, two metrics on their y axes
+    from regiontrt.report.page import _one_per_region
+    from regiontrt.report.source import collect
+
+    assert len(_one_per_region(collect(folder))) == 2
+    capsys.readouterr()
+
+
+def test_a_fleet_folder_of_two_versions_has_a_version_column(tmp_path, browser, capsys):
+    from fleet_support import write_fleet
+
+    for version in ("1.0.0", "1.1.0"):
+        fleet = write_fleet(tmp_path / "src", regions=("CERTIFIED",), version=version)
+        assert main(["fleet", "build", str(fleet), "--out", str(tmp_path / "dist"), "-q"]) == 0
+    assert main(["report", str(tmp_path / "dist"), "--html", str(tmp_path / "r.html"),
+                 "--bench", "2", "--no-plots"]) == 0
+    browser.get((tmp_path / "r.html").as_uri())
+    rows = _matrix_rows(browser)
+    assert rows[0][:2] == ["version", "region"]
+    assert sorted(r[:2] for r in rows[1:]) == [["1.0.0", "CERTIFIED"], ["1.1.0", "CERTIFIED"]]
+    capsys.readouterr()

@@ -13,6 +13,7 @@ import os
 import pkgutil
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from regiontrt._version import __version__
@@ -80,6 +81,13 @@ def _stdout_gone() -> None:
         pass
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: object = None, line: str | None = None) -> None:
+    """Python warnings as the CLI says them: ``warning: ...``, no source path or code line."""
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status.
 
@@ -92,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(verbosity)
     try:
-        status = int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            status = int(args.func(args))
         sys.stdout.flush()
         return status
     except BrokenPipeError:

@@ -92,6 +92,8 @@ def _number(kind: Callable[[str], float], test: Callable[[float], bool], words: 
 
 #: ``type=`` of integer flags that must be >= 1 (the error names the flag: argparse adds it).
 positive_int = _number(int, lambda v: v >= 1, ">= 1")
+#: ``type=`` of integer flags that must be >= 0.
+non_negative_int = _number(int, lambda v: v >= 0, ">= 0")
 #: ``type=`` of float flags that must be > 0.
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "> 0 and finite")
 #: ``type=`` of float flags that must be >= 0.

@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from regiontrt._text import print_table
 from regiontrt.backends import backend_names
 from regiontrt.cli._common import (
     UsageError,
+    non_negative_int,
     parse_input_shapes,
     parse_metric,
     parse_profile_shapes,
+    positive_int,
 )
 
 log = logging.getLogger("regiontrt.cli")
 
 _FMT = argparse.RawDescriptionHelpFormatter
+#: Fewest timed runs whose 99th percentile means something (below, p99 is about the maximum).
+P99_SAMPLES = 100
 
 
 def default_output(model: str | Path, region: str) -> Path:
@@ -27,6 +32,23 @@ def default_output(model: str | Path, region: str) -> Path:
     Never beside the model, which may sit in a read-only or shared place (site-packages).
     """
     return Path.cwd() / f"{Path(model).stem}.{region}.engine"
+
+
+def warn(text: str) -> None:
+    """One ``warning: ...`` line on standard error (also under -q: it changes the outcome)."""
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def _build_warnings(args: argparse.Namespace, allowed: list[str]) -> None:
+    """Say what the build will not do as asked, before it starts."""
+    if args.calibration and "int8" not in allowed:
+        warn(f"--calibration is ignored: region {args.region.upper()} tries "
+             f"{', '.join(allowed)} and no int8, so nothing is calibrated")
+    for spec in args.shape:
+        if "," not in spec.rpartition(":")[2]:
+            warn(f"--shape {spec}: one shape, so the engine gets a fixed profile "
+                 "(MIN = OPT = MAX) and accepts only that shape; give NAME:MIN,OPT,MAX "
+                 "for a range")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -38,6 +60,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     region = registry[args.region]
     if not Path(args.model).is_file():
         raise UsageError(f"model file not found: {args.model}")
+    allowed = ([p.strip().lower() for p in args.precision.split(",")] if args.precision
+               else [p.value for p in region.precisions])
+    _build_warnings(args, allowed)
     builder = RegionalEngineBuilder.from_onnx(args.model).for_region(region)
     if args.precision:
         builder = builder.with_precision([p.strip() for p in args.precision.split(",")])
@@ -103,6 +128,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from regiontrt.runtime.engine import load_engine
 
     shapes = parse_input_shapes(args.shape) if args.shape else None
+    if args.iterations < P99_SAMPLES:
+        warn(f"--iterations {args.iterations}: a p99 from {args.iterations} samples is not "
+             f"meaningful (it is close to the maximum); use --iterations {P99_SAMPLES} or more "
+             "for a p99 to compare with an SLA")
     with load_engine(args.engine) as engine:
         try:
             feeds = engine.sample_inputs(args.batch, shapes=shapes)
@@ -143,11 +172,17 @@ def _cmd_regions(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from regiontrt._progress import live_table
     from regiontrt.demo.run import HEADER, demo_regions, iter_demo, row_cells
+    from regiontrt.precision.regions import get_region
 
     regions = demo_regions(args.regions.split(",") if args.regions else None)
+    p99 = HEADER.index("p99 ms")
     with live_table(HEADER, title="regiontrt demo") as table:
         for row in iter_demo(Path(args.out), regions):
-            table.add_row(*row_cells(row))
+            cells = list(row_cells(row))
+            sla = get_region(row.region).latency_p99_ms
+            if sla is not None and row.p99_ms > sla:  # in the table, not only on stderr
+                cells[p99] = f"{cells[p99]} > SLA {sla:g}: MISS"
+            table.add_row(*cells)
     return 0
 
 
@@ -226,11 +261,11 @@ def _register_inspect_bench(sub: argparse._SubParsersAction[argparse.ArgumentPar
         "bench", help="benchmark an engine", formatter_class=_FMT,
         description="Time inferences on random inputs at the engine profile's opt shape (or\n"
                     "--shape). Refuses to guess a dynamic dimension that no profile covers.",
-        epilog="example:\n  regiontrt bench rec.EU.engine --shape x:8x3x48x320 --iterations 50")
+        epilog="example:\n  regiontrt bench rec.EU.engine --shape x:8x3x48x320 --iterations 200")
     be.add_argument("engine", help="the .engine file, e.g. rec.EU.engine")
-    be.add_argument("--iterations", type=int, default=100,
-                    help="timed runs (default: 100), e.g. 50")
-    be.add_argument("--warmup", type=int, default=10,
+    be.add_argument("--iterations", type=positive_int, default=100,
+                    help="timed runs (default: 100; fewer make p99 meaningless), e.g. 200")
+    be.add_argument("--warmup", type=non_negative_int, default=10,
                     help="untimed runs first (default: 10), e.g. 5")
     be.add_argument("--batch", type=int,
                     help="batch size instead of the profile's opt batch, e.g. 1")

@@ -68,8 +68,14 @@ def _cmd_fleet_build(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from regiontrt.runtime.trust import keygen
+    from regiontrt.runtime.trust import PRIVATE_KEY, keygen
 
+    existing = Path(args.dir) / PRIVATE_KEY
+    if existing.exists() and not args.force:
+        # Checked here too so the message names the flag; keygen() itself refuses as well.
+        raise _CommandError(
+            f"{existing} exists; refusing to overwrite a private key. Pass --force to replace "
+            "it (bundles and registries signed with the old key then need the new public key)")
     private, public = keygen(args.dir, overwrite=args.force)
     print(f"private key: {private} (keep it off bundles and registries)\npublic key: {public}")
     return 0
@@ -97,7 +103,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from regiontrt.deploy import publish
 
     for dest in publish(args.dist, args.registry, key=args.key, overwrite=args.overwrite,
-                        expiry=_expiry(args)):
+                        expiry=_expiry(args), say=print):
         print(f"published {dest}")
     return 0
 
@@ -152,30 +158,57 @@ def _cmd_select(args: argparse.Namespace) -> int:
 @_guard
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from regiontrt.deploy import rollback
+    from regiontrt.deploy._util import is_older
+    from regiontrt.deploy.layout import installed_version
 
-    print(f"rolled back {args.path} to {rollback(args.path)}")
+    before = installed_version(args.path)
+    after = rollback(args.path)
+    if before is None or before == after:
+        print(f"switched {args.path} to {after}")
+    elif is_older(after, before):
+        print(f"rolled back {args.path} from {before} to {after}")
+    else:  # a second rollback undoes the first: it moves to the newer version
+        print(f"rolled forward {args.path} from {before} to {after} (undoing the rollback; "
+              "run rollback again to go back)")
     return 0
 
 
 @_guard
 def _cmd_triton(args: argparse.Namespace) -> int:
-    from regiontrt.deploy import export_triton
+    from regiontrt.deploy import export_triton, load_bundle
+    from regiontrt.deploy.triton import choose_variant
 
-    folder = export_triton(args.bundle, args.into, target=args.target, trust=args.trust)
-    print(f"wrote {folder / 'config.pbtxt'}")
+    bundle = load_bundle(args.bundle, trust=args.trust)
+    variant = choose_variant(bundle, args.target)
+    what = (f"variant {variant.target} ({variant.backend})" if variant is not None
+            else "the bundle's precision-compiled ONNX (it has no TensorRT or CPU variant)")
+    folder = export_triton(bundle, args.into, target=args.target, version=args.version)
+    print(f"exported {bundle.name} {bundle.version} {bundle.region}: {what}, as Triton model "
+          f"{folder.name} version {args.version}\nwrote {folder / 'config.pbtxt'}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the fleet commands to the ``regiontrt`` parser."""
-    _register_fleet_build(sub)
-    _register_publishing(sub)
-    _register_edge(sub)
+    """Add the fleet commands to the ``regiontrt`` parser.
 
-
-def _register_fleet_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    f = sub.add_parser("fleet", help="build every region x target of a fleet file")
+    Every command but ``fleet build`` is reachable both at the top level (``regiontrt pull``)
+    and under ``fleet`` (``regiontrt fleet pull``): the same parser definitions and functions,
+    registered twice, so an operator who starts from ``regiontrt fleet`` finds them all.
+    """
+    f = sub.add_parser("fleet", help="the fleet workflow: build, keygen, sign, publish, refresh, "
+                                     "pull, select, rollback, triton-export",
+                       description="Build every region x target of a fleet file, then sign, "
+                                   "publish, pull and serve the bundles. Each command is also "
+                                   "available without 'fleet' (regiontrt pull = regiontrt "
+                                   "fleet pull).")
     fsub = f.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    _register_fleet_build(fsub)
+    for where in (sub, fsub):
+        _register_publishing(where)
+        _register_edge(where)
+
+
+def _register_fleet_build(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = fsub.add_parser(
         "build", help="build every (region, target) cell into signed bundles",
         description="Decide each region's precision once, build every target from it, and "
@@ -216,7 +249,8 @@ def _register_publishing(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("registry", metavar="REGISTRY",
                    help="registry folder or fsspec URL, e.g. s3://models/registry")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an already published version (refused by default)")
+                   help="replace an already published version whose content changed (refused by "
+                        "default; identical ones are skipped)")
     _key_options(p)
     p.set_defaults(func=_cmd_publish)
 
@@ -292,8 +326,11 @@ def _register_edge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                    help="a bundle or install folder, e.g. dist/ocr/1.0.0/EU")
     t.add_argument("--into", required=True, metavar="REPO",
                    help="the Triton model repository folder, e.g. triton-models/")
-    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else ONNX), "
-                                    "e.g. cpu")
+    t.add_argument("--target", help="variant to export (default: a TensorRT plan, else the CPU "
+                                    "variant, else the bundle's ONNX), e.g. cpu")
+    t.add_argument("--version", type=positive_int, default=1, metavar="N",
+                   help="Triton version folder (Triton needs integers, so bundle 1.2.0 maps "
+                        "to 1 by default), e.g. 2")
     t.add_argument("--trust", metavar="PUBLIC.pem",
                    help="verify the bundle's signature with this key, e.g. keys/public.pem")
     t.set_defaults(func=_cmd_triton)

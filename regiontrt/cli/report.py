@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "e.g. dist/")
     r.add_argument("--html", type=Path, metavar="OUT.html",
                    help="write the page here (images embedded), e.g. --html report.html")
-    r.add_argument("--bench", type=int, default=30, metavar="N",
-                   help="time N infer() calls of every engine that runs here (default 30; "
-                        "0 skips), e.g. --bench 0")
+    r.add_argument("--bench", type=int, default=20, metavar="N",
+                   help="time N infer() calls of every engine that runs here, with a progress "
+                        "bar (default 20: seconds, not minutes; 0 skips), e.g. --bench 0")
     r.add_argument("--no-plots", action="store_true",
                    help="tables only (no matplotlib needed)")
     r.set_defaults(func=_cmd_report)

@@ -136,7 +136,8 @@ def write_bundle(
 
     Args:
         folder: the bundle folder to create (replaced if it exists).
-        name, version: the model's name and version.
+        name: the model's name.
+        version: the model's version.
         region_engine: the region's ONNX Runtime engine (its payload is the compiled ONNX).
         variants: ``(target dict, engine)`` per built target (see ``TargetSpec.to_dict``).
         deferred: target dicts with a ``reason``, for targets the node must rebuild.

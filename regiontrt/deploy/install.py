@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -45,8 +47,10 @@ from regiontrt.errors import (
     BundleError,
     DowngradeError,
     InvalidArgumentError,
+    RegionTRTError,
     RegistryError,
     RegistryTimeout,
+    SignatureError,
 )
 
 STAGING = ".staging-"
@@ -155,6 +159,7 @@ def pull(
         if not isinstance(value, (int, float)) or not value > 0:
             raise InvalidArgumentError(f"pull: {what} must be a positive number of seconds, "
                                        f"not {value!r}")
+    refuse_private_keys(trust)  # before anything is downloaded or created
     deadline = time.monotonic() + float(timeout_s)
     install = Path(into) / safe_name(name, "model name")
     install.mkdir(parents=True, exist_ok=True)
@@ -164,7 +169,7 @@ def pull(
         raise RegistryError(f"pulls need python-tuf: pip install 'regiontrt[fleet]' ({exc})") \
             from exc
 
-    with _locked(install, deadline):
+    with _locked(install, deadline), _kept(install, registry, name):
         clear_debris(install)
         session = Session(registry, name, install / TUF_DIR, trust,
                           timeout_s=max(deadline - time.monotonic(), 1e-3),
@@ -189,6 +194,55 @@ def pull(
         clear_debris(install)
         return PullResult(name, version, region, target,
                           current["version"] if current else None, changed=True)
+
+
+def refuse_private_keys(trust: TrustLike) -> None:
+    """Refuse a private key passed where public keys are expected (``--trust``).
+
+    Raises:
+        SignatureError: a file named by ``trust`` holds a private key.
+    """
+    items = [trust] if isinstance(trust, (str, os.PathLike)) else list(trust or ())
+    for item in items:
+        path = Path(item)
+        try:
+            head = path.read_bytes()[:4096] if path.is_file() else b""
+        except OSError:
+            continue  # trusted_keys() reports an unreadable key in its words
+        if b"PRIVATE KEY-----" in head:
+            raise SignatureError(
+                f"{path} is a private key; pass the public key (public.pem beside it, from "
+                "regiontrt keygen). Nothing was downloaded. Keep the private key off sites.",
+                path=str(path))
+
+
+#: The one next step after a refused pull, by error type (first match wins).
+_NEXT_STEP: tuple[tuple[type[RegionTRTError], str], ...] = (
+    (DowngradeError, ""),  # its message already says what to do
+    (RegistryTimeout, "retry, with a longer --timeout/--file-timeout if the link is slow"),
+    (SignatureError, "ask the publisher to re-publish this version; if the registry is right, "
+                     "check that --trust names the publisher's public key"),
+    (BundleError, "ask the publisher to re-publish this version"),
+    (RegistryError, "check the registry URL, the model name and --region/--version"),
+)
+
+
+@contextlib.contextmanager
+def _kept(install: Path, registry: str, name: str) -> Iterator[None]:
+    """Add to a refused pull's message what was kept, and the one thing to do next."""
+    try:
+        yield
+    except RegionTRTError as exc:
+        current = read_pointer(install, POINTER) if (install / POINTER).is_file() else None
+        kept = (f"nothing was installed; {current['version']} keeps serving" if current
+                else "nothing was installed")
+        step = next((s for kind, s in _NEXT_STEP if isinstance(exc, kind)), "")
+        text = str(exc.args[0]) if exc.args else type(exc).__name__
+        if STAGING in text:  # a deleted temporary folder means nothing to an operator
+            text = re.sub(rf"\S*/{re.escape(STAGING)}[^/\s]*/?", "downloaded ", text)
+        exc.args = (f"{text}\n  {kept}" + (f"\n  next: {step}" if step else ""),
+                    *exc.args[1:])
+        raise
 
 
 def _install(session: Any, files: list[str], target: Path, want: tuple[str, str, str],

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from regiontrt.deploy._util import latest, load_json, safe_name
+from regiontrt.deploy._util import is_older, latest, load_json, safe_name, sha256_file
 from regiontrt.deploy.bundle import MANIFEST, MAX_MANIFEST, Bundle, load_bundle
 from regiontrt.deploy.signing import SIGNATURE_FILE
 from regiontrt.deploy.tuf_repo import ExpiryLike, Repository
@@ -97,8 +97,44 @@ def bundle_files(bundle: Bundle) -> list[str]:
             SIGNATURE_FILE]
 
 
+def _identical(repo: Repository, b: Bundle) -> bool:
+    """Whether the registry already signs exactly this bundle's files (same names and hashes)."""
+    targets = repo.roles["targets"].signed.targets
+    files = bundle_files(b)
+    if sorted(files) != sorted(repo.channels().get(b.version, {}).get(b.region, [])):
+        return False
+    for file in files:
+        info = targets.get(f"{b.version}/{b.region}/{file}")
+        if info is None or info.hashes.get("sha256") != sha256_file(b.path / file):
+            return False
+    return True
+
+
+def _plan(repo: Repository, group: list[Bundle], overwrite: bool,
+          say: Callable[[str], None], dist: Path) -> list[Bundle]:
+    """The bundles of ``group`` to upload: identical ones already published are skipped."""
+    published = repo.channels()
+    todo = []
+    for b in group:
+        what = f"{b.name} {b.version} {b.region}"
+        if b.region not in published.get(b.version, {}) or overwrite:
+            todo.append(b)
+        elif _identical(repo, b):
+            say(f"skipped {what}: already published with identical content")
+        else:
+            raise RegistryError(
+                f"{what} is already published with different content; nothing was published. "
+                "Versions are immutable (sites keep what they verified): build it under a new "
+                "version, or pass --overwrite to replace it")
+    if not todo:
+        raise RegistryError(
+            f"nothing new to publish: every {group[0].name} bundle under {dist} is already "
+            "published with identical content (build a new version to publish one)")
+    return todo
+
+
 def publish(dist: str | Path, registry: str, *, key: str | Path, overwrite: bool = False,
-            expiry: ExpiryLike = None) -> list[str]:
+            expiry: ExpiryLike = None, say: Callable[[str], None] | None = None) -> list[str]:
     """Upload every signed bundle under ``dist`` and sign the registry's metadata with ``key``.
 
     Args:
@@ -108,15 +144,20 @@ def publish(dist: str | Path, registry: str, *, key: str | Path, overwrite: bool
             registry's root names it, so later publishes must use it too.
         overwrite: replace a (version, region) already published (refused by default: a
             published version is immutable, so sites that pulled it keep what they verified).
+            A bundle already published with identical files is skipped (so one output folder
+            can collect several versions); a changed one is refused.
         expiry: per role (``root``, ``targets``, ``snapshot``, ``timestamp``), a ``timedelta`` or
             seconds; defaults in :data:`regiontrt.deploy.tuf_repo.DEFAULT_EXPIRY`.
+        say: called with one line per skipped bundle, and when ``latest`` does not move (an
+            older version published after a newer one); e.g. ``print``.
 
     Returns:
         The registry paths of the bundles published.
 
     Raises:
-        RegistryError: no bundle, an unsigned bundle, an existing version, another key's
-            registry, or a write failure (the previous metadata then stays current).
+        RegistryError: no bundle, an unsigned bundle, a published version with other content,
+            nothing new to publish, another key's registry, or a write failure (the previous
+            metadata then stays current).
         SignatureError: an unreadable key.
     """
     fs, root = _writable(registry)
@@ -129,12 +170,8 @@ def publish(dist: str | Path, registry: str, *, key: str | Path, overwrite: bool
         for name, group in by_name.items():
             base = _join(root, name)
             repo = Repository.open(fs, base, key, expiry)
-            published = repo.channels()
-            for b in group:
-                if b.region in published.get(b.version, {}) and not overwrite:
-                    raise RegistryError(f"{name} {b.version} {b.region} is already published "
-                                        "(versions are immutable; use a new version)")
-            for b in group:
+            todo = _plan(repo, group, overwrite, say or (lambda line: None), Path(dist))
+            for b in todo:
                 dest = _join(base, b.version, b.region)
                 fs.makedirs(dest, exist_ok=True)
                 files = bundle_files(b)
@@ -144,11 +181,24 @@ def publish(dist: str | Path, registry: str, *, key: str | Path, overwrite: bool
                 written.append(dest)
             repo.commit()  # the timestamp last: the new state appears in one rename
             _write_index(fs, _join(base, INDEX), name, repo.channels())
+            _say_latest(say, name, {b.version for b in todo}, latest(repo.channels()))
     except RegionTRTError:
         raise
     except Exception as exc:  # back-end write errors
         raise RegistryError(f"publishing to {registry} failed: {exc}") from exc
     return written
+
+
+def _say_latest(say: Callable[[str], None] | None, name: str, versions: set[str],
+                latest_version: str | None) -> None:
+    if say is None or latest_version is None:
+        return
+    older = sorted(v for v in versions if is_older(v, latest_version))
+    if older and latest_version not in versions:
+        say(f"{name}: latest stays {latest_version} ({', '.join(older)} "
+            f"{'is' if len(older) == 1 else 'are'} older; sites pull it only with --version)")
+    else:
+        say(f"{name}: latest is now {latest_version}")
 
 
 def refresh(registry: str, name: str, *, key: str | Path, expiry: ExpiryLike = None,

@@ -11,6 +11,7 @@ and accuracy decisions carry over. Compatibility is asked of each backend throug
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +69,23 @@ class Selection:
     def explain(self) -> str:
         """One line per candidate."""
         return "\n".join(str(c) for c in self.reasons)
+
+    def __repr__(self) -> str:
+        variant = self.variant.target if self.variant is not None else None
+        return (f"Selection(variant={variant!r}, backend={self.engine.backend_name!r}, "
+                f"region={self.engine.region!r}, precision={self.engine.precision!r}, "
+                f"rebuilt={self.rebuilt!r}, candidates={len(self.reasons)})")
+
+    def _repr_html_(self) -> str:
+        """The choice and every candidate's reason, as a small table (notebooks)."""
+        rows = "".join(f"<tr><td>{escape(str(c.target))}</td><td>{escape(str(c))}</td></tr>"
+                       for c in self.reasons)
+        variant = self.variant.target if self.variant is not None else "the bundle's ONNX"
+        rebuilt = " (rebuilt here)" if self.rebuilt else ""
+        return (f"<div><p><b>selected {escape(variant)}</b>: {escape(self.engine.backend_name)}"
+                f", {escape(self.engine.region)} {escape(self.engine.precision)}{rebuilt}</p>"
+                f"<table><thead><tr><th>candidate</th><th>why</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table></div>")
 
 
 def _try_variant(bundle: Bundle, variant: Variant) -> tuple[Engine | None, str]:

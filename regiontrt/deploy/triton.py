@@ -1,10 +1,18 @@
 """Export a bundle's region as a Triton Inference Server model repository.
 
-Writes ``REPO/<name>_<region>/config.pbtxt`` and ``REPO/<name>_<region>/1/model.plan`` (a
-TensorRT plan, ``platform: "tensorrt_plan"``) or ``1/model.onnx`` (``onnxruntime_onnx``). The
+Writes ``REPO/<name>_<region>/config.pbtxt`` and ``REPO/<name>_<region>/<N>/model.plan`` (a
+TensorRT plan, ``platform: "tensorrt_plan"``) or ``<N>/model.onnx`` (``onnxruntime_onnx``). The
 config has ``max_batch_size: 0`` with the batch dimension explicit in ``dims`` (-1 where dynamic),
 and the region's metadata as ``parameters``. Triton's TensorRT backend loads full-TensorRT plans
-only, so TensorRT-RTX variants are not exported (the ONNX is, unless a TensorRT plan exists).
+only, so TensorRT-RTX variants are not exported.
+
+Which payload, by default: a TensorRT plan if the bundle has one, else its ONNX Runtime (CPU)
+variant, else the bundle's precision-compiled ONNX. A target that was deferred at build time (no
+machine of that GPU built it) has no payload to export, and is refused saying so.
+
+Versions: Triton model versions are positive integers, while bundle versions are strings such as
+``1.2.0``. The export writes version folder ``1`` unless ``version=N`` (``--version N``) says
+otherwise; the bundle's own version is kept in the ``regiontrt.version`` parameter.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from regiontrt._fs import atomic_write_bytes, atomic_write_text
 from regiontrt.deploy.bundle import Bundle, load_bundle
 from regiontrt.deploy.signing import TrustLike
 from regiontrt.deploy.variant import Variant
-from regiontrt.errors import BundleError
+from regiontrt.errors import BundleError, InvalidArgumentError
 from regiontrt.graph.io import TensorSpec
 
 #: numpy dtype name -> Triton data type.
@@ -36,7 +44,6 @@ def _quote(value: str) -> str:
     return '"' + text_encoding.CEscape(value, as_utf8=True) + '"'
 
 
-
 def _tensors(kind: str, specs: Sequence[TensorSpec]) -> list[str]:
     lines = []
     for spec in specs:
@@ -53,7 +60,8 @@ def _parameters(bundle: Bundle, variant: Variant | None) -> dict[str, str]:
     region = bundle.manifest["region"]
     report = bundle.manifest.get("validation") or {}
     chosen: dict[str, Any] = next((t for t in report.get("trials", []) if t.get("accepted")), {})
-    return {
+    sla = region.get("latency_p99_ms")
+    params = {
         "regiontrt.model": bundle.name,
         "regiontrt.version": bundle.version,
         "regiontrt.region": bundle.region,
@@ -64,8 +72,10 @@ def _parameters(bundle: Bundle, variant: Variant | None) -> dict[str, str]:
         "regiontrt.loss": str(chosen.get("loss", "")),
         "regiontrt.onnx_sha256": bundle.onnx_sha256,
         "regiontrt.variant": variant.target if variant else "onnx",
-        "regiontrt.latency_p99_ms": str(region.get("latency_p99_ms") or ""),
     }
+    if sla:  # no SLA: no parameter (an empty string would read as a value to parse)
+        params["regiontrt.latency_p99_ms"] = str(sla)
+    return params
 
 
 def config_text(name: str, platform: str, inputs: Sequence[TensorSpec],
@@ -79,35 +89,57 @@ def config_text(name: str, platform: str, inputs: Sequence[TensorSpec],
     return "\n".join(lines) + "\n"
 
 
-def _pick(bundle: Bundle, target: str | None) -> Variant | None:
+def choose_variant(bundle: Bundle, target: str | None = None) -> Variant | None:
+    """The variant :func:`export_triton` exports (None: the bundle's precision-compiled ONNX).
+
+    Raises:
+        BundleError: ``target`` is not in the bundle (saying so if it was deferred, and why),
+            or is a payload Triton cannot load.
+    """
     if target is not None:
         found = [v for v in bundle.variants if v.target == target]
         if not found:
-            raise BundleError(f"no variant {target!r} in {bundle.path}; it has "
-                              f"{[v.target for v in bundle.variants]}")
+            deferred = next((d for d in bundle.deferred if d.get("name") == target), None)
+            has = ", ".join(v.target for v in bundle.variants) or "none"
+            if deferred is not None:
+                raise BundleError(
+                    f"target {target!r} was deferred when {bundle.name} {bundle.version} "
+                    f"{bundle.region} was built ({deferred.get('reason') or 'no reason given'}), "
+                    f"so the bundle holds no plan for it; build it on a machine with that GPU "
+                    f"(regiontrt fleet select rebuilds it on the node), or export one of: {has}")
+            raise BundleError(f"no variant {target!r} in {bundle.path}; it has: {has}")
         if found[0].backend not in ("tensorrt", "onnxruntime"):
             raise BundleError(f"variant {target!r} is a {found[0].backend} payload; Triton's "
                               "backends load TensorRT plans and ONNX models")
         return found[0]
-    return next((v for v in bundle.variants if v.backend == "tensorrt"), None)
+    for backend in ("tensorrt", "onnxruntime"):  # a plan first, else the built CPU variant
+        found = [v for v in bundle.variants if v.backend == backend]
+        if found:
+            return found[0]
+    return None
 
 
 def export_triton(bundle: Bundle | str | Path, repo: str | Path, *, target: str | None = None,
-                  trust: TrustLike | None = None) -> Path:
+                  trust: TrustLike | None = None, version: int = 1) -> Path:
     """Write the Triton model folder of a bundle's region into ``repo``.
 
     Args:
         bundle: a :class:`Bundle` or a bundle/install folder.
         repo: the model repository folder.
         target: the variant to export (a ``tensorrt`` or ``onnxruntime`` one); by default a
-            TensorRT plan if the bundle has one, else the precision-compiled ONNX.
+            TensorRT plan if the bundle has one, else the ONNX Runtime (CPU) variant, else the
+            precision-compiled ONNX (see :func:`choose_variant`).
         trust: public key(s) to verify the bundle with, when given a folder.
+        version: the Triton version folder (a positive integer; Triton cannot use ``1.2.0``).
 
     Returns:
         The model folder ``repo/<name>_<region>``.
     """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidArgumentError(f"export_triton: version must be an integer >= 1 (Triton's "
+                                   f"model versions are integers), not {version!r}")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, trust=trust)
-    variant = _pick(b, target)
+    variant = choose_variant(b, target)
     if variant is not None and variant.backend == "tensorrt":
         engine = b.load_variant(variant)
         platform, file = "tensorrt_plan", "model.plan"
@@ -116,7 +148,7 @@ def export_triton(bundle: Bundle | str | Path, repo: str | Path, *, target: str 
         platform, file = "onnxruntime_onnx", "model.onnx"
     model_name = f"{b.name}_{b.region}"
     folder = Path(repo) / model_name
-    atomic_write_bytes(folder / "1" / file, engine.payload)
+    atomic_write_bytes(folder / str(version) / file, engine.payload)
     text = config_text(model_name, platform, engine.inputs, engine.outputs,
                        _parameters(b, variant))
     atomic_write_text(folder / "config.pbtxt", text)

@@ -36,29 +36,54 @@ from regiontrt.report.text import (
 from regiontrt.runtime.inspection import EngineInfo, compliance, region_of
 
 
-def _label(entry: EngineEntry) -> str:
-    return f"{entry.region} / {entry.target} / {entry.info.precision}"
+def _rel(source: ReportSource, entry: EngineEntry) -> str:
+    return str(entry.path.relative_to(source.root) if entry.path != source.root
+               else entry.path.name)
+
+
+def _row(source: ReportSource, entry: EngineEntry) -> str:
+    """The matrix row of an engine: its region, or region and file when two would share a cell.
+
+    Two engines of one (version, region, target), e.g. built with different metrics, get a row
+    each: one cell or one chart must never mix two engines.
+    """
+    twins = [e for e in source.engines
+             if (e.version, e.region, e.target) == (entry.version, entry.region, entry.target)]
+    return entry.region if len(twins) < 2 else f"{entry.region} ({_rel(source, entry)})"
+
+
+def _label(source: ReportSource, entry: EngineEntry) -> str:
+    """A label unique to one engine (charts and tables key by it)."""
+    version = f"{entry.version} " if _versioned(source) else ""
+    return f"{version}{_row(source, entry)} / {entry.target} / {entry.info.precision}"
+
+
+def _versioned(source: ReportSource) -> bool:
+    """Whether the engines span several bundle versions (then tables get a version column)."""
+    return len({e.version for e in source.engines} | set(source.pending_versions)) > 1
 
 
 def _matrix(source: ReportSource) -> str:
-    regions = list(dict.fromkeys([*(e.region for e in source.engines),
-                                  *(p[0] for p in source.pending)]))
+    pending_versions = [*source.pending_versions, *[""] * len(source.pending)]
+    rows_of = [*((e.version, _row(source, e)) for e in source.engines),
+               *((pending_versions[i], p[0]) for i, p in enumerate(source.pending))]
+    keys = sorted(dict.fromkeys(rows_of), key=rows_of.index)
     targets = list(dict.fromkeys([*(e.target for e in source.engines),
                                   *(p[1] for p in source.pending)]))
-    cells: dict[tuple[str, str], list[str]] = {}
-    for region, target, precision, status in source.pending:
-        cells.setdefault((region, target), []).append(
+    cells: dict[tuple[str, str, str], list[str]] = {}
+    for i, (region, target, precision, status) in enumerate(source.pending):
+        cells.setdefault((pending_versions[i], region, target), []).append(
             f'{escape(precision)} <span class="muted">{escape(status)}</span>')
     for e in source.engines:
         ok, why = compliance(e.info)
-        cells.setdefault((e.region, e.target), []).append(
+        cells.setdefault((e.version, _row(source, e), e.target), []).append(
             f'{escape(e.info.precision)} {status_html(ok, "compliant", "VIOLATION")}'
             f'<br><span class="muted">{escape(why)}</span>')
-    rows = [{"region": r, **{t: "<br>".join(cells.get((r, t), ["–"])) for t in targets}}
-            for r in regions]
-    for row in rows:
-        row["region"] = escape(row["region"])
-    return html_table(rows, ["region", *targets], raw=["region", *targets],
+    rows = [{"version": escape(v), "region": escape(r),
+             **{t: "<br>".join(cells.get((v, r, t), ["–"])) for t in targets}}
+            for v, r in keys]
+    columns = [*(["version"] if _versioned(source) else []), "region", *targets]
+    return html_table(rows, columns, raw=columns,
                       caption="precision chosen per region (rows) and target (columns)")
 
 
@@ -68,7 +93,8 @@ def _compliance(source: ReportSource) -> str:
         region = region_of(e.info)
         ok, why = compliance(e.info)
         rows.append({
-            "region": e.region, "target": e.target, "precision": e.info.precision,
+            **({"version": e.version} if _versioned(source) else {}),
+            "region": _row(source, e), "target": e.target, "precision": e.info.precision,
             "allowed, in order": region.get("precisions"), "forbidden": region.get("forbidden"),
             "status": status_html(ok, "compliant", "VIOLATION"), "why": why,
         })
@@ -82,7 +108,8 @@ def _accuracy(source: ReportSource, figures: bool) -> str:
         for t in val.get("trials") or []:
             if isinstance(t, Mapping):
                 rows.append({
-                    "region": e.region, "target": e.target, "metric": val.get("metric"),
+                    **({"version": e.version} if _versioned(source) else {}),
+                    "region": _row(source, e), "target": e.target, "metric": val.get("metric"),
                     "precision": t.get("precision"), "loss": t.get("loss"),
                     "budget": t.get("budget", val.get("budget")),
                     "verdict": status_html(t.get("accepted"), "accepted", "rejected"),
@@ -98,26 +125,32 @@ def _accuracy(source: ReportSource, figures: bool) -> str:
 
 
 def _one_per_region(source: ReportSource) -> list[EngineEntry]:
-    # Every target of a region shares the region's precision decision: one panel per region.
-    return list({e.region: e for e in reversed(source.engines)}.values())[::-1]
+    # Every target of a bundle's region shares its precision decision: one panel per decision,
+    # keyed by version, region and the validation record itself, so two engines of one region
+    # validated differently (another metric) get a panel each.
+    def key(e: EngineEntry) -> tuple[str, str, str]:
+        val = json.dumps(e.info.get("validation"), sort_keys=True, default=str)
+        return e.version, e.region, val
+
+    return list({key(e): e for e in reversed(source.engines)}.values())[::-1]
 
 
 def _latency(source: ReportSource, figures: bool) -> str:
     rows, series, slas = [], {}, {}
     for e in source.engines:
         sla = region_of(e.info).get("latency_p99_ms")
-        row: dict[str, Any] = {"engine": _label(e), "SLA p99 ms": sla}
+        row: dict[str, Any] = {"engine": _label(source, e), "SLA p99 ms": sla}
         if e.latencies_ms is not None and e.latencies_ms.size:
             lat = e.latencies_ms
             p99 = float(np.percentile(lat, 99))
             row.update({"calls": lat.size, "p50 ms": float(np.percentile(lat, 50)),
                         "p99 ms": p99,
                         "meets SLA": status_html(None if sla is None else p99 <= sla)})
-            series[_label(e)] = lat
+            series[_label(source, e)] = lat
             if sla is not None:
-                slas[_label(e)] = float(sla)
+                slas[_label(source, e)] = float(sla)
         else:
-            row["meets SLA"] = escape(e.latency_note or "not measured (--bench 0)")
+            row["meets SLA"] = escape(e.latency_note or "not measured")
         rows.append(row)
     body = html_table(rows, ["engine", "calls", "p50 ms", "p99 ms", "SLA p99 ms", "meets SLA"],
                       raw=["meets SLA"], caption="wall-clock latency of infer() on this machine")
@@ -134,8 +167,10 @@ def _sensitivity(source: ReportSource) -> str:
     parts = []
     for e in _one_per_region(source):
         if sensitivity(e.info)[0]:
-            parts.append(f"<h3>{escape(e.region)}</h3>"
-                         + figure_html(sensitivity_figure(e.info), f"sensitivity {e.region}"))
+            name = _label(source, e) if _versioned(source) or _row(source, e) != e.region \
+                else e.region
+            parts.append(f"<h3>{escape(name)}</h3>"
+                         + figure_html(sensitivity_figure(e.info), f"sensitivity {name}"))
     return "".join(parts)
 
 
@@ -145,9 +180,9 @@ def _provenance(source: ReportSource, files: bool = True) -> str:
         info = e.info
         calib = info.get("calibration") or {}
         backend = info.get("backend") or {}
-        rel = e.path.relative_to(source.root) if e.path != source.root else e.path.name
         rows.append({
-            **({"file": str(rel)} if files else {}),
+            **({"file": _rel(source, e)} if files else {}),
+            **({"version": e.version} if _versioned(source) else {}),
             "region": e.region, "target": e.target,
             "backend": f"{backend.get('name')} {backend.get('version')}",
             "model sha256": (info.get("model") or {}).get("sha256"),
@@ -180,8 +215,14 @@ def _manifests(source: ReportSource) -> str:
 
 def build_page(source: ReportSource, *, figures: bool = True, title: str | None = None) -> str:
     """The HTML page for ``source`` (call :func:`measure` first for latencies)."""
-    return html_page(title or f"regiontrt report: {source.root.name}",
+    return html_page(title or f"regiontrt report: {report_subject(source)}",
                      body_html(source, figures=figures))
+
+
+def report_subject(source: ReportSource) -> str:
+    """What a report is about, for its title: the folder or file it reads."""
+    root = source.root.resolve()
+    return root.name or str(root)  # "." would otherwise name nothing
 
 
 def summary_html(engines: Sequence[tuple[Mapping[str, Any], str]], *,

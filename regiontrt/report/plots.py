@@ -6,13 +6,10 @@ Every function returns a :class:`matplotlib.figure.Figure` made without pyplot, 
 needs a display nor touches global state; show it in a notebook by leaving it last in a cell, or
 save it with ``fig.savefig("x.png")``. matplotlib is imported on first use.
 
-* :func:`accuracy_figure`: accuracy loss against the budget, per region, for every precision tried;
-* :func:`latency_figure`: latency distributions per region and variant, from
-  :class:`~regiontrt.runtime.benchmarking.BenchmarkReport` summaries or raw timings
-  (:func:`latency_samples`);
-* :func:`calibration_histograms` + :func:`calibration_figure`: the activation histograms of
-  chosen tensors, recomputed from the model and calibration data, with the thresholds chosen;
-* :func:`sensitivity_figure`: per-layer sensitivity from the mixed-precision search.
+:func:`accuracy_figure` (loss against budget per region), :func:`latency_figure` (from
+benchmark summaries or raw timings: :func:`latency_samples`), :func:`calibration_histograms` +
+:func:`calibration_figure` (activation histograms with the chosen thresholds) and
+:func:`sensitivity_figure` (per-layer sensitivity of the mixed-precision search).
 
 Sources of metadata may be an :class:`~regiontrt.runtime.engine.Engine`, the dict of
 :func:`regiontrt.inspect` (or any engine metadata dict) or the path of an ``.engine`` file.
@@ -85,8 +82,6 @@ def _region_name(meta: Mapping[str, Any]) -> str:
     return str(region.get("name") if isinstance(region, Mapping) else region)
 
 
-# -- accuracy -------------------------------------------------------------------------------
-
 def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
     """Loss against budget per region, one panel per engine, one bar per precision tried.
 
@@ -140,8 +135,6 @@ def accuracy_figure(sources: Iterable[MetadataSource]) -> Figure:
         ax.tick_params(labelsize=8)
     return fig
 
-
-# -- latency --------------------------------------------------------------------------------
 
 def latency_samples(
     engine: Engine,
@@ -221,8 +214,6 @@ def _horizontal() -> dict[str, Any]:
     major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
     return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
-
-# -- calibration ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TensorHistogram:
@@ -336,8 +327,6 @@ def calibration_figure(histograms: Sequence[TensorHistogram], *, bins: int = 128
     return fig
 
 
-# -- mixed-precision sensitivity ------------------------------------------------------------
-
 def sensitivity(source: MetadataSource) -> tuple[list[tuple[str, float]], set[str], float | None]:
     """Per-layer sensitivity recorded by the mixed-precision search, most sensitive first.
 
@@ -376,23 +365,33 @@ def _is_number(value: Any) -> bool:
 def sensitivity_figure(source: MetadataSource, *, top: int = 25) -> Figure:
     """Horizontal bars of the ``top`` most sensitive layers; kept layers in red.
 
+    Sensitivity is usually the search's ranking proxy, not the region's metric: the budget is
+    drawn only when the search records ``sensitivity_metric`` equal to the validation metric.
+
     Raises:
         DataError: the engine records no mixed-precision search.
     """
     rows, kept, budget = sensitivity(source)
     if not rows:
         raise DataError("this engine records no mixed-precision sensitivity (no search ran)")
+    meta = metadata_of(source)
+    metric, own = ((meta.get("validation") or {}).get("metric"),
+                   ((meta.get("calibration") or {}).get("mixed_precision") or {})
+                   .get("sensitivity_metric"))
     rows = rows[:top]
     fig = _new_figure(7.0, 1.0 + 0.28 * len(rows))
     ax = fig.subplots()
     names = [r[0] for r in rows]
     ax.barh(names, [r[1] for r in rows],
             color=[REJECTED if n in kept else "#0969da" for n in names])
-    if budget is not None:
+    if budget is not None and own is not None and own == metric:
         ax.axvline(budget, color="#1f2328", linestyle="--", linewidth=1,
-                   label=f"budget {budget:.3g}")
+                   label=f"budget {budget:.3g} ({metric})")
         ax.legend(fontsize=8)
+        what = f"loss ({metric}) with only this layer in int8"
+    else:  # a proxy: comparing it with the region's budget would mislead
+        what = "ranking proxy: the layer's own int8 output error, not the region's metric"
     ax.invert_yaxis()
     ax.tick_params(labelsize=7)
-    ax.set_xlabel("loss with only this layer in int8 (red: kept in higher precision)")
+    ax.set_xlabel(f"{what}\n(red: kept in higher precision)", fontsize=8)
     return fig

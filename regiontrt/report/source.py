@@ -33,6 +33,8 @@ class EngineEntry:
     target: str
     latencies_ms: np.ndarray | None = None
     latency_note: str = ""
+    #: the bundle version (from the manifest beside the engine), "" outside a bundle
+    version: str = ""
 
     @property
     def region(self) -> str:
@@ -50,6 +52,8 @@ class ReportSource:
     #: ``(region, target, precision, status)`` of manifest variants with no engine file here
     #: (e.g. a TensorRT cell deferred to the node).
     pending: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: the bundle version of each ``pending`` entry (same order), "" when unknown
+    pending_versions: list[str] = field(default_factory=list)
 
 
 def _walk(root: Path) -> list[Path]:
@@ -92,6 +96,8 @@ def _add_pending(source: ReportSource, folder: Path, manifest: Mapping[str, Any]
     region = manifest.get("region")
     region_name = str(region.get("name") if isinstance(region, Mapping) else region)
     present = {e.path.name for e in source.engines if e.path.parent == folder}
+    version = str(manifest.get("version") or "")
+    before = len(source.pending)
     for v in manifest_variants(manifest):
         if v.get("target") is not None and _file_of(v) not in present:
             status = v.get("status") or ("no engine file here" if _file_of(v) else "no file")
@@ -105,6 +111,7 @@ def _add_pending(source: ReportSource, folder: Path, manifest: Mapping[str, Any]
             reason = d.get("reason") if isinstance(d, Mapping) else None
             source.pending.append((region_name, str(target), str(manifest.get("precision", "?")),
                                    f"deferred: {reason}" if reason else "deferred"))
+    source.pending_versions += [version] * (len(source.pending) - before)
 
 
 def collect(path: str | Path) -> ReportSource:
@@ -121,6 +128,7 @@ def collect(path: str | Path) -> ReportSource:
     files = [root] if root.is_file() else _walk(root)
     source = ReportSource(root=root)
     targets: dict[Path, dict[str, str]] = {}
+    versions: dict[Path, str] = {}
     for f in files:
         if f.name == MANIFEST:
             try:
@@ -129,6 +137,7 @@ def collect(path: str | Path) -> ReportSource:
                 source.problems.append((f, f"manifest unreadable: {exc}"))
                 continue
             source.manifests.append((f, manifest))
+            versions[f.parent] = str(manifest.get("version") or "")
             targets[f.parent] = {
                 name: str(v["target"]) for v in manifest_variants(manifest)
                 if (name := _file_of(v)) and v.get("target") is not None}
@@ -141,7 +150,7 @@ def collect(path: str | Path) -> ReportSource:
             source.problems.append((f, f"{type(exc).__name__}: {exc}"))
             continue
         target = targets.get(f.parent, {}).get(f.name) or str(info.get("target"))
-        source.engines.append(EngineEntry(f, info, target))
+        source.engines.append(EngineEntry(f, info, target, version=versions.get(f.parent, "")))
     for f, manifest in source.manifests:
         _add_pending(source, f.parent, manifest)
     if not source.engines and not source.manifests and not source.problems:

@@ -99,6 +99,18 @@ class EngineInfo(dict):  # type: ignore[type-arg]
     def _repr_html_(self) -> str | None:
         return _display.html(self)
 
+    def __repr__(self) -> str:
+        # One line: the whole header (tensors, trials, provenance) as a dict repr fills a
+        # notebook screen. The dict itself is unchanged: info["region"], dict(info), json.
+        raw_val, raw_backend = self.get("validation"), self.get("backend")
+        val: Mapping[str, Any] = raw_val if isinstance(raw_val, Mapping) else {}
+        backend: Mapping[str, Any] = raw_backend if isinstance(raw_backend, Mapping) else {}
+        loss = self.report.loss if val else None
+        return (f"EngineInfo(region={self.region_name!r}, precision={self.precision!r}, "
+                f"backend={backend.get('name')!r}, target={self.get('target')!r}, "
+                f"loss={loss if loss is None else float(f'{loss:.4g}')!r}, "
+                f"budget={val.get('budget')!r}, metric={val.get('metric')!r}, "
+                f"compliant={self.compliant!r})")
 
 
 def inspect(path: str | Path, *, verify_payload: bool = True,
