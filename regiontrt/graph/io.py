@@ -323,9 +323,7 @@ def _unsized_dims(model: onnx.ModelProto) -> Iterator[Any]:
     for value in [*model.graph.input, *model.graph.output]:
         if value.type.HasField("tensor_type"):
             for d in value.type.tensor_type.shape.dim:
-                if d.HasField("dim_value") and d.dim_value <= 0:
-                    yield d
-                elif d.HasField("dim_param") and not is_symbol(d.dim_param, MAX_EXPR):
+                if (d.HasField("dim_value") and d.dim_value <= 0) or (d.HasField("dim_param") and not is_symbol(d.dim_param, MAX_EXPR)):
                     yield d
 
 
