@@ -310,7 +310,8 @@ def free_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def without_unsized_dims(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` itself when no graph input or output declares a dimension ``<= 0`` or a name
-    that is no symbol, else a copy with those dimensions freed (see :func:`free_unsized_dims`); ``model`` is not modified.
+    that is no symbol, else a copy with those dimensions freed (see :func:`free_unsized_dims`);
+    ``model`` is not modified.
     """
     if next(_unsized_dims(model), None) is None:
         return model
@@ -323,7 +324,8 @@ def _unsized_dims(model: onnx.ModelProto) -> Iterator[Any]:
     for value in [*model.graph.input, *model.graph.output]:
         if value.type.HasField("tensor_type"):
             for d in value.type.tensor_type.shape.dim:
-                if (d.HasField("dim_value") and d.dim_value <= 0) or (d.HasField("dim_param") and not is_symbol(d.dim_param, MAX_EXPR)):
+                unsized = d.HasField("dim_value") and d.dim_value <= 0
+                if unsized or (d.HasField("dim_param") and not is_symbol(d.dim_param, MAX_EXPR)):
                     yield d
 
 
