@@ -284,3 +284,39 @@ def test_demo_table_shows_an_sla_miss_in_the_table(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     [row] = [line for line in out.splitlines() if line.startswith("EU")]
     assert "> SLA 1e-06: MISS" in row
+
+
+def test_benchmark_stops_at_its_time_budget_and_says_so():
+    """Issue 22: engine.benchmark(iterations=100) ran 4 min 10 s silently at a large OPT shape."""
+    import time
+
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import regiontrt as rt
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    engine = rt.RegionalEngineBuilder.from_onnx(model).for_region("CERTIFIED").build()
+    runner = engine._get_runner()
+    slow_run = runner.time_once
+
+    def slow(feeds):  # stands for a model whose OPT shape takes 50 ms a call
+        time.sleep(0.05)
+        return slow_run(feeds)
+
+    runner.time_once = slow  # type: ignore[method-assign]
+    started = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"stopped after \d+ of 1000 timed calls"):
+        report = engine.benchmark(iterations=1000, warmup=0, max_seconds=0.5,
+                                  feeds={"x": np.ones((2, 4), np.float32)})
+    assert time.perf_counter() - started < 2.0
+    assert 1 <= report.iterations < 1000
+    full = engine.benchmark(iterations=3, warmup=0, max_seconds=None,
+                            feeds={"x": np.ones((2, 4), np.float32)})
+    assert full.iterations == 3
+    with pytest.raises(rt.errors.InvalidArgumentError, match="max_seconds"):
+        engine.benchmark(iterations=3, max_seconds=0)

@@ -142,7 +142,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                              ) from exc
         log.info("benchmarking %s on %s", args.engine,
                  ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items()))
-        report = engine.benchmark(iterations=args.iterations, warmup=args.warmup, feeds=feeds)
+        report = engine.benchmark(iterations=args.iterations, warmup=args.warmup, feeds=feeds,
+                                  max_seconds=None)  # the count was asked for
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

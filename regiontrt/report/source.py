@@ -158,13 +158,16 @@ def collect(path: str | Path) -> ReportSource:
     return source
 
 
-def measure(source: ReportSource, iterations: int, batch: int | None = None) -> None:
-    """Time every engine that can run on this machine (``iterations`` calls each)."""
+def measure(source: ReportSource, iterations: int, batch: int | None = 1) -> None:
+    """Time every engine that can run on this machine (``iterations`` calls each, at ``batch``
+    rows: 1 by default, the per-request latency an SLA is about, and seconds rather than minutes
+    for a large model whose profile's ``opt`` batch is 32; ``None``: the profile's ``opt``)."""
     from regiontrt._progress import track
     from regiontrt.report.plots import latency_samples
     from regiontrt.runtime.engine import load_engine
 
-    for entry in track(source.engines, f"timing {iterations} calls per engine"):
+    at = "the profile's opt shape" if batch is None else f"batch {batch}"
+    for entry in track(source.engines, f"timing {iterations} calls per engine at {at}"):
         try:
             with load_engine(entry.path) as engine:
                 entry.latencies_ms = latency_samples(

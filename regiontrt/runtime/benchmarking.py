@@ -4,13 +4,16 @@ percentiles, throughput and the region's SLA verdict, from the runner's per-call
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from regiontrt.backends import Timing
+from regiontrt.backends import Runner, Timing
+from regiontrt.errors import InvalidArgumentError
 
 log = logging.getLogger("regiontrt.runtime.engine")
 
@@ -82,3 +85,27 @@ def timings_report(backend: str, region: str, timings: Sequence[Timing], *, batc
              len(timings), report.p50_ms, report.p99_ms, sla,
              extra={"benchmark": report.to_dict()})
     return report
+
+
+def timed_calls(runner: Runner, feeds: Mapping[str, Any], iterations: int, warmup: int,
+                max_seconds: float | None) -> list[Timing]:
+    """``warmup`` untimed then ``iterations`` timed calls, stopping at ``max_seconds`` (warmup
+    included; at least one timed call) with a warning that says how many were timed."""
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float))
+                                        and not isinstance(max_seconds, bool) and max_seconds > 0):
+        raise InvalidArgumentError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
+    deadline = None if max_seconds is None else time.perf_counter() + float(max_seconds)
+    for _ in range(warmup):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        runner.run(feeds)
+    timings: list[Timing] = []
+    for _ in range(iterations):
+        timings.append(runner.time_once(feeds))
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    if len(timings) < iterations:
+        warnings.warn(f"benchmark stopped after {len(timings)} of {iterations} timed calls: the "
+                      f"{max_seconds:g} s budget ran out (pass max_seconds=None to time them all, "
+                      "or a smaller batch)", stacklevel=3)
+    return timings

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from regiontrt import _display
-from regiontrt.backends import Backend, Runner, Timing, get_backend
+from regiontrt.backends import Backend, Runner, get_backend
 from regiontrt.backends.guard import check_names, check_tensor
 from regiontrt.errors import (
     ArtifactError,
@@ -34,7 +34,7 @@ from regiontrt.precision.validator import validate_engine
 from regiontrt.runtime import artifact
 from regiontrt.runtime.arrays import has_data as _has_data
 from regiontrt.runtime.arrays import shape_dtype as _shape_dtype
-from regiontrt.runtime.benchmarking import BenchmarkReport, timings_report
+from regiontrt.runtime.benchmarking import BenchmarkReport, timed_calls, timings_report
 from regiontrt.runtime.export import export_payload
 from regiontrt.runtime.schema import check_payload, validate_header
 from regiontrt.shapes.buckets import Bucketing
@@ -265,11 +265,16 @@ class Engine:
         warmup: int = 10,
         batch: int | None = None,
         feeds: Mapping[str, Any] | None = None,
+        max_seconds: float | None = 10.0,
     ) -> BenchmarkReport:
-        """Time ``iterations`` inferences after ``warmup`` untimed ones.
+        """Time ``iterations`` inferences after ``warmup`` untimed ones, within ``max_seconds``.
 
         The CPU backend times each call with ``time.perf_counter_ns``; TensorRT times host-to-
-        device, compute and device-to-host separately with CUDA events.
+        device, compute and device-to-host separately with CUDA events. Inputs are the first
+        profile's ``opt`` shape unless ``batch`` or ``feeds`` say otherwise. A large model at a
+        large ``opt`` shape can take seconds a call: the run stops at ``max_seconds`` (warmup
+        included, at least one timed call) and warns how many calls it timed; ``None`` times
+        them all.
         """
         for key, value, low in (("iterations", iterations, 1), ("warmup", warmup, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -277,9 +282,7 @@ class Engine:
         checked = self.check_inputs(feeds if feeds is not None else self.sample_inputs(batch))
         runner = self._get_runner()
         try:
-            for _ in range(warmup):
-                runner.run(checked)
-            timings: list[Timing] = [runner.time_once(checked) for _ in range(iterations)]
+            timings = timed_calls(runner, checked, iterations, warmup, max_seconds)
         except RegionTRTError:
             raise
         except Exception as exc:
