@@ -202,7 +202,6 @@ def ort_quantize(
     data_path: str,
     out_path: str,
     method: str,
-    *,
     preprocess: bool = True,
     max_batches: int | None = None,
     exclude: Sequence[str] = (),
