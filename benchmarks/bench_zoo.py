@@ -193,6 +193,7 @@ def run(zoos: Sequence[ZooModel], args: Any, log: Log = print) -> dict[str, Any]
                                     "fake-quant, the arithmetic TensorRT performs",
                         "fused": "ONNX Runtime's int8 kernels on this CPU"},
         "modelopt": str(modelopt) if modelopt else None,
+        "modelopt_version": _modelopt_version(modelopt),
         "modelopt_skipped": None if modelopt else ("--no-modelopt" if args.no_modelopt
                                                     else MODELOPT_SKIP),
         "models": {},
@@ -206,6 +207,17 @@ def run(zoos: Sequence[ZooModel], args: Any, log: Log = print) -> dict[str, Any]
             result["models"][zoo.name]["seconds"] = time.perf_counter() - started
     result["environment"] = _env.finish(env)
     return result
+
+
+def _modelopt_version(python: Path | None) -> str | None:
+    """ModelOpt's version in its own environment (``_env`` sees only this interpreter's)."""
+    import subprocess
+
+    if python is None:
+        return None
+    run = subprocess.run([str(python), "-c", "import modelopt; print(modelopt.__version__)"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    return run.stdout.strip() or None
 
 
 def parser() -> argparse.ArgumentParser:

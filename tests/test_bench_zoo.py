@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 bench_zoo = pytest.importorskip("benchmarks.bench_zoo", reason="run from the repository root")
 from benchmarks import peers, zoo_ours  # noqa: E402
+from benchmarks.bench_quantization import ours_quantize  # noqa: E402
 from benchmarks.zoo.base import Split, ZooModel  # noqa: E402
 from benchmarks.zoo_coverage import int8_coverage  # noqa: E402
 
@@ -103,6 +104,8 @@ def test_rows_for_ours_and_onnxruntime_in_both_arithmetics(result: dict[str, Any
     if result["modelopt"] is None:
         assert all(r["status"] == "skipped" and r["error"] for r in modelopt)
         assert result["modelopt_skipped"]
+    else:
+        assert result["modelopt_version"] and all(r["status"] == "ok" for r in modelopt)
     comps = result["models"]["tiny-cnn"]["comparisons"]
     assert comps and all("verdict" in c for c in comps)
     scored = [c for c in comps if "bootstrap" in c]
@@ -182,8 +185,6 @@ def _first_timer_after_imports(fn: Any) -> None:
 
 
 def test_timers_start_after_imports(result: dict[str, Any]) -> None:
-    from benchmarks.bench_quantization import ours_quantize
-
     for fn in (peers.ort_quantize, peers._modelopt_main, zoo_ours.ours_int8,
                zoo_ours.ours_frontier, ours_quantize):
         _first_timer_after_imports(fn)
@@ -201,3 +202,30 @@ def test_result_json_embeds_the_environment(result: dict[str, Any], tmp_path: Pa
                 "started_at", "finished_at"):
         assert key in env
     assert json.loads(json.dumps(result, default=bench_zoo._jsonable))["environment"] == env
+
+
+class TinyL2Zoo(TinyZoo):
+    """The same CNN scored by minus the relative L2 error: no int8 layer matches FP32 exactly,
+    so the search walks its whole ladder."""
+
+    name, metric = "tiny-cnn-l2", "minus relative L2"
+
+    def sample_stats(self, reference: Any, candidate: Any) -> np.ndarray:
+        r, c = reference[0].astype(np.float64), candidate[0].astype(np.float64)
+        return np.array([-float(np.linalg.norm(c - r) / max(np.linalg.norm(r), 1e-12))])
+
+
+def test_frontier_records_every_point_the_search_measures(tmp_path: Path) -> None:
+    zoo = TinyL2Zoo(tmp_path)
+    split = zoo.data(4, 0)
+    named = bench_zoo.named_copy(zoo.model_path(), tmp_path / "named.onnx")
+    walk = zoo_ours.ours_frontier(named, zoo, split.calibration, str(tmp_path), "minmax", 0.0)
+    points = walk["points"]
+    # Only keeping every quantized layer in float meets a loss of exactly 0.
+    assert sorted(walk["chosen_kept"]) == ["conv2", "conv3"]
+    assert points[0]["kept"] == [] and len(points) > 2
+    kept_sizes = {len(p["kept"]) for p in points}
+    assert {0, 1, 2} <= kept_sizes  # doubling from one kept layer up to all of them
+    for p in points:
+        cov = int8_coverage(onnx.load(p["path"]), split.calibration[0])
+        assert cov.int8_layers == 2 - len(set(p["kept"]) & {"conv2", "conv3"})
