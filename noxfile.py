@@ -55,3 +55,23 @@ def docs(session: nox.Session) -> None:
     """The documentation site, built with ``--strict`` (any warning fails) into ``site/``."""
     session.install("-e", ".[docs,plot]")
     session.run("mkdocs", "build", "--strict", "-d", "site", *session.posargs)
+
+
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """The zoo benchmark over every zoo model (docs/zoo-bench.md), into docs/results/bench_zoo.json.
+
+    ModelOpt runs from its own environment when ``REGIONTRT_MODELOPT_PYTHON`` (or
+    ``/work/venvs/modelopt``) has it, and is recorded as skipped otherwise. Extra arguments go to
+    the runner: ``nox -s zoo -- --models ppocr-rec,magika``.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "benchmarks.bench_zoo", *session.posargs)
+
+
+@nox.session(name="zoo-fast")
+def zoo_fast(session: nox.Session) -> None:
+    """The zoo's fast subset with few samples and no search frontier (a smoke run for CI)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "benchmarks.bench_zoo", "--models", "fast", "--quick",
+                "--no-frontier", "--out", "docs/results/bench_zoo_fast.json", *session.posargs)

@@ -1,6 +1,8 @@
 """Micro-benchmarks of the quantization benchmark: entropy search speed against ONNX Runtime's,
-whole calibration time against ONNX Runtime's MinMax pass, and peak memory as the calibration set
-grows. Run through ``python -m benchmarks.bench_quantization`` (``--no-micro`` skips them,
+end-to-end quantization time against ONNX Runtime's (the same work on both sides: load, prepare,
+calibrate, write the Q/DQ model, timers started after the imports; ONNX Runtime with its defaults
+and with the layers ours keeps in float excluded), and peak memory as the calibration set grows.
+Run through ``python -m benchmarks.bench_quantization`` (``--no-micro`` skips them,
 ``--micro-only all`` runs only them, ``--micro-only calibration`` only the calibration time)::
 
     python -m benchmarks.bench_quantization --models ocr --micro-only calibration
@@ -62,67 +64,89 @@ def entropy_search_speed(n: int) -> dict[str, Any]:
     }
 
 
-def calibration_speed(case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    """Our whole calibration (collection + ranges) vs ONNX Runtime's MinMax pass, same data.
+#: (ours, the ONNX Runtime run it is compared with): the same calibration method on both sides.
+PAIRS = (("ours_minmax", "onnxruntime_minmax_our_exclusions"),
+         ("ours_entropy", "onnxruntime_entropy_our_exclusions"),
+         ("ours_minmax", "onnxruntime_minmax"))
 
-    With ``--micro-repeat N`` every contender runs N times, rounds interleaved (ours and ORT
-    alternate, so load from other jobs on a shared machine hits both alike); ``seconds`` is the
-    median, and the ratio is the median of the per-round ratios, with every round's kept.
+
+def _contenders(case: Case, workdir: Path) -> list[tuple[str, Callable[..., Any], tuple[Any, ...]]]:
+    """Every contender does the same work end to end: load, prepare (clean and plan; ORT's
+    opset upgrade and ``quant_pre_process``), calibrate, write the Q/DQ model; each one's timer
+    starts after its imports."""
+    from benchmarks.bench_quantization import our_exclusions
+
+    m, d = case.model_path, case.calib_path
+    excl = our_exclusions(m)
+
+    def out(key: str) -> str:
+        return str(workdir / f"micro_{case.name}_{key}.onnx")
+
+    return [
+        ("ours_minmax", ours_quantize, (m, d, out("ours_minmax"), "minmax")),
+        ("ours_entropy", ours_quantize, (m, d, out("ours_entropy"), "entropy")),
+        ("ours_auto", ours_quantize, (m, d, out("ours_auto"), "auto")),
+        ("onnxruntime_minmax", peers.ort_quantize, (m, d, out("ort_minmax"), "MinMax")),
+        ("onnxruntime_minmax_our_exclusions", peers.ort_quantize,
+         (m, d, out("ort_minmax_excl"), "MinMax", True, None, excl)),
+        ("onnxruntime_entropy_our_exclusions", peers.ort_quantize,
+         (m, d, out("ort_entropy_excl"), "Entropy", True, None, excl)),
+    ]
+
+
+def _measure_once(fn: Callable[..., Any], fargs: tuple[Any, ...], args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    m = _measure.run_measured(fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb)
+    v = m.value or {}
+    base = v.get("rss_after_imports_mb")
+    return {
+        "status": m.status,
+        "seconds": v.get("seconds") if m.ok else None,  # after imports, end to end
+        "peak_rss_mb": m.peak_rss_mb,
+        # The work's own memory: the peak above the resident set once the imports were done.
+        "work_rss_mb": None if base is None or m.peak_rss_mb is None else m.peak_rss_mb - base,
+        "calibration_s": v.get("calibration_s"),
+        "tensors": v.get("tensors"),
+        "excluded": v.get("excluded"),
+    }
+
+
+def calibration_speed(case: Case, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """End-to-end quantization time and memory, ours against ONNX Runtime, same data and work.
+
+    With ``--micro-repeat N`` every contender runs N times, rounds interleaved (so load from
+    other jobs on a shared machine hits both alike); ``seconds`` is the median, and each ratio
+    in ``ratios`` (ours over ONNX Runtime with the same calibration method) is the median of
+    the per-round ratios, with every round's kept.
     """
-    contenders = (
-        ("ours_entropy", ours_quantize, (case.model_path, case.calib_path, "", "entropy")),
-        (
-            "ours_entropy_all_tensors",
-            ours_quantize,
-            (case.model_path, case.calib_path, "", "entropy", (), True),
-        ),
-        (
-            "ours_auto_all_tensors",
-            ours_quantize,
-            (case.model_path, case.calib_path, "", "auto", (), True),
-        ),
-        ("ours_minmax", ours_quantize, (case.model_path, case.calib_path, "", "minmax")),
-        ("onnxruntime_minmax", peers.ort_calibration, (case.model_path, case.calib_path)),
-    )
-    rounds: list[dict[str, dict[str, Any]]] = []
-    for _ in range(max(1, getattr(args, "micro_repeat", 1))):
-        row: dict[str, dict[str, Any]] = {}
-        for key, fn, fargs in contenders:
-            m = _measure.run_measured(
-                fn, *fargs, timeout_s=args.timeout, mem_limit_mb=args.mem_cap_mb
-            )
-            v = m.value or {}
-            row[key] = {
-                "status": m.status,
-                "seconds": v.get("calibration_s", m.wall_s) if m.ok else None,
-                "peak_rss_mb": m.peak_rss_mb,
-                "tensors": v.get("tensors"),
-            }
-        rounds.append(row)
-    res: dict[str, Any] = {"samples": case.samples, "rounds": len(rounds)}
+    contenders = _contenders(case, workdir)
+    rounds = [{key: _measure_once(fn, fargs, args) for key, fn, fargs in contenders}
+              for _ in range(max(1, getattr(args, "micro_repeat", 1)))]
+    res: dict[str, Any] = {"samples": case.samples, "rounds": len(rounds),
+                           "scope": "load + prepare + calibrate + write Q/DQ, after imports"}
     for key, _, _ in contenders:
         runs = [r[key] for r in rounds]
         secs = [r["seconds"] for r in runs if r["seconds"] is not None]
         res[key] = {
+            **runs[0],
             "status": runs[0]["status"] if len(secs) < len(runs) else "ok",
             "seconds": float(np.median(secs)) if secs else None,
             "all_seconds": [r["seconds"] for r in runs],
             "peak_rss_mb": max((r["peak_rss_mb"] or 0.0) for r in runs) or None,
-            "tensors": runs[0]["tensors"],
+            "work_rss_mb": max((r["work_rss_mb"] or 0.0) for r in runs) or None,
         }
-    for key, _, _ in contenders[:-1]:
-        ratios = [
-            r[key]["seconds"] / r["onnxruntime_minmax"]["seconds"]
-            for r in rounds
-            if r[key]["seconds"] and r["onnxruntime_minmax"]["seconds"]
-        ]
+    res["ratios"] = {}
+    for ours, ort in PAIRS:
+        ratios = [r[ours]["seconds"] / r[ort]["seconds"] for r in rounds
+                  if r[ours]["seconds"] and r[ort]["seconds"]]
         if ratios:
-            res[key]["ratio_to_onnxruntime_minmax"] = float(np.median(ratios))
-            res[key]["ratios"] = ratios
+            res["ratios"][f"{ours} / {ort}"] = {"median": float(np.median(ratios)),
+                                                "all": ratios}
     return res
 
 
 SCALING_KEYS = ("ours_entropy", "onnxruntime_minmax", "onnxruntime_percentile")
+# Every run writes its Q/DQ model (ORT's whole quantize_static, ours end to end) into workdir.
 
 
 def _scaling_data(model: str, n: int, workdir: Path) -> tuple[str, str]:
@@ -155,9 +179,12 @@ def memory_scaling(
     for n in sizes:
         m, path = _scaling_data(model, n, workdir)
         for key, fn, fargs in (
-            ("ours_entropy", ours_quantize, (m, path, "", "entropy")),
-            ("onnxruntime_minmax", peers.ort_calibration, (m, path, "MinMax")),
-            ("onnxruntime_percentile", peers.ort_calibration, (m, path, "Percentile")),
+            ("ours_entropy", ours_quantize, (m, path, str(workdir / "scale_ours.onnx"),
+                                             "entropy")),
+            ("onnxruntime_minmax", peers.ort_quantize, (m, path, str(workdir / "scale_mm.onnx"),
+                                                        "MinMax")),
+            ("onnxruntime_percentile", peers.ort_quantize,
+             (m, path, str(workdir / "scale_pc.onnx"), "Percentile")),
         ):
             if any(r["status"] == "oom" for r in res[key].values()):
                 res[key][str(n)] = {"status": "skipped (oom on a smaller set)"}
@@ -168,8 +195,8 @@ def memory_scaling(
             res[key][str(n)] = {
                 "status": r.status,
                 "peak_rss_mb": r.peak_rss_mb,
-                "base_rss_mb": r.base_rss_mb,
-                "wall_s": r.wall_s,
+                "base_rss_mb": (r.value or {}).get("rss_after_imports_mb"),
+                "seconds": (r.value or {}).get("seconds"),
             }
             log(f"[memory] {model} {key} n={n}: {r.status} peak {r.peak_rss_mb} MB")
         Path(path).unlink()
@@ -187,7 +214,7 @@ def run_micro(
     out["calibration_speed"] = {}
     for case in cases:
         if case.name in ("resnet13", "ocr"):
-            out["calibration_speed"][case.name] = calibration_speed(case, args)
+            out["calibration_speed"][case.name] = calibration_speed(case, args, workdir)
             log(f"[micro] calibration speed {case.name}: {out['calibration_speed'][case.name]}")
     out["memory_scaling"] = {}
     if only_calibration:
@@ -210,22 +237,27 @@ def micro_markdown(micro: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "| model | calibration | samples | tensors | seconds (median) | ratio to ORT MinMax "
-        "| peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "End-to-end quantization (load, prepare, calibrate, write the Q/DQ model; timers after "
+        "the imports):",
+        "",
+        "| model | contender | samples | tensors | layers excluded | seconds (median) "
+        "| peak RSS (MB) | work RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    ratio_lines = []
     for name, res in micro["calibration_speed"].items():
         for key, r in res.items():
-            if isinstance(r, dict):
+            if isinstance(r, dict) and "status" in r:
                 sec = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
-                ratio = r.get("ratio_to_onnxruntime_minmax")
-                cell = "" if ratio is None else f"{ratio:.2f}"
-                if len(r.get("ratios", ())) > 1:
-                    cell += f" ({min(r['ratios']):.2f}–{max(r['ratios']):.2f})"
+                excl = "" if r.get("excluded") is None else str(len(r["excluded"]))
                 lines.append(
-                    f"| {name} | {key} | {res['samples']} | {r['tensors']} | {sec} | {cell} "
-                    f"| {_fmt(r['peak_rss_mb'])} |"
+                    f"| {name} | {key} | {res['samples']} | {r['tensors'] or ''} | {excl} "
+                    f"| {sec} | {_fmt(r['peak_rss_mb'])} | {_fmt(r.get('work_rss_mb'))} |"
                 )
+        for pair, q in res.get("ratios", {}).items():
+            spread = f" ({min(q['all']):.2f}-{max(q['all']):.2f})" if len(q["all"]) > 1 else ""
+            ratio_lines.append(f"- {name}: {pair} = {q['median']:.2f}{spread}")
+    lines += ["", "Time ratios (ours over ONNX Runtime, same method):", "", *ratio_lines]
     for model, ms in micro["memory_scaling"].items():
         lines += [
             "",

@@ -171,16 +171,48 @@ def fuse_layernorm(model_path: str, out_path: str) -> str:
     return out_path
 
 
+def has_conv(model_path: str) -> bool:
+    """Whether the model holds a Conv (ONNX Runtime's docs recommend per-channel for CNNs)."""
+    import onnx
+
+    return any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(model_path).graph.node)
+
+
+def resolve_exclusions(model_path: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``names`` as nodes of the model a peer actually quantizes: ``(found, missing)``.
+
+    Pre-processing may fuse a layer into a new node named after it (ONNX Runtime's
+    ``MatMulAddFusion`` writes ``<matmul>/MatMulAddFusion``), so a node whose name starts with
+    ``<name>/`` counts as that layer.
+    """
+    import onnx
+
+    nodes = [n.name for n in onnx.load(model_path).graph.node]
+    found, missing = [], []
+    for name in names:
+        hits = [n for n in nodes if n == name or n.startswith(name + "/")]
+        found += hits
+        if not hits:
+            missing.append(name)
+    return found, missing
+
+
 def ort_quantize(
     model_path: str,
     data_path: str,
     out_path: str,
     method: str,
-    *,
     preprocess: bool = True,
     max_batches: int | None = None,
+    exclude: Sequence[str] = (),
+    per_channel: bool | None = None,
 ) -> dict[str, Any]:
-    """ONNX Runtime ``quantize_static``: QDQ, per channel, symmetric signed INT8 everywhere.
+    """ONNX Runtime ``quantize_static`` as its documentation recommends for a TensorRT target.
+
+    QDQ format, signed INT8, symmetric activations and weights (TensorRT takes zero points of 0
+    only), ``quant_pre_process`` first, per-channel weights for CNNs (``per_channel=None``: on
+    when the model holds a Conv). The timer starts after the imports: ``seconds`` covers load,
+    opset upgrade, pre-processing, calibration and writing the Q/DQ model, as for ours.
 
     Args:
         model_path: FP32 model.
@@ -189,9 +221,11 @@ def ort_quantize(
         method: "MinMax", "Entropy" or "Percentile" (ONNX Runtime's defaults otherwise).
         preprocess: run ``quant_pre_process`` first, as ONNX Runtime recommends.
         max_batches: calibrate on the first batches only.
+        exclude: node names kept in float (``nodes_to_exclude``), e.g. the layers ours keeps.
+        per_channel: per-channel weight scales (``None``: ONNX Runtime's CNN guidance).
 
     Returns:
-        notes: the model actually quantized and the number of calibration samples.
+        notes: timing, the options, the exclusions found and missed, calibration samples.
     """
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -201,29 +235,41 @@ def ort_quantize(
         quantize_static,
     )
 
+    from benchmarks._measure import proc_status_mb
+
     if method not in ORT_METHODS:
         raise ValueError(f"method must be one of {ORT_METHODS}, got {method!r}")
+    rss = proc_status_mb("self", "VmRSS")
+    start = time.perf_counter()
     batches = NpzBatches(data_path, max_batches)
+    per_channel = has_conv(model_path) if per_channel is None else per_channel
     with tempfile.TemporaryDirectory() as tmp:
         # Per-channel Q/DQ needs opset 13; ONNX Runtime's own upgrade misses models that
         # quant_pre_process rewrote (it then writes an invalid opset-12 model), so do it first.
         src = upgrade_opset(private_copy(model_path, tmp), str(Path(tmp) / "opset13.onnx"), 13)
         if preprocess:
             src = ort_preprocess(src, str(Path(tmp) / "pre.onnx"))
+        found, missing = resolve_exclusions(src, exclude)
         quantize_static(
             src,
             out_path,
             _ort_reader(batches),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=per_channel,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, method),
+            nodes_to_exclude=found or None,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
     return {
+        "seconds": time.perf_counter() - start,
+        "rss_after_imports_mb": rss,
         "onnxruntime": ort.__version__,
-        "preprocessed": src != model_path,
+        "preprocessed": preprocess,
+        "per_channel": per_channel,
+        "excluded": found,
+        "exclusions_not_found": missing,
         "batches": len(batches),
         "samples": batches.num_samples(),
     }
@@ -235,30 +281,6 @@ def ort_entropy_search(histogram: tuple[np.ndarray, np.ndarray, Any, Any]) -> An
 
     collector = HistogramCollector("entropy", True, histogram[0].size, 128, 99.999, "same")
     return collector.get_entropy_threshold(histogram, 128)
-
-
-def ort_calibration(model_path: str, data_path: str, method: str = "MinMax") -> dict[str, Any]:
-    """One of ONNX Runtime's calibration passes alone (no quantization), for time and memory.
-
-    MinMax reduces each tensor inside the graph (ReduceMin/ReduceMax outputs), so its memory is
-    one batch's activations; the histogram methods keep every batch's activations until the end.
-    """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    if method not in ORT_METHODS:
-        raise ValueError(f"method must be one of {ORT_METHODS}, got {method!r}")
-    batches = NpzBatches(data_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        cal = create_calibrator(
-            private_copy(model_path, tmp),
-            None,
-            augmented_model_path=str(Path(tmp) / "aug.onnx"),
-            calibrate_method=getattr(CalibrationMethod, method),
-            extra_options={"symmetric": True},
-        )
-        cal.collect_data(_ort_reader(batches))
-        ranges = cal.compute_data()
-    return {"tensors": len(ranges.data), "samples": batches.num_samples()}
 
 
 # --- NVIDIA ModelOpt (in its own virtual environment) ------------------------------------------
@@ -288,27 +310,31 @@ def modelopt_command(
     *,
     prepare: bool = False,
     max_batches: int | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[str]:
-    """Command line running :func:`_modelopt_main` in the ModelOpt environment."""
-    argv = [
-        str(python),
-        str(Path(__file__).resolve()),
-        "modelopt",
-        model_path,
-        data_path,
-        out_path,
-        method,
-    ]
+    """Command line running :func:`_modelopt_main` in the ModelOpt environment.
+
+    ``exclude``: node names kept in float (ModelOpt's ``nodes_to_exclude``, given as anchored,
+    escaped patterns since ModelOpt reads them as regular expressions).
+    """
+    argv = [str(python), str(Path(__file__).resolve()), "modelopt", model_path, data_path,
+            out_path, method]
     if prepare:
         argv.append("--prepare")
     if max_batches is not None:
         argv += ["--max-batches", str(max_batches)]
+    for name in exclude:
+        argv += ["--exclude", name]
     return argv
 
 
 def _modelopt_main(args: argparse.Namespace) -> None:
-    """Child side: quantize with ModelOpt on the CPU and print the measured result line."""
+    """Child side: quantize with ModelOpt on the CPU and print the measured result line.
+
+    The timer starts after ``import modelopt`` (as ONNX Runtime's after ``import onnxruntime``).
+    """
     import importlib.util
+    import re
 
     # The sibling module by path: this environment has neither regiontrt nor benchmarks.
     spec = importlib.util.spec_from_file_location(
@@ -318,12 +344,11 @@ def _modelopt_main(args: argparse.Namespace) -> None:
     _measure: Any = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = _measure  # its dataclasses look the module up while being built
     spec.loader.exec_module(_measure)
+    from modelopt.onnx.quantization import quantize
 
     base = _measure.proc_status_mb("self", "VmRSS")
     start = time.perf_counter()
     try:
-        from modelopt.onnx.quantization import quantize
-
         batches = NpzBatches(args.data, args.max_batches)
         with tempfile.TemporaryDirectory() as tmp:
             # ModelOpt saves its shape-inferred model over the input file: give it a copy.
@@ -332,6 +357,7 @@ def _modelopt_main(args: argparse.Namespace) -> None:
                 # What rescues ModelOpt on PP-OCR: opset 17 and LayerNorm fusion first (else it
                 # puts Q/DQ inside the decomposed LayerNorms and the model outputs blanks).
                 src = fuse_layernorm(src, str(Path(tmp) / "fused.onnx"))
+            found, missing = resolve_exclusions(src, args.exclude)
             quantize(
                 src,
                 quantize_mode="int8",
@@ -339,15 +365,14 @@ def _modelopt_main(args: argparse.Namespace) -> None:
                 calibration_data_reader=_ort_reader(batches),
                 calibration_eps=["cpu"],
                 high_precision_dtype="fp32",
+                nodes_to_exclude=[re.escape(n) + "$" for n in found] or None,
                 output_path=args.out,
                 log_level="WARNING",
             )
-        _measure.report(
-            "ok",
-            time.perf_counter() - start,
-            base,
-            {"batches": len(batches), "prepared": args.prepare},
-        )
+        seconds = time.perf_counter() - start
+        _measure.report("ok", seconds, base, {
+            "seconds": seconds, "rss_after_imports_mb": base, "batches": len(batches),
+            "prepared": args.prepare, "excluded": found, "exclusions_not_found": missing})
     except Exception as exc:
         _measure.report("error", time.perf_counter() - start, base, None, repr(exc)[:2000])
 
@@ -363,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     mo.add_argument("method", choices=MODELOPT_METHODS)
     mo.add_argument("--prepare", action="store_true")
     mo.add_argument("--max-batches", type=int, default=None)
+    mo.add_argument("--exclude", action="append", default=[], help="node kept in float")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {"modelopt": _modelopt_main}
     handlers[args.peer](args)
