@@ -344,3 +344,29 @@ def test_calibration_says_how_much_memory_its_activations_take(monkeypatch, capl
     monkeypatch.setattr(collect, "MEMORY_WARNING_BYTES", 0)
     with pytest.warns(UserWarning, match="pass smaller calibration batches"):
         collect.collect_statistics(model, batches)
+
+
+def test_auto_metric_judges_an_lstm_state_as_a_state_not_class_scores():
+    """Found walking getting-started with a G2P LSTM encoder (outputs [N, 256] LSTM states):
+    ``auto`` judged them by top-1 over "256 classes"."""
+    from onnx import TensorProto, helper
+
+    from regiontrt.graph.io import output_specs
+    from regiontrt.precision.metrics import plan_metrics
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 16, 4], [0.1] * 64)
+    r = helper.make_tensor("r", TensorProto.FLOAT, [1, 16, 4], [0.1] * 64)
+    nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["", "h"], hidden_size=4),
+             helper.make_node("Squeeze", ["h", "axes"], ["state"]),
+             helper.make_node("Gemm", ["state", "fc"], ["logits"])]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    fc = helper.make_tensor("fc", TensorProto.FLOAT, [4, 3], [0.5] * 12)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [5, 2, 4])], [
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 4]),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])], [w, r, axes, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = plan_metrics("auto", output_specs(model), model=model)
+    chosen = {m.output: m for m in plan.per_output}
+    assert chosen["state"].metric == "relative_l2" and "LSTM" in chosen["state"].why
+    assert chosen["logits"].metric == "top1"

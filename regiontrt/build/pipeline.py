@@ -130,7 +130,8 @@ def plan_build(shared: Shared, state: State) -> BuildPlan:
     if state.pinned_inputs:
         model = fold_pinned_inputs(model, state.pinned_inputs)
     enforce_compliance(model, region)
-    metric = plan_metrics(state.metric, output_specs(model), default=region.metric)
+    metric = plan_metrics(state.metric, output_specs(model), default=region.metric,
+                          model=model)
     given = None
     if state.shape_profile is not None:  # a profile that does not fit the model: refused now
         given = tuple(state.shape_profile.resolve(input_specs(model),

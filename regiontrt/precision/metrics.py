@@ -54,9 +54,33 @@ def _last_dim(spec: TensorSpec) -> int | None:
     return last if isinstance(last, int) and last > 0 else None
 
 
-def _auto(spec: TensorSpec) -> OutputMetric:
+#: Ops whose outputs are states or sequences, never class scores.
+RECURRENT = frozenset(("LSTM", "GRU", "RNN", "Loop", "Scan"))
+#: Ops that pass a value on without computing a new one.
+_PASS = frozenset(("Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose",
+                   "Slice", "Gather", "Cast"))
+
+
+def recurrent_outputs(model: Any) -> dict[str, str]:
+    """``{output: op}`` for graph outputs that come (through reshapes and selections) from a
+    recurrent op: a ``[batch, hidden]`` LSTM state looks like class scores but is not."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for out in model.graph.output:
+        node, seen = producer.get(out.name), 0
+        while node is not None and node.op_type in _PASS and node.input and seen < 64:
+            node, seen = producer.get(node.input[0]), seen + 1
+        if node is not None and node.op_type in RECURRENT:
+            found[out.name] = node.op_type
+    return found
+
+
+def _auto(spec: TensorSpec, states: Mapping[str, str] | None = None) -> OutputMetric:
     shape = list(spec.shape)
     classes = _last_dim(spec)
+    if states and spec.name in states:
+        return OutputMetric(spec.name, "relative_l2", f"output {shape} is the state of a "
+                            f"{states[spec.name]} op, not class scores: a scale-aware error")
     if spec.rank == 2 and classes is not None and classes >= 2:
         return OutputMetric(spec.name, "top1",
                             f"2-D output {shape}: class scores over {classes} classes")
@@ -70,9 +94,10 @@ def _auto(spec: TensorSpec) -> OutputMetric:
     return OutputMetric(spec.name, "relative_l2", why)
 
 
-def _named(spec: TensorSpec, name: str, source: str) -> OutputMetric:
+def _named(spec: TensorSpec, name: str, source: str,
+           states: Mapping[str, str] | None = None) -> OutputMetric:
     if name == AUTO:
-        return _auto(spec)
+        return _auto(spec, states)
     if name not in METRICS:
         raise InvalidArgumentError(
             f"unknown metric {name!r} for output {spec.name!r}; built in: "
@@ -139,13 +164,14 @@ class MetricPlan:
 
 
 def plan_metrics(spec: MetricSpec, outputs: Sequence[TensorSpec], *,
-                 default: str = AUTO) -> MetricPlan:
+                 default: str = AUTO, model: Any = None) -> MetricPlan:
     """Choose the metric of each output (see the module docstring) before any build work.
 
     Args:
         spec: what the caller asked for; ``None`` takes ``default`` (the region's metric).
         outputs: the model's outputs.
         default: the region's metric name.
+        model: the ONNX model, so that ``auto`` can tell a recurrent state from class scores.
 
     Raises:
         MetricError: a named metric cannot apply to an output.
@@ -158,8 +184,9 @@ def plan_metrics(spec: MetricSpec, outputs: Sequence[TensorSpec], *,
     if callable(spec) and not isinstance(spec, Mapping):
         return MetricPlan((), {}, whole=(_callable_name(spec), spec))
     floats = [o for o in outputs if o.dtype.kind in "fc"]
+    states = recurrent_outputs(model) if model is not None else {}
     if isinstance(spec, str):
-        chosen = [_named(o, spec, source) for o in floats]
+        chosen = [_named(o, spec, source, states) for o in floats]
         return MetricPlan(chosen, {c.output: METRICS[c.metric] for c in chosen}, spec_name=spec)
     if not isinstance(spec, Mapping):
         raise InvalidArgumentError(
@@ -182,7 +209,7 @@ def plan_metrics(spec: MetricSpec, outputs: Sequence[TensorSpec], *,
         if not isinstance(value, str):
             raise InvalidArgumentError(f"metric for output {out.name!r} must be a name or a "
                                        f"callable, got {type(value).__name__}")
-        item = _named(out, value, "asked for this output")
+        item = _named(out, value, "asked for this output", states)
         chosen.append(item)
         functions[out.name] = METRICS[item.metric]
     return MetricPlan(chosen, functions, spec_name="per-output")

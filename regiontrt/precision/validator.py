@@ -234,7 +234,7 @@ def validate_engine(engine: Checkable, data: Any, reference: Any) -> PrecisionTr
     metrics = {k: v["metric"] for k, v in (report.get("output_metrics") or {}).items()
                if k != "_all" and v.get("metric") in METRICS}
     spec: MetricSpec = metrics or (name if name in METRIC_NAMES else "relative_l2")
-    plan = plan_metrics(spec, output_specs(model))
+    plan = plan_metrics(spec, output_specs(model), model=model)
     validator = Validator(data, model, plan, profiles=engine.profiles)
     outputs = collate([engine.infer(batch) for batch in validator.batches])
     loss, losses = validator._score(outputs)
