@@ -370,3 +370,17 @@ def test_auto_metric_judges_an_lstm_state_as_a_state_not_class_scores():
     chosen = {m.output: m for m in plan.per_output}
     assert chosen["state"].metric == "relative_l2" and "LSTM" in chosen["state"].why
     assert chosen["logits"].metric == "top1"
+
+
+def test_a_pull_with_another_key_names_the_bundle_not_a_staging_folder(dist, tmp_path, capsys):
+    """Walking docs/fleet.md: with the wrong --trust the message began "downloaded  the
+    signature..." (the deleted staging folder cut out, leaving a dangling word)."""
+    registry, site = _site(dist, tmp_path, capsys)
+    assert main(["keygen", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    assert main(["fleet", "pull", str(registry), "digits", "--region", "CERTIFIED", "--into",
+                 str(site), "--trust", str(tmp_path / "other" / "public.pem")]) == 2
+    err = capsys.readouterr().err
+    assert "the downloaded bundle: the signature does not verify with any trusted key" in err
+    assert "downloaded  " not in err and ".staging-" not in err
+    assert "nothing was installed; 1.0.0 keeps serving" in err

@@ -239,7 +239,9 @@ def _kept(install: Path, registry: str, name: str) -> Iterator[None]:
         step = next((s for kind, s in _NEXT_STEP if isinstance(exc, kind)), "")
         text = str(exc.args[0]) if exc.args else type(exc).__name__
         if STAGING in text:  # a deleted temporary folder means nothing to an operator
-            text = re.sub(rf"\S*/{re.escape(STAGING)}[^/\s]*/?", "downloaded ", text)
+            text = re.sub(rf"\S*/{re.escape(STAGING)}[^/\s:]*(/?)",
+                          lambda m: "the downloaded " if m.group(1) else "the downloaded bundle",
+                          text)
         exc.args = (f"{text}\n  {kept}" + (f"\n  next: {step}" if step else ""),
                     *exc.args[1:])
         raise
