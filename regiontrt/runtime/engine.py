@@ -173,6 +173,10 @@ class Engine:
     def check_inputs(self, feeds: Any, *, profiles: bool = True) -> dict[str, Any]:
         """Validate names, dtypes, ranks and (``profiles``) profile ranges; returns a dict.
 
+        A call whose feeds are numpy arrays with the names, shapes and dtypes of a call that
+        already passed every check is answered from a small cache (those checks depend on
+        nothing else), so the steady state of ``infer`` costs a few dictionary look-ups.
+
         Raises:
             InputError: wrong names, dtypes or ranks.
             ShapeOutOfProfile: shapes outside every optimization profile.
@@ -182,6 +186,15 @@ class Engine:
                 names = ", ".join(s.name for s in self.inputs)
                 raise InputError(f"this engine has several inputs ({names}); pass a dict")
             feeds = {self.inputs[0].name: feeds}
+        passed: dict[Any, bool] | None = self.__dict__.get("_passed_inputs")
+        if passed is None:  # created here: only infer/check_inputs may change for speed
+            passed = self.__dict__.setdefault("_passed_inputs", {})
+        key: Any = None
+        if profiles:
+            # only plain numpy arrays: their checks depend on name, shape and dtype alone
+            key = tuple((n, v.shape, v.dtype) for n, v in feeds.items() if type(v) is np.ndarray)
+            if len(key) == len(feeds) and key in passed:
+                return dict(feeds)
         expected = {s.name: s for s in self.inputs}
         check_names(feeds, self.inputs)
         shapes: dict[str, tuple[int, ...]] = {}
@@ -200,6 +213,10 @@ class Engine:
             shapes[name] = shape
         if profiles:
             select_profile(self.profiles, shapes)
+            if len(key) == len(feeds):
+                if len(passed) > 1024:  # bounded: many distinct shapes just re-check
+                    passed.clear()
+                passed[key] = True
         return dict(feeds)
 
     def infer(self, feeds: Any, *, outputs: str = "host") -> dict[str, Any]:
@@ -215,7 +232,16 @@ class Engine:
             bucket and the bucketed outputs cut back to the unpadded length.
         """
         info: dict[str, Any] = {}
-        if self.bucketing is not None and outputs == "host":
+        if self.bucketing is None:  # the common case: check, then run, nothing else
+            checked = self.check_inputs(feeds)
+            runner = self._runner or self._get_runner()
+            try:
+                return runner.run(checked, outputs=outputs)
+            except RegionTRTError:
+                raise
+            except Exception as exc:  # the runtime failed on inputs that passed every check
+                raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
+        if outputs == "host":
             if not isinstance(feeds, Mapping) and len(self.inputs) == 1:
                 feeds = {self.inputs[0].name: feeds}
             if isinstance(feeds, Mapping) and not any(
