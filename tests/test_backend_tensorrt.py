@@ -93,6 +93,14 @@ def request(model: onnx.ModelProto, profiles: list[Profile] | None = None,
     return BuildRequest(model, Precision.FP32, profiles, TacticSelector(**tactics), name="test")
 
 
+@pytest.fixture(autouse=True)
+def _no_cuda_device(monkeypatch):
+    """Loading pins a CUDA device first; these tests run without one."""
+    from regiontrt.backends import cuda
+
+    monkeypatch.setattr(cuda, "set_device", lambda device: None)
+
+
 @pytest.fixture(scope="module")
 def backend() -> TensorRTRTXBackend:
     return TensorRTRTXBackend()

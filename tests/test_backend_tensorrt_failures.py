@@ -47,6 +47,9 @@ def install(monkeypatch, trt: types.SimpleNamespace, sm: str | None = "sm90",
     monkeypatch.setattr(trt_backend, "gpu_count", lambda: 0 if sm is None else 1)
     monkeypatch.setattr(trt_build, "_LOGGERS", {})
     monkeypatch.setattr(trt_env, "_PLUGINS", {})
+    # the CUDA device a plan is deserialized on, recorded in order with TensorRT's calls
+    monkeypatch.setattr(trt_backend.cuda, "set_device",
+                        lambda device: trt.calls.append(("set_device", device)))
     return trt
 
 
@@ -61,7 +64,7 @@ def fake_runner(monkeypatch) -> dict[str, Any]:
 
     class Runner:
         def __init__(self, engine, profiles, *, create_context=None, owner=None, device=0):
-            seen.update(engine=engine, profiles=profiles)
+            seen.update(engine=engine, profiles=profiles, device=device)
 
     module = types.ModuleType("regiontrt.backends.trt_runner")
     module.TensorRTRunner = Runner  # type: ignore[attr-defined]
@@ -86,6 +89,16 @@ def test_load_deserializes_whatever_the_header_bytes_say(monkeypatch):
     plan[24:27] = bytes([99, 99, 99])  # nonsense version bytes: TensorRT decides, not us
     TensorRTBackend().load(bytes(plan), {"target": "sm90"})
     assert ("deserialize", len(plan)) in trt.calls and seen["engine"] is not None
+
+
+@pytest.mark.parametrize("device", [0, 1])
+def test_a_plan_is_deserialized_on_the_chosen_device_and_runs_there(monkeypatch, device):
+    trt = install(monkeypatch, make_recording_trt())
+    seen = fake_runner(monkeypatch)
+    TensorRTBackend(device=device).load(trt.plan_bytes(), {"target": "sm90"})
+    order = [c for c in trt.calls if c[0] in ("set_device", "deserialize")]
+    assert order[0] == ("set_device", device) and order[-1][0] == "deserialize"
+    assert seen["device"] == device  # the runner sets it again in every thread it runs in
 
 
 def test_an_unverified_header_version_is_not_used_for_compatibility(monkeypatch):

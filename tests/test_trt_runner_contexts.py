@@ -145,3 +145,23 @@ def test_a_runner_bound_to_null_fails_typed(host_cuda, monkeypatch):
         with pytest.raises(CudaError, match="execute_async_v3 failed"):
             runner.run(empty(), outputs="host")
     assert real is cuda.DeviceArray.ptr
+
+
+# -- 4. the device is made current in every thread that runs the engine ----------------------
+def test_every_thread_that_runs_the_engine_sets_its_device(host_cuda):
+    engine = FakeCudaEngine(profiles=[{"x": ((0, 1), (4, 8), (8, 16))}])
+    with TensorRTRunner(engine, [], device=1) as runner:
+        idents = []
+
+        def work():
+            idents.append(threading.get_ident())
+            runner.run(empty())
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    by_thread = {(ident, dev) for _, dev, ident in host_cuda}
+    assert {dev for _, dev in by_thread} == {1}  # never device 0
+    assert set(idents) <= {ident for ident, _ in by_thread}

@@ -79,7 +79,7 @@ class TensorRTRTXBackend(_TensorRTFamily):
         return local is not None and (local in targets or not header.verified)
 
     def _preflight(self, trt: Any, payload: bytes, metadata: Mapping[str, Any]) -> PlanHeader:
-        if device_sm() is None:  # the library's check below needs a GPU's properties
+        if device_sm(self.device) is None:  # the library's check below needs a GPU
             raise IncompatibleEngineError(
                 f"this TensorRT-RTX engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")
         # the library's own verdict comes first, before any header bits of ours
@@ -96,7 +96,7 @@ class TensorRTRTXBackend(_TensorRTFamily):
 
     def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
         targets = ccs or tuple(t for t in (target or "").split("+") if t)
-        local = device_sm()
+        local = device_sm(self.device)
         if local is None:
             raise IncompatibleEngineError(
                 f"this TensorRT-RTX engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")

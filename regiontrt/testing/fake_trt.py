@@ -113,7 +113,7 @@ class FakeCudaEngine:
         self._holders: dict[int, weakref.ref[FakeExecutionContext]] = {}
         self._holders_lock = threading.Lock()
 
-    def claim_profile(self, context: FakeExecutionContext, k: int) -> None:
+    def _claim_profile(self, context: FakeExecutionContext, k: int) -> None:
         """Give profile ``k`` to ``context``; ``RuntimeError`` if another live context holds it,
         with the words TensorRT logs."""
         with self._holders_lock:
@@ -183,7 +183,7 @@ class FakeExecutionContext:
         # TensorRT: the first context gets profile 0 implicitly; the others must select an
         # unused profile before they can run (-1 until then)
         try:
-            engine.claim_profile(self, 0)
+            engine._claim_profile(self, 0)
             self.active_optimization_profile = 0
         except RuntimeError:
             self.active_optimization_profile = -1
@@ -207,7 +207,7 @@ class FakeExecutionContext:
             raise RuntimeError(f"profile index {profile_index} is out of range")
         if profile_index in self.engine.failing_profiles:
             raise RuntimeError(f"Error Code 1: profile {profile_index} cannot be selected")
-        self.engine.claim_profile(self, profile_index)
+        self.engine._claim_profile(self, profile_index)
         self.active_optimization_profile = profile_index
         self.shapes.clear()  # TensorRT needs the input shapes again after a switch
         return True
