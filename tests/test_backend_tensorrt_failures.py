@@ -260,3 +260,24 @@ def test_extras_pair_tensorrt_with_the_cuda_python_of_its_cuda_major():
         assert "cuda-python>=12.6.1,<13" in extras[name], name  # cuda-python 13: r580+ driver
     assert any(d.startswith("tensorrt-cu13") for d in extras["tensorrt-cu13"])
     assert "cuda-python>=13.0" in extras["tensorrt-cu13"]
+
+
+# -- shape-tensor outputs: refused at build, not at a load that can never succeed --------------
+def test_a_shape_tensor_output_is_refused_at_build(monkeypatch):
+    trt = install(monkeypatch, make_recording_trt(shape_outputs=["y"]))
+    with pytest.raises(BuildError, match=r"outputs \['y'\] are shape tensors"):
+        build()
+    assert not any(c[0] == "build" for c in trt.calls)  # nothing was built
+
+
+def test_real_shape_tensor_outputs_are_seen_by_the_check():
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs the tensorrt-rtx package")
+    network = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_network(0)
+    x = network.add_input("x", trt.float32, (-1, 4))
+    network.mark_output(network.add_identity(x).get_output(0))
+    trt_build.check_network_outputs(network)  # an execution-tensor output passes
+    shape = network.add_shape(x).get_output(0)
+    shape.name = "dims"
+    assert network.mark_output_for_shapes(shape)
+    with pytest.raises(BuildError, match=r"\['dims'\]"):
+        trt_build.check_network_outputs(network)

@@ -43,6 +43,7 @@ from regiontrt.backends.trt_build import (
     add_profiles,
     apply_tactics,
     build_plan,
+    check_network_outputs,
     complete_profiles,
     device_name,
     device_sm,
@@ -133,6 +134,7 @@ class _TensorRTFamily(Backend):
             network_flags(trt, int(version.split(".")[0]), rtx=self._rtx))
         parser = parse_onnx(trt, network, request.model, request.name)
         profiles = complete_profiles(request.profiles, network_inputs(network))
+        check_network_outputs(network)  # an engine that could never load is not built
         config: tensorrt.IBuilderConfig = builder.create_builder_config()
         add_profiles(trt, builder, config, profiles)
         applied = apply_tactics(trt, config, request.tactics, rtx=self._rtx)
