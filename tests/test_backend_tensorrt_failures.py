@@ -260,6 +260,9 @@ def test_extras_pair_tensorrt_with_the_cuda_python_of_its_cuda_major():
         assert "cuda-python>=12.6.1,<13" in extras[name], name  # cuda-python 13: r580+ driver
     assert any(d.startswith("tensorrt-cu13") for d in extras["tensorrt-cu13"])
     assert "cuda-python>=13.0" in extras["tensorrt-cu13"]
+    # the tensorrt-rtx metapackage requires tensorrt_rtx_cu13: its CUDA 13 cuda-python
+    assert "cuda-python>=13.0" in extras["rtx"]
+    assert not any(d.startswith("cuda-python") and d != "cuda-python>=13.0" for d in extras["rtx"])
 
 
 # -- shape-tensor outputs: refused at build, not at a load that can never succeed --------------
