@@ -264,8 +264,10 @@ class _TensorRTFamily(Backend):
         """``(create_context or None, owner)`` for :class:`TensorRTRunner` (hook)."""
         return None, runtime
 
-    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
-        """Library-side check before deserializing (hook; TensorRT-RTX has one)."""
+    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> bool:
+        """Library-side check before deserializing: whether the library vouches for the plan
+        (hook; TensorRT-RTX has one)."""
+        return False
 
 
 class TensorRTBackend(_TensorRTFamily):
