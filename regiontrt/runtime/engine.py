@@ -173,10 +173,6 @@ class Engine:
     def check_inputs(self, feeds: Any, *, profiles: bool = True) -> dict[str, Any]:
         """Validate names, dtypes, ranks and (``profiles``) profile ranges; returns a dict.
 
-        A call whose feeds are numpy arrays with the names, shapes and dtypes of a call that
-        already passed every check is answered from a small cache (those checks depend on
-        nothing else), so the steady state of ``infer`` costs a few dictionary look-ups.
-
         Raises:
             InputError: wrong names, dtypes or ranks.
             ShapeOutOfProfile: shapes outside every optimization profile.
@@ -186,15 +182,11 @@ class Engine:
                 names = ", ".join(s.name for s in self.inputs)
                 raise InputError(f"this engine has several inputs ({names}); pass a dict")
             feeds = {self.inputs[0].name: feeds}
-        passed: dict[Any, bool] | None = self.__dict__.get("_passed_inputs")
-        if passed is None:  # created here: only infer/check_inputs may change for speed
-            passed = self.__dict__.setdefault("_passed_inputs", {})
-        key: Any = None
-        if profiles:
-            # only plain numpy arrays: their checks depend on name, shape and dtype alone
-            key = tuple((n, v.shape, v.dtype) for n, v in feeds.items() if type(v) is np.ndarray)
-            if len(key) == len(feeds) and key in passed:
-                return dict(feeds)
+        passed: dict[Any, bool] = self.__dict__.setdefault("_passed_inputs", {})
+        # numpy feeds that passed before skip the checks: they depend on name, shape, dtype alone
+        key = tuple((n, v.shape, v.dtype) for n, v in feeds.items() if type(v) is np.ndarray)
+        if profiles and len(key) == len(feeds) and key in passed:
+            return dict(feeds)
         expected = {s.name: s for s in self.inputs}
         check_names(feeds, self.inputs)
         shapes: dict[str, tuple[int, ...]] = {}
@@ -213,9 +205,7 @@ class Engine:
             shapes[name] = shape
         if profiles:
             select_profile(self.profiles, shapes)
-            if len(key) == len(feeds):
-                if len(passed) > 1024:  # bounded: many distinct shapes just re-check
-                    passed.clear()
+            if len(key) == len(feeds) and len(passed) < 1024:  # bounded: beyond, re-check
                 passed[key] = True
         return dict(feeds)
 
@@ -232,16 +222,7 @@ class Engine:
             bucket and the bucketed outputs cut back to the unpadded length.
         """
         info: dict[str, Any] = {}
-        if self.bucketing is None:  # the common case: check, then run, nothing else
-            checked = self.check_inputs(feeds)
-            runner = self._runner or self._get_runner()
-            try:
-                return runner.run(checked, outputs=outputs)
-            except RegionTRTError:
-                raise
-            except Exception as exc:  # the runtime failed on inputs that passed every check
-                raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
-        if outputs == "host":
+        if self.bucketing is not None and outputs == "host":
             if not isinstance(feeds, Mapping) and len(self.inputs) == 1:
                 feeds = {self.inputs[0].name: feeds}
             if isinstance(feeds, Mapping) and not any(
@@ -250,7 +231,7 @@ class Engine:
                 self.check_inputs(feeds, profiles=False)  # names, dtypes, ranks before padding
                 feeds, info = self.bucketing.pad(feeds)
         checked = self.check_inputs(feeds)
-        runner = self._get_runner()
+        runner = self._runner or self._get_runner()  # loaded once; the lock only until then
         try:
             result = runner.run(checked, outputs=outputs)
             return self.bucketing.unpad(result, info) if info and self.bucketing else result
