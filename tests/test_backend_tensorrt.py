@@ -93,6 +93,14 @@ def request(model: onnx.ModelProto, profiles: list[Profile] | None = None,
     return BuildRequest(model, Precision.FP32, profiles, TacticSelector(**tactics), name="test")
 
 
+@pytest.fixture(autouse=True)
+def _no_cuda_device(monkeypatch):
+    """Loading pins a CUDA device first; these tests run without one."""
+    from regiontrt.backends import cuda
+
+    monkeypatch.setattr(cuda, "set_device", lambda device: None)
+
+
 @pytest.fixture(scope="module")
 def backend() -> TensorRTRTXBackend:
     return TensorRTRTXBackend()
@@ -359,3 +367,42 @@ def test_gpu_checks_explain_what_to_do(monkeypatch):
     with pytest.raises(IncompatibleEngineError, match="including 'sm86'"):
         backend._check_gpu("sm89+sm120", ())
     backend._check_gpu(None, ("sm86",))
+
+
+# -- the runtime's VALID verdict decides; unknown target bits are kept, never refused on ------
+def test_a_default_build_keeps_its_unknown_target_bit(backend):
+    if device_sm() is not None:
+        pytest.skip("needs a machine without a GPU (with one, RTX builds for the current GPU)")
+    header = read_plan_header(backend.build(request(cnn())).payload)
+    unknown = header.raw["unknown_cc_bits"]
+    assert unknown, "TensorRT-RTX 1.7 default builds set a bit outside the known targets"
+    assert [f"cc-bit{b}" for b in unknown] == [c for c in header.compute_capabilities
+                                               if c.startswith("cc-bit")]
+    assert {"sm80", "sm86", "sm89", "sm120", "sm121"} <= set(header.compute_capabilities)
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_a_valid_verdict_outranks_our_header_reading(backend, built, monkeypatch, valid):
+    from regiontrt.backends import tensorrt_rtx
+
+    result, metadata = built  # built for sm89+sm120 only
+    monkeypatch.setattr(tensorrt_rtx, "device_sm", lambda device=0: "sm90")  # not a target
+    monkeypatch.setattr(TensorRTRTXBackend, "_check_validity", lambda *a: valid)
+    backend.check_compatible(metadata)  # metadata alone never refuses a present GPU
+    if valid:  # the runtime vouched: neither the targets nor a header we cannot read refuse
+        assert backend._preflight(trt, result.payload, metadata).compute_capabilities
+        assert backend._preflight(trt, result.payload[:-100], metadata).verified is False
+    else:  # the runtime could not say: our header reading refuses, with reasons
+        with pytest.raises(IncompatibleEngineError, match="targets sm89, sm120"):
+            backend._preflight(trt, result.payload, metadata)
+        with pytest.raises(ArtifactError, match="truncated"):
+            backend._preflight(trt, result.payload[:-100], metadata)
+
+
+def test_an_unknown_target_bit_is_never_a_reason_to_refuse(backend, monkeypatch):
+    from regiontrt.backends import tensorrt_rtx
+
+    monkeypatch.setattr(tensorrt_rtx, "device_sm", lambda device=0: "sm130")
+    backend._check_gpu(None, ("sm89", "cc-bit6"))  # bit 6 may well be this GPU
+    with pytest.raises(IncompatibleEngineError, match="targets sm89"):
+        backend._check_gpu(None, ("sm89",))

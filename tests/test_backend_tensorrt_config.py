@@ -58,6 +58,8 @@ def _install(monkeypatch, trt, sm: str | None, device: str | None = "nvidia-h200
     monkeypatch.setattr(trt_backend, "gpu_count", lambda: 0 if sm is None else 1)
     monkeypatch.setattr(trt_build, "_LOGGERS", {})  # a fresh logger for each fake module
     monkeypatch.setattr(trt_env, "_PLUGINS", {})  # plugins register once per process and module
+    monkeypatch.setattr(trt_backend.cuda, "set_device",  # builds and loads pin the device
+                        lambda device: trt.calls.append(("set_device", device)))
 
 
 def build(tactics: TacticSelector, model: onnx.ModelProto | None = None):

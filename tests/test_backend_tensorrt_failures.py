@@ -47,6 +47,9 @@ def install(monkeypatch, trt: types.SimpleNamespace, sm: str | None = "sm90",
     monkeypatch.setattr(trt_backend, "gpu_count", lambda: 0 if sm is None else 1)
     monkeypatch.setattr(trt_build, "_LOGGERS", {})
     monkeypatch.setattr(trt_env, "_PLUGINS", {})
+    # the CUDA device a plan is deserialized on, recorded in order with TensorRT's calls
+    monkeypatch.setattr(trt_backend.cuda, "set_device",
+                        lambda device: trt.calls.append(("set_device", device)))
     return trt
 
 
@@ -61,7 +64,7 @@ def fake_runner(monkeypatch) -> dict[str, Any]:
 
     class Runner:
         def __init__(self, engine, profiles, *, create_context=None, owner=None, device=0):
-            seen.update(engine=engine, profiles=profiles)
+            seen.update(engine=engine, profiles=profiles, device=device)
 
     module = types.ModuleType("regiontrt.backends.trt_runner")
     module.TensorRTRunner = Runner  # type: ignore[attr-defined]
@@ -86,6 +89,16 @@ def test_load_deserializes_whatever_the_header_bytes_say(monkeypatch):
     plan[24:27] = bytes([99, 99, 99])  # nonsense version bytes: TensorRT decides, not us
     TensorRTBackend().load(bytes(plan), {"target": "sm90"})
     assert ("deserialize", len(plan)) in trt.calls and seen["engine"] is not None
+
+
+@pytest.mark.parametrize("device", [0, 1])
+def test_a_plan_is_deserialized_on_the_chosen_device_and_runs_there(monkeypatch, device):
+    trt = install(monkeypatch, make_recording_trt())
+    seen = fake_runner(monkeypatch)
+    TensorRTBackend(device=device).load(trt.plan_bytes(), {"target": "sm90"})
+    order = [c for c in trt.calls if c[0] in ("set_device", "deserialize")]
+    assert order[0] == ("set_device", device) and order[-1][0] == "deserialize"
+    assert seen["device"] == device  # the runner sets it again in every thread it runs in
 
 
 def test_an_unverified_header_version_is_not_used_for_compatibility(monkeypatch):
@@ -247,3 +260,27 @@ def test_extras_pair_tensorrt_with_the_cuda_python_of_its_cuda_major():
         assert "cuda-python>=12.6.1,<13" in extras[name], name  # cuda-python 13: r580+ driver
     assert any(d.startswith("tensorrt-cu13") for d in extras["tensorrt-cu13"])
     assert "cuda-python>=13.0" in extras["tensorrt-cu13"]
+    # the tensorrt-rtx metapackage requires tensorrt_rtx_cu13: its CUDA 13 cuda-python
+    assert "cuda-python>=13.0" in extras["rtx"]
+    assert not any(d.startswith("cuda-python") and d != "cuda-python>=13.0" for d in extras["rtx"])
+
+
+# -- shape-tensor outputs: refused at build, not at a load that can never succeed --------------
+def test_a_shape_tensor_output_is_refused_at_build(monkeypatch):
+    trt = install(monkeypatch, make_recording_trt(shape_outputs=["y"]))
+    with pytest.raises(BuildError, match=r"outputs \['y'\] are shape tensors"):
+        build()
+    assert not any(c[0] == "build" for c in trt.calls)  # nothing was built
+
+
+def test_real_shape_tensor_outputs_are_seen_by_the_check():
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs the tensorrt-rtx package")
+    network = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_network(0)
+    x = network.add_input("x", trt.float32, (-1, 4))
+    network.mark_output(network.add_identity(x).get_output(0))
+    trt_build.check_network_outputs(network)  # an execution-tensor output passes
+    shape = network.add_shape(x).get_output(0)
+    shape.name = "dims"
+    assert network.mark_output_for_shapes(shape)
+    with pytest.raises(BuildError, match=r"\['dims'\]"):
+        trt_build.check_network_outputs(network)

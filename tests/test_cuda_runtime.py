@@ -329,3 +329,41 @@ def test_torch_tensors_are_seen_through_dlpack_and_interface():
     with cuda.DeviceArray.from_host(np.arange(5, dtype=np.float32)) as arr:
         back = torch.as_tensor(arr, device="cuda")
         assert back.data_ptr() == arr.ptr and back.cpu().tolist() == [0, 1, 2, 3, 4]
+
+
+# -- bfloat16 and float8 through DLPack (their codes; the CUDA Array Interface cannot name them) --
+@pytest.mark.parametrize(("name", "code", "bits"), [
+    ("bfloat16", 4, 16), ("float8_e4m3fn", 10, 8), ("float8_e5m2", 12, 8),
+    ("float8_e8m0fnu", 14, 8), ("float16", 2, 16), ("int64", 0, 64), ("bool", 6, 8)])
+def test_dlpack_codes_round_trip(name, code, bits):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from regiontrt.backends.cuda_interop import dlpack_code, dlpack_info, to_dlpack
+
+    dtype = np.dtype(getattr(ml_dtypes, name, None) or name)
+    assert dlpack_code(dtype) == (code, bits)
+    host = np.zeros((2, 3), dtype)
+    capsule = to_dlpack(host.ctypes.data, host.shape, dtype, (1, 0), host)  # kDLCPU memory
+    device_type, ptr, device_id, shape, got = dlpack_info(capsule)
+    assert (device_type, ptr, device_id, shape, got) == (1, host.ctypes.data, 0, (2, 3), dtype)
+
+
+def test_numpy_reads_our_capsules_of_host_memory():
+    from regiontrt.backends.cuda_interop import to_dlpack
+
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    class Producer:  # what numpy.from_dlpack asks of an exporter
+        def __dlpack__(self, stream=None, **kw):
+            return to_dlpack(host.ctypes.data, host.shape, host.dtype, (1, 0), host)
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    np.testing.assert_array_equal(np.from_dlpack(Producer()), host)
+
+
+def test_raw_bytes_have_no_dlpack_code():
+    from regiontrt.backends.cuda_interop import dlpack_code
+
+    with pytest.raises(InputError, match="no DLPack type code"):
+        dlpack_code(np.dtype("V2"))

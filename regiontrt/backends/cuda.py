@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from regiontrt.backends.cuda_calls import _MODULES, _module, cuda_call, native_handle
-from regiontrt.backends.cuda_interop import DeviceView, device_pointer, device_view, dlpack_info
+from regiontrt.backends.cuda_interop import (
+    DeviceView,
+    device_pointer,
+    device_view,
+    dlpack_info,
+    to_dlpack,
+)
 from regiontrt.errors import CudaError, InputError
 
 __all__ = [
@@ -328,6 +334,23 @@ class DeviceArray(_Resource):
     def __cuda_array_interface__(self) -> dict[str, Any]:
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
                 "version": 3, "strides": None, "stream": None}
+
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
+        """A DLPack capsule of this array (its work is complete: ``stream`` needs no wait).
+
+        Unlike the CUDA Array Interface, whose typestr cannot name bfloat16 or float8 (``<V2``),
+        DLPack carries their type codes, so ``torch.from_dlpack`` or ``cupy.from_dlpack`` wrap
+        such outputs as what they are.
+        """
+        return to_dlpack(self.ptr, self.shape, self.dtype, self.__dlpack_device__(), self)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """``(kDLCUDA, device ordinal)`` of the memory."""
+        if not self.nbytes:
+            return 2, int(cuda_call(_rt().cudaGetDevice(), what="cudaGetDevice"))
+        attrs = cuda_call(_rt().cudaPointerGetAttributes(self.ptr),
+                          what="cudaPointerGetAttributes")
+        return 2, int(attrs.device)
 
     def to_host(self) -> np.ndarray:
         """Copy to a new numpy array (synchronously)."""

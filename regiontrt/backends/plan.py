@@ -25,7 +25,9 @@ The TensorRT-RTX compute-capability bits were found by building the same network
 a time with TensorRT-RTX 1.7.1 on the CPU (``IBuilderConfig.set_compute_capability``): bit 0 is
 sm75, 1 sm80, 2 sm86, 3 sm89, 4 sm120, 5 sm121; a build for ``sm89+sm120`` sets bits 3 and 4.
 A build that names no target sets bits 1-6; bit 6 matches no ``ComputeCapability`` member of 1.7
-and is reported as unknown. TensorRT-RTX's own runtime reads the same 64 bytes
+(plausibly "and later" GPUs): it is kept and listed as ``"cc-bit6"``, and a GPU is never refused
+on such bits (``Runtime.get_engine_validity`` decides).
+TensorRT-RTX's own runtime reads the same 64 bytes
 (``Runtime.engine_header_size`` is 64 on 1.7). Plans of other TensorRT-RTX releases are read the
 same way but marked unverified, and their compute-capability bits are not interpreted.
 
@@ -49,6 +51,8 @@ KNOWN_MAGICS = (b"vtrt", b"ftrt", b"ptrt")
 HEADER_BYTES = 64
 #: TensorRT-RTX 1.7 compute-capability bit -> target name (verified, see the module docstring).
 RTX_CC_BITS: dict[int, str] = {0: "sm75", 1: "sm80", 2: "sm86", 3: "sm89", 4: "sm120", 5: "sm121"}
+#: How a compute-capability bit outside :data:`RTX_CC_BITS` is listed (``"cc-bit6"``).
+UNKNOWN_CC_PREFIX = "cc-bit"
 _MIN_TRT_MAJOR = 8  # TensorRT plans with this header layout start at 8.x; RTX is 1.x.
 #: TensorRT-RTX releases whose header fields were checked on real plans (major, minor).
 RTX_VERIFIED = ((1, 7),)
@@ -144,10 +148,13 @@ def _read_rtx(payload: bytes, data: bytes, raw: dict[str, Any]) -> PlanHeader:
     major, minor, patch, build = raw["version_bytes"]
     verified = (major, minor) in RTX_VERIFIED
     mask = struct.unpack_from("<Q", data, 32)[0]
-    ccs = tuple(name for bit, name in sorted(RTX_CC_BITS.items()) if mask >> bit & 1)
     unknown = [bit for bit in range(64) if mask >> bit & 1 and bit not in RTX_CC_BITS]
+    # an unknown bit is kept, as "cc-bit6": a target newer than the table ("and later"?); it is
+    # reported, never guessed at, and never a reason to refuse a GPU (the runtime decides)
+    ccs = tuple(name for bit, name in sorted(RTX_CC_BITS.items()) if mask >> bit & 1) + tuple(
+        f"{UNKNOWN_CC_PREFIX}{bit}" for bit in unknown)
     if not verified:  # another release may number its targets differently: do not guess
-        ccs, unknown = (), []
+        ccs = ()
     raw.update(
         verified=verified,
         cc_mask=mask,

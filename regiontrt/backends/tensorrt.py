@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from regiontrt.backends import cuda
 from regiontrt.backends.base import Backend, BuildRequest, BuildResult, Runner
 from regiontrt.backends.plan import (
     PlanHeader,
@@ -42,6 +43,7 @@ from regiontrt.backends.trt_build import (
     add_profiles,
     apply_tactics,
     build_plan,
+    check_network_outputs,
     complete_profiles,
     device_name,
     device_sm,
@@ -91,8 +93,9 @@ class _TensorRTFamily(Backend):
     _rtx: ClassVar[bool] = False
     _label: ClassVar[str]
 
-    def __init__(self, *, runtime_cache: str | None = None) -> None:
+    def __init__(self, *, runtime_cache: str | None = None, device: int = 0) -> None:
         self.runtime_cache = runtime_cache
+        self.device = int(device)  # plans are deserialized on, and run on, this CUDA device
 
     # -- availability --------------------------------------------------------------------
     @classmethod
@@ -131,6 +134,7 @@ class _TensorRTFamily(Backend):
             network_flags(trt, int(version.split(".")[0]), rtx=self._rtx))
         parser = parse_onnx(trt, network, request.model, request.name)
         profiles = complete_profiles(request.profiles, network_inputs(network))
+        check_network_outputs(network)  # an engine that could never load is not built
         config: tensorrt.IBuilderConfig = builder.create_builder_config()
         add_profiles(trt, builder, config, profiles)
         applied = apply_tactics(trt, config, request.tactics, rtx=self._rtx)
@@ -217,6 +221,9 @@ class _TensorRTFamily(Backend):
 
     def load(self, payload: bytes, metadata: Mapping[str, Any]) -> Runner:
         trt = self._trt()
+        # an engine belongs to the device current when it is deserialized: pin ours first (the
+        # runner sets it again in every thread that creates contexts or runs the engine)
+        cuda.set_device(self.device)
         header = self._preflight(trt, payload, metadata)
         init_plugins(trt, trt_logger(trt))  # plans that contain plugins need the registry
         runtime: tensorrt.Runtime = trt.Runtime(trt_logger(trt))
@@ -238,7 +245,8 @@ class _TensorRTFamily(Backend):
         )
 
         create_context, owner = self._context_factory(runtime, metadata)
-        return TensorRTRunner(engine, profiles, create_context=create_context, owner=owner)
+        return TensorRTRunner(engine, profiles, create_context=create_context, owner=owner,
+                              device=self.device)
 
     def _preflight(self, trt: Any, payload: bytes, metadata: Mapping[str, Any]) -> PlanHeader:
         """Checks before any TensorRT call: payload kind, metadata, GPU (hook)."""
@@ -256,8 +264,10 @@ class _TensorRTFamily(Backend):
         """``(create_context or None, owner)`` for :class:`TensorRTRunner` (hook)."""
         return None, runtime
 
-    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
-        """Library-side check before deserializing (hook; TensorRT-RTX has one)."""
+    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> bool:
+        """Library-side check before deserializing: whether the library vouches for the plan
+        (hook; TensorRT-RTX has one)."""
+        return False
 
 
 class TensorRTBackend(_TensorRTFamily):
@@ -276,6 +286,7 @@ class TensorRTBackend(_TensorRTFamily):
                 "build on the target GPU, or use the 'tensorrt-rtx' backend, whose builder runs "
                 "on the CPU"
             )
+        cuda.set_device(self.device)  # TensorRT builds for, and times on, the current device
 
     def _read_header(self, payload: bytes) -> PlanHeader:
         return advisory_plan_header(payload)  # metadata only: never fails a build
@@ -293,7 +304,7 @@ class TensorRTBackend(_TensorRTFamily):
 
     def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
                    applied: dict[str, Any]) -> dict[str, Any]:
-        local = device_sm() or "sm-unknown"
+        local = device_sm(self.device) or "sm-unknown"
         if tactics.compute_capabilities and local not in tactics.compute_capabilities:
             raise BuildError(
                 f"TensorRT builds for the GPU it runs on ({local}), not "
@@ -304,7 +315,8 @@ class TensorRTBackend(_TensorRTFamily):
             applied["runtime_cache"] = "unsupported by TensorRT (TensorRT-RTX only)"
         if not tactics.timing_cache:
             return {"sm": local}
-        path = timing_cache_path(tactics.timing_cache, str(trt.__version__), local, device_name())
+        path = timing_cache_path(tactics.timing_cache, str(trt.__version__), local,
+                                 device_name(self.device))
         cache_file = TimingCacheFile(path, TensorRTTimingCacheCodec(config))
         cache = cache_file.load()
         applied["timing_cache"] = str(path)
@@ -327,14 +339,14 @@ class TensorRTBackend(_TensorRTFamily):
             applied["timing_cache_saved"] = {"bytes": saved.size, "merged": saved.merged}
 
     def _target(self, header: PlanHeader, tactics: TacticSelector, state: dict[str, Any]) -> str:
-        sm = str(state.get("sm") or device_sm() or "sm-unknown")
+        sm = str(state.get("sm") or device_sm(self.device) or "sm-unknown")
         return "sm80+" if tactics.hardware_compatibility == "ampere_plus" else sm
 
     def _runnable(self, header: PlanHeader, target: str) -> bool:
         return self.gpu_present()
 
     def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
-        local = device_sm()
+        local = device_sm(self.device)
         if local is None:
             raise IncompatibleEngineError(
                 f"this TensorRT engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")

@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from regiontrt.backends.plan import PlanHeader, read_plan_header
+from regiontrt.backends.plan import (
+    UNKNOWN_CC_PREFIX,
+    PlanHeader,
+    advisory_plan_header,
+    read_plan_header,
+)
 from regiontrt.backends.tactics import TacticSelector
 from regiontrt.backends.tensorrt import _meta, _sm_number, _TensorRTFamily
 from regiontrt.backends.timing_cache import (
@@ -20,7 +25,7 @@ from regiontrt.backends.timing_cache import (
     RuntimeCacheOwner,
 )
 from regiontrt.backends.trt_build import device_sm, gpu_problem, trt_logger
-from regiontrt.errors import BuildError, IncompatibleEngineError
+from regiontrt.errors import ArtifactError, BuildError, IncompatibleEngineError
 
 if TYPE_CHECKING:
     import tensorrt
@@ -39,6 +44,7 @@ class TensorRTRTXBackend(_TensorRTFamily):
     _modules = ("tensorrt_rtx", "tensorrt_rtx_bindings")
     _rtx = True
     _label = "TensorRT-RTX"
+    _metadata_only = False  # set while check_compatible runs: the GPU verdict waits for load
 
     def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
                    applied: dict[str, Any]) -> dict[str, Any]:
@@ -79,29 +85,57 @@ class TensorRTRTXBackend(_TensorRTFamily):
         return local is not None and (local in targets or not header.verified)
 
     def _preflight(self, trt: Any, payload: bytes, metadata: Mapping[str, Any]) -> PlanHeader:
-        if device_sm() is None:  # the library's check below needs a GPU's properties
+        if device_sm(self.device) is None:  # the library's check below needs a GPU
             raise IncompatibleEngineError(
                 f"this TensorRT-RTX engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")
-        # the library's own verdict comes first, before any header bits of ours
-        self._check_validity(trt, trt.Runtime(trt_logger(trt)), payload)
-        header = read_plan_header(payload)
-        if header.format != "tensorrt-rtx":
+        # the library's own verdict comes first, before any header bits of ours; when it says
+        # VALID (or SUBOPTIMAL) our reading of the header cannot overrule it
+        valid = self._check_validity(trt, trt.Runtime(trt_logger(trt)), payload)
+        try:
+            header = read_plan_header(payload)
+        except ArtifactError:
+            if not valid:
+                raise
+            return advisory_plan_header(payload)
+        if header.format != "tensorrt-rtx" and not valid:
             raise IncompatibleEngineError(
                 f"the payload is a {header.format} plan; the {self.name} backend loads "
                 "tensorrt-rtx")
-        self.check_compatible(metadata)
+        if valid:
+            fmt = _meta(metadata, "payload_format")
+            if fmt is not None and fmt != self.payload_format:
+                raise IncompatibleEngineError(
+                    f"this engine holds a {fmt!r} payload; the {self.name} backend loads "
+                    f"{self.payload_format!r}")
+            return header
+        super().check_compatible(metadata)  # the runtime could not say: our checks, GPU too
         self._check_version(header.trt_version)  # the bytes outrank the metadata
         self._check_gpu(_meta(metadata, "target"), header.compute_capabilities)
         return header
 
+    def check_compatible(self, metadata: Mapping[str, Any]) -> None:
+        """Format, release and a usable GPU from the metadata; whether the plan runs on this GPU
+        is left to :meth:`load`, where ``Runtime.get_engine_validity`` speaks first."""
+        self._metadata_only = True
+        try:
+            super().check_compatible(metadata)
+        finally:
+            self._metadata_only = False
+
     def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
+        if getattr(self, "_metadata_only", False):
+            if device_sm(self.device) is None:
+                raise IncompatibleEngineError(f"this TensorRT-RTX engine needs an NVIDIA GPU; "
+                                              f"none is usable ({gpu_problem()})")
+            return
         targets = ccs or tuple(t for t in (target or "").split("+") if t)
-        local = device_sm()
+        local = device_sm(self.device)
         if local is None:
             raise IncompatibleEngineError(
                 f"this TensorRT-RTX engine needs an NVIDIA GPU; none is usable ({gpu_problem()})")
-        if not targets or local in targets:
-            return
+        if not targets or local in targets or any(t.startswith(UNKNOWN_CC_PREFIX)
+                                                  for t in targets):
+            return  # an unknown target bit may well be this GPU: never refuse on a guess
         module = self._module()
         supported = _rtx_targets(module) if module is not None else {}
         if module is not None and supported and local not in supported:
@@ -115,13 +149,15 @@ class TensorRTRTXBackend(_TensorRTFamily):
             + advice
         )
 
-    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> None:
+    def _check_validity(self, trt: Any, runtime: Any, payload: bytes) -> bool:
+        """Whether the library vouches for the plan here (VALID or SUBOPTIMAL); ``False`` when
+        it cannot say (no ``get_engine_validity``); raises on INVALID."""
         check = getattr(runtime, "get_engine_validity", None)  # RTX: reads the header only
         if check is None:
-            return
+            return False
         validity, diagnostics = check(payload)
         if int(validity) != int(trt.EngineValidity.INVALID):
-            return
+            return True
         reasons = [name.lower().replace("_", " ")
                    for name, flag in trt.EngineInvalidityDiagnostics.__members__.items()
                    if int(diagnostics) & int(flag)]

@@ -27,7 +27,8 @@ from regiontrt.graph.io import model_bytes
 from regiontrt.shapes.profiles import Profile, Range
 
 __all__ = [  # the GPU helpers live in .trt_env; they are re-exported for existing callers
-    "add_profiles", "apply_tactics", "build_plan", "complete_profiles", "device_name",
+    "add_profiles", "apply_tactics", "build_plan", "check_network_outputs", "complete_profiles",
+    "device_name",
     "device_sm", "engine_profiles", "error_mark", "errors_since", "gpu_count", "gpu_problem",
     "import_first", "init_plugins", "inspect_plan", "network_dtypes", "network_flags",
     "network_inputs", "parse_onnx", "trt_logger",
@@ -160,6 +161,22 @@ def network_inputs(network: tensorrt.INetworkDefinition) -> list[tuple[str, tupl
             )
         out.append((tensor.name, dims_tuple(tensor.shape)))
     return out
+
+
+def check_network_outputs(network: tensorrt.INetworkDefinition) -> None:
+    """Refuse a network with a shape-tensor output (``mark_output_for_shapes``): its values live
+    on the host and come back through shape inference, which the runner does not read, so such
+    an engine would build and then never load.
+
+    Raises:
+        BuildError: naming each shape-tensor output.
+    """
+    shaped = [t.name for t in (network.get_output(i) for i in range(network.num_outputs))
+              if t.is_shape_tensor]
+    if shaped:
+        raise BuildError(f"network outputs {shaped} are shape tensors (host-side shape values); "
+                         "regiontrt runs execution tensors only: output them as ordinary int64 "
+                         "tensors instead of marking them for shapes")
 
 
 def dims_tuple(dims: tensorrt.Dims) -> tuple[int, ...]:

@@ -11,19 +11,22 @@ data-dependent output shapes. One call:
    ``__cuda_array_interface__`` or DLPack, are used in place, zero-copy);
 4. ``execute_async_v3`` (or replays a captured CUDA graph), copies out, synchronizes.
 
-Thread safety: a runner holds up to ``max_contexts`` execution contexts (default 1), each with
-its own stream and buffers; a call takes a free one or waits for one, so the default is a lock
-per runner and more contexts let threads run concurrently. TensorRT enums are compared by
-``.name``, so real ``tensorrt``/``tensorrt_rtx`` objects and the test doubles of
-:mod:`regiontrt.testing.fake_trt` both work. The per-context state (:class:`~.trt_slots.Slot`),
-the output allocator, :class:`RunnerStats` and the dtype mapping live in :mod:`.trt_slots`.
+Thread safety: a runner holds execution contexts, each with its own stream and buffers; a call
+takes a free one or waits for one, so the default (``max_contexts=1``) is a lock per runner. With
+``max_contexts > 1`` an engine with dynamic shapes gets one context per optimization profile
+(TensorRT requires a separate profile for each context in concurrent use), so calls run
+concurrently only when their shapes fall in different profiles; build with several profiles to
+serve several threads. An engine with static shapes runs up to ``max_contexts`` contexts at once
+(:mod:`.trt_pool`). TensorRT enums are compared by ``.name``, so real ``tensorrt``/
+``tensorrt_rtx`` objects and the test doubles of :mod:`regiontrt.testing.fake_trt` both work.
+The per-context state (:class:`~.trt_slots.Slot`), the output allocator,
+:class:`RunnerStats` and the dtype mapping live in :mod:`.trt_slots`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,7 @@ import numpy as np
 from regiontrt.backends import cuda
 from regiontrt.backends.base import Runner, Timing
 from regiontrt.backends.guard import check_names, check_tensor, static_axes
+from regiontrt.backends.trt_pool import ContextPool
 from regiontrt.backends.trt_slots import (
     Plan,
     RunnerStats,
@@ -65,8 +69,10 @@ class TensorRTRunner(Runner):
         owner: kept alive as long as the runner (the ``trt.Runtime`` that made the engine); if it
             has ``close()``, :meth:`close` calls it once, after the contexts are gone and before
             the engine is dropped.
-        device: CUDA device ordinal.
-        max_contexts: how many threads may run at once (one context, stream and buffer set each).
+        max_contexts: how many calls may run at once (one context, stream and buffer set each;
+            with dynamic shapes at most one per optimization profile, see above).
+        device: CUDA device ordinal; made current before every context is created and in every
+            thread that runs or closes the runner.
         use_cuda_graph: capture ``execute_async_v3`` once per static shape and replay it; inputs
             and outputs then always go through the runner's own buffers (stable addresses).
     """
@@ -108,22 +114,18 @@ class TensorRTRunner(Runner):
         self._max_bytes: dict[int, dict[str, int]] = {}
         self._dds: set[str] = set()
         self._guard_cache: dict[tuple[tuple[int, ...], ...], int] = {}
-        self._cond = threading.Condition()
-        self._slots: list[Slot] = []
-        self._free: list[Slot] = []
-        self._nslots = 0
-        self._closed = False
-        self._retired = RunnerStats()
+        self._pool = ContextPool(self._create_context, engine, self._device, self._max_contexts,
+                                 self._max_contexts > 1 and any(x.is_dynamic for x in self.inputs))
 
     @property
     def stats(self) -> RunnerStats:
         """Totals over this runner's contexts: runs, copies, zero-copy inputs, graphs."""
-        with self._cond:
-            total = RunnerStats(contexts=len(self._slots) + self._retired.contexts)
-            for slot in self._slots:
-                total.add(slot.stats)
-        total.add(RunnerStats(**{**vars(self._retired), "contexts": 0}))
-        return total
+        return self._pool.stats
+
+    @property
+    def _slots(self) -> list[Slot]:
+        """The live contexts (for tests and benchmarks)."""
+        return self._pool.slots
 
     @property
     def data_dependent_outputs(self) -> frozenset[str]:
@@ -132,7 +134,7 @@ class TensorRTRunner(Runner):
 
     # -- the guard: no CUDA call before it has passed ------------------------------------------
     def _plan(self, feeds: Mapping[str, Any]) -> Plan:
-        if self._closed:
+        if self._pool.closed:
             raise InputError("this engine was closed")
         check_names(feeds, self.inputs)
         plan = Plan(0, {}, {}, {})
@@ -163,35 +165,6 @@ class TensorRTRunner(Runner):
         plan.profile = k
         return plan
 
-    # -- slots ---------------------------------------------------------------------------------
-    def _acquire(self) -> Slot:
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise InputError("this engine was closed")
-                if self._free:
-                    return self._free.pop()
-                if self._nslots < self._max_contexts:
-                    self._nslots += 1
-                    break
-                self._cond.wait()
-        try:
-            cuda.set_device(self._device)
-            slot = Slot(self._create_context, self._engine)
-        except BaseException:
-            with self._cond:
-                self._nslots -= 1
-                self._cond.notify_all()
-            raise
-        with self._cond:
-            self._slots.append(slot)
-        return slot
-
-    def _release(self, slot: Slot) -> None:
-        with self._cond:
-            self._free.append(slot)
-            self._cond.notify_all()
-
     def _sized(self, slot: Slot, k: int) -> None:
         """Grow the slot's buffers to profile ``k``'s maximum shapes (computed once)."""
         if k in slot.sized:
@@ -219,7 +192,8 @@ class TensorRTRunner(Runner):
                     self._dds.add(spec.name)
                     continue
                 bound = getattr(ctx, "get_max_output_size", lambda n: -1)(spec.name)
-                sizes[spec.name] = max(math.prod(shape) * spec.dtype.itemsize, int(bound))
+                # >= 1 byte: TensorRT refuses a null output address even for an empty tensor
+                sizes[spec.name] = max(math.prod(shape) * spec.dtype.itemsize, int(bound), 1)
             self._max_bytes[k] = sizes
             slot.shapes.clear()
         slot.grow(sizes)
@@ -266,7 +240,7 @@ class TensorRTRunner(Runner):
         self.run(feeds)
 
     def _call(self, plan: Plan, outputs: str, timed: bool) -> tuple[dict[str, Any], Timing | None]:
-        slot = self._acquire()
+        slot = self._pool.acquire(plan.profile)
         stats = slot.stats
         stats.runs += 1
         try:
@@ -280,7 +254,7 @@ class TensorRTRunner(Runner):
             slot.reset()
             raise
         finally:
-            self._release(slot)
+            self._pool.release(slot, plan.profile)
 
     def _execute(self, slot: Slot, plan: Plan, outputs: str, timed: bool,
                  stats: RunnerStats) -> tuple[dict[str, Any], Timing | None]:
@@ -311,7 +285,9 @@ class TensorRTRunner(Runner):
             if outputs == "device" and not graph:
                 arr = device_out[spec.name] = cuda.DeviceArray(slot.out_shapes[spec.name],
                                                                spec.dtype)
-                bindings[spec.name] = arr.ptr
+                # an empty array has no memory (address 0), which TensorRT refuses for an
+                # output: the engine writes nothing there, so bind our own non-null buffer
+                bindings[spec.name] = arr.ptr or slot.device[spec.name].ptr
             else:
                 bindings[spec.name] = slot.device[spec.name].ptr
         slot.bind(bindings)
@@ -344,16 +320,11 @@ class TensorRTRunner(Runner):
     # -- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
         """Wait for running calls, then free contexts, streams, events and buffers; idempotent."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            while len(self._free) < self._nslots:
-                self._cond.wait()
-            slots, self._slots, self._free = self._slots, [], []
-            for slot in slots:
-                self._retired.add(slot.stats)
-                self._retired.contexts += 1
+        slots = self._pool.close()
+        if slots is None:
+            return
+        with contextlib.suppress(CudaError):
+            cuda.set_device(self._device)  # the contexts and buffers belong to this device
         errors = []
         for slot in slots:
             try:

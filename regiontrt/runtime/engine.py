@@ -182,6 +182,11 @@ class Engine:
                 names = ", ".join(s.name for s in self.inputs)
                 raise InputError(f"this engine has several inputs ({names}); pass a dict")
             feeds = {self.inputs[0].name: feeds}
+        passed: dict[Any, bool] = self.__dict__.setdefault("_passed_inputs", {})
+        # numpy feeds that passed before skip the checks: they depend on name, shape, dtype alone
+        key = tuple((n, v.shape, v.dtype) for n, v in feeds.items() if type(v) is np.ndarray)
+        if profiles and len(key) == len(feeds) and key in passed:
+            return dict(feeds)
         expected = {s.name: s for s in self.inputs}
         check_names(feeds, self.inputs)
         shapes: dict[str, tuple[int, ...]] = {}
@@ -200,6 +205,8 @@ class Engine:
             shapes[name] = shape
         if profiles:
             select_profile(self.profiles, shapes)
+            if len(key) == len(feeds) and len(passed) < 1024:  # bounded: beyond, re-check
+                passed[key] = True
         return dict(feeds)
 
     def infer(self, feeds: Any, *, outputs: str = "host") -> dict[str, Any]:
@@ -224,7 +231,7 @@ class Engine:
                 self.check_inputs(feeds, profiles=False)  # names, dtypes, ranks before padding
                 feeds, info = self.bucketing.pad(feeds)
         checked = self.check_inputs(feeds)
-        runner = self._get_runner()
+        runner = self._runner or self._get_runner()  # loaded once; the lock only until then
         try:
             result = runner.run(checked, outputs=outputs)
             return self.bucketing.unpad(result, info) if info and self.bucketing else result

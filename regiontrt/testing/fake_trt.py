@@ -26,19 +26,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from regiontrt.backends.cuda import (
-    DeviceBuffer,
-    PinnedBuffer,
-    cuda_call,
-    device_compute_capability,
-    memcpy_async,
-)
-from regiontrt.errors import CudaError
+from regiontrt.backends.cuda import DeviceBuffer, PinnedBuffer, cuda_call, memcpy_async
+from regiontrt.testing.fake_kernels import BLOCK as _BLOCK
+from regiontrt.testing.fake_kernels import kernels as _kernels
+from regiontrt.testing.fake_kernels import launch as _launch
+from regiontrt.testing.fake_kernels import ptr as _ptr
 
 Shape3 = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
@@ -71,88 +69,6 @@ class DataType(enum.Enum):
 class IOutputAllocator:
     """Shim of ``trt.IOutputAllocator``: the runner derives its allocator from the engine's
     module's ``IOutputAllocator``, which for this double is this class."""
-
-
-_SOURCE = r"""
-extern "C" __global__ void affine_relu(const float* x, const int* k, float* y, float* s,
-                                       int rows, int cols, float w, float b, int* count) {
-    __shared__ float red[128];
-    int r = blockIdx.x;
-    float acc = 0.f;
-    int pos = 0;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = fmaxf(x[r * cols + c] * w + b, 0.f);
-        y[r * cols + c] = v;
-        acc += v;
-        pos += v > 0.f;
-    }
-    if (count && pos) atomicAdd(count, pos);
-    red[threadIdx.x] = acc;
-    __syncthreads();
-    for (int st = blockDim.x / 2; st > 0; st >>= 1) {
-        if (threadIdx.x < st) red[threadIdx.x] += red[threadIdx.x + st];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) s[r] = red[0] + (float)k[r];
-}
-
-extern "C" __global__ void compact_positive(const float* y, long long n, long long* out) {
-    long long m = 0;  // one thread keeps the indices in ascending order
-    for (long long i = 0; i < n; ++i) if (y[i] > 0.f) out[m++] = i;
-}
-"""
-_BLOCK = 128
-_KERNELS: dict[int, dict[str, Any]] = {}
-_KERNELS_LOCK = threading.Lock()
-
-
-def _kernels() -> dict[str, Any]:
-    """Compile (once per device) and load the kernels; they stay loaded for the process."""
-    from cuda.bindings import driver, nvrtc
-    from cuda.bindings import runtime as cudart
-
-    device = int(cuda_call(cudart.cudaGetDevice(), what="cudaGetDevice"))
-    with _KERNELS_LOCK:
-        if device in _KERNELS:
-            return _KERNELS[device]
-        major, minor = device_compute_capability(device)
-        prog = cuda_call(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"fake_trt.cu", 0, [], []),
-                         what="nvrtcCreateProgram")
-        try:
-            opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"--fmad=false"]
-            err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-            if err:
-                size = cuda_call(nvrtc.nvrtcGetProgramLogSize(prog), what="nvrtcGetProgramLogSize")
-                log = b" " * size
-                cuda_call(nvrtc.nvrtcGetProgramLog(prog, log), what="nvrtcGetProgramLog")
-                raise CudaError(f"NVRTC failed to compile the fake engine's kernels: "
-                                f"{log.decode(errors='replace')}")
-            size = cuda_call(nvrtc.nvrtcGetCUBINSize(prog), what="nvrtcGetCUBINSize")
-            cubin = b" " * size
-            cuda_call(nvrtc.nvrtcGetCUBIN(prog, cubin), what="nvrtcGetCUBIN")
-        finally:
-            cuda_call(nvrtc.nvrtcDestroyProgram(prog), what="nvrtcDestroyProgram")
-        cuda_call(driver.cuInit(0), what="cuInit")
-        image = np.frombuffer(cubin, dtype=np.uint8).copy()  # passed by address, kept alive
-        module = cuda_call(driver.cuModuleLoadData(image.ctypes.data), what="cuModuleLoadData")
-        _KERNELS[device] = {
-            name: cuda_call(driver.cuModuleGetFunction(module, name.encode()),
-                            what=f"cuModuleGetFunction({name})")
-            for name in ("affine_relu", "compact_positive")
-        } | {"module": module}
-        return _KERNELS[device]
-
-
-def _launch(fn: Any, grid: int, block: int, stream: int, args: Sequence[np.ndarray]) -> None:
-    from cuda.bindings import driver
-
-    params = np.array([a.ctypes.data for a in args], dtype=np.uint64)
-    cuda_call(driver.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, driver.CUstream(stream),
-                                    params.ctypes.data, 0), what="cuLaunchKernel")
-
-
-def _ptr(value: int) -> np.ndarray:
-    return np.array([value], dtype=np.uint64)
 
 
 class FakeCudaEngine:
@@ -192,6 +108,26 @@ class FakeCudaEngine:
             self._io.append(("pos", TensorIOMode.OUTPUT, DataType.INT64, (-1,)))
         self._by_name = {io[0]: io for io in self._io}
         self.contexts_created = 0
+        # profile index -> the live context that holds it ("each execution context in concurrent
+        # use must use a separate optimization profile"; TensorRT refuses a held profile)
+        self._holders: dict[int, weakref.ref[FakeExecutionContext]] = {}
+        self._holders_lock = threading.Lock()
+
+    def _claim_profile(self, context: FakeExecutionContext, k: int) -> None:
+        """Give profile ``k`` to ``context``; ``RuntimeError`` if another live context holds it,
+        with the words TensorRT logs."""
+        with self._holders_lock:
+            held = self._holders.get(k)
+            other = held() if held is not None else None
+            if other is not None and other is not context:
+                raise RuntimeError(
+                    f"Error Code 3: API Usage Error (Profile {k} has been chosen by another "
+                    "IExecutionContext. Use another profileIndex or destroy the "
+                    "IExecutionContext that use this profile.)")
+            for j, ref in list(self._holders.items()):
+                if ref() is context or ref() is None:
+                    del self._holders[j]
+            self._holders[k] = weakref.ref(context)
 
     @property
     def num_io_tensors(self) -> int:
@@ -243,7 +179,14 @@ class FakeExecutionContext:
 
     def __init__(self, engine: FakeCudaEngine) -> None:
         self.engine = engine
-        self.active_optimization_profile = 0
+        self.errors: list[str] = []  # what TensorRT would log when a call returns False
+        # TensorRT: the first context gets profile 0 implicitly; the others must select an
+        # unused profile before they can run (-1 until then)
+        try:
+            engine._claim_profile(self, 0)
+            self.active_optimization_profile = 0
+        except RuntimeError:
+            self.active_optimization_profile = -1
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.allocators: dict[str, Any] = {}
@@ -264,13 +207,15 @@ class FakeExecutionContext:
             raise RuntimeError(f"profile index {profile_index} is out of range")
         if profile_index in self.engine.failing_profiles:
             raise RuntimeError(f"Error Code 1: profile {profile_index} cannot be selected")
+        self.engine._claim_profile(self, profile_index)
         self.active_optimization_profile = profile_index
         self.shapes.clear()  # TensorRT needs the input shapes again after a switch
         return True
 
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
         self.set_shape_calls += 1
-        if self.engine.get_tensor_mode(name) is not TensorIOMode.INPUT:
+        if self.engine.get_tensor_mode(name) is not TensorIOMode.INPUT or \
+                self.active_optimization_profile < 0:
             return False
         lo, _, hi = self.engine.profiles[self.active_optimization_profile][name]
         shape = tuple(int(d) for d in shape)
@@ -309,7 +254,7 @@ class FakeExecutionContext:
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self.set_address_calls += 1
-        if self.engine.get_tensor_mode(name) is TensorIOMode.NONE or not memory:
+        if self.engine.get_tensor_mode(name) is TensorIOMode.NONE:
             return False
         if int(memory) % 256:  # TensorRT's documented minimum alignment for tensor addresses
             self.refused_addresses.append((name, int(memory)))
@@ -333,12 +278,17 @@ class FakeExecutionContext:
         return self.allocators.get(name)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
+        if self.active_optimization_profile < 0:
+            self.errors.append("no optimization profile selected for this context")
+            return False
         try:
             if self.infer_shapes():
                 return False
         except RuntimeError:
             return False
         if any(n not in self.addresses for n in ("x", "k", "y", "s")):
+            return False
+        if not self._null_addresses_allowed():
             return False
         if self.engine.data_dependent and "pos" not in self.allocators:
             return False
@@ -365,6 +315,20 @@ class FakeExecutionContext:
             _launch(kern["affine_relu"], rows, _BLOCK, stream_handle, args)
         if self.engine.data_dependent:
             return self._run_data_dependent(kern, stream_handle, rows * cols)
+        return True
+
+    def _null_addresses_allowed(self) -> bool:
+        """TensorRT's enqueue check: a null address only for an empty input (or an output with
+        an output allocator, which replaces the address)."""
+        for name, ptr in self.addresses.items():
+            if ptr or name in self.allocators:
+                continue
+            if name in ("x", "k") and 0 in self.get_tensor_shape(name):
+                continue
+            self.errors.append(f"Tensor {name} is bound to nullptr, which is allowed only for an "
+                               "empty input tensor, shape tensor, or an output tensor associated "
+                               "with an IOuputAllocator.")
+            return False
         return True
 
     def _run_data_dependent(self, kern: dict[str, Any], stream: int, n: int) -> bool:

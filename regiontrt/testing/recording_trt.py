@@ -64,7 +64,8 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
                        parse_errors: Sequence[tuple[int, str, str, str]] = (),
                        build_error: str | None = None, deserialize_error: str | None = None,
                        profile_error: str | None = None, plan: bytes | None = None,
-                       plugins: bool = True) -> types.SimpleNamespace:
+                       plugins: bool = True, shape_outputs: Sequence[str] = ()
+                       ) -> types.SimpleNamespace:
     """A fake ``tensorrt`` module of ``version`` that records calls in ``.calls``.
 
     Args:
@@ -82,12 +83,14 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
         plan: the bytes a build returns (default: a 64-byte header as reported for TensorRT,
             with this version, then ``b"engine"``).
         plugins: whether the module has ``init_libnvinfer_plugins``.
+        shape_outputs: ONNX outputs the parsed network marks as shape tensors
+            (``mark_output_for_shapes``), whose ``is_shape_tensor`` is then ``True``.
     """
     calls: list[tuple[Any, ...]] = []
     major, minor, patch, build = (int(v) for v in (version.split(".") + ["0"] * 4)[:4])
     enums = _enums(major)
     net = _network_fakes(enums["DataType"])
-    net.update(_parser_fakes(calls, net, parse_errors))
+    net.update(_parser_fakes(calls, net, parse_errors, shape_outputs))
     cfg = _config_fakes(calls, {"refusals": refuse_timing_cache}, max_num_tactics, profile_error)
     head = bytearray(64)
     head[:4] = b"ftrt"
@@ -138,6 +141,19 @@ def _network_fakes(data_type: Any) -> dict[str, Any]:
         def __init__(self, flags: int) -> None:
             self.flags, self._layers = flags, 0
             self.inputs: list[ITensor] = []
+            self.outputs: list[ITensor] = []
+
+        @property
+        def num_outputs(self) -> int:
+            return len(self.outputs)
+
+        def get_output(self, index: int) -> ITensor:
+            return self.outputs[index]
+
+        def mark_output_for_shapes(self, tensor: ITensor) -> bool:
+            tensor.is_shape_tensor = True  # as TensorRT: a host-side shape-tensor output
+            self.outputs.append(tensor)
+            return True
 
         @property
         def num_inputs(self) -> int:
@@ -158,7 +174,8 @@ def _network_fakes(data_type: Any) -> dict[str, Any]:
 
 
 def _parser_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any],
-                  parse_errors: Sequence[tuple[int, str, str, str]]) -> dict[str, Any]:
+                  parse_errors: Sequence[tuple[int, str, str, str]],
+                  shape_outputs: Sequence[str] = ()) -> dict[str, Any]:
     """ParserError and OnnxParser, which fills the network's inputs from the ONNX graph."""
     ITensor = net["ITensor"]
 
@@ -203,6 +220,13 @@ def _parser_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any],
                 dims = tuple(d.dim_value if d.HasField("dim_value") else -1
                              for d in vi.type.tensor_type.shape.dim)
                 self.network.inputs.append(ITensor(vi.name, dims))
+            for vi in proto.graph.output:
+                out = ITensor(vi.name, tuple(d.dim_value if d.HasField("dim_value") else -1
+                                             for d in vi.type.tensor_type.shape.dim))
+                if vi.name in shape_outputs:  # as if the network marked it for shapes
+                    self.network.mark_output_for_shapes(out)
+                else:
+                    self.network.outputs.append(out)
             self.network._layers = len(proto.graph.node)
             return True
 
@@ -292,9 +316,6 @@ def _builder_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any], cfg: dict[
     INetworkDefinition = net["INetworkDefinition"]
     IBuilderConfig, IOptimizationProfile = cfg["IBuilderConfig"], cfg["IOptimizationProfile"]
 
-    def plan_bytes() -> bytes:
-        return built
-
     class Builder:
         def __init__(self, logger: Any) -> None:
             self.logger = logger
@@ -317,7 +338,7 @@ def _builder_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any], cfg: dict[
                 return None
             if config._cache is not None:  # the build "times" one more tactic
                 config._cache.entries[f"layer{len(config._cache.entries)}"] = 1.0
-            return plan_bytes()
+            return built
 
     return {"Builder": Builder}
 
