@@ -1,8 +1,9 @@
 """Contexts, profiles, devices and null addresses: TensorRT's rules, enforced by the test double.
 
-The runner runs end to end on a host-memory stand-in of the CUDA runtime (``tests/_host_cudart``)
-around :class:`FakeCudaEngine`, which refuses what TensorRT refuses: a second context on a held
-optimization profile, a null output address at enqueue.
+:class:`FakeCudaEngine` (the TensorRT boundary's test double) refuses what TensorRT refuses: a
+second context on a held optimization profile, a null output address at enqueue. The runner runs
+end to end on the real CUDA runtime (tests marked ``gpu``: they skip without an NVIDIA GPU); the
+double's own refusals are checked without one.
 """
 
 from __future__ import annotations
@@ -18,16 +19,26 @@ from regiontrt.backends.cuda_calls import _MODULES
 from regiontrt.backends.trt_runner import TensorRTRunner
 from regiontrt.errors import CudaError
 from regiontrt.testing import FakeCudaEngine
-from tests._host_cudart import make_host_cudart
 
 TWO_PROFILES = [{"x": ((0, 1), (4, 8), (8, 16))}, {"x": ((9, 1), (32, 64), (64, 256))}]
 
 
 @pytest.fixture
 def host_cuda(monkeypatch):
+    """The real CUDA runtime, with every ``cudaSetDevice`` recorded as ``(call, device, thread)``
+    (the name is historical: these tests run on the GPU)."""
     calls: list = []
-    monkeypatch.setitem(_MODULES, "runtime", make_host_cudart(calls))
-    monkeypatch.setitem(_MODULES, "native_handle", int)
+    real = cuda._rt()
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def cudaSetDevice(self, device):
+            calls.append(("set_device", int(device), threading.get_ident()))
+            return real.cudaSetDevice(device)
+
+    monkeypatch.setitem(_MODULES, "runtime", Recording())
     return calls
 
 
@@ -52,6 +63,7 @@ def test_the_double_refuses_a_second_context_on_a_held_profile():
     assert first.set_optimization_profile_async(1, 7)
 
 
+@pytest.mark.gpu
 def test_several_contexts_each_get_their_own_profile(host_cuda):
     engine = FakeCudaEngine(profiles=TWO_PROFILES)
     runner = TensorRTRunner(engine, [], max_contexts=4)
@@ -75,6 +87,7 @@ def test_several_contexts_each_get_their_own_profile(host_cuda):
     runner.close()
 
 
+@pytest.mark.gpu
 def test_a_single_profile_engine_serialises_on_one_context(host_cuda, monkeypatch):
     from regiontrt.testing.fake_trt import FakeExecutionContext
 
@@ -107,6 +120,7 @@ def test_a_single_profile_engine_serialises_on_one_context(host_cuda, monkeypatc
 
 
 # -- 2. no null output address, even for empty outputs --------------------------------------
+@pytest.mark.gpu
 @pytest.mark.parametrize("outputs", ["host", "device"])
 def test_empty_outputs_are_bound_to_real_memory(host_cuda, outputs):
     engine = FakeCudaEngine(profiles=[{"x": ((0, 4), (0, 4), (0, 4))}])  # every output empty
@@ -133,6 +147,7 @@ def test_the_double_refuses_a_null_output_address_like_tensorrt():
     assert ctx.execute_async_v3(7)  # empty inputs may be null
 
 
+@pytest.mark.gpu
 def test_a_runner_bound_to_null_fails_typed(host_cuda, monkeypatch):
     engine = FakeCudaEngine(profiles=[{"x": ((0, 4), (0, 4), (0, 4))}])
     real = cuda.DeviceArray.ptr
@@ -148,9 +163,10 @@ def test_a_runner_bound_to_null_fails_typed(host_cuda, monkeypatch):
 
 
 # -- 4. the device is made current in every thread that runs the engine ----------------------
+@pytest.mark.gpu
 def test_every_thread_that_runs_the_engine_sets_its_device(host_cuda):
     engine = FakeCudaEngine(profiles=[{"x": ((0, 1), (4, 8), (8, 16))}])
-    with TensorRTRunner(engine, [], device=1) as runner:
+    with TensorRTRunner(engine, [], device=0) as runner:
         idents = []
 
         def work():
@@ -163,5 +179,5 @@ def test_every_thread_that_runs_the_engine_sets_its_device(host_cuda):
         for t in threads:
             t.join()
     by_thread = {(ident, dev) for _, dev, ident in host_cuda}
-    assert {dev for _, dev in by_thread} == {1}  # never device 0
+    assert {dev for _, dev in by_thread} == {0}  # the runner's device, in every thread
     assert set(idents) <= {ident for ident, _ in by_thread}

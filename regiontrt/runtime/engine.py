@@ -36,6 +36,7 @@ from regiontrt.runtime.arrays import has_data as _has_data
 from regiontrt.runtime.arrays import shape_dtype as _shape_dtype
 from regiontrt.runtime.benchmarking import BenchmarkReport, timed_calls, timings_report
 from regiontrt.runtime.export import export_payload
+from regiontrt.runtime.sampling import sample_inputs
 from regiontrt.runtime.schema import check_payload, validate_header
 from regiontrt.shapes.buckets import Bucketing
 from regiontrt.shapes.profiles import Profile, select_profile
@@ -240,12 +241,8 @@ class Engine:
         except Exception as exc:  # the runtime failed on inputs that passed every check
             raise EngineRuntimeError(f"the {self.backend_name} runtime failed: {exc}") from exc
 
-    def sample_inputs(
-        self,
-        batch: int | None = None,
-        seed: int = 0,
-        shapes: Mapping[str, Sequence[int]] | None = None,
-    ) -> dict[str, np.ndarray]:
+    def sample_inputs(self, batch: int | None = None, seed: int = 0,
+                      shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
         """Random inputs at the first profile's ``opt`` shape.
 
         Args:
@@ -261,8 +258,6 @@ class Engine:
                 :data:`MAX_SAMPLE_BYTES`.
             ShapeOutOfProfile: the shapes lie outside every profile (checked before allocating).
         """
-        from regiontrt.runtime.sampling import sample_inputs
-
         return sample_inputs(self.inputs, self.profiles, batch=batch, seed=seed, shapes=shapes,
                              max_bytes=MAX_SAMPLE_BYTES)
 
