@@ -46,6 +46,9 @@ def _versions() -> dict[str, str]:
 
 
 def _commit() -> str:
+    # A copy of the tree without its history (the lent GPU machine) is told its commit.
+    if os.environ.get("REGIONTRT_COMMIT"):
+        return os.environ["REGIONTRT_COMMIT"] + " (given by REGIONTRT_COMMIT)"
     run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                          check=False)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
