@@ -246,10 +246,58 @@ def monitor_cost(data: list[dict[str, Any]]) -> list[str]:
                   "samples dropped"], rows)
 
 
+# -- the INT8 model zoo (benchmarks/bench_zoo.py) -----------------------------------------------
+def _zoo_cell(row: dict[str, Any] | None, arithmetic: str = "tensorrt") -> str:
+    if not row or row.get("status") != "ok":
+        return "-" if not row else str(row.get("status"))
+    cov = row.get("coverage") or {}
+    share = cov.get("flop_share") if cov.get("flop_share") is not None else cov.get("layer_share")
+    return (f"{fmt((row.get('metric') or {}).get(arithmetic), '.4g')} at "
+            f"{fmt(share, '.1%')} int8")
+
+
+def _best(rows: list[dict[str, Any]], tool: str, higher: bool) -> dict[str, Any] | None:
+    ok = [r for r in rows if r["tool"] == tool and r.get("status") == "ok"
+          and (r.get("metric") or {}).get("tensorrt") is not None]
+    if not ok:
+        return None
+    return (max if higher else min)(ok, key=lambda r: r["metric"]["tensorrt"])
+
+
+def zoo(data: list[dict[str, Any]]) -> list[str]:
+    """Per zoo model: our default, ModelOpt's and ONNX Runtime's best (TensorRT arithmetic,
+    metric at int8 FLOP coverage), and ours against ModelOpt's best at >= its coverage."""
+    rows = []
+    for d in data:
+        for name, res in d["models"].items():
+            z, cands = res["zoo"], res["rows"]
+            ours = next((r for r in cands if r["tool"] == "regiontrt" and r["method"] == "auto"
+                         and r["variant"] == "default"), None)
+            mo = _best(cands, "modelopt", z["higher_is_better"])
+            ort = _best(cands, "onnxruntime", z["higher_is_better"])
+            verdict = "-"
+            if mo is not None:
+                want = f"{mo['tool']} {mo['method']} ({mo['variant']})"
+                comp = next((c for c in res["comparisons"] if c["peer"] == want), None)
+                t = ((comp or {}).get("bootstrap") or {}).get("tensorrt")
+                if comp and t:
+                    verdict = (f"{comp['verdict']}: {fmt(t['ours_minus_peer'], '+.3g')} "
+                               f"[{fmt(t['low'], '+.3g')}, {fmt(t['high'], '+.3g')}]")
+                elif comp:
+                    verdict = str(comp["verdict"])
+            better = "higher" if z["higher_is_better"] else "lower"
+            rows.append([name, z["family"], f"{z['metric']} ({better} better)", _zoo_cell(ours),
+                         _zoo_cell(mo) + (f" ({mo['method']}, {mo['variant']})" if mo else ""),
+                         _zoo_cell(ort) + (f" ({ort['method']}, {ort['variant']})" if ort else ""),
+                         verdict])
+    return _rows(["model", "family", "metric vs FP32", "regiontrt default (auto)",
+                  "ModelOpt best", "ONNX Runtime best", "ours - ModelOpt best [95 % CI]"], rows)
+
+
 TABLES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     f.__name__.replace("_", "-"): f for f in (
         gpu_transfer, infer_overhead, quant_rows, quant_search, quant_micro, calibration,
-        arithmetic, fleet, serving_phases, serving_summary, monitor_cost)}
+        arithmetic, fleet, serving_phases, serving_summary, monitor_cost, zoo)}
 
 
 def load(sources: str) -> list[dict[str, Any]]:
