@@ -69,8 +69,9 @@ def gpu_transfer(data: list[dict[str, Any]]) -> list[str]:
              fmt(r["pageable_gbps"], ".2f"), fmt(r["pinned_vs_peak"], ".2f"),
              fmt(r["pinned_vs_pageable"], ".2f")] for r in d["rows"]]
     peak = d["peak_gbps"]
-    return [f"Peak (best of {2 * d['reps']} pinned copies of the largest size): H2D {fmt(peak['h2d'], '.1f')} GB/s, "
-            f"D2H {fmt(peak['d2h'], '.1f')} GB/s; median of {d['reps']}.", "",
+    return [f"Peak (best of {2 * d['reps']} pinned copies of the largest size): "
+            f"H2D {fmt(peak['h2d'], '.1f')} GB/s, D2H {fmt(peak['d2h'], '.1f')} GB/s; "
+            f"median of {d['reps']}.", "",
             *_rows(["size", "direction", "our pinned buffers GB/s", "pageable numpy GB/s",
                     "ours / peak", "ours / pageable"], rows)]
 
