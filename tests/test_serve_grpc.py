@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +206,57 @@ def test_grpc_deadline_and_a_full_queue(na_engine, samples):
         assert "queue full" in info.value.details()
         assert len(waiting.result(10).raw_output_contents) == 1
     assert not server.ready  # stopping the endpoint closed the server it owned
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_cli_serves_grpc_beside_http_and_logs_each_event_once(na_engine, samples, tmp_path):
+    httpx = pytest.importorskip("httpx", reason="needs httpx (the test extra)")
+    path = tmp_path / "digits.NA.engine"
+    na_engine.save(path)
+    port, gport = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(rt.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from regiontrt.cli import main; sys.exit(main())",
+         "serve", str(path), "--port", str(port), "--grpc-port", str(gport),
+         "--log-level", "info"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready",
+                             timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{gport}")
+        try:
+            x = samples[:3]
+            inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            got = client.infer("digits_NA", [inp], model_version="1").as_numpy("logits")
+            assert np.array_equal(got, na_engine.infer(x)["logits"])
+        finally:
+            client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.strip()]
+    one_format = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+    assert lines and all(one_format.match(line) for line in lines), err
+    messages = [line.split(": ", 1)[1] for line in lines]
+    assert sum("Application startup complete" in m for m in messages) == 1, err
+    assert sum("serving: precision" in m for m in messages) == 1, err
+    assert sum("gRPC (KServe v2) listening" in m for m in messages) == 1, err
+    assert len(messages) == len(set(messages)), err
