@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import regiontrt as rt  # noqa: E402
-from benchmarks._env import environment, finish  # noqa: E402
-from benchmarks.bench_serving import Setup, demo_setup, rec_setup  # noqa: E402
+import regiontrt as rt
+from benchmarks._env import environment, finish
+from benchmarks.bench_serving import Setup, demo_setup, rec_setup
 
 SIZES = (2, 4, 8, 16, 32)
 

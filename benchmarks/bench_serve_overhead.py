@@ -30,8 +30,8 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import regiontrt as rt  # noqa: E402
-from benchmarks._env import environment, finish  # noqa: E402
+import regiontrt as rt
+from benchmarks._env import environment, finish
 
 BLOCK = 50
 

@@ -52,7 +52,8 @@ def test_a_model_without_an_sla_reports_no_sla_figures(pinned_engine, na_engine)
     with BackgroundHTTP(rt.serve(pinned_engine, name="scale")) as http:
         for _ in range(3):
             r = httpx.post(f"http://{http.url}/v2/models/scale_CERTIFIED/infer", timeout=10,
-                           json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3, 16, 16],
+                           json={"inputs": [{"name": "x", "datatype": "FP32",
+                                             "shape": [2, 3, 16, 16],
                                              "data": x.reshape(-1).tolist()}]})
             assert r.status_code == 200, r.text
         stats = http.server.stats()["scale_CERTIFIED"]

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from regiontrt.cli._common import non_negative_float, positive_float, positive_int, share
+
+if TYPE_CHECKING:
+    from regiontrt.serve.grpc_server import BackgroundGRPC
+    from regiontrt.serve.server import Server
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -79,7 +84,7 @@ def _one_log(level: str) -> logging.Handler:
     return handler
 
 
-def _start_grpc(server: object, args: argparse.Namespace) -> object:
+def _start_grpc(server: Server, args: argparse.Namespace) -> BackgroundGRPC:
     from regiontrt.errors import BackendUnavailable
 
     try:
@@ -89,7 +94,7 @@ def _start_grpc(server: object, args: argparse.Namespace) -> object:
             f"--grpc-port needs grpcio and tritonclient[grpc] ({exc.name}): "
             "pip install 'regiontrt[serve]'"
         ) from exc
-    return BackgroundGRPC(server, args.host, args.grpc_port,  # type: ignore[arg-type]
+    return BackgroundGRPC(server, args.host, args.grpc_port,
                           max_message=int(args.max_body_mb * 1024 * 1024),
                           max_decoded=int(args.max_decoded_mb * 1024 * 1024),
                           decode_workers=args.decode_workers, close_server=False,

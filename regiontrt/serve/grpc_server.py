@@ -211,25 +211,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             self.waiting -= 1
 
     @_rpc
-    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's
+    async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     @_rpc
-    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.server.ready)
 
     @_rpc
-    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ModelReady(self, request: Any, context: Any) -> Any:
         self.model_of(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.server.ready)
 
     @_rpc
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name="regiontrt", version=__version__,
                                          extensions=["binary_tensor_data", "model_repository"])
 
     @_rpc
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
         meta = model_metadata(self.model_of(request.name, request.version))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -240,7 +240,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                      for o in meta["outputs"]])
 
     @_rpc
-    async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
         model = self.model_of(request.name, request.version)
         meta = model_metadata(model, self.server.sla_ms(model.name))
         # gRPC model metadata has no parameters: region, precision, versions and provenance
@@ -257,7 +257,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return pb.ModelConfigResponse(config=config)
 
     @_rpc
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         state = "READY" if self.server.ready else "UNAVAILABLE"
         return pb.RepositoryIndexResponse(models=[
             pb.RepositoryIndexResponse.ModelIndex(name=m.name, version=m.protocol_version,
@@ -265,7 +265,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             for m in self.server.models.values()])
 
     @_rpc
-    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
         model = self.model_of(request.model_name, request.model_version)
         size = sum(len(r) for r in request.raw_input_contents)
         if size < SMALL and len(request.raw_input_contents) == len(request.inputs):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from regiontrt.serve.guard import HEADER_TIMEOUT_S, DrainingUvicorn, head_timeout_protocol
 from regiontrt.serve.http import (
@@ -67,7 +68,7 @@ def _uvicorn(server: Server, host: str, port: int, max_body: int, graceful_s: fl
                             limit_concurrency=limits.max_connections,
                             # None: uvicorn installs no handlers of its own, so its records go
                             # through the caller's logging (one line per event, one format).
-                            **({} if uvicorn_logging else {"log_config": None}))
+                            log_config=LOGGING_CONFIG if uvicorn_logging else None)
     return DrainingUvicorn(config, server)
 
 
