@@ -152,3 +152,21 @@ def test_exact_mode_pads_runs_to_one_size_and_splits_larger_requests(pinned_engi
         server.close()
     assert seen == [4, 4, 4]  # 6 rows: two runs of 4 (the second padded), 1 row: one run of 4
     assert np.array_equal(y, 2 * x) and np.array_equal(z, 2 * x[:1])
+
+
+@pytest.mark.parametrize(("label", "number"), [("3", "3"), ("2.1.0", "1")])
+def test_a_real_bundle_is_served_with_its_version_mapped(na_engine, tmp_path, label, number):
+    deploy = pytest.importorskip("regiontrt.deploy", reason="needs the fleet extra")
+    path = deploy.write_bundle(tmp_path / "digits", name="digits", version=label,
+                               region_engine=na_engine, variants=[])
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with BackgroundHTTP(rt.serve(str(path))) as http, \
+            httpx.Client(base_url=f"http://{http.url}/v2", timeout=10) as client:
+        meta = client.get(f"/models/digits_NA/versions/{number}").json()
+        assert meta["versions"] == [number] and meta["parameters"]["source_version"] == label
+        r = client.post(f"/models/digits_NA/versions/{number}/infer", json={"inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+             "data": x.reshape(-1).tolist()}]})
+        assert r.status_code == 200 and r.json()["model_version"] == number
+        got = np.asarray(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_array_equal(got, na_engine.infer(x)["logits"])
