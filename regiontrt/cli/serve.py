@@ -1,11 +1,17 @@
-"""``regiontrt serve``: the KServe v2 / Triton HTTP endpoint over an engine, bundle or install."""
+"""``regiontrt serve``: the KServe v2 / Triton HTTP (and gRPC) endpoints over an engine, bundle
+or install."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from regiontrt.cli._common import non_negative_float, positive_float, positive_int, share
+
+if TYPE_CHECKING:
+    from regiontrt.serve.grpc_server import BackgroundGRPC
+    from regiontrt.serve.server import Server
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -19,8 +25,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"regiontrt serve needs the web stack ({exc.name}): pip install 'regiontrt[serve]'"
         ) from exc
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = _one_log(args.log_level)
     if args.regions_file:
         from regiontrt.precision.regions import load_regions
 
@@ -31,7 +36,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                    sla_ms=args.sla_ms)
     if args.monitor > 0:
         server.monitor(sample_rate=args.monitor)
+    grpc_endpoint = None
     try:
+        if args.grpc_port is not None:
+            grpc_endpoint = _start_grpc(server, args)
         serve_http(server, host=args.host, port=args.port,
                    max_body=int(args.max_body_mb * 1024 * 1024), graceful_s=args.graceful_s,
                    log_level=args.log_level, limits=HTTPLimits(
@@ -39,10 +47,58 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                        header_timeout_s=args.header_timeout_s, body_idle_s=args.body_idle_s,
                        body_timeout_s=args.body_timeout_s, keep_alive_s=args.keep_alive_s,
                        decode_workers=args.decode_workers,
-                       max_connections=args.max_connections))
+                       max_connections=args.max_connections), uvicorn_logging=False)
     finally:
+        if grpc_endpoint is not None:
+            grpc_endpoint.stop(timeout=args.graceful_s + 5)
         server.close()
+        for name in _SERVER_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+            logging.getLogger(name).propagate = True
     return 0
+
+
+#: Loggers of the servers' stacks that get the CLI's one handler (they stop propagating to the
+#: root meanwhile, so a root handler set up elsewhere does not print each line again).
+_SERVER_LOGGERS = ("uvicorn", "grpc")
+
+
+def _one_log(level: str) -> logging.Handler:
+    """One handler, one format, for regiontrt's, uvicorn's and grpc's records: each event is
+    one line (the CLI's own ``regiontrt`` handler is replaced, uvicorn installs none)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    setattr(handler, "_regiontrt_cli", True)  # noqa: B010 - removed by the CLI's reset_logging
+    number = getattr(logging, level.upper(), logging.INFO)
+    ours = logging.getLogger("regiontrt")
+    for old in list(ours.handlers):
+        if getattr(old, "_regiontrt_cli", False):
+            ours.removeHandler(old)
+    ours.addHandler(handler)
+    ours.setLevel(number)
+    for name in _SERVER_LOGGERS:
+        other = logging.getLogger(name)
+        other.addHandler(handler)
+        other.setLevel(number)
+        other.propagate = False
+    return handler
+
+
+def _start_grpc(server: Server, args: argparse.Namespace) -> BackgroundGRPC:
+    from regiontrt.errors import BackendUnavailable
+
+    try:
+        from regiontrt.serve.grpc_server import BackgroundGRPC
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"--grpc-port needs grpcio and tritonclient[grpc] ({exc.name}): "
+            "pip install 'regiontrt[serve]'"
+        ) from exc
+    return BackgroundGRPC(server, args.host, args.grpc_port,
+                          max_message=int(args.max_body_mb * 1024 * 1024),
+                          max_decoded=int(args.max_decoded_mb * 1024 * 1024),
+                          decode_workers=args.decode_workers, close_server=False,
+                          grace_s=args.graceful_s).start()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +112,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="address to listen on (default: 127.0.0.1), e.g. 0.0.0.0")
     s.add_argument("--port", type=positive_int, default=8000,
                    help="port to listen on (default: 8000), e.g. 8080")
+    s.add_argument("--grpc-port", type=positive_int, metavar="N",
+                   help="also serve the KServe v2 / Triton gRPC protocol on this port "
+                        "(default: off), e.g. 8001")
     s.add_argument("--name", help="model name before _<region> (default: the bundle's name or "
                                   "the file's stem), e.g. rec")
     s.add_argument("--mode", default="adaptive", choices=("adaptive", "latency", "throughput"),

@@ -64,6 +64,8 @@ class ModelBatcher:
         metrics: where figures go.
         max_queue: most requests waiting.
         sla_s: the latency SLA the policy and metrics measure against.
+        fixed_rows: pad every run to this many rows on the default variant (``serve(...,
+            batch_invariance="exact")``); ``None``: run batches as they come.
 
     Attributes:
         on_result: called on the worker with the inputs of each request that ran, after its
@@ -71,7 +73,7 @@ class ModelBatcher:
     """
 
     def __init__(self, model: ServedModel, policy: BatchPolicy, metrics: ServeMetrics,
-                 max_queue: int, sla_s: float | None) -> None:
+                 max_queue: int, sla_s: float | None, fixed_rows: int | None = None) -> None:
         self.model, self.policy, self.metrics, self.sla_s = model, policy, metrics, sla_s
         self.queue = RequestQueue(max_queue)
         self.load = LoadTracker()
@@ -80,6 +82,10 @@ class ModelBatcher:
         self._closing = False
         self._checked: set[tuple[Any, ...]] = set()
         self._limits = {v.label: _batch_limit(v.engine) for v in model.variants}
+        limit = self._limits[model.variants[0].label]
+        # Exact invariance pads along axis 0: impossible (and needless) without a batch axis.
+        self.fixed_rows = None if fixed_rows is None or limit == 0 else \
+            (fixed_rows if limit is None else min(fixed_rows, limit))
         self._log = TaggedLog(log, model)
         self._thread = threading.Thread(target=self._loop, name=f"regiontrt-batcher-{model.name}",
                                         daemon=True)
@@ -93,7 +99,7 @@ class ModelBatcher:
         estimate the adaptive policy starts from."""
         for v in self.model.variants:
             try:
-                v.engine.infer(v.engine.sample_inputs(batch=1))
+                v.engine.infer(v.engine.sample_inputs(batch=self.fixed_rows or 1))
             except Exception as exc:  # serving reports the real error on the first request
                 self._log.warning("warm-up of variant %s failed: %s", v.label, exc)
 
@@ -158,7 +164,9 @@ class ModelBatcher:
             now = time.monotonic()
             plan = self.policy.plan(self.load.snapshot(len(self.queue), self.sla_s, now))
             self.metrics.mode(self.model.name, self.policy.state, self.policy.switches)
-            variant = self.model.variant_for(plan.role)
+            # Exact invariance runs everything on one variant: another engine is other kernels.
+            variant = self.model.variants[0] if self.fixed_rows else \
+                self.model.variant_for(plan.role)
             limit = self._limits[variant.label]
             cap = plan.max_batch if not limit else min(plan.max_batch, limit)
             if limit == 0:
@@ -213,7 +221,7 @@ class ModelBatcher:
         rows = sum(r.rows for r in live)
         started = time.monotonic()
         try:
-            outputs = variant.engine.infer(feeds)
+            outputs = self._infer(variant.engine, feeds, rows)
             for name, arr in outputs.items():
                 if len(live) > 1 and (np.ndim(arr) == 0 or arr.shape[0] != rows):
                     raise InputError(f"output {name!r} has shape {np.shape(arr)}, not {rows} "
@@ -244,6 +252,27 @@ class ModelBatcher:
         self.metrics.batch(self.model.name, variant.label, rows, done - started,
                            [started - r.enqueued for r in live],
                            [done - r.enqueued for r in live], ok=True)
+
+    def _infer(self, engine: Engine, feeds: dict[str, np.ndarray],
+               rows: int) -> dict[str, np.ndarray]:
+        """``engine.infer(feeds)``; with :attr:`fixed_rows`, in runs of exactly that many rows
+        (the last padded by repeating its last row, cut off the outputs again)."""
+        size = self.fixed_rows
+        if not size or any(a.ndim == 0 for a in feeds.values()):
+            return engine.infer(feeds)
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, rows, size):
+            n = min(size, rows - start)
+            chunk = {k: a[start:start + n] for k, a in feeds.items()}
+            if n < size:
+                chunk = {k: np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)])
+                         for k, a in chunk.items()}
+            out = engine.infer(chunk)
+            parts.append({k: v[:n] if np.ndim(v) and v.shape[0] == size else v
+                          for k, v in out.items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self, drain: bool = True, timeout: float | None = None) -> None:

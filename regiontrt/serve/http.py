@@ -191,9 +191,9 @@ class _Endpoints:
     def model_of(self, request: Request) -> ServedModel:
         model = self.server.model(request.path_params["name"])
         version = request.path_params.get("version")
-        if version not in (None, "", model.version):
+        if not model.answers_to(version):
             raise UnknownModel(f"model {model.name!r} has no version {version!r} "
-                               f"(serving {model.version!r})")
+                               f"(serving {model.protocol_version!r})")
         return model
 
     async def live(self, request: Request) -> Response:
@@ -208,7 +208,8 @@ class _Endpoints:
                              "extensions": ["binary_tensor_data", "model_repository"]})
 
     async def metadata(self, request: Request) -> Response:
-        return JSONResponse(model_metadata(self.model_of(request)))
+        model = self.model_of(request)
+        return JSONResponse(model_metadata(model, self.server.sla_ms(model.name)))
 
     async def model_ready(self, request: Request) -> Response:
         self.model_of(request)

@@ -127,9 +127,12 @@ class ServeMetrics:
             if ok:
                 f.latency.extend(latency_s)
                 f.completed += len(latency_s)
-                met = sum(1 for t in latency_s if f.sla_s is None or t <= f.sla_s)
-                f.within_sla += met
-            attainment = f.within_sla / f.completed if f.completed else None
+                if f.sla_s is not None:
+                    met = sum(1 for t in latency_s if t <= f.sla_s)
+                    f.within_sla += met
+            # No SLA, no attainment: a share of requests "within" no limit would read as 1.0.
+            has_sla = f.sla_s is not None
+            attainment = f.within_sla / f.completed if f.completed and has_sla else None
         if not self._prom:
             return
         labels = self._labels(model, variant)
@@ -142,7 +145,8 @@ class ServeMetrics:
         if ok:
             for t in latency_s:
                 hl.observe(t)
-            self._prom["within_sla"].labels(*labels).inc(met)
+            if has_sla:
+                self._prom["within_sla"].labels(*labels).inc(met)
         if attainment is not None:
             self._prom["sla_attainment"].labels(*self._labels(model)).set(attainment)
 
@@ -184,11 +188,13 @@ class ServeMetrics:
                     "latency_ms": _ms(f.latency),
                     "queue_ms": _ms(f.queue),
                     "compute_ms": _ms(f.compute),
-                    "sla_ms": None if f.sla_s is None else f.sla_s * 1e3,
-                    "sla_attainment": f.within_sla / f.completed if f.completed else None,
                     "mode": f.mode,
                     "mode_switches": f.mode_switches,
                 }
+                if f.sla_s is not None:  # SLA fields only where the region has an SLA
+                    out[name]["sla_ms"] = f.sla_s * 1e3
+                    out[name]["sla_attainment"] = \
+                        f.within_sla / f.completed if f.completed else None
             return out
 
     def prometheus_text(self) -> bytes:

@@ -23,7 +23,8 @@ from regiontrt.serve.jsonscan import NumberRun, ProtocolError, load_infer_json
 from regiontrt.serve.sources import ServedModel
 
 __all__ = ["DATATYPES", "HEADER_LENGTH", "MAX_DECODED", "InferRequest", "ProtocolError",
-           "datatype", "decode_infer", "encode_infer", "model_metadata", "repository_index"]
+           "check_tensor", "datatype", "decode_infer", "encode_infer", "input_shape",
+           "model_metadata", "repository_index"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_TENSORS = 64
@@ -54,21 +55,48 @@ def datatype(dtype: np.dtype) -> str:
         raise ProtocolError(f"dtype {dtype} has no KServe v2 datatype", 500) from None
 
 
-def model_metadata(model: ServedModel) -> dict[str, Any]:
-    """The model metadata response, with region, precision, version and provenance added."""
+def input_shape(model: ServedModel, name: str) -> list[int]:
+    """The shape clients must send for input ``name``: ``-1`` where it may vary.
+
+    A dimension is a number where the engine fixes it (a static dimension) or where every
+    optimization profile pins it to the same value (an engine built only for 256x256 answers
+    ``[-1, 3, 256, 256]``). Bucketed inputs keep ``-1`` on dynamic dimensions: shorter inputs
+    are padded up to a bucket, so the profile's width is not what a client must send.
+    """
     engine = model.engine
+    spec = next(s for s in engine.inputs if s.name == name)
+    shape = [d if isinstance(d, int) else -1 for d in spec.shape]
+    if engine.bucketing is not None or not engine.profiles:
+        return shape
+    ranges = [p.ranges.get(name) for p in engine.profiles]
+    if any(r is None or len(r.min) != len(shape) for r in ranges):
+        return shape  # an input some profile leaves unconstrained: nothing pinned
+    for axis, dim in enumerate(shape):
+        values = {v for r in ranges if r is not None for v in (r.min[axis], r.max[axis])}
+        if dim == -1 and len(values) == 1:
+            shape[axis] = values.pop()
+    return shape
 
-    def spec(s: Any) -> dict[str, Any]:
-        return {"name": s.name, "datatype": datatype(s.dtype),
-                "shape": [d if isinstance(d, int) else -1 for d in s.shape]}
 
+def model_metadata(model: ServedModel, sla_ms: float | None = None) -> dict[str, Any]:
+    """The model metadata response, with region, precision, version and provenance added.
+
+    ``sla_ms`` (the model's p99 latency SLA) is added to the parameters only when there is one.
+    """
+    engine = model.engine
+    params = model.description()
+    if sla_ms is not None:
+        params["sla_ms"] = sla_ms
     return {
         "name": model.name,
-        "versions": [model.version],
+        "versions": [model.protocol_version],
         "platform": f"regiontrt_{engine.backend_name}",
-        "inputs": [spec(s) for s in engine.inputs],
-        "outputs": [spec(s) for s in engine.outputs],
-        "parameters": model.description(),
+        "inputs": [{"name": s.name, "datatype": datatype(s.dtype),
+                    "shape": input_shape(model, s.name)} for s in engine.inputs],
+        "outputs": [{"name": s.name, "datatype": datatype(s.dtype),
+                     "shape": [d if isinstance(d, int) else -1 for d in s.shape]}
+                    for s in engine.outputs],
+        "parameters": params,
     }
 
 
@@ -158,20 +186,29 @@ def _leaves(data: Any, limit: int) -> int:
     return count
 
 
+def check_tensor(name: Any, dt: Any, shape: Any,
+                 expected: Mapping[str, np.dtype]) -> tuple[tuple[int, ...], np.dtype]:
+    """An input's shape and dtype once its name, datatype and shape are checked (hostile).
+
+    Raises:
+        ProtocolError: an unknown input, another datatype, or a malformed shape (400).
+    """
+    if not isinstance(name, str) or name not in expected:
+        raise ProtocolError(f"unknown input {_short(name)}; the model takes {sorted(expected)}")
+    dtype = expected[name]
+    want = datatype(dtype)
+    if dt != want:
+        raise ProtocolError(f"input {name!r} has datatype {_short(dt)}; the model expects {want}")
+    return _shape(shape, name), dtype
+
+
 def _plan_input(entry: Any, expected: Mapping[str, np.dtype], blob: memoryview,
                 offset: int) -> tuple[_Planned, int]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise ProtocolError("each input needs a name, datatype, shape and data")
     name = entry["name"]
-    if name not in expected:
-        raise ProtocolError(f"unknown input {_short(name)}; the model takes {sorted(expected)}")
-    dt = entry.get("datatype")
-    dtype = expected[name]
-    want = datatype(dtype)
-    if dt != want:
-        raise ProtocolError(f"input {name!r} has datatype {_short(dt)}; the model expects {want}")
-    shape = _shape(entry.get("shape"), name)
-    count = math.prod(shape)
+    shape, dtype = check_tensor(name, entry.get("datatype"), entry.get("shape"), expected)
+    want, count = datatype(dtype), math.prod(shape)
     params = entry.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError(f"input {name!r}: parameters must be an object")
@@ -304,7 +341,7 @@ def encode_infer(model: ServedModel, request: InferRequest,
             entry["data"] = f"{token}{len(large)}"
             large.append(arr.reshape(-1))
         entries.append(entry)
-    response: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
+    response: dict[str, Any] = {"model_name": model.name, "model_version": model.protocol_version,
                                 "outputs": entries}
     if request.id is not None:
         response["id"] = request.id
@@ -336,4 +373,4 @@ def _splice(head: bytes, token: str, large: list[np.ndarray]) -> bytes:
 def repository_index(models: Sequence[ServedModel], ready: bool) -> list[dict[str, Any]]:
     """``POST /v2/repository/index``: every served model, its version and state."""
     state = "READY" if ready else "UNAVAILABLE"
-    return [{"name": m.name, "version": m.version, "state": state} for m in models]
+    return [{"name": m.name, "version": m.protocol_version, "state": state} for m in models]

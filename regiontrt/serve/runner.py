@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from regiontrt.serve.guard import HEADER_TIMEOUT_S, DrainingUvicorn, head_timeout_protocol
 from regiontrt.serve.http import (
@@ -55,7 +56,8 @@ class HTTPLimits:
 
 
 def _uvicorn(server: Server, host: str, port: int, max_body: int, graceful_s: float,
-             log_level: str, limits: HTTPLimits) -> DrainingUvicorn:
+             log_level: str, limits: HTTPLimits,
+             uvicorn_logging: bool = True) -> DrainingUvicorn:
     app = create_app(server, max_body=max_body, max_decoded=limits.max_decoded,
                      body_idle_s=limits.body_idle_s, body_timeout_s=limits.body_timeout_s,
                      decode_workers=limits.decode_workers)
@@ -63,15 +65,24 @@ def _uvicorn(server: Server, host: str, port: int, max_body: int, graceful_s: fl
                             timeout_graceful_shutdown=int(graceful_s), lifespan="on",
                             http=head_timeout_protocol(limits.header_timeout_s),
                             timeout_keep_alive=limits.keep_alive_s,
-                            limit_concurrency=limits.max_connections)
+                            limit_concurrency=limits.max_connections,
+                            # None: uvicorn installs no handlers of its own, so its records go
+                            # through the caller's logging (one line per event, one format).
+                            log_config=LOGGING_CONFIG if uvicorn_logging else None)
     return DrainingUvicorn(config, server)
 
 
 def serve_http(server: Server, *, host: str = "127.0.0.1", port: int = 8000,
                max_body: int = MAX_BODY, graceful_s: float = 30.0,
-               log_level: str = "info", limits: HTTPLimits | None = None) -> None:
-    """Serve over HTTP until SIGTERM/SIGINT, then drain in-flight requests and close."""
-    _uvicorn(server, host, port, max_body, graceful_s, log_level, limits or HTTPLimits()).run()
+               log_level: str = "info", limits: HTTPLimits | None = None,
+               uvicorn_logging: bool = True) -> None:
+    """Serve over HTTP until SIGTERM/SIGINT, then drain in-flight requests and close.
+
+    ``uvicorn_logging=False`` keeps uvicorn from configuring logging: its records then reach
+    the handlers the caller set up (``regiontrt serve`` does so, one line per event).
+    """
+    _uvicorn(server, host, port, max_body, graceful_s, log_level, limits or HTTPLimits(),
+             uvicorn_logging).run()
 
 
 class BackgroundHTTP:

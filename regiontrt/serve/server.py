@@ -47,11 +47,22 @@ class Server:
         max_queue: most requests waiting per model; past it :meth:`submit` raises
             :class:`~regiontrt.errors.Overloaded`.
         sla_ms: the p99 latency SLA (default: the region's ``latency_p99_ms``).
+        batch_invariance: ``"fast"`` (default): batches of any size, so a request's outputs may
+            differ in the last bits between a run alone and a run inside a batch (kernels pick
+            other blocking for other batch sizes; see docs/serving.md for measured figures).
+            ``"exact"``: every run is padded to one fixed size (``max_batch``, within the
+            default variant's profile) on the default variant, so each request sees the same
+            kernels whether alone or batched: bit-identical outputs, at the cost of running
+            ``max_batch`` rows for every batch.
     """
 
     def __init__(self, models: list[ServedModel], *, max_batch: int = 32,
                  max_delay_ms: float = 5.0, mode: str | BatchPolicy = "adaptive",
-                 max_queue: int = 1024, sla_ms: float | None = None) -> None:
+                 max_queue: int = 1024, sla_ms: float | None = None,
+                 batch_invariance: str = "fast") -> None:
+        if batch_invariance not in ("fast", "exact"):
+            raise ValueError(f"batch_invariance must be 'fast' or 'exact', got "
+                             f"{batch_invariance!r}")
         if not models:
             raise InputError("nothing to serve")
         if isinstance(mode, BatchPolicy) and len(models) > 1:
@@ -60,6 +71,7 @@ class Server:
             raise ValueError(f"sla_ms must be > 0, got {sla_ms}")
         self.metrics = ServeMetrics()
         self.mode = mode if isinstance(mode, str) else mode.name
+        self.batch_invariance = batch_invariance
         self._batchers: dict[str, ModelBatcher] = {}
         self._monitor: DriftMonitor | None = None
         self._closed = False
@@ -70,7 +82,8 @@ class Server:
                     m.engine.metadata.get("region", {}).get("latency_p99_ms")
                 policy = make_policy(mode, max_batch, max_delay_ms)
                 self._batchers[m.name] = ModelBatcher(
-                    m, policy, self.metrics, max_queue, None if sla is None else float(sla) / 1e3)
+                    m, policy, self.metrics, max_queue, None if sla is None else float(sla) / 1e3,
+                    fixed_rows=max_batch if batch_invariance == "exact" else None)
                 log.info("[model=%s region=%s version=%s] serving: precision %s, %d "
                          "variant(s), mode %s", m.name, m.region, m.version, m.engine.precision,
                          len(m.variants), policy.name)
@@ -98,6 +111,11 @@ class Server:
             raise UnknownModel(
                 f"unknown model {name!r}; served: {', '.join(sorted(self._batchers))}"
             ) from None
+
+    def sla_ms(self, name: str | None = None) -> float | None:
+        """The model's p99 latency SLA in ms, or ``None`` where it has none."""
+        sla_s = self._batcher(name).sla_s
+        return None if sla_s is None else sla_s * 1e3
 
     @property
     def ready(self) -> bool:
@@ -192,7 +210,8 @@ class Server:
 
 def serve(source: Any, *, name: str | None = None, max_batch: int = 32,
           max_delay_ms: float = 5.0, mode: str | BatchPolicy = "adaptive",
-          max_queue: int = 1024, sla_ms: float | None = None) -> Server:
+          max_queue: int = 1024, sla_ms: float | None = None,
+          batch_invariance: str = "fast") -> Server:
     """Serve an engine, an ``.engine`` file, a bundle or an install directory in process.
 
     See :class:`Server` for the arguments; ``name`` overrides the ``<name>`` of the served
@@ -201,4 +220,5 @@ def serve(source: Any, *, name: str | None = None, max_batch: int = 32,
     if isinstance(source, Mapping):
         raise TypeError("serve() takes an Engine, a path or a bundle, not a mapping")
     return Server(resolve(source, name), max_batch=max_batch, max_delay_ms=max_delay_ms,
-                  mode=mode, max_queue=max_queue, sla_ms=sla_ms)
+                  mode=mode, max_queue=max_queue, sla_ms=sla_ms,
+                  batch_invariance=batch_invariance)

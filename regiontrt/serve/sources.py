@@ -2,7 +2,14 @@
 
 Every source becomes one or more :class:`ServedModel`: a name (``<name>_<region>``, as in the
 Triton export), a version, a region and the engines (variants) that run it, each with a role
-(``"latency"``, ``"throughput"`` or ``None``). Bundles and install directories are read through
+(``"latency"``, ``"throughput"`` or ``None``).
+
+Versions: the KServe v2 / Triton protocol numbers a model's versions ``1, 2, ...``
+(``/v2/models/NAME/versions/1``). :attr:`ServedModel.version` is the source's own label (a
+bundle's version, an engine's metadata ``version``, else a short payload digest);
+:attr:`ServedModel.protocol_version` is what the protocol answers: the label itself when it is a
+positive integer, else ``"1"`` (one version is served per model), with the label kept in the
+metadata parameters (``source_version``). Bundles and install directories are read through
 :func:`regiontrt.deploy.load_bundle`, imported only when such a source is given.
 """
 
@@ -43,6 +50,11 @@ class ServedModel:
     version: str
     region: str
     variants: tuple[Variant, ...]
+    protocol_version: str = "1"
+
+    def answers_to(self, version: str | None) -> bool:
+        """Whether a request for ``version`` (``None``/empty: any) reaches this model."""
+        return version in (None, "", self.protocol_version, self.version)
 
     @property
     def engine(self) -> Engine:
@@ -63,7 +75,8 @@ class ServedModel:
         return {
             "region": self.region,
             "precision": self.engine.precision,
-            "version": self.version,
+            "version": self.protocol_version,
+            "source_version": self.version,
             "backend": meta.get("backend"),
             "target": meta.get("target"),
             "variants": [{"label": v.label, "role": v.role,
@@ -80,6 +93,12 @@ class ServedModel:
                 "created_at": meta.get("created_at"),
             },
         }
+
+
+def protocol_version(label: str) -> str:
+    """The protocol's version for a source's version label (see the module docstring)."""
+    text = str(label)
+    return text if text.isascii() and text.isdigit() and not text.startswith("0") else "1"
 
 
 def engine_version(engine: Engine) -> str:
@@ -103,8 +122,11 @@ def _stem_name(path: Path, region: str) -> str:
 def from_engine(engine: Engine, name: str | None = None, version: str | None = None) -> ServedModel:
     """Serve one engine as ``<name>_<region>``."""
     base = name or str((engine.metadata.get("model") or {}).get("graph_name") or "model")
-    return ServedModel(safe_name(f"{base}_{engine.region}"), version or engine_version(engine),
-                       engine.region, (Variant(engine),))
+    label = version or engine_version(engine)
+    # A digest is no version number even when its hex happens to be all digits.
+    number = protocol_version(label) if (version or engine.metadata.get("version")) else "1"
+    return ServedModel(safe_name(f"{base}_{engine.region}"), label, engine.region,
+                       (Variant(engine),), number)
 
 
 def _is_bundle(obj: Any) -> bool:
@@ -130,7 +152,7 @@ def from_bundle(bundle: Any, name: str | None = None) -> ServedModel:
     region = str(getattr(bundle, "region", None) or selected.region)
     base = name or str(bundle.name)
     return ServedModel(safe_name(f"{base}_{region}"), str(bundle.version), region,
-                       tuple(variants))
+                       tuple(variants), protocol_version(str(bundle.version)))
 
 
 def resolve(source: Any, name: str | None = None) -> list[ServedModel]:
