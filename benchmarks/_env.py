@@ -72,3 +72,14 @@ def finish(env: dict[str, Any]) -> dict[str, Any]:
     """``env`` completed with the load after the run and the end time."""
     return {**env, "load_after": list(os.getloadavg()),
             "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def jsonable(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for results: numpy scalars and arrays as Python values."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

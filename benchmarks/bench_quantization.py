@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import _measure, peers
+from benchmarks import _env, _measure, peers
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "regiontrt" / "demo" / "digits_cnn.onnx"
@@ -571,17 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + micro_markdown(results["micro"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1, default=_jsonable))
+        args.out.write_text(json.dumps(results, indent=1, default=_env.jsonable))
         log(f"wrote {args.out}")
     return 0
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 if __name__ == "__main__":

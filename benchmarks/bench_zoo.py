@@ -256,18 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + markdown(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".part")
-    tmp.write_text(json.dumps(result, indent=1, default=_jsonable))
+    tmp.write_text(json.dumps(result, indent=1, default=_env.jsonable))
     tmp.replace(args.out)
     print(f"wrote {args.out}")
     return 0
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 if __name__ == "__main__":
