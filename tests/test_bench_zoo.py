@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 bench_zoo = pytest.importorskip("benchmarks.bench_zoo", reason="run from the repository root")
-from benchmarks import peers, zoo_ours  # noqa: E402
+from benchmarks import _env, peers, zoo_ours  # noqa: E402
 from benchmarks.bench_quantization import ours_quantize  # noqa: E402
 from benchmarks.zoo.base import Split, ZooModel  # noqa: E402
 from benchmarks.zoo_coverage import int8_coverage  # noqa: E402
@@ -201,7 +201,7 @@ def test_result_json_embeds_the_environment(result: dict[str, Any], tmp_path: Pa
     for key in ("command", "machine", "versions", "commit", "load_before", "load_after",
                 "started_at", "finished_at"):
         assert key in env
-    assert json.loads(json.dumps(result, default=bench_zoo._jsonable))["environment"] == env
+    assert json.loads(json.dumps(result, default=_env.jsonable))["environment"] == env
 
 
 class TinyL2Zoo(TinyZoo):
