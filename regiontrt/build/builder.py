@@ -22,7 +22,7 @@ from regiontrt.backends.tactics import TacticSelector
 from regiontrt.build.pipeline import run_build
 from regiontrt.build.stages import Stages
 from regiontrt.build.state import Shared, State
-from regiontrt.calibration import Calibrator, get_calibrator
+from regiontrt.calibration import AutoCalibrator, Calibrator, get_calibrator
 from regiontrt.data.sources import DataLike
 from regiontrt.errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
 from regiontrt.graph.arithmetic import Int8Arithmetic
@@ -83,9 +83,22 @@ class RegionalEngineBuilder:
         return self._with(policy=policy)
 
     def with_calibrator(
-        self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None
+        self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None,
+        executor: Any = None,
     ) -> RegionalEngineBuilder:
-        """INT8: the range calibrator (default ``auto``: lowest-error range per tensor) and data."""
+        """INT8: the range calibrator (default ``auto``: lowest-error range per tensor) and data.
+
+        Args:
+            calibrator: a :class:`Calibrator` or a method name.
+            data: the region's calibration data (see docs/data.md); with ``executor``, paths or
+                URLs of ``.npz``/``.npy`` files or folders, a Dask bag or array, or a list of
+                batches.
+            executor: collect the statistics on these workers: a ``concurrent.futures``
+                executor (the same executors as fleet builds) or a ``dask.distributed.Client``.
+                Each worker runs the model on its shards and the driver merges the statistics,
+                which equal a single process's bit for bit (docs/data.md, "Distributed
+                calibration").
+        """
         if isinstance(calibrator, str):
             calibrator = get_calibrator(calibrator)
         elif calibrator is not None and not isinstance(calibrator, Calibrator):
@@ -93,6 +106,8 @@ class RegionalEngineBuilder:
                 f"with_calibrator takes a Calibrator or a method name, not "
                 f"{type(calibrator).__name__}"
             )
+        if executor is not None:
+            calibrator = (calibrator or AutoCalibrator()).distributed(executor)
         changes: dict[str, Any] = {"calibrator": calibrator}
         if data is not None:
             changes["calibration_data"] = data

@@ -230,7 +230,7 @@ class TensorStats:
         self.hist_max *= factor
 
     def aligned(self, other: TensorStats) -> bool:
-        """Whether :meth:`merge` can add ``other`` exactly (same bins, ranges a power of two apart)."""
+        """Whether :meth:`merge` adds ``other`` exactly (same bins, ranges 2**k apart)."""
         if (other.num_bins, other.histogram) != (self.num_bins, self.histogram):
             return False
         if not self.histogram or self.hist_max <= 0.0 or other.hist_max <= 0.0:
