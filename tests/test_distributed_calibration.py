@@ -224,3 +224,18 @@ def test_refusals(model: onnx.ModelProto, pool: cf.ProcessPoolExecutor) -> None:
         EntropyCalibrator().distributed(pool).calibrate(model, one_shot)
     with pytest.raises(DataError, match="not found"):
         EntropyCalibrator().distributed(pool).calibrate(model, ["/nonexistent/part.npz"])
+
+
+def test_worker_peak_memory_is_flat_as_samples_grow(tmp_path: Path) -> None:
+    # The same measurement benchmarks/bench_dist_calibration.py records in docs/results/.
+    from benchmarks.bench_dist_calibration import measure
+
+    small = measure(1000, 100, tmp_path, check=False)
+    large = measure(10000, 100, tmp_path, check=False)
+    print(f"\nworker peak MiB: 1k samples {small['worker_peak_mib']}, "
+          f"10k samples {large['worker_peak_mib']} (resident at start "
+          f"{large['worker_resident_at_start_mib']}); driver peak {small['driver_peak_mib']} / "
+          f"{large['driver_peak_mib']}")
+    assert (small["num_samples_read"], large["num_samples_read"]) == (1000, 10000)
+    # Ten times the data, the same worker peak: one batch (100 x 3x32x32) is alive at a time.
+    assert max(large["worker_peak_mib"]) <= max(small["worker_peak_mib"]) * 1.1 + 8

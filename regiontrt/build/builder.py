@@ -22,6 +22,7 @@ from regiontrt.backends.tactics import TacticSelector
 from regiontrt.build.pipeline import run_build
 from regiontrt.build.stages import Stages
 from regiontrt.build.state import Shared, State
+from regiontrt.build.torch_export import export_module
 from regiontrt.calibration import AutoCalibrator, Calibrator, get_calibrator
 from regiontrt.data.sources import DataLike
 from regiontrt.errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
@@ -56,6 +57,34 @@ class RegionalEngineBuilder:
             InvalidModelError: unreadable or invalid model, or a source of the wrong type.
         """
         return cls(Shared(load_model(source)), State())
+
+    @classmethod
+    def from_torch(cls, module: Any, example_inputs: Any, dynamic_shapes: Any = None,
+                   **export_kwargs: Any) -> RegionalEngineBuilder:
+        """Start from a PyTorch module, exported to ONNX (the ``torch`` extra; docs/torch.md).
+
+        The module is exported with ``torch.onnx.export(..., dynamo=True)`` in eval mode; the
+        builder then behaves exactly as :meth:`from_onnx` on the exported model. The engine's
+        metadata ``model`` records ``source: "torch"``, the torch version, the exporter and the
+        SHA-256 of the exported bytes.
+
+        Args:
+            module: a ``torch.nn.Module``.
+            example_inputs: a tensor or a tuple of the forward's positional arguments.
+            dynamic_shapes: ``torch.export`` dynamic shapes, e.g.
+                ``{"x": {0: torch.export.Dim("batch")}}`` for a dynamic batch.
+            export_kwargs: passed to ``torch.onnx.export``; ``exporter="torchscript"`` or
+                ``"auto"`` selects PyTorch's older exporter (see docs/torch.md).
+
+        Raises:
+            BackendUnavailable: PyTorch is not installed.
+            InvalidModelError: the export failed (naming the unsupported operator), or the
+                exported model is invalid.
+        """
+        exported = export_module(module, example_inputs, dynamic_shapes, **export_kwargs)
+        builder = cls(Shared(load_model(exported.onnx_bytes)), State())
+        builder._shared.origin = exported.provenance()
+        return builder
 
     def _with(self, **changes: Any) -> RegionalEngineBuilder:
         return RegionalEngineBuilder(self._shared, dataclasses.replace(self._state, **changes))
