@@ -77,7 +77,9 @@ def read_path(path: Path) -> Iterator[Mapping[str, np.ndarray] | np.ndarray]:
     elif path.is_file():
         files = [path]
     else:
-        raise DataError(f"data path not found: {path}")
+        # A list of strings is a list of files: say so, in case batches were meant.
+        raise DataError(f"data path not found: {path} (a string is the path or URL of .npz/.npy "
+                        "data; a batch must be a mapping or an array, see docs/data.md)")
     for file in files:
         yield _load(str(file), file)
 
