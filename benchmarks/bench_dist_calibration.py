@@ -2,10 +2,10 @@
 
 For each sample count, a fresh two-process ``dask.distributed.LocalCluster`` calibrates a small
 CNN (built with onnx.helper) over synthetic ``.npz`` shards on disk (``--per-file`` samples per
-file, each file one batch); each worker's peak resident memory over the run (``VmHWM``, reset when
-the run starts) is read with ``client.run``, and the driver's too. The statistics are checked against a
-single-process pass over the same shards (bit for bit). Flat memory: the peak must not grow with
-the number of samples, since a worker holds one batch's activations at a time::
+file, each file one batch); each worker's peak resident memory over the run (``VmHWM``, reset
+when the run starts) is read with ``client.run``, and the driver's too. The statistics are
+checked against a single-process pass over the same shards (bit for bit). Flat memory: the
+peak must not grow with the number of samples, since a worker holds one batch at a time::
 
     python benchmarks/bench_dist_calibration.py [--samples 1000,10000] [--per-file 100]
         [--json docs/results/bench_dist_calibration.json]

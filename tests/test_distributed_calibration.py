@@ -140,6 +140,14 @@ def test_in_memory_batches_and_folders(model: onnx.ModelProto, shard_paths: list
     assert_same_stats(got.stats, want)
     folder = str(Path(shard_paths[0]).parent)  # a folder: one shard per file
     assert_same_stats(EntropyCalibrator().distributed(pool).calibrate(model, folder).stats, want)
+    # fsspec URLs: a file:// folder read by the workers, a memory:// one read in this process.
+    url = Path(folder).as_uri()
+    assert_same_stats(EntropyCalibrator().distributed(pool).calibrate(model, url).stats, want)
+    fsspec = pytest.importorskip("fsspec")
+    mem = fsspec.filesystem("memory")
+    for p in shard_paths:
+        mem.pipe(f"/calib-shards/{Path(p).name}", Path(p).read_bytes())
+    assert_same_stats(collect_statistics(model, "memory://calib-shards/"), want)
 
 
 def test_tensor_zero_in_the_first_batch_is_read_again_and_stays_exact(

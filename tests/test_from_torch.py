@@ -110,7 +110,8 @@ def test_dynamic_batch_only_where_asked() -> None:
             for d in dynamic.model.graph.input[0].type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and dims[1:] == [3, 12, 12]
     assert static.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
-    engine = dynamic.for_region("CERTIFIED").with_validation(batches(example, 2), metric="relative_l2").build()
+    engine = dynamic.for_region("CERTIFIED").with_validation(
+        batches(example, 2), metric="relative_l2").build()
     name = engine.metadata["inputs"][0]["name"]
     for n in (1, 7):
         _, x = module_and_data("cnn", n, seed=n)
@@ -131,7 +132,7 @@ def test_unsupported_op_is_named() -> None:
 
 
 def test_refusals_and_the_explicit_torchscript_exporter() -> None:
-    with pytest.raises(InvalidArgumentError, match="torch.nn.Module"):
+    with pytest.raises(InvalidArgumentError, match=r"torch\.nn\.Module"):
         RegionalEngineBuilder.from_torch(lambda x: x, torch.randn(2))
     with pytest.raises(InvalidArgumentError, match="exporter"):
         RegionalEngineBuilder.from_torch(SmallCNN(), torch.randn(1, 3, 8, 8), exporter="onnx9")
@@ -139,7 +140,8 @@ def test_refusals_and_the_explicit_torchscript_exporter() -> None:
     legacy = RegionalEngineBuilder.from_torch(
         module, torch.from_numpy(example), exporter="torchscript", input_names=["x"],
         dynamic_axes={"x": {0: "batch"}})
-    engine = legacy.for_region("CERTIFIED").with_validation(batches(example, 2), metric="relative_l2").build()
+    engine = legacy.for_region("CERTIFIED").with_validation(
+        batches(example, 2), metric="relative_l2").build()
     assert engine.metadata["model"]["exporter"] == "torchscript"
     out = np.asarray(next(iter(engine.infer({"x": example}).values())))
     assert rel_l2(out, reference(module, example)) < 1e-5
