@@ -27,7 +27,7 @@ from regiontrt.calibration.collect import resolve_tensors
 from regiontrt.calibration.distributed import distributed_statistics
 from regiontrt.calibration.stats import TensorStats
 from regiontrt.data.sources import DataSource
-from regiontrt.errors import DataError, InvalidArgumentError
+from regiontrt.errors import BuildError, DataError, InvalidArgumentError
 from regiontrt.graph.io import input_specs
 
 distributed = pytest.importorskip("distributed", reason="Dask is the fleet extra")
@@ -184,7 +184,7 @@ def test_dask_cluster_equals_single_process(model: onnx.ModelProto, shard_paths:
 
 def test_dask_worker_killed_midway_gives_the_same_result(model: onnx.ModelProto, tmp_path: Path,
                                                          client: Any) -> None:
-    paths = write_shards(tmp_path / "many", make_batches(48, 48, seed=7))
+    paths = write_shards(tmp_path / "many", make_batches(96, 48, seed=7))
     want = collect_statistics(model, paths)
     pids = client.run(os.getpid)
     outcome: dict[str, Any] = {}
@@ -209,6 +209,30 @@ def test_dask_worker_killed_midway_gives_the_same_result(model: onnx.ModelProto,
     assert "error" not in outcome, outcome.get("error")
     assert victim not in client.run(os.getpid).values()  # the worker really died
     assert_same_stats(outcome["result"].stats, want)
+
+
+def test_process_pool_worker_killed_is_a_build_error_naming_the_shard(
+        model: onnx.ModelProto, tmp_path: Path) -> None:
+    # A ProcessPoolExecutor cannot recover a dead process (unlike Dask): a typed error, no hang.
+    paths = write_shards(tmp_path / "pool", make_batches(96, 48, seed=9))
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as one:
+        victim = one.submit(os.getpid).result()
+        outcome: dict[str, Any] = {}
+
+        def calibrate() -> None:
+            try:
+                EntropyCalibrator().distributed(one).calibrate(model, paths)
+            except BaseException as exc:  # checked below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=calibrate)
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive(), "the calibration ended before its worker could be killed"
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=60)
+    assert isinstance(outcome.get("error"), BuildError), outcome
+    assert "part-" in str(outcome["error"]) and "BrokenProcessPool" in str(outcome["error"])
 
 
 def test_builder_int8_with_an_executor_matches_a_local_build(
