@@ -22,7 +22,8 @@ from regiontrt.backends.tactics import TacticSelector
 from regiontrt.build.pipeline import run_build
 from regiontrt.build.stages import Stages
 from regiontrt.build.state import Shared, State
-from regiontrt.calibration import Calibrator, get_calibrator
+from regiontrt.build.torch_export import export_module
+from regiontrt.calibration import AutoCalibrator, Calibrator, get_calibrator
 from regiontrt.data.sources import DataLike
 from regiontrt.errors import InvalidArgumentError, RegionTRTError, ShapeProfileError
 from regiontrt.graph.arithmetic import Int8Arithmetic
@@ -57,6 +58,34 @@ class RegionalEngineBuilder:
         """
         return cls(Shared(load_model(source)), State())
 
+    @classmethod
+    def from_torch(cls, module: Any, example_inputs: Any, dynamic_shapes: Any = None,
+                   **export_kwargs: Any) -> RegionalEngineBuilder:
+        """Start from a PyTorch module, exported to ONNX (the ``torch`` extra; docs/torch.md).
+
+        The module is exported with ``torch.onnx.export(..., dynamo=True)`` in eval mode; the
+        builder then behaves exactly as :meth:`from_onnx` on the exported model. The engine's
+        metadata ``model`` records ``source: "torch"``, the torch version, the exporter and the
+        SHA-256 of the exported bytes.
+
+        Args:
+            module: a ``torch.nn.Module``.
+            example_inputs: a tensor or a tuple of the forward's positional arguments.
+            dynamic_shapes: ``torch.export`` dynamic shapes, e.g.
+                ``{"x": {0: torch.export.Dim("batch")}}`` for a dynamic batch.
+            export_kwargs: passed to ``torch.onnx.export``; ``exporter="torchscript"`` or
+                ``"auto"`` selects PyTorch's older exporter (see docs/torch.md).
+
+        Raises:
+            BackendUnavailable: PyTorch is not installed.
+            InvalidModelError: the export failed (naming the unsupported operator), or the
+                exported model is invalid.
+        """
+        exported = export_module(module, example_inputs, dynamic_shapes, **export_kwargs)
+        builder = cls(Shared(load_model(exported.onnx_bytes)), State())
+        builder._shared.origin = exported.provenance()
+        return builder
+
     def _with(self, **changes: Any) -> RegionalEngineBuilder:
         return RegionalEngineBuilder(self._shared, dataclasses.replace(self._state, **changes))
 
@@ -83,9 +112,22 @@ class RegionalEngineBuilder:
         return self._with(policy=policy)
 
     def with_calibrator(
-        self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None
+        self, calibrator: Calibrator | str | None = None, *, data: DataLike | None = None,
+        executor: Any = None,
     ) -> RegionalEngineBuilder:
-        """INT8: the range calibrator (default ``auto``: lowest-error range per tensor) and data."""
+        """INT8: the range calibrator (default ``auto``: lowest-error range per tensor) and data.
+
+        Args:
+            calibrator: a :class:`Calibrator` or a method name.
+            data: the region's calibration data (see docs/data.md); with ``executor``, paths or
+                URLs of ``.npz``/``.npy`` files or folders, a Dask bag or array, or a list of
+                batches.
+            executor: collect the statistics on these workers: a ``concurrent.futures``
+                executor (the same executors as fleet builds) or a ``dask.distributed.Client``.
+                Each worker runs the model on its shards and the driver merges the statistics,
+                which equal a single process's bit for bit (docs/data.md, "Distributed
+                calibration").
+        """
         if isinstance(calibrator, str):
             calibrator = get_calibrator(calibrator)
         elif calibrator is not None and not isinstance(calibrator, Calibrator):
@@ -93,6 +135,8 @@ class RegionalEngineBuilder:
                 f"with_calibrator takes a Calibrator or a method name, not "
                 f"{type(calibrator).__name__}"
             )
+        if executor is not None:
+            calibrator = (calibrator or AutoCalibrator()).distributed(executor)
         changes: dict[str, Any] = {"calibrator": calibrator}
         if data is not None:
             changes["calibration_data"] = data

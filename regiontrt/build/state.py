@@ -32,6 +32,8 @@ class Shared:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.sha256 = model_sha256(model)  # of the model as given
+        # Where the model came from, added to the metadata's "model" (from_torch: the export).
+        self.origin: dict[str, Any] = {}
         # A declared -1 or 0 is "any size" wherever the model runs.
         self.model = without_unsized_dims(model)
         self._cleaned: onnx.ModelProto | None = None

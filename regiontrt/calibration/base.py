@@ -17,6 +17,7 @@ a method by overriding :meth:`Calibrator.compute_amax`::
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from regiontrt.calibration.collect import (
     fold_batches,
     resolve_tensors,
 )
+from regiontrt.calibration.distributed import check_executor, distributed_statistics
 from regiontrt.calibration.entropy import entropy_threshold
 from regiontrt.calibration.stats import TensorStats
 from regiontrt.data.sources import DataLike
@@ -108,6 +110,8 @@ class Calibrator(ABC):
 
     needs_histogram: ClassVar[bool] = True
     method: ClassVar[str] = ""
+    #: Where statistics are collected: ``None`` in this process (see :meth:`distributed`).
+    executor: Any = None
 
     def __init__(self, *, num_bins: int = 2048, keep_stats: bool = True,
                  techniques: Sequence[str] | None = None, smooth_alpha: float = 0.5) -> None:
@@ -161,10 +165,17 @@ class Calibrator(ABC):
         proto = as_model(model)
         source = as_source(proto, data, batch_limit)
         names, types = resolve_tensors(proto, tensors)
-        stats = {
-            n: TensorStats(num_bins=self.num_bins, histogram=self.needs_histogram) for n in names
-        }
-        fold_batches(proto, source, names, types, lambda name, arr: stats[name].update(arr))
+        if self.executor is not None and batch_limit is None:  # see distributed()
+            collected = distributed_statistics(
+                proto, source, names, types, executor=self.executor, num_bins=self.num_bins,
+                histogram=self.needs_histogram)
+            stats = collected.stats
+            read = (collected.num_batches, collected.num_samples, collected.fingerprint)
+        else:
+            stats = {n: TensorStats(num_bins=self.num_bins, histogram=self.needs_histogram)
+                     for n in names}
+            fold_batches(proto, source, names, types, lambda name, arr: stats[name].update(arr))
+            read = (source.num_batches, source.num_samples, source.fingerprint)
         amax: dict[str, float] = {}
         for name, raw in zip(stats, self._compute_all(list(stats.values()))):
             value = float(raw)
@@ -172,19 +183,32 @@ class Calibrator(ABC):
                 raise DataError(f"{self.name}: invalid amax {value!r} for tensor {name!r}")
             amax[name] = value if value > 0 else ZERO_RANGE_AMAX
         log.info("calibration (%s): %d tensors from %d samples in %d batches, %.2f s",
-                 self.name, len(amax), source.num_samples, source.num_batches,
-                 time.perf_counter() - start)
+                 self.name, len(amax), read[1], read[0], time.perf_counter() - start)
         log.debug("calibration (%s) amax: %s", self.name,
                   ", ".join(f"{k}={v:.4g}" for k, v in amax.items()))
         return CalibrationResult(
             amax=amax,
             method=self.name,
-            num_batches=source.num_batches,
-            num_samples=source.num_samples,
-            fingerprint=source.fingerprint,
+            num_batches=read[0],
+            num_samples=read[1],
+            fingerprint=read[2],
             seconds=time.perf_counter() - start,
             stats=stats if self.keep_stats else {},
         )
+
+    def distributed(self, executor: Any) -> Calibrator:
+        """A copy of this calibrator that collects its statistics on ``executor``'s workers.
+
+        ``executor``: a ``concurrent.futures`` executor or a ``dask.distributed.Client``; the
+        data must be shardable (paths or URLs, a Dask bag or array, a list of batches). The
+        merged statistics equal a single pass's bit for bit
+        (:mod:`regiontrt.calibration.distributed`). ``None`` gives a local copy back.
+        """
+        if executor is not None:
+            check_executor(executor)
+        twin = copy.copy(self)
+        twin.executor = executor
+        return twin
 
     def _compute_all(self, stats: list[TensorStats]) -> list[float]:
         """:meth:`compute_amax` of every tensor; on two threads for the built-in methods.

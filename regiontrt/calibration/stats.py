@@ -9,8 +9,16 @@ last bin). ``hist_max`` is set by the first batch with a non-zero value (to that
 When a later batch holds a larger ``|x|``, the range grows by the smallest power of two ``f`` that
 covers it and every ``f`` adjacent bins merge into one. Because the old edges are a subset of the
 new ones, the merged counts are exactly those a histogram built with the final range from the start
-would hold (up to float rounding of values lying on an edge), so a single pass over a one-shot
-generator suffices.
+would hold, so a single pass over a one-shot generator suffices. Values whose index is ``n``
+(``|x| == hist_max``, or within rounding of it) are folded into the last bin but also counted in
+``edge``: when the range grows they move to bin ``n // f``, where a histogram built with the grown
+range puts them. Bin indices are ``floor(|x| * c)`` with ``c = n / hist_max``; scaling ``c`` by a
+power of two commutes with float rounding and ``floor(floor(y) / f) == floor(y / f)``, so growth
+is exact bit for bit (outside subnormal products, which land in bin 0 either way).
+
+Mergeable: :meth:`TensorStats.merge` adds another's statistics whose ``hist_max`` differs by a power
+of two (or is 0) exactly, so statistics of shards seeded with the same starting range (see
+:mod:`regiontrt.calibration.distributed`) merge into exactly the single-pass statistics.
 
 The approximation: the final ``hist_max`` can be up to twice the true amax, so the data spans
 between ``num_bins / 2`` and ``num_bins`` bins instead of all of them (TensorRT's calibrator also
@@ -69,7 +77,9 @@ class TensorStats:
         count: number of finite values folded.
         nonfinite: number of NaN / inf values skipped.
         hist: ``int64`` counts of ``|x|`` over ``[0, hist_max]``.
-        hist_max: upper edge of the histogram; 0 until a non-zero value is seen.
+        hist_max: upper edge of the histogram; 0 until a non-zero value is seen (a value given
+            here seeds the range: it then grows from it by powers of two).
+        edge: how many values of the last bin had index ``num_bins`` (see the module's notes).
     """
 
     num_bins: int = 2048
@@ -80,6 +90,7 @@ class TensorStats:
     nonfinite: int = 0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
     hist_max: float = 0.0
+    edge: int = 0
 
     def __post_init__(self) -> None:
         if self.num_bins < 1:
@@ -196,6 +207,7 @@ class TensorStats:
         # |x| <= hist_max gives an index <= n (n itself only for |x| == hist_max, or by
         # rounding): fold that extra slot into the last bin instead of clipping every value.
         n = self.num_bins
+        self.edge += int(counts[n])
         counts[n - 1] += counts[n]
         self.hist += counts[:n]
 
@@ -207,11 +219,54 @@ class TensorStats:
             return
         n = self.num_bins
         # Old bin j lies entirely inside new bin j // factor because the new edges are every
-        # factor-th old edge: merging is exact, no counts are split between bins.
+        # factor-th old edge: merging is exact, no counts are split between bins. Values of
+        # index n (folded into the last bin) belong to new bin n // factor.
+        self.hist[n - 1] -= self.edge
         merged = np.add.reduceat(self.hist, np.arange(0, n, factor))
         self.hist = np.zeros(n, dtype=np.int64)
         self.hist[: merged.size] = merged
+        self.hist[min(n // factor, n - 1)] += self.edge
+        self.edge = 0
         self.hist_max *= factor
+
+    def aligned(self, other: TensorStats) -> bool:
+        """Whether :meth:`merge` adds ``other`` exactly (same bins, ranges 2**k apart)."""
+        if (other.num_bins, other.histogram) != (self.num_bins, self.histogram):
+            return False
+        if not self.histogram or self.hist_max <= 0.0 or other.hist_max <= 0.0:
+            return True
+        return math.frexp(self.hist_max)[0] == math.frexp(other.hist_max)[0]
+
+    def merge(self, other: TensorStats) -> None:
+        """Add ``other``'s statistics to these, exactly (``other`` is not modified).
+
+        The smaller range grows to the larger first (exact, see the module's notes); the result
+        equals the statistics of one pass over both sets of batches whenever that pass would end
+        on the same range, as it does for shards seeded with one starting range.
+
+        Raises:
+            DataError: the bins differ, or both ranges are set and not a power of two apart.
+        """
+        if not self.aligned(other):
+            raise DataError(
+                f"statistics cannot be merged exactly: {self.num_bins} bins over "
+                f"[0, {self.hist_max!r}] and {other.num_bins} over [0, {other.hist_max!r}]")
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.count += other.count
+        self.nonfinite += other.nonfinite
+        if not self.histogram:
+            return
+        theirs = TensorStats(self.num_bins, hist=other.hist.copy(), hist_max=other.hist_max,
+                             edge=other.edge)
+        if theirs.hist_max > self.hist_max:
+            if self.hist_max <= 0.0:  # only exact zeros so far: bin 0 whatever the range
+                self.hist_max = theirs.hist_max
+            else:
+                self._grow(theirs.hist_max)
+        elif 0.0 < theirs.hist_max < self.hist_max:
+            theirs._grow(self.hist_max)
+        self.hist += theirs.hist
+        self.edge += theirs.edge
 
     def percentile(self, q: float) -> float:
         """The ``q``-th percentile (0-100) of ``|x|``, interpolated linearly inside its bin.
@@ -247,5 +302,6 @@ class TensorStats:
             "count": self.count,
             "nonfinite": self.nonfinite,
             "hist_max": self.hist_max,
+            "edge": self.edge,
             "hist": self.hist.tolist() if self.histogram else None,
         }

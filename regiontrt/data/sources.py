@@ -14,6 +14,14 @@ from typing import Any, Union
 
 import numpy as np
 
+from regiontrt.data.shards import (
+    is_dask_collection,
+    is_location_list,
+    is_url,
+    iter_shards,
+    read_location,
+    shards_of,
+)
 from regiontrt.errors import DataError
 from regiontrt.graph.io import TensorSpec
 
@@ -37,7 +45,10 @@ class DataSource:
       * a numpy array: one batch of the model's single input;
       * a path to an ``.npz`` file (its keys are input names), to an ``.npy`` file (the
         single input of a single-input model), or to a folder of such files, each one batch,
-        read in sorted order (see docs/data.md);
+        read in sorted order (see docs/data.md); an fsspec URL of either (``s3://...``);
+      * a list of such paths or URLs (shards, read in the order given);
+      * a Dask bag whose items are batches, or a Dask array (each block along axis 0 is a
+        batch), read one partition or block at a time;
       * an iterable of mappings or arrays (lists, generators, Polygraphy data loaders);
       * a callable returning such an iterable (called once per pass, so generators re-run).
 
@@ -72,11 +83,21 @@ class DataSource:
         self.num_batches = 0
         self.num_samples = 0
 
+    @property
+    def source(self) -> Any:
+        """The raw source given (what :func:`~regiontrt.data.shards.shards_of` cuts)."""
+        return self._source
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """The model inputs batches are checked against."""
+        return list(self._inputs)
+
     def size_hint(self) -> int | None:
         """How many batches a pass yields, where that is known without reading them."""
         src = self._source
-        if self._split is not None or not isinstance(src, (list, tuple, str, Path, np.ndarray,
-                                                            Mapping)):
+        if (self._split is not None or is_url(src) or is_location_list(src)
+                or not isinstance(src, (list, tuple, str, Path, np.ndarray, Mapping))):
             return None
         if isinstance(src, (np.ndarray, Mapping)):
             n = 1
@@ -105,7 +126,9 @@ class DataSource:
     def _raw(self) -> Iterable[Any]:
         src = self._source
         if isinstance(src, (str, Path)):
-            return _read_path(Path(src))
+            return read_location(src)
+        if is_location_list(src) or is_dask_collection(src):
+            return iter_shards(shards_of(src) or [])
         if isinstance(src, (np.ndarray, Mapping)):
             return [src]
         if callable(src) and not hasattr(src, "__iter__"):
@@ -238,32 +261,6 @@ def _content_bytes(arr: np.ndarray) -> bytes:
     if arr.dtype.kind == "O":
         return "\x00".join(_as_text(v) for v in arr.ravel()).encode("utf-8")
     return np.require(arr, requirements="C").tobytes()
-
-
-def _read_path(path: Path) -> Iterator[Mapping[str, np.ndarray] | np.ndarray]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
-        if not files:
-            raise DataError(f"no .npz or .npy files in {path} (see docs/data.md)")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DataError(f"data path not found: {path}")
-    for file in files:
-        try:
-            loaded = np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{file}: not a readable .npz/.npy file: {exc} "
-                            "(see docs/data.md)") from exc
-        if isinstance(loaded, np.ndarray):  # .npy: one array, the input of a single-input model
-            yield loaded
-            continue
-        try:
-            with loaded as npz:
-                batch = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{file}: not a readable .npz file: {exc}") from exc
-        yield batch
 
 
 def profile_split(profiles: Sequence[Any], inputs: Sequence[TensorSpec]) -> tuple[int, int] | None:
