@@ -254,7 +254,7 @@ def _zoo_cell(row: dict[str, Any] | None, arithmetic: str = "tensorrt") -> str:
     cov = row.get("coverage") or {}
     share = cov.get("flop_share") if cov.get("flop_share") is not None else cov.get("layer_share")
     return (f"{fmt((row.get('metric') or {}).get(arithmetic), '.4g')} at "
-            f"{fmt(share, '.1%')} int8")
+            f"{fmt(share, '.1f%')} % int8")
 
 
 def _best(rows: list[dict[str, Any]], tool: str, higher: bool) -> dict[str, Any] | None:
