@@ -242,7 +242,9 @@ def _kept(install: Path, registry: str, name: str) -> Iterator[None]:
             text = re.sub(rf"\S*/{re.escape(STAGING)}[^/\s:]*(/?)",
                           lambda m: "the downloaded " if m.group(1) else "the downloaded bundle",
                           text)
-        exc.args = (f"{text}\n  {kept}" + (f"\n  next: {step}" if step else ""),
+        # One line (CLI errors are one line each, scripts grep them): what happened, what
+        # was kept, the one thing to do next.
+        exc.args = (f"{text} -- {kept}" + (f" -- next: {step}" if step else ""),
                     *exc.args[1:])
         raise
 
