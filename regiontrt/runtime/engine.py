@@ -89,6 +89,7 @@ class Engine:
         self._backend = backend
         self._runner: Runner | None = None
         self._lock = threading.Lock()
+        self._passed_inputs: set[tuple[Any, ...]] = set()  # (name, shape, dtype) sets checked
         self.provenance = provenance
         # Checked here, not on first use: infer, serve and export_payload must never see a
         # payload save() would refuse.
@@ -183,7 +184,7 @@ class Engine:
                 names = ", ".join(s.name for s in self.inputs)
                 raise InputError(f"this engine has several inputs ({names}); pass a dict")
             feeds = {self.inputs[0].name: feeds}
-        passed: dict[Any, bool] = self.__dict__.setdefault("_passed_inputs", {})
+        passed = self._passed_inputs
         # numpy feeds that passed before skip the checks: they depend on name, shape, dtype alone
         key = tuple((n, v.shape, v.dtype) for n, v in feeds.items() if type(v) is np.ndarray)
         if profiles and len(key) == len(feeds) and key in passed:
@@ -207,7 +208,7 @@ class Engine:
         if profiles:
             select_profile(self.profiles, shapes)
             if len(key) == len(feeds) and len(passed) < 1024:  # bounded: beyond, re-check
-                passed[key] = True
+                passed.add(key)
         return dict(feeds)
 
     def infer(self, feeds: Any, *, outputs: str = "host") -> dict[str, Any]:
