@@ -8,12 +8,16 @@ into pinned memory, two ``cudaMemcpyAsync`` in, ``execute_async_v3``, two out, s
 the outputs out of pinned memory. The runner adds name, dtype and profile checks, the slot lock,
 change detection and stats. Also timed: the runner with a CUDA graph.
 
-Prints a table and one JSON line; ``--json PATH`` also writes it. Needs an NVIDIA GPU.
+In the same run, on the CPU: ``Engine.infer`` on ONNX Runtime against a raw
+``InferenceSession.run`` (:mod:`benchmarks._ort_overhead`), so one run gives both figures of
+issue 23. Prints the tables and one JSON line; ``--json PATH`` also writes it. Without an NVIDIA
+GPU only the ONNX Runtime half runs (``"tensorrt"`` then says why it did not).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import statistics
 import sys
 import time
@@ -25,7 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._env import environment, finish
-from benchmarks._gpu_common import Results, make_parser, run_gpu_benchmark
+from benchmarks._gpu_common import Results, make_parser
+from benchmarks._ort_overhead import measure_onnxruntime, report_onnxruntime
+from regiontrt._fs import atomic_write_text
 from regiontrt.backends import cuda
 from regiontrt.backends.trt_runner import TensorRTRunner
 from regiontrt.testing import FakeCudaEngine
@@ -137,6 +143,10 @@ def measure(rows: int, cols: int, calls: int, blocks: int) -> Results:
 
 
 def report(res: Results) -> None:
+    report_onnxruntime(res["onnxruntime"])
+    if res.get("tensorrt"):
+        print(f"TensorRT runner: {res['tensorrt']}")
+        return
     (rows, cols), blocks, calls = res["shape"], res["blocks"], res["calls_per_block"]
     print(f"per call, x {rows}x{cols} float32 ({blocks} blocks of {calls}):")
     for name, r in res["results"].items():
@@ -152,12 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cols", type=int, default=16)
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--blocks", type=int, default=9)
+    ap.add_argument("--ort-calls", type=int, default=1000)
     args = ap.parse_args(argv)
     env = environment(argv)
-    return run_gpu_benchmark(
-        "bench_infer_overhead", args.json,
-        lambda: {**measure(args.rows, args.cols, args.calls, args.blocks),
-                 "environment": finish(env)}, report)
+    res: Results = {"benchmark": "infer_overhead",
+                    "onnxruntime": measure_onnxruntime(args.ort_calls, args.blocks)}
+    if cuda.cuda_available():
+        res.update(measure(args.rows, args.cols, args.calls, args.blocks))
+    else:
+        res["tensorrt"] = "not measured: no usable CUDA GPU here"
+    res["environment"] = finish(env)
+    report(res)
+    text = json.dumps(res)
+    print(text)
+    if args.json:
+        atomic_write_text(args.json, text + "\n")
+    return 0
 
 
 if __name__ == "__main__":

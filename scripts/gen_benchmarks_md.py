@@ -91,6 +91,20 @@ def infer_overhead(data: list[dict[str, Any]]) -> list[str]:
             f"D2H {fmt(t['d2h'], '.3f')} ms."]
 
 
+def infer_overhead_ort(data: list[dict[str, Any]]) -> list[str]:
+    """``Engine.infer`` on ONNX Runtime against a raw session run, one row per result file."""
+    rows = []
+    for d in data:
+        o, env = d["onnxruntime"], d["environment"]
+        cpu, r = env["machine"]["cpu"], o["results"]
+        rows.append([f"{cpu['model']}, {cpu['cores']} cores (`{d['_file']}`)",
+                     fmt(r["bare"]["median_us"], ".1f"), fmt(r["engine"]["median_us"], ".1f"),
+                     fmt(o["engine_over_bare"], ".2f"), fmt(env["load_before"][0], ".2f"),
+                     env["started_at"][:10]])
+    return _rows(["machine (result file)", "raw `InferenceSession.run` median µs",
+                  "`Engine.infer` median µs", "Engine / raw", "load before", "date"], rows)
+
+
 # -- INT8 quantization -------------------------------------------------------------------------
 def _task(r: dict[str, Any]) -> str:
     if "cer" in r and r["cer"] is not None:
@@ -300,8 +314,8 @@ def zoo(data: list[dict[str, Any]]) -> list[str]:
 
 TABLES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     f.__name__.replace("_", "-"): f for f in (
-        gpu_transfer, infer_overhead, quant_rows, quant_search, quant_micro, calibration,
-        arithmetic, fleet, serving_phases, serving_summary, monitor_cost, zoo)}
+        gpu_transfer, infer_overhead, infer_overhead_ort, quant_rows, quant_search, quant_micro,
+        calibration, arithmetic, fleet, serving_phases, serving_summary, monitor_cost, zoo)}
 
 
 def load(sources: str) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from regiontrt.backends import cuda
 from regiontrt.backends.base import Runner, Timing
 from regiontrt.backends.guard import check_names, check_tensor, static_axes
 from regiontrt.backends.trt_pool import ContextPool
+from regiontrt.backends.trt_replay import Replay
 from regiontrt.backends.trt_slots import (
     Plan,
     RunnerStats,
@@ -102,6 +103,7 @@ class TensorRTRunner(Runner):
                 (self.inputs if mode == "INPUT" else self.outputs).append(spec)
                 self._io[name] = (dtype, shape)
         self._input_names = [s.name for s in self.inputs]
+        self._host_specs = [(s.name, s.dtype) for s in self.inputs]
         self._static = {s.name: static_axes(s) for s in self.inputs}
         self._engine_profiles = [
             engine_profile(engine, self.inputs, k)
@@ -219,10 +221,48 @@ class TensorRTRunner(Runner):
             ShapeOutOfProfile: shapes outside every profile (raised before any CUDA call).
             CudaError: a CUDA or TensorRT call failed.
         """
-        if outputs not in ("host", "device"):
+        if outputs == "host" and not self._use_graph:
+            result = self._replay(feeds)
+            if result is not None:
+                return result
+        elif outputs not in ("host", "device"):
             raise InputError(f"outputs must be 'host' or 'device', got {outputs!r}")
         plan = self._plan(feeds)
         return self._call(plan, outputs, timed=False)[0]
+
+    def _replay(self, feeds: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The steady-state call (:mod:`.trt_replay`): host arrays of the engine's dtypes at
+        shapes the guard has passed before, on a slot whose last call had the same shapes.
+        ``None`` when anything differs: the full path then checks and sets everything."""
+        if len(feeds) != len(self._host_specs):
+            return None
+        shapes = []
+        for name, dtype in self._host_specs:
+            value = feeds.get(name)
+            if type(value) is not np.ndarray or value.dtype is not dtype:
+                return None
+            shapes.append(value.shape)
+        key = tuple(shapes)
+        k = self._guard_cache.get(key)  # only shapes that passed the whole guard are here
+        if k is None:
+            return None
+        slot = self._pool.acquire(k)
+        try:
+            replay = slot.replay
+            if replay is None or replay.key != (k, key):
+                return None
+            cuda.set_device(self._device)
+            slot.stats.runs += 1
+            try:
+                return replay(feeds, slot.stats)
+            except BaseException:
+                with contextlib.suppress(CudaError):
+                    if slot.stream is not None:
+                        slot.stream.synchronize()  # no copy may still target a reused buffer
+                slot.reset()
+                raise
+        finally:
+            self._pool.release(slot, k)
 
     def time_once(self, feeds: Mapping[str, Any]) -> Timing:
         """Run once, timed with CUDA events around the copies in, the compute, the copies out."""
@@ -308,6 +348,9 @@ class TensorRTRunner(Runner):
         stream.synchronize()
         if outputs == "host":
             results = {n: slot.view(n, *results[n]).copy() for n in results}
+            if not (timed or graph or plan.views or self._dds):  # the next such call replays
+                slot.replay = Replay(slot, (plan.profile, tuple(plan.shapes.values())),
+                                     self.inputs, self.outputs)
         else:
             results = dict(device_out)
         timing = None

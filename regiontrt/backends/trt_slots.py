@@ -139,6 +139,7 @@ class Slot:
         self.out_shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.views: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self.replay: Any = None  # a .trt_replay.Replay of the state below; dropped when it changes
         try:
             self.context = create_context(engine)
             if self.context is None:
@@ -166,6 +167,7 @@ class Slot:
             host = self.host[name] = cuda.PinnedBuffer(nbytes)
         elif host.ensure(nbytes):
             self.views.clear()
+            self.replay = None
         return host
 
     def grow(self, sizes: Mapping[str, int]) -> None:
@@ -180,6 +182,7 @@ class Slot:
             self.pinned(name, nbytes)
         if grew:
             self.addresses.clear()
+            self.replay = None
             self.drop_graph()
 
     def set_profile(self, k: int) -> None:
@@ -198,6 +201,7 @@ class Slot:
             raise CudaError(f"TensorRT refused to switch to optimization profile {k}")
         self.profile = k
         self.shapes.clear()
+        self.replay = None
         self.drop_graph()
 
     def set_shapes(self, shapes: Mapping[str, tuple[int, ...]], outputs: Sequence[TensorSpec],
@@ -219,6 +223,7 @@ class Slot:
                 changed = True
         if not changed:
             return
+        self.replay = None
         infer_shapes(self.context)
         self.out_shapes = {}
         for spec in outputs:
@@ -267,6 +272,7 @@ class Slot:
         """Set the tensor addresses that differ from the ones already set."""
         for name, ptr in bindings.items():
             if self.addresses.get(name) != ptr:
+                self.replay = None
                 if not self.context.set_tensor_address(name, ptr):
                     raise CudaError(f"TensorRT refused the address of {name!r}")
                 self.addresses[name] = ptr
@@ -342,6 +348,7 @@ class Slot:
         """Forget what was set on the context, so the next call sets everything again."""
         self.profile = -1
         self.shapes, self.out_shapes, self.addresses = {}, {}, {}
+        self.replay = None
         self.drop_graph()
 
     def drop_graph(self) -> None:
@@ -357,7 +364,7 @@ class Slot:
                 self.stream.synchronize()
             except BaseException as exc:
                 errors.append(exc)
-        self.context = None  # TensorRT frees a context when its last reference goes
+        self.context = self.replay = None  # TensorRT frees a context with its last reference
         res: list[Any] = [self.graph, self.allocator, self.wait_event, *self.device.values(),
                           *self.host.values(), *self.events, self.stream]
         self.graph = self.allocator = self.wait_event = self.stream = None
