@@ -301,10 +301,12 @@ def test_a_60mb_json_request_leaves_health_and_small_requests_responsive(engine)
           "small infer ms (baseline, during):", round(statistics.median(baseline) * 1e3, 1),
           round(statistics.median(during) * 1e3, 1),
           "RSS delta MB:", round((peak[0] - rss0) / 1e6))
-    # 2 shared cores: medians must be < 50 ms, single outliers < 200 ms.
+    # Bounds relative to each phase's length, so a slow or loaded machine does not fail them: a
+    # loop blocked by the upload or the decode would make a probe wait about the whole phase.
+    lengths = {"sending": sent_at[0] - start, "decoding": done - sent_at[0]}
     for phase, lats in (("sending", sending), ("decoding", decoding)):
-        assert statistics.median(lats) < 0.05, (phase, report)
-        assert max(lats) < 0.2, (phase, report)
+        assert statistics.median(lats) < max(0.1 * lengths[phase], 0.05), (phase, report, lengths)
+        assert max(lats) < max(0.5 * lengths[phase], 0.2), (phase, report, lengths)
     assert statistics.median(during) < max(10 * statistics.median(baseline), 0.05), \
         (baseline, during)
     # The body (60 MB, once as pieces and once joined) and the 12 MB array; json.loads with
