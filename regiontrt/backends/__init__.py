@@ -11,7 +11,14 @@ import importlib.metadata
 import re
 import warnings
 
-from regiontrt.backends.base import Backend, BuildRequest, BuildResult, Runner, Timing
+from regiontrt.backends.base import (
+    Backend,
+    BuildRequest,
+    BuildResult,
+    Runner,
+    Timing,
+    load_payload,
+)
 from regiontrt.errors import BackendUnavailable
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "available_backends",
     "backend_names",
     "get_backend",
+    "load_payload",
     "payload_formats",
     "register_backend",
 ]
