@@ -58,7 +58,8 @@ for _table in ENUMS.values():
 
 def _enums(major: int) -> dict[str, Any]:
     table = ENUMS[11 if major >= 11 else 10]
-    return {name: enum.IntEnum(name, members) for name, members in table.items()}
+    flags = {"BuilderFlag": BUILDER_FLAGS[11 if major >= 11 else 10]}  # the ones the fake knows
+    return {name: enum.IntEnum(name, members) for name, members in {**table, **flags}.items()}
 
 
 def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = True,
@@ -109,8 +110,8 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
             return True
 
         namespace.init_libnvinfer_plugins = init_libnvinfer_plugins
-    namespace.BuilderFlag = enum.IntEnum("BuilderFlag", BUILDER_FLAGS[11 if major >= 11 else 10])
     return namespace
+
 
 def _network_fakes(data_type: Any) -> dict[str, Any]:
     """ILogger, Dims, ITensor, ILayer, INetworkDefinition."""
