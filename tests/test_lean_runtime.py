@@ -199,3 +199,17 @@ def test_selection_prefers_a_version_compatible_variant_over_a_rebuild(monkeypat
     first, chosen = selection.reasons
     assert not first.chosen and "only load in the release" in first.reason
     assert chosen.chosen and "version-compatible" in chosen.reason
+
+
+def test_a_fleet_target_opts_in_to_version_compatible_builds():
+    from regiontrt.deploy.fleet import TargetSpec
+    from regiontrt.errors import FleetError
+
+    spec = TargetSpec.from_dict({"name": "dc-h100", "backend": "tensorrt",
+                                 "compute_capabilities": ["sm90"], "version_compatible": True})
+    assert spec.tactics().version_compatible and not spec.tactics().exclude_lean_runtime
+    assert spec.to_dict()["version_compatible"] is True
+    with pytest.raises(FleetError, match="version_compatible must be true or false"):
+        TargetSpec.from_dict({"name": "x", "backend": "tensorrt", "version_compatible": "yes"})
+    with pytest.raises(FleetError, match="exclude_lean_runtime applies"):
+        TargetSpec.from_dict({"name": "x", "backend": "tensorrt", "exclude_lean_runtime": True})

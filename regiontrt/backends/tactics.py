@@ -77,6 +77,9 @@ class TacticSelector:
             raise ValueError("max_tactics must be >= 1")
         if self.workspace_bytes is not None and self.workspace_bytes <= 0:
             raise ValueError("workspace_bytes must be > 0")
+        for key in ("version_compatible", "exclude_lean_runtime", "cuda_graph"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false")
         if self.exclude_lean_runtime and not self.version_compatible:
             raise ValueError("exclude_lean_runtime applies to version_compatible builds only")
         if self.tactic_sources is not None:
