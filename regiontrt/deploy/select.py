@@ -4,8 +4,9 @@ Order: a TensorRT plan for this GPU and the installed TensorRT (a version-compat
 older release, 8.6 or later, counts, and is what a site with only TensorRT's lean runtime runs:
 any plan that loads beats a rebuild); else a TensorRT-RTX plan this GPU and package support;
 else a TensorRT plan rebuilt here from the bundled precision-compiled ONNX (saved atomically under
-the install's ``local/`` folder and reused on the next start); else ONNX Runtime. A rebuild never re-quantizes: the precision is in the graph, so the region's compliance
-and accuracy decisions carry over. Compatibility is asked of each backend through the public
+the install's ``local/`` folder and reused on the next start); else ONNX Runtime. A rebuild
+never re-quantizes: the precision is in the graph, so the region's compliance and accuracy
+decisions carry over. Compatibility is asked of each backend through the public
 :meth:`Backend.check_compatible`, never decided here.
 """
 
