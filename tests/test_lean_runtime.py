@@ -213,3 +213,13 @@ def test_a_fleet_target_opts_in_to_version_compatible_builds():
         TargetSpec.from_dict({"name": "x", "backend": "tensorrt", "version_compatible": "yes"})
     with pytest.raises(FleetError, match="exclude_lean_runtime applies"):
         TargetSpec.from_dict({"name": "x", "backend": "tensorrt", "exclude_lean_runtime": True})
+
+
+def test_auto_does_not_pick_a_lean_runtime_that_cannot_build(monkeypatch):
+    from regiontrt.backends import get_backend
+
+    _install(monkeypatch, make_fake_trt("10.8.0.43"), sm="sm90")
+    assert get_backend("auto").name == "tensorrt"
+    _install(monkeypatch, _lean(), sm="sm90")
+    assert get_backend("auto").name == "onnxruntime"
+    assert get_backend("tensorrt").lean_only()  # asked for by name, it still loads plans

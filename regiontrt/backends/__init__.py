@@ -127,7 +127,8 @@ def available_backends() -> list[str]:
 def get_backend(name: str = "auto") -> Backend:
     """Instantiate a backend by name.
 
-    ``"auto"`` picks TensorRT when it and a CUDA GPU are present, else ONNX Runtime.
+    ``"auto"`` picks TensorRT when it (with its builder, not the lean runtime alone) and a CUDA
+    GPU are present, else ONNX Runtime.
 
     Raises:
         BackendUnavailable: the backend's package is missing (the message names the extra).
@@ -136,7 +137,8 @@ def get_backend(name: str = "auto") -> Backend:
     if name == "auto":
         try:
             trt = _backend_class("tensorrt")
-            if trt.is_available() and getattr(trt, "gpu_present", lambda: False)():
+            if trt.is_available() and getattr(trt, "gpu_present", lambda: False)() \
+                    and not getattr(trt, "lean_only", lambda: False)():
                 return trt()
         except ImportError:
             pass
