@@ -24,8 +24,9 @@ from typing import Any
 def _load(target: str) -> Any:
     if not target.endswith(".so"):
         return importlib.import_module(target)
-    loader = importlib.machinery.ExtensionFileLoader("tensorrt", target)
-    spec = importlib.util.spec_from_loader("tensorrt", loader)
+    name = target.rsplit("/", 1)[-1].split(".", 1)[0]  # tensorrt or tensorrt_lean: its PyInit_
+    loader = importlib.machinery.ExtensionFileLoader(name, target)
+    spec = importlib.util.spec_from_loader(name, loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)

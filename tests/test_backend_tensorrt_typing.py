@@ -23,7 +23,8 @@ import pytest
 pytest.importorskip("mypy", reason="needs mypy")
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["tensorrt.py", "tensorrt_rtx.py", "trt_build.py", "trt_env.py", "plan.py",
-           "timing_cache.py", "fusion.py", "trt_runner.py", "trt_slots.py", "trt_alloc.py"]
+           "timing_cache.py", "fusion.py", "trt_runner.py", "trt_slots.py", "trt_alloc.py",
+           "trt_compat.py", "trt_features.py"]
 
 
 def find_stubs() -> Path | None:

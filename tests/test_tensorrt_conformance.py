@@ -35,7 +35,7 @@ from regiontrt.testing.recording_trt import ENUMS, FAKE_CLASSES, make_recording_
 ROOT = Path(__file__).resolve().parents[1] / "regiontrt" / "backends"
 RELEASES = [version for _, version in tb.RELEASES]
 FILES = ["tensorrt.py", "tensorrt_rtx.py", "trt_build.py", "trt_env.py", "trt_runner.py",
-         "trt_slots.py", "trt_alloc.py", "timing_cache.py"]
+         "trt_slots.py", "trt_alloc.py", "timing_cache.py", "trt_compat.py", "trt_features.py"]
 #: How the backend names its TensorRT objects (local variables and ``self.`` attributes).
 ROLES = {"engine": "ICudaEngine", "_engine": "ICudaEngine", "ctx": "IExecutionContext",
          "context": "IExecutionContext", "config": "IBuilderConfig", "cfg": "IBuilderConfig",
@@ -52,6 +52,9 @@ REQUIRED_OPTIONAL = {("init_libnvinfer_plugins", None), ("IOutputAllocator", Non
                      ("IExecutionContext", "infer_shapes"),
                      ("ICudaEngine", "num_optimization_profiles")}
 PRIMITIVES = {"bool", "int", "None", "str", "float"}
+#: Methods of the GPU double that only some bindings have (the code reaches them with getattr):
+#: name -> the first release that has it ("rtx": TensorRT-RTX only).
+NEWER = {"get_aliased_input_tensor": "10.16", "is_stream_capturable": "rtx"}
 
 
 def _api(release: str) -> dict[str, Any]:
@@ -260,11 +263,28 @@ def test_recording_fake_matches_the_bindings(api):
     assert problems == [], "\n".join(problems)
 
 
+def _newer_than(api: dict[str, Any], cls: str) -> set[str]:
+    """The double's methods of :data:`NEWER` that this release's ``cls`` lacks."""
+    return {name for name in NEWER if name not in api["classes"][cls]}
+
+
 def test_gpu_double_matches_the_bindings(any_api):
     api = any_api
-    problems = _check_class(api, fake_trt.FakeCudaEngine, "ICudaEngine", {"reference"})
-    problems += _check_class(api, fake_trt.FakeExecutionContext, "IExecutionContext", set())
+    problems = _check_class(api, fake_trt.FakeCudaEngine, "ICudaEngine",
+                            {"reference"} | _newer_than(api, "ICudaEngine"))
+    problems += _check_class(api, fake_trt.FakeExecutionContext, "IExecutionContext",
+                             _newer_than(api, "IExecutionContext"))
     assert problems == [], "\n".join(problems)
+
+
+def test_the_doubles_newer_methods_exist_from_their_release_on(any_api):
+    api, version = any_api, any_api["version"]
+    rtx = version.startswith("1.")  # TensorRT-RTX 1.x
+    release = tuple(int(v) for v in version.split(".")[:2])
+    for name, since in NEWER.items():
+        cls = "ICudaEngine" if hasattr(fake_trt.FakeCudaEngine, name) else "IExecutionContext"
+        expected = rtx or (since != "rtx" and release >= tuple(map(int, since.split("."))))
+        assert (name in api["classes"][cls]) == expected, (version, name)
 
 
 def test_our_output_allocator_and_logger_implement_the_documented_methods(any_api):

@@ -32,9 +32,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 DUMP = HERE / "tensorrt_api_dump.py"
 ENV = "REGIONTRT_TRT_BINDINGS"
+_SPECS = [line.split("==") for line in
+          (HERE / "tensorrt_bindings_releases.txt").read_text().split() if "==" in line]
 #: The releases checked: the oldest and newest TensorRT 10 and 11 bindings on PyPI.
-RELEASES = [line.split("==") for line in
-            (HERE / "tensorrt_bindings_releases.txt").read_text().split() if "==" in line]
+RELEASES = [spec for spec in _SPECS if "-lean-" not in spec[0]]
+#: The lean runtime's bindings (``tensorrt_lean``: Runtime and engines, no Builder), checked as
+#: ``"lean-<version>"``.
+LEAN_RELEASES = [(pkg, f"lean-{version}") for pkg, version in _SPECS if "-lean-" in pkg]
 #: What TensorRT 10/11's bindings import from its libraries (found again by retrying if not).
 SYMBOLS = ("createInferBuilder_INTERNAL", "createInferRefitter_INTERNAL",
            "createInferRuntime_INTERNAL", "createNvOnnxParserRefitter_INTERNAL",
@@ -48,14 +52,16 @@ def wheel_dir() -> Path:
 
 
 def find_wheels() -> dict[str, Path]:
-    """Release (``"10.0.1"``) -> its bindings wheel for this Python, as found in the folder."""
+    """Release (``"10.0.1"``, ``"lean-11.4.0.106"``) -> its bindings wheel for this Python, as
+    found in the folder."""
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     folder = wheel_dir()
     found = {}
-    for wheel in sorted(folder.glob("tensorrt_cu1*_bindings-*.whl")) if folder.is_dir() else []:
-        m = re.match(r"tensorrt_cu1\d_bindings-([\d.]+?)(?:\.post\d+)?-(cp\d+)-", wheel.name)
-        if m and m.group(2) == tag:
-            found[m.group(1)] = wheel
+    for wheel in sorted(folder.glob("tensorrt_*cu1*_bindings-*.whl")) if folder.is_dir() else []:
+        m = re.match(r"tensorrt_(lean_)?cu1\d_bindings-([\d.]+?)(?:\.post\d+)?-(cp\d+)-",
+                     wheel.name)
+        if m and m.group(3) == tag:
+            found[("lean-" if m.group(1) else "") + m.group(2)] = wheel
     return found
 
 
@@ -65,9 +71,11 @@ def missing_reason(release: str) -> str | None:
         return "needs Linux (the bindings wheels are manylinux)"
     if release not in find_wheels():
         tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-        pkg = next((p for p, v in RELEASES if v == release), "tensorrt-cu12-bindings")
-        return (f"needs the {pkg}=={release} wheel for {tag} in {wheel_dir()} (or ${ENV}); "
-                f"fetch it with python3 -m pip download --no-deps {pkg}=={release} -d DIR "
+        pkg = next((p for p, v in RELEASES + LEAN_RELEASES if v == release),
+                   "tensorrt-cu12-bindings")
+        version = release.removeprefix("lean-")
+        return (f"needs the {pkg}=={version} wheel for {tag} in {wheel_dir()} (or ${ENV}); "
+                f"fetch it with python3 -m pip download --no-deps {pkg}=={version} -d DIR "
                 "(.ci/run does, where PyPI is reachable)")
     if compiler() is None:
         return "needs a C compiler (cc or gcc) to build stand-in TensorRT libraries"
@@ -96,7 +104,7 @@ def _run_dump(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def bindings_api(release: str) -> dict[str, Any]:
     """The API of the bindings wheel of TensorRT ``release`` (see the module docstring)."""
     wheel = find_wheels()[release]
-    major = int(release.split(".")[0])
+    major = int(release.removeprefix("lean-").split(".")[0])
     cache = wheel.with_name(wheel.name + ".api.json")
     if cache.is_file() and cache.stat().st_mtime >= DUMP.stat().st_mtime:
         return json.loads(cache.read_text())  # type: ignore[no-any-return]
@@ -104,12 +112,14 @@ def bindings_api(release: str) -> dict[str, Any]:
         work = Path(tmp)
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if re.search(r"/tensorrt[^/]*\.so$", n))
-            module = work / "tensorrt.so"
+            # the file keeps its name: pybind11 registers PyInit_<name> (tensorrt, tensorrt_lean)
+            module = work / member.rsplit("/", 1)[-1]
             module.write_bytes(zf.read(member))
             init = next((n for n in zf.namelist() if n.endswith("/__init__.py")), None)
             init_text = zf.read(init).decode() if init else ""
-        libs = {f"{name}.so.{major}" for name in ("libnvinfer", "libnvinfer_plugin",
-                                                  "libnvonnxparser")}
+        names = (("libnvinfer_lean",) if module.stem == "tensorrt_lean" else
+                 ("libnvinfer", "libnvinfer_plugin", "libnvonnxparser"))
+        libs = {f"{name}.so.{major}" for name in names}
         symbols = set(SYMBOLS)
         env = dict(os.environ, LD_LIBRARY_PATH=str(work))
         for _ in range(20):

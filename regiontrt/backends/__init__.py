@@ -11,7 +11,14 @@ import importlib.metadata
 import re
 import warnings
 
-from regiontrt.backends.base import Backend, BuildRequest, BuildResult, Runner, Timing
+from regiontrt.backends.base import (
+    Backend,
+    BuildRequest,
+    BuildResult,
+    Runner,
+    Timing,
+    load_payload,
+)
 from regiontrt.errors import BackendUnavailable
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "available_backends",
     "backend_names",
     "get_backend",
+    "load_payload",
     "payload_formats",
     "register_backend",
 ]
@@ -119,7 +127,8 @@ def available_backends() -> list[str]:
 def get_backend(name: str = "auto") -> Backend:
     """Instantiate a backend by name.
 
-    ``"auto"`` picks TensorRT when it and a CUDA GPU are present, else ONNX Runtime.
+    ``"auto"`` picks TensorRT when it (with its builder, not the lean runtime alone) and a CUDA
+    GPU are present, else ONNX Runtime.
 
     Raises:
         BackendUnavailable: the backend's package is missing (the message names the extra).
@@ -128,7 +137,8 @@ def get_backend(name: str = "auto") -> Backend:
     if name == "auto":
         try:
             trt = _backend_class("tensorrt")
-            if trt.is_available() and getattr(trt, "gpu_present", lambda: False)():
+            if trt.is_available() and getattr(trt, "gpu_present", lambda: False)() \
+                    and not getattr(trt, "lean_only", lambda: False)():
                 return trt()
         except ImportError:
             pass

@@ -104,6 +104,9 @@ class Backend(ABC):
     name: ClassVar[str]
     extra: ClassVar[str | None] = None
     payload_format: ClassVar[str]
+    #: Whether :meth:`load` takes ``provenance=`` (who vouches for the payload; see
+    #: :func:`load_payload`). Plans that carry host code need it (TensorRT's lean runtime).
+    accepts_provenance: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -132,3 +135,12 @@ class Backend(ABC):
 
     def check_compatible(self, metadata: Mapping[str, Any]) -> None:
         """Raise :class:`IncompatibleEngineError` if this machine cannot run the engine."""
+
+
+def load_payload(backend: Backend, payload: bytes, metadata: Mapping[str, Any],
+                 provenance: str | None) -> Runner:
+    """``backend.load``, passing ``provenance`` to backends that take it
+    (:attr:`Backend.accepts_provenance`); other backends never see it."""
+    if backend.accepts_provenance:
+        return backend.load(payload, metadata, provenance=provenance)  # type: ignore[call-arg]
+    return backend.load(payload, metadata)

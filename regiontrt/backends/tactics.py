@@ -38,6 +38,18 @@ class TacticSelector:
             the GPU present (or, with no GPU, for every supported one).
         runtime_cache: TensorRT-RTX runtime cache file, reused across runs.
         cpu_threads: intra-op threads of the ONNX Runtime backend (0: its default).
+        version_compatible: TensorRT only: build a version-compatible plan
+            (``BuilderFlag.VERSION_COMPATIBLE``), which loads in this release or any later one,
+            including a site with only the lean runtime; it embeds the lean runtime (host code),
+            so it loads only with a verified provenance (see :mod:`.trt_compat`), and it may run
+            slower than a plan for one release.
+        exclude_lean_runtime: with ``version_compatible``: leave the lean runtime out of the
+            plan (``EXCLUDE_LEAN_RUNTIME``; smaller, no host code, but it then loads only in the
+            release that built it).
+        cuda_graph: build for CUDA-graph capture: TensorRT-RTX sets
+            ``BuilderFlag.REQUIRE_USER_ALLOCATION`` (without it RTX engines may allocate while
+            running and cannot be captured); networks with data-dependent shapes then fail to
+            build, as TensorRT-RTX documents.
     """
 
     optimization_level: int = 3
@@ -50,6 +62,9 @@ class TacticSelector:
     compute_capabilities: tuple[str, ...] = field(default_factory=tuple)
     runtime_cache: str | None = None
     cpu_threads: int = 0
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.optimization_level <= 5:
@@ -62,6 +77,11 @@ class TacticSelector:
             raise ValueError("max_tactics must be >= 1")
         if self.workspace_bytes is not None and self.workspace_bytes <= 0:
             raise ValueError("workspace_bytes must be > 0")
+        for key in ("version_compatible", "exclude_lean_runtime", "cuda_graph"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false")
+        if self.exclude_lean_runtime and not self.version_compatible:
+            raise ValueError("exclude_lean_runtime applies to version_compatible builds only")
         if self.tactic_sources is not None:
             object.__setattr__(self, "tactic_sources", tuple(self.tactic_sources))
         object.__setattr__(self, "compute_capabilities", _normalise_sm(self.compute_capabilities))

@@ -61,6 +61,12 @@ from regiontrt.backends.trt_build import (
     parse_onnx,
     trt_logger,
 )
+from regiontrt.backends.trt_compat import (
+    allow_host_code,
+    lean_only,
+    lean_problem,
+    release_problem,
+)
 from regiontrt.errors import BackendUnavailable, BuildError, IncompatibleEngineError
 from regiontrt.shapes.profiles import Profile
 
@@ -92,6 +98,8 @@ class _TensorRTFamily(Backend):
     _modules: ClassVar[tuple[str, ...]]
     _rtx: ClassVar[bool] = False
     _label: ClassVar[str]
+    #: :meth:`load` takes the engine's ``provenance`` (whether anyone vouches for the plan).
+    accepts_provenance: ClassVar[bool] = True
 
     def __init__(self, *, runtime_cache: str | None = None, device: int = 0) -> None:
         self.runtime_cache = runtime_cache
@@ -105,6 +113,11 @@ class _TensorRTFamily(Backend):
     @classmethod
     def is_available(cls) -> bool:
         return cls._module() is not None
+
+    @classmethod
+    def lean_only(cls) -> bool:
+        """Whether only a runtime without a builder (TensorRT's lean runtime) is installed."""
+        return lean_only(cls._module())
 
     @classmethod
     def gpu_present(cls) -> bool:
@@ -127,6 +140,11 @@ class _TensorRTFamily(Backend):
     def build(self, request: BuildRequest) -> BuildResult:
         trt = self._trt()
         version = str(trt.__version__)
+        if lean_only(trt):
+            raise BuildError(
+                f"only TensorRT's lean runtime ({trt.__name__} {version}) is installed here: it "
+                f"runs version-compatible plans but cannot build; install {self.extra!r} "
+                f"(pip install 'regiontrt[{self.extra}]') to build")
         self._check_can_build()
         t0 = time.perf_counter()
         builder: tensorrt.Builder = trt.Builder(trt_logger(trt))
@@ -204,22 +222,36 @@ class _TensorRTFamily(Backend):
                  or (backend.get("version") if isinstance(backend, Mapping) else None)
                  # a TensorRT header's version is unverified: only TensorRT-RTX's counts
                  or (header.get("trt_version") if self._rtx else None))
-        self._check_version(built)
+        self._check_version(built, metadata)
+        problem = lean_problem(metadata, self._module())
+        if problem:
+            raise IncompatibleEngineError(problem)
         ccs = tuple(header.get("compute_capabilities") or ())
         self._check_gpu(_meta(metadata, "target"), ccs)
 
-    def _check_version(self, built: str | None) -> None:
+    def _check_version(self, built: str | None, metadata: Mapping[str, Any] | None = None
+                       ) -> None:
+        """Refuse a plan of another release unless it is version-compatible and loads in this
+        one (:func:`.trt_compat.release_problem`)."""
         installed = self.version()
-        if built and not same_release(built, installed):
+        if not built or same_release(built, installed):
+            return
+        problem = release_problem(built, installed, {} if self._rtx else (metadata or {}))
+        if problem:
             raise IncompatibleEngineError(
                 f"this engine was built with {self._label} {built} but {installed} is installed; "
-                f"plans only load in the release that built them: rebuild it"
+                f"{problem}: rebuild it"
             )
 
     def _check_gpu(self, target: str | None, ccs: tuple[str, ...]) -> None:
         raise NotImplementedError
 
-    def load(self, payload: bytes, metadata: Mapping[str, Any]) -> Runner:
+    def load(self, payload: bytes, metadata: Mapping[str, Any], *,
+             provenance: str | None = None) -> Runner:
+        """Deserialize ``payload`` on this backend's device into a :class:`TensorRTRunner`;
+        ``provenance`` (the :class:`~regiontrt.runtime.engine.Engine`'s) is who vouches for the
+        plan: a version-compatible plan's lean runtime runs only with one
+        (:func:`.trt_compat.allow_host_code`, :class:`IncompatibleEngineError` otherwise)."""
         trt = self._trt()
         # an engine belongs to the device current when it is deserialized: pin ours first (the
         # runner sets it again in every thread that creates contexts or runs the engine)
@@ -227,6 +259,8 @@ class _TensorRTFamily(Backend):
         header = self._preflight(trt, payload, metadata)
         init_plugins(trt, trt_logger(trt))  # plans that contain plugins need the registry
         runtime: tensorrt.Runtime = trt.Runtime(trt_logger(trt))
+        if not self._rtx:  # TensorRT-RTX plans are never version-compatible
+            allow_host_code(runtime, metadata, self._label, provenance)
         mark = error_mark(trt)
         try:
             engine: tensorrt.ICudaEngine = runtime.deserialize_cuda_engine(payload)
@@ -276,7 +310,8 @@ class TensorRTBackend(_TensorRTFamily):
     name = "tensorrt"
     extra = "tensorrt"
     payload_format = "tensorrt-plan"
-    _modules = ("tensorrt", "tensorrt_bindings")
+    # the full library first; a site with only the lean runtime still loads and runs plans
+    _modules = ("tensorrt", "tensorrt_bindings", "tensorrt_lean", "tensorrt_lean_bindings")
     _label = "TensorRT"
 
     def _check_can_build(self) -> None:

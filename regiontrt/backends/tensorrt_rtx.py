@@ -8,6 +8,7 @@ was verified on TensorRT-RTX 1.7 (:mod:`.plan`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +26,17 @@ from regiontrt.backends.timing_cache import (
     RuntimeCacheOwner,
 )
 from regiontrt.backends.trt_build import device_sm, gpu_problem, trt_logger
-from regiontrt.errors import ArtifactError, BuildError, IncompatibleEngineError
+from regiontrt.errors import (
+    ArtifactError,
+    BuildError,
+    IncompatibleEngineError,
+    InvalidArgumentError,
+)
 
 if TYPE_CHECKING:
     import tensorrt
+
+log = logging.getLogger("regiontrt.tensorrt")
 
 
 class TensorRTRTXBackend(_TensorRTFamily):
@@ -36,6 +44,13 @@ class TensorRTRTXBackend(_TensorRTFamily):
 
     Args:
         runtime_cache: runtime-cache file used at load (overrides the one in the metadata).
+        device: the CUDA device plans are loaded on and run on.
+        cuda_graph_strategy: a ``CudaGraphStrategy`` member name (``"whole_graph_capture"``)
+            set on each context's ``IRuntimeConfig.cuda_graph_strategy``, where the bindings
+            have it: TensorRT-RTX then captures and replays CUDA graphs inside
+            ``execute_async_v3`` itself (do not also ask the runner for ``use_cuda_graph``).
+            The runner's own capture instead needs an engine built with
+            ``TacticSelector(cuda_graph=True)`` (``REQUIRE_USER_ALLOCATION``).
     """
 
     name = "tensorrt-rtx"
@@ -45,6 +60,11 @@ class TensorRTRTXBackend(_TensorRTFamily):
     _rtx = True
     _label = "TensorRT-RTX"
     _metadata_only = False  # set while check_compatible runs: the GPU verdict waits for load
+
+    def __init__(self, *, runtime_cache: str | None = None, device: int = 0,
+                 cuda_graph_strategy: str | None = None) -> None:
+        super().__init__(runtime_cache=runtime_cache, device=device)
+        self.cuda_graph_strategy = cuda_graph_strategy
 
     def _configure(self, trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSelector,
                    applied: dict[str, Any]) -> dict[str, Any]:
@@ -168,8 +188,27 @@ class TensorRTRTXBackend(_TensorRTFamily):
 
     def _context_factory(self, runtime: Any, metadata: Mapping[str, Any]) -> tuple[Any, Any]:
         path = self.runtime_cache or _runtime_cache_from(metadata)
-        contexts = RuntimeCacheContexts(RuntimeCacheFile(path) if path else None)
+        contexts = RuntimeCacheContexts(RuntimeCacheFile(path) if path else None,
+                                        self._graph_strategy(runtime))
         return contexts, RuntimeCacheOwner(runtime, contexts)
+
+
+    def _graph_strategy(self, runtime: Any) -> Any:
+        """The ``CudaGraphStrategy`` member asked for, from the runtime's own module."""
+        if self.cuda_graph_strategy is None:
+            return None
+        trt = self._trt()
+        strategies = getattr(trt, "CudaGraphStrategy", None)
+        if strategies is None:  # an RTX release before the setting: run without it
+            log.warning("%s %s has no CudaGraphStrategy; cuda_graph_strategy=%r is ignored",
+                        self._label, trt.__version__, self.cuda_graph_strategy)
+            return None
+        member = getattr(strategies, self.cuda_graph_strategy.upper(), None)
+        if member is None:
+            raise InvalidArgumentError(
+                f"{self._label} {trt.__version__} has no CUDA-graph strategy "
+                f"{self.cuda_graph_strategy!r}; it knows {sorted(strategies.__members__)}")
+        return member
 
 
 def _rtx_targets(trt: Any) -> dict[str, Any]:

@@ -273,15 +273,22 @@ class RuntimeCacheContexts:
     engine, gives it an ``IRuntimeCache`` filled from the file, and creates the context with it.
     """
 
-    def __init__(self, cache_file: RuntimeCacheFile | None) -> None:
+    def __init__(self, cache_file: RuntimeCacheFile | None, graph_strategy: Any = None) -> None:
         self.cache_file = cache_file
+        #: a ``CudaGraphStrategy`` member for ``IRuntimeConfig.cuda_graph_strategy`` (or None)
+        self.graph_strategy = graph_strategy
         self._caches: list[Any] = []  # keep each IRuntimeConfig/IRuntimeCache alive
 
     def __call__(self, engine: Any) -> Any:
-        if self.cache_file is None:
+        if self.cache_file is None and self.graph_strategy is None:
             return engine.create_execution_context()
         runtime_config = engine.create_runtime_config()
-        cache = load_runtime_cache(runtime_config, self.cache_file)
+        if self.graph_strategy is not None:
+            # TensorRT-RTX captures and replays CUDA graphs inside execute_async_v3 itself
+            runtime_config.cuda_graph_strategy = self.graph_strategy
+        cache = None
+        if self.cache_file is not None:
+            cache = load_runtime_cache(runtime_config, self.cache_file)
         self._caches.append((runtime_config, cache))
         return engine.create_execution_context(runtime_config)
 
@@ -289,8 +296,8 @@ class RuntimeCacheContexts:
         """Write the fullest runtime cache (kernels compiled so far) to the file."""
         if self.cache_file is None or not self._caches:
             return
-        blobs = [bytes(cache.serialize()) for _, cache in self._caches]
-        best = max(blobs, key=len)
+        blobs = [bytes(cache.serialize()) for _, cache in self._caches if cache is not None]
+        best = max(blobs, key=len, default=b"")
         if best:
             self.cache_file.write(best)
 

@@ -21,6 +21,7 @@ import onnx
 
 from regiontrt.backends.fusion import fusion_report
 from regiontrt.backends.tactics import TacticSelector
+from regiontrt.backends.trt_compat import apply_build_flags
 from regiontrt.backends.trt_env import device_name, device_sm, gpu_count, gpu_problem, init_plugins
 from regiontrt.errors import BuildError, ShapeProfileError
 from regiontrt.graph.io import model_bytes
@@ -51,14 +52,16 @@ def import_first(names: Sequence[str]) -> ModuleType | None:
 
     A wheel whose native libraries are missing raises ``OSError`` or ``RuntimeError`` rather than
     ``ImportError``; and a stubs-only install (``tensorrt-stubs``) leaves a ``tensorrt`` folder
-    that imports as an empty namespace package. Either way the backend is unavailable.
+    that imports as an empty namespace package. Either way the backend is unavailable. A module
+    with a ``Runtime`` but no ``Builder`` (the lean runtime, ``tensorrt_lean``) counts: it loads
+    and runs plans; building checks for ``Builder`` itself (:func:`.trt_compat.lean_only`).
     """
     for name in names:
         try:
             module = importlib.import_module(name)
         except (ImportError, OSError, RuntimeError):
             continue
-        if hasattr(module, "Builder") and hasattr(module, "__version__"):
+        if hasattr(module, "Runtime") and hasattr(module, "__version__"):
             return module
     return None
 
@@ -316,6 +319,7 @@ def apply_tactics(trt: Any, config: tensorrt.IBuilderConfig, tactics: TacticSele
     config.profiling_verbosity = _enum(
         trt.ProfilingVerbosity, tactics.profiling_verbosity, "profiling verbosity", module)
     applied["profiling_verbosity"] = tactics.profiling_verbosity
+    apply_build_flags(trt, config, tactics, applied, rtx=rtx)
     return applied
 
 
@@ -340,6 +344,7 @@ def inspect_plan(trt: Any, payload: bytes, profiles: Sequence[Profile],
     """
     init_plugins(trt, trt_logger(trt))  # plans with plugins only deserialize with the registry
     runtime: tensorrt.Runtime = trt.Runtime(trt_logger(trt))
+    runtime.engine_host_code_allowed = True  # built by this very process: a trusted plan
     engine: tensorrt.ICudaEngine = runtime.deserialize_cuda_engine(payload)
     if engine is None:
         raise BuildError(f"{trt.__name__} could not deserialize the plan it just built")

@@ -36,6 +36,7 @@ import numpy as np
 from regiontrt.backends import cuda
 from regiontrt.backends.base import Runner, Timing
 from regiontrt.backends.guard import check_names, check_tensor, static_axes
+from regiontrt.backends.trt_features import aliased_outputs
 from regiontrt.backends.trt_pool import ContextPool
 from regiontrt.backends.trt_replay import Replay
 from regiontrt.backends.trt_slots import (
@@ -102,6 +103,7 @@ class TensorRTRunner(Runner):
             if mode in ("INPUT", "OUTPUT"):
                 (self.inputs if mode == "INPUT" else self.outputs).append(spec)
                 self._io[name] = (dtype, shape)
+        self._aliases = aliased_outputs(engine, self._io, {s.name for s in self.inputs})
         self._input_names = [s.name for s in self.inputs]
         self._host_specs = [(s.name, s.dtype) for s in self.inputs]
         self._static = {s.name: static_axes(s) for s in self.inputs}
@@ -196,9 +198,12 @@ class TensorRTRunner(Runner):
                 bound = getattr(ctx, "get_max_output_size", lambda n: -1)(spec.name)
                 # >= 1 byte: TensorRT refuses a null output address even for an empty tensor
                 sizes[spec.name] = max(math.prod(shape) * spec.dtype.itemsize, int(bound), 1)
+            for out, inp in self._aliases.items():  # one buffer: the input's, big enough for both
+                sizes[inp] = max(sizes[inp], sizes.pop(out, 0))
             self._max_bytes[k] = sizes
             slot.shapes.clear()
-        slot.grow(sizes)
+        slot.copied = frozenset(self._aliases.values())
+        slot.grow(sizes, aliases=self._aliases)
         if self._dds and slot.allocator is None:
             slot.allocator = make_allocator(self._engine)
             for name in sorted(self._dds):
@@ -322,7 +327,7 @@ class TensorRTRunner(Runner):
         for spec in self.outputs:
             if spec.name in self._dds:
                 continue
-            if outputs == "device" and not graph:
+            if outputs == "device" and not graph and spec.name not in self._aliases:
                 arr = device_out[spec.name] = cuda.DeviceArray(slot.out_shapes[spec.name],
                                                                spec.dtype)
                 # an empty array has no memory (address 0), which TensorRT refuses for an

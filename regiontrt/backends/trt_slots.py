@@ -17,6 +17,7 @@ import numpy as np
 
 from regiontrt.backends import cuda
 from regiontrt.backends.trt_alloc import TENSOR_ALIGNMENT, OutputAllocator, make_allocator
+from regiontrt.backends.trt_features import capture_refusal
 from regiontrt.errors import CudaError, InputError, ShapeOutOfProfile
 from regiontrt.graph.io import TensorSpec
 from regiontrt.shapes.profiles import Profile, Range
@@ -122,6 +123,9 @@ class Slot:
     """One execution context (``create_context(engine)``) with its stream, four timing events,
     buffers and caches. The runner hands a slot to one call at a time, so nothing here locks."""
 
+    #: Inputs always copied into the slot's own buffer: an aliased output is written over them.
+    copied: frozenset[str] = frozenset()
+
     def __init__(self, create_context: Callable[[Any], Any], engine: Any) -> None:
         self.context: tensorrt.IExecutionContext | Any = None
         self.stream: cuda.Stream | None = None
@@ -170,9 +174,10 @@ class Slot:
             self.replay = None
         return host
 
-    def grow(self, sizes: Mapping[str, int]) -> None:
+    def grow(self, sizes: Mapping[str, int], aliases: Mapping[str, str] | None = None) -> None:
         """Make or grow the device and pinned buffers of ``sizes`` (name to bytes); a device
-        buffer that moved invalidates the bound addresses and the captured graph."""
+        buffer that moved invalidates the bound addresses and the captured graph. ``aliases``
+        (output to input) gives each aliased output its input's device buffer."""
         grew = False
         for name, nbytes in sizes.items():
             if name in self.device:
@@ -180,6 +185,8 @@ class Slot:
             else:
                 self.device[name], grew = cuda.DeviceBuffer(nbytes), True
             self.pinned(name, nbytes)
+        for out, inp in (aliases or {}).items():
+            self.device[out] = self.device[inp]  # the same object: grows and closes with it
         if grew:
             self.addresses.clear()
             self.replay = None
@@ -252,7 +259,7 @@ class Slot:
                 stream.wait(self.wait_event)
             nbytes = math.prod(view.shape) * view.dtype.itemsize
             misaligned = bool(view.ptr) and view.ptr % TENSOR_ALIGNMENT != 0
-            if copy_views or not view.ptr or misaligned:
+            if copy_views or name in self.copied or not view.ptr or misaligned:
                 cuda.memcpy_async(self.device[name].ptr, view.ptr, nbytes, 3, stream)
                 bindings[name] = self.device[name].ptr
                 stats.staged_misaligned += misaligned
@@ -300,6 +307,9 @@ class Slot:
             return None
         # TensorRT wants one plain enqueue after a shape change before a capture (done above)
         self.drop_graph()
+        refusal = capture_refusal(ctx, stream.handle)
+        if refusal is not None:
+            return refusal
 
         def enqueue() -> None:
             if not ctx.execute_async_v3(stream.handle):

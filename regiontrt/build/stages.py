@@ -32,7 +32,7 @@ from typing import Any
 import onnx
 
 from regiontrt._progress import task
-from regiontrt.backends import Backend, BuildRequest, BuildResult
+from regiontrt.backends import Backend, BuildRequest, BuildResult, load_payload
 from regiontrt.backends.tactics import TacticSelector
 from regiontrt.errors import PolicyViolation
 from regiontrt.graph.arithmetic import Int8Arithmetic
@@ -43,7 +43,7 @@ from regiontrt.precision.policy import PrecisionPolicy
 from regiontrt.precision.regions import Region
 from regiontrt.precision.types import Precision
 from regiontrt.precision.validator import Validator
-from regiontrt.runtime.engine import Engine
+from regiontrt.runtime.engine import BUILT_HERE, Engine
 from regiontrt.shapes.profiles import Profile
 
 log = logging.getLogger("regiontrt.build.pipeline")
@@ -139,7 +139,8 @@ def build_payload(candidate: Candidate, ctx: BuildContext
              len(result.payload), result.target)
     if ctx.validator is None or not result.runnable_here or result.payload_format == "onnx":
         return result, None, "onnxruntime"
-    runner = backend.load(result.payload, {**ctx.metadata, **payload_metadata(backend, result)})
+    runner = load_payload(backend, result.payload,  # built by this process: vouched for
+                          {**ctx.metadata, **payload_metadata(backend, result)}, BUILT_HERE)
     return result, ctx.validator.loss(runner), backend.name
 
 

@@ -26,8 +26,10 @@ from regiontrt.precision.regions import Region, default_regions, get_region, loa
 ROLES = ("latency", "throughput")
 _TOP_KEYS = {"name", "version", "model", "shape_profile", "regions", "targets", "regions_file"}
 _REGION_KEYS = {"calibration", "validation", "calibrator", "metric", "precisions", "search_mixed"}
-_TARGET_KEYS = {"name", "backend", "compute_capabilities", "role", "optimization_level",
-                "hardware_compatibility", "max_tactics", "workspace_bytes"}
+#: The TacticSelector settings a target may set besides its compute capabilities.
+_BUILDER_KEYS = ("optimization_level", "hardware_compatibility", "max_tactics", "workspace_bytes",
+                 "version_compatible", "exclude_lean_runtime", "cuda_graph")
+_TARGET_KEYS = {"name", "backend", "compute_capabilities", "role", *_BUILDER_KEYS}
 
 
 def _is_url(value: str) -> bool:
@@ -85,8 +87,7 @@ class TargetSpec:
         role = table.get("role")
         if role is not None and role not in ROLES:
             raise FleetError(f"target {name!r}: role {role!r} is not one of {ROLES}")
-        builder = {k: table[k] for k in ("optimization_level", "hardware_compatibility",
-                                         "max_tactics", "workspace_bytes") if k in table}
+        builder = {k: table[k] for k in _BUILDER_KEYS if k in table}
         spec = cls(name, str(backend), tuple(str(c) for c in table.get("compute_capabilities", ())),
                    role, builder)
         try:

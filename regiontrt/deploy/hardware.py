@@ -36,6 +36,9 @@ def tensorrt_build_blocker(compute_capabilities: tuple[str, ...] = ()) -> str | 
     backend, _ = backend_or_reason("tensorrt")
     if backend is None:
         return "TensorRT is not installed here"
+    if getattr(backend, "lean_only", lambda: False)():
+        return ("only TensorRT's lean runtime is installed here: it runs version-compatible "
+                "plans and cannot build")
     gpu = local_gpu()
     if gpu is None:
         return "no NVIDIA GPU here"

@@ -1,10 +1,12 @@
 """Selection: which of a bundle's variants this machine runs, and why, candidate by candidate.
 
-Order: a TensorRT plan for this GPU and the installed TensorRT; else a TensorRT-RTX plan this GPU
-and package support; else a TensorRT plan rebuilt here from the bundled precision-compiled ONNX
-(saved atomically under the install's ``local/`` folder and reused on the next start); else ONNX
-Runtime. A rebuild never re-quantizes: the precision is in the graph, so the region's compliance
-and accuracy decisions carry over. Compatibility is asked of each backend through the public
+Order: a TensorRT plan for this GPU and the installed TensorRT (a version-compatible plan of an
+older release, 8.6 or later, counts, and is what a site with only TensorRT's lean runtime runs:
+any plan that loads beats a rebuild); else a TensorRT-RTX plan this GPU and package support;
+else a TensorRT plan rebuilt here from the bundled precision-compiled ONNX (saved atomically under
+the install's ``local/`` folder and reused on the next start); else ONNX Runtime. A rebuild
+never re-quantizes: the precision is in the graph, so the region's compliance and accuracy
+decisions carry over. Compatibility is asked of each backend through the public
 :meth:`Backend.check_compatible`, never decided here.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from regiontrt.backends.onnxruntime import runtime_arithmetic
+from regiontrt.backends.trt_compat import version_compatible
 from regiontrt.deploy.hardware import backend_or_reason, tensorrt_build_blocker
 from regiontrt.deploy.variant import Variant
 from regiontrt.errors import RegionTRTError
@@ -101,6 +104,8 @@ def _try_variant(bundle: Bundle, variant: Variant) -> tuple[Engine | None, str]:
     note = ""
     if backend.name == "onnxruntime":  # fused int8 checked on another CPU: say so here too
         note = runtime_arithmetic(metadata)[1]
+    elif version_compatible(metadata):
+        note = "a version-compatible plan: no rebuild needed after a TensorRT upgrade"
     return engine, f"runs here ({backend.name} {backend.version()})" + (f"; {note}" if note else "")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from regiontrt import _display
-from regiontrt.backends import Backend, Runner, get_backend
+from regiontrt.backends import Backend, Runner, get_backend, load_payload
 from regiontrt.backends.guard import check_names, check_tensor
 from regiontrt.errors import (
     ArtifactError,
@@ -157,18 +157,18 @@ class Engine:
                 backend = self._backend or get_backend(self.backend_name)
                 fmt = self._metadata["payload_format"]
                 if getattr(backend, "payload_format", fmt) != fmt:
-                    raise ArtifactError(
-                        f"the {backend.name} backend runs {backend.payload_format!r} payloads; "
-                        f"this engine's payload is {fmt!r} (refused before loading)")
-                try:
+                    raise ArtifactError(f"the {backend.name} backend runs "
+                                        f"{backend.payload_format!r} payloads; this engine's "
+                                        f"payload is {fmt!r} (refused before loading)")
+                try:  # the provenance is what vouches for a plan that carries host code
                     backend.check_compatible(self._metadata)
-                    self._runner = backend.load(self._payload, self._metadata)
+                    self._runner = load_payload(backend, self._payload, self._metadata,
+                                                self.provenance)
                 except RegionTRTError:
                     raise
                 except Exception as exc:  # the runtime's own errors, on a payload it refuses
-                    raise EngineRuntimeError(
-                        f"the {backend.name} backend cannot load this engine's payload: {exc}"
-                    ) from exc
+                    raise EngineRuntimeError(f"the {backend.name} backend cannot load this "
+                                             f"engine's payload: {exc}") from exc
                 self._backend = backend
             return self._runner
 

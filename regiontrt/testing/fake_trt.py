@@ -84,13 +84,21 @@ class FakeCudaEngine:
         data_dependent: add the output ``pos`` whose shape only the kernel knows.
         failing_profiles: profile indices whose switch fails (TensorRT raises ``RuntimeError``,
             e.g. when another context already uses the profile).
+        aliased: output ``y`` aliases input ``x`` (``get_aliased_input_tensor("y") == "x"``,
+            TensorRT 10.16+): the kernel writes ``y`` in place over ``x``, and execution fails
+            unless both are bound to one address, as TensorRT's does.
+        stream_capturable: what ``is_stream_capturable`` answers (TensorRT-RTX); ``False``
+            models an RTX engine built without ``REQUIRE_USER_ALLOCATION``, whose execution then
+            fails inside a CUDA-graph capture (it would allocate).
     """
 
     def __init__(self, max_rows: int = 64, max_cols: int = 256, *,
                  profiles: Sequence[Mapping[str, Sequence[Sequence[int]]]] | None = None,
                  w: float = 1.5, b: float = -0.25, data_dependent: bool = False,
-                 failing_profiles: Sequence[int] = ()) -> None:
+                 failing_profiles: Sequence[int] = (), aliased: bool = False,
+                 stream_capturable: bool = True) -> None:
         self.failing_profiles = set(failing_profiles)
+        self.aliased, self.stream_capturable = aliased, stream_capturable
         specs = profiles or [{"x": ((1, 1), (max_rows, max_cols), (max_rows, max_cols))}]
         self.profiles: list[dict[str, Shape3]] = []
         for spec in specs:
@@ -155,6 +163,10 @@ class FakeCudaEngine:
 
     def is_shape_inference_io(self, name: str) -> bool:
         return False
+
+    def get_aliased_input_tensor(self, name: str) -> str:
+        # the bindings return None (a null name) for a tensor that aliases nothing
+        return "x" if self.aliased and name == "y" else None  # type: ignore[return-value]
 
     def reference(self, x: np.ndarray, k: np.ndarray) -> dict[str, np.ndarray]:
         """What the kernels compute, in numpy (float32 throughout, no fused multiply-add)."""
@@ -277,6 +289,9 @@ class FakeExecutionContext:
     def get_output_allocator(self, name: str) -> Any:
         return self.allocators.get(name)
 
+    def is_stream_capturable(self, stream: int) -> bool:
+        return self.engine.stream_capturable
+
     def execute_async_v3(self, stream_handle: int) -> bool:
         if self.active_optimization_profile < 0:
             self.errors.append("no optimization profile selected for this context")
@@ -288,7 +303,11 @@ class FakeExecutionContext:
             return False
         if any(n not in self.addresses for n in ("x", "k", "y", "s")):
             return False
-        if not self._null_addresses_allowed():
+        if not self._null_addresses_allowed() or not self._aliases_bound():
+            return False
+        if not self.engine.stream_capturable and _capturing(stream_handle):
+            self.errors.append("the engine needs a runtime allocation, which a CUDA-graph "
+                               "capture cannot record (build with REQUIRE_USER_ALLOCATION)")
             return False
         if self.engine.data_dependent and "pos" not in self.allocators:
             return False
@@ -331,6 +350,14 @@ class FakeExecutionContext:
             return False
         return True
 
+    def _aliases_bound(self) -> bool:
+        """TensorRT: an aliased output must be bound to its input's address."""
+        if self.engine.aliased and self.addresses["y"] != self.addresses["x"]:
+            self.errors.append("Output tensor y is aliased with input tensor x and must be bound "
+                               "to the same address")
+            return False
+        return True
+
     def _run_data_dependent(self, kern: dict[str, Any], stream: int, n: int) -> bool:
         # TensorRT syncs to learn a data-dependent size, then asks the allocator for memory.
         from cuda.bindings import runtime as cudart
@@ -359,3 +386,10 @@ class FakeExecutionContext:
                 with contextlib.suppress(Exception):
                     buf.close()
 
+
+def _capturing(stream: int) -> bool:
+    """Whether ``stream`` is being captured into a CUDA graph."""
+    from cuda.bindings import runtime as cudart
+
+    status = cuda_call(cudart.cudaStreamIsCapturing(stream), what="cudaStreamIsCapturing")
+    return int(status) != int(cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone)

@@ -25,6 +25,8 @@ from typing import Any
 
 import onnx
 
+from regiontrt.testing.recording_runtime import BUILDER_FLAGS, LEAN_MARK, runtime_fakes
+
 #: Enum members by TensorRT major version, as the compiled bindings define them (10.16, 11.4).
 ENUMS: dict[int, dict[str, dict[str, int]]] = {
     10: {
@@ -56,7 +58,8 @@ for _table in ENUMS.values():
 
 def _enums(major: int) -> dict[str, Any]:
     table = ENUMS[11 if major >= 11 else 10]
-    return {name: enum.IntEnum(name, members) for name, members in table.items()}
+    flags = {"BuilderFlag": BUILDER_FLAGS[11 if major >= 11 else 10]}  # the ones the fake knows
+    return {name: enum.IntEnum(name, members) for name, members in {**table, **flags}.items()}
 
 
 def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = True,
@@ -97,7 +100,7 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
     head[24:28] = bytes([major, minor, patch, build % 256])
     built = plan if plan is not None else bytes(head) + b"engine"
     fakes = {**net, **cfg, **_builder_fakes(calls, net, cfg, build_error, built),
-             **_runtime_fakes(calls, deserialize_error)}
+             **runtime_fakes(calls, deserialize_error)}
     namespace = types.SimpleNamespace(
         __name__="tensorrt", __version__=version, calls=calls, plan_bytes=lambda: built,
         **fakes, **enums)
@@ -108,6 +111,7 @@ def make_recording_trt(version: str = "10.8.0.43", *, max_num_tactics: bool = Tr
 
         namespace.init_libnvinfer_plugins = init_libnvinfer_plugins
     return namespace
+
 
 def _network_fakes(data_type: Any) -> dict[str, Any]:
     """ILogger, Dims, ITensor, ILayer, INetworkDefinition."""
@@ -280,6 +284,9 @@ def _config_fakes(calls: list[tuple[Any, ...]], state: dict[str, int], max_num_t
             calls.append(("set", name, value))
             object.__setattr__(self, name, value)
 
+        def set_flag(self, flag: Any) -> None:
+            calls.append(("set_flag", getattr(flag, "name", flag)))
+
         def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
             self._profiles.append(profile)
             return len(self._profiles) - 1
@@ -338,59 +345,11 @@ def _builder_fakes(calls: list[tuple[Any, ...]], net: dict[str, Any], cfg: dict[
                 return None
             if config._cache is not None:  # the build "times" one more tactic
                 config._cache.entries[f"layer{len(config._cache.entries)}"] = 1.0
-            return built
+            flags = {c[1] for c in calls if c[0] == "set_flag"}  # this fake's builds: one config
+            embeds = "VERSION_COMPATIBLE" in flags and "EXCLUDE_LEAN_RUNTIME" not in flags
+            return built + LEAN_MARK if embeds else built
 
     return {"Builder": Builder}
-
-
-def _runtime_fakes(calls: list[tuple[Any, ...]], deserialize_error: str | None
-                   ) -> dict[str, Any]:
-    """EngineInspector, IExecutionContext, ICudaEngine and Runtime."""
-
-    class EngineInspector:
-        execution_context: Any = None
-
-        def get_engine_information(self, format: Any) -> str:
-            calls.append(("inspect", format, self.execution_context))
-            return json.dumps({"Layers": [
-                {"Name": "conv1 + bn1 + relu1", "LayerType": "CaskConvolution",
-                 "Inputs": [{"Format/Datatype": "Row major linear FP32 format"}],
-                 "Outputs": [{"Format/Datatype": "Row major linear FP32 format"}]},
-                {"Name": "add", "LayerType": "PointWise",
-                 "Inputs": [{"Format/Datatype": "Float"}], "Outputs": []}],
-                "Bindings": ["x", "y"]})
-
-    class IExecutionContext:
-        def __init__(self) -> None:
-            self.shapes: dict[str, tuple[int, ...]] = {}
-
-        def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
-            self.shapes[name] = tuple(shape)
-            return True
-
-    class ICudaEngine:
-        num_io_tensors = 0
-        num_optimization_profiles = 0
-
-        def create_engine_inspector(self) -> EngineInspector:
-            return EngineInspector()
-
-        def create_execution_context(self) -> IExecutionContext:
-            return IExecutionContext()
-
-    class Runtime:
-        def __init__(self, logger: Any) -> None:
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
-            calls.append(("deserialize", len(serialized_engine)))
-            if deserialize_error is not None:
-                self.logger.log(1, deserialize_error)
-                return None
-            return ICudaEngine()
-
-    return {"EngineInspector": EngineInspector, "IExecutionContext": IExecutionContext,
-            "ICudaEngine": ICudaEngine, "Runtime": Runtime}
 
 
 #: The fake classes, by TensorRT name, that the conformance test compares with the bindings.
