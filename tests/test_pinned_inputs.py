@@ -79,7 +79,10 @@ def test_an_input_constant_in_the_data_is_pinned_and_the_branch_quantized(tmp_pa
 
 
 def test_an_engine_refuses_another_value_of_a_pinned_input() -> None:
-    engine = _builder(speech(outer=True), _data(8, 1), _data(4, 2)).build()
+    model = speech(outer=True)
+    engine = _builder(model, _data(8, 1), _data(4, 2)).build()
+    trial = engine.validate(_data(4, 3), model)  # a site's data, sr included, vs FP32 as given
+    assert trial.loss is not None and trial.loss < 0.05
     x = _data(1, 4)[0]["x"]
     with pytest.raises(PinnedInputMismatch, match=r"'sr' is pinned to 16000.*8000") as info:
         engine.infer({"x": x, "sr": np.array(8000, np.int64)})
