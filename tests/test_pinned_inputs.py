@@ -156,3 +156,24 @@ def test_silero_vad_quantizes_the_layers_inside_its_sample_rate_if() -> None:
         ref = [_fp32(reference, feeds)]
         stats.append(zoo.sample_stats(ref, [engine.infer(feeds)["output"]]))
     assert zoo.aggregate(np.stack(stats)) >= 0.97
+
+
+def test_the_cli_pins_an_input_and_can_turn_auto_pinning_off(tmp_path, capsys) -> None:
+    from regiontrt.cli import main
+
+    onnx.save(speech(outer=True), tmp_path / "speech.onnx")
+    for name, seed in (("cal", 1), ("val", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, batch in enumerate(_data(4, seed)):
+            np.savez(folder / f"{i}.npz", **batch)
+    common = ["build", str(tmp_path / "speech.onnx"), "--region", "NA", "--calibration",
+              str(tmp_path / "cal"), "--validation", str(tmp_path / "val")]
+    assert main([*common, "--pin", "sr=16000", "-o", str(tmp_path / "a.engine")]) == 0
+    pinned = rt.load_engine(tmp_path / "a.engine")
+    assert pinned.metadata["pinned_from"] == {"sr": "with_pinned_inputs"}
+    assert main([*common, "--no-auto-pin", "-o", str(tmp_path / "b.engine")]) == 0
+    assert "pinned_inputs" not in rt.load_engine(tmp_path / "b.engine").metadata
+    with pytest.raises(SystemExit):
+        main([*common, "--pin", "sr=fast"])
+    assert "NAME=VALUE" in capsys.readouterr().err
