@@ -181,8 +181,7 @@ class Engine:
         Raises:
             InputError: wrong names, dtypes or ranks.
             ShapeOutOfProfile: shapes outside every optimization profile.
-            PinnedInputMismatch: an input pinned at build (``metadata["pinned_inputs"]``) holds
-                another value; at its pinned value it is accepted and dropped.
+            PinnedInputMismatch: a pinned input holds another value (at its own: dropped).
         """
         if not isinstance(feeds, Mapping):
             if len(self.inputs) != 1:
