@@ -48,7 +48,11 @@ def run_onnx(path: str, feeds: Sequence[Feeds], arithmetic: str = HEADLINE) -> l
 
     sess = ort.InferenceSession(path, session_options(arithmetic),
                                 providers=["CPUExecutionProvider"])
-    return [[np.asarray(o) for o in sess.run(None, dict(f))] for f in feeds]
+    # A model with a pinned input folded in (ours, or a peer given ours' pinned model) no
+    # longer takes it; the feeds hold it at the pinned value, which the data is constant at.
+    names = {i.name for i in sess.get_inputs()}
+    return [[np.asarray(o) for o in sess.run(None, {k: v for k, v in f.items() if k in names})]
+            for f in feeds]
 
 
 def named_copy(model_path: Path, out: Path) -> str:
@@ -61,10 +65,12 @@ def named_copy(model_path: Path, out: Path) -> str:
 
 
 def _peer_specs(model: str, npz: str, workdir: Path, exclude: list[str], modelopt: Path | None,
-                name: str) -> list[dict[str, Any]]:
+                name: str, pinned: str = "") -> list[dict[str, Any]]:
+    """Every peer quantizer on ``model``: defaults, and with our float layers excluded;
+    ``pinned`` (a variant prefix) says ``model`` is ours' pinned model."""
     specs = []
-    for variant, excl in (("default", ()), ("our exclusions", tuple(exclude))):
-        tag = "excl" if excl else "default"
+    for variant, excl in ((pinned + "default", ()), (pinned + "our exclusions", tuple(exclude))):
+        tag = ("pin_" if pinned else "") + ("excl" if excl else "default")
         for meth in peers.ORT_METHODS:
             out = str(workdir / f"{name}_ort_{meth}_{tag}.onnx")
             specs.append({"tool": "onnxruntime", "method": meth, "variant": variant, "path": out,
@@ -77,6 +83,24 @@ def _peer_specs(model: str, npz: str, workdir: Path, exclude: list[str], modelop
             specs.append({"tool": "modelopt", "method": meth, "variant": variant, "path": out,
                           "argv": argv})
     return specs
+
+
+def _pinned_peer_specs(ours: dict[str, Any] | None, model: str, cal: list[Feeds],
+                       workdir: Path, exclude: list[str], modelopt: Path | None,
+                       name: str) -> list[dict[str, Any]]:
+    """Where ours pinned inputs (folding the If they decide), the peers on that same folded
+    model and data, so they can reach the branch's layers too: set up as well as ours."""
+    pinned = ((ours or {}).get("info") or {}).get("pinned_inputs") or {}
+    if not pinned:
+        return []
+    from regiontrt.graph.pin import fold_pinned_inputs
+
+    folded = str(workdir / f"{name}_fp32_pinned.onnx")
+    onnx.save(fold_pinned_inputs(onnx.load(model), pinned), folded)
+    data = [{k: v for k, v in f.items() if k not in pinned} for f in cal]
+    npz = str(peers.save_batches(data, workdir / f"{name}_cal_pinned.npz"))
+    label = "pinned as ours (" + ", ".join(f"{k}={v}" for k, v in pinned.items()) + "), "
+    return _peer_specs(folded, npz, workdir, exclude, modelopt, name, pinned=label)
 
 
 def run_peer(spec: dict[str, Any], timeout_s: float, mem_mb: float,
@@ -164,7 +188,10 @@ def bench_model(zoo: ZooModel, workdir: Path, args: Any, modelopt: Path | None,
     if ours_default is not None:  # scored first: the peers' exclusions are its float layers
         stats[id(ours_default)] = score_row(zoo, ours_default, split.evaluation, refs)
         exclude = list(ours_default.get("coverage", {}).get("float_layer_names", []))
-    for spec in _peer_specs(model, npz, workdir, exclude, modelopt, zoo.name):
+    specs = _peer_specs(model, npz, workdir, exclude, modelopt, zoo.name)
+    specs += _pinned_peer_specs(ours_default, model, split.calibration, workdir, exclude,
+                                modelopt, zoo.name)
+    for spec in specs:
         rows.append(run_peer(spec, args.timeout, args.mem_cap_mb,
                              "--no-modelopt" if args.no_modelopt else None))
         log(f"[{zoo.name}] {spec['tool']} {spec['method']} {spec['variant']}: "

@@ -130,6 +130,8 @@ def tensor_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     """Shapes of ``names`` when the model runs on ``feeds`` (inference first, then ORT)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    # feeds of an input the model no longer has (pinned and folded in) are left out
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in m.graph.input}}
     _fixed_inputs(m, {k: v.shape for k, v in feeds.items()})
     shapes: dict[str, tuple[int, ...]] = {t.name: tuple(t.dims) for t in m.graph.initializer}
     try:

@@ -115,6 +115,8 @@ def ours_int8(model_path: str, zoo: ZooModel, cal: list[Feeds], out_path: str,
     meta = engine.metadata
     return {"seconds": time.perf_counter() - start, "method": method,
             "kept": list(meta.get("kept_high_precision", [])),
+            "pinned_inputs": meta.get("pinned_inputs", {}),
+            "pinned_from": meta.get("pinned_from", {}),
             "calibration_s": meta.get("calibration", {}).get("seconds")}
 
 

@@ -165,6 +165,21 @@ class ShapeOutOfProfile(InputError):
     """An input shape lies outside every optimization profile of the engine."""
 
 
+class PinnedInputMismatch(InputError):
+    """An input the engine was specialised for (pinned at build: its ``If`` branches folded)
+    is given a value other than the pinned one.
+
+    Attributes:
+        input: the input's name.
+        pinned: the value the engine was built for (a Python scalar or nested list).
+    """
+
+    def __init__(self, message: str, *, input: str, pinned: Any) -> None:
+        self.input = input
+        self.pinned = pinned
+        super().__init__(message)
+
+
 class ShapeProfileError(RegionTRTError, ValueError):
     """A shape profile contradicts the model's declared dimensions or misses a dynamic one."""
 

@@ -26,11 +26,13 @@ def _data(n: int, seed: int, sr: int | None = 16000) -> list[dict[str, np.ndarra
 
 
 def test_unpinned_branches_stay_float_and_the_build_says_why(caplog) -> None:
-    """All compute sits in the branches: int8 has nothing to quantize, and the log, the
+    """All compute sits in the branches: with pinning off (else sr, constant in the data, would
+    be pinned: tests/test_pinned_inputs.py) int8 has nothing to quantize, and the log, the
     metadata and the trial say why; EU's fp16 converts inside the branches and is labelled so."""
     model = speech(outer=False)
     with caplog.at_level(logging.WARNING, logger="regiontrt.build.pipeline"):
         na = (rt.RegionalEngineBuilder.from_onnx(model).for_region("NA")
+              .with_pinned_inputs({}, auto=False)
               .with_calibrator(data=_data(4, 1)).with_validation(_data(4, 2)).build())
     assert "If node 'sr_if'" in caplog.text and "pin it" in caplog.text
     assert any("5 layers" in line for line in na.metadata["control_flow"])

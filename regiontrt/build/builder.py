@@ -195,19 +195,32 @@ class RegionalEngineBuilder:
         check_metric_spec(metric)  # fail early on an unknown name
         return self._with(validation_data=data, metric=metric)
 
-    def with_pinned_inputs(self, values: Mapping[str, Any]) -> RegionalEngineBuilder:
+    def with_pinned_inputs(self, values: Mapping[str, Any], *, auto: bool = True
+                           ) -> RegionalEngineBuilder:
         """Inputs that are constant in this deployment (a sample rate, say), made constants.
 
         The engine is built from the model with these inputs folded in: an ``If`` they decide
-        is replaced by the branch taken, so its layers are quantized and converted like any
-        other and TensorRT sees no data-dependent condition. The engine no longer has these
-        inputs, and the data given to :meth:`with_calibrator` and :meth:`with_validation`
-        feeds only the others. The values are recorded in the engine's metadata.
+        is replaced by the branch taken, so its layers are calibrated, quantized and converted
+        like any other and TensorRT sees no data-dependent condition. The data given to
+        :meth:`with_calibrator` and :meth:`with_validation` may hold these inputs or not (a batch
+        with another value is refused). The engine's metadata records the values
+        (``pinned_inputs``) and where each came from (``pinned_from``); the engine accepts a
+        pinned input only at its value (and drops it), any other raises
+        :class:`~regiontrt.errors.PinnedInputMismatch`.
+
+        Args:
+            values: input name -> the value it always has.
+            auto: where int8 is tried, also pin (logged, recorded) each input that decides an
+                ``If`` and holds one value in every calibration and validation batch (the
+                default; a builder that never calls this method pins so too). ``False`` pins
+                ``values`` only: ``with_pinned_inputs({}, auto=False)`` keeps every ``If``.
         """
         if not isinstance(values, Mapping) or not all(isinstance(k, str) for k in values):
             raise InvalidArgumentError(
                 f"with_pinned_inputs takes {{input name: value}}, not {type(values).__name__}")
-        return self._with(pinned_inputs=dict(values))
+        if not isinstance(auto, bool):
+            raise InvalidArgumentError(f"auto must be True or False, not {auto!r}")
+        return self._with(pinned_inputs=dict(values), auto_pin=auto)
 
     def with_stages(self, **stages: Any) -> RegionalEngineBuilder:
         """Replace build stages: ``validate``, ``compile``, ``search``, ``backend_build``,

@@ -9,6 +9,7 @@ within budget wins; if none is, :class:`AccuracyBudgetExceeded` lists every atte
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -23,6 +24,7 @@ import onnx
 from regiontrt._version import __version__
 from regiontrt.backends import Backend, BuildResult, get_backend
 from regiontrt.build.checks import check_clean, check_header, precision_label
+from regiontrt.build.pins import Pins, choose_pins
 from regiontrt.build.stages import (
     BuildContext,
     BuildPlan,
@@ -31,6 +33,7 @@ from regiontrt.build.stages import (
     payload_metadata,
 )
 from regiontrt.build.state import Shared, State
+from regiontrt.data.pinned import without_pinned
 from regiontrt.data.sources import profile_split
 from regiontrt.data.stats import summarize_inputs
 from regiontrt.errors import (
@@ -128,8 +131,9 @@ def plan_build(shared: Shared, state: State) -> BuildPlan:
     backend = state.backend if isinstance(state.backend, Backend) else get_backend(state.backend)
     arithmetic = _arithmetic(state, backend)
     model = shared.model
-    if state.pinned_inputs:
-        model = fold_pinned_inputs(model, state.pinned_inputs)
+    pins = choose_pins(model, state, candidates, region.name)
+    if pins.values:
+        model = fold_pinned_inputs(model, pins.values)
     enforce_compliance(model, region)
     metric = plan_metrics(state.metric, output_specs(model), default=region.metric,
                           model=model)
@@ -149,7 +153,7 @@ def plan_build(shared: Shared, state: State) -> BuildPlan:
             "accuracy budget: pass the region's data with {setting}", setting="validation",
             region=region.name,
         )
-    return BuildPlan(model, region, policy, candidates, backend, metric, arithmetic, given)
+    return BuildPlan(model, region, policy, candidates, backend, metric, arithmetic, given, pins)
 
 
 def _try_precision(precision: Precision, ctx: BuildContext, stages: Stages
@@ -199,12 +203,9 @@ def _evaluation(plan: BuildPlan, validator: Validator | None, precision: Precisi
     return record
 
 
-def _control_flow(metadata: dict[str, Any], plan: BuildPlan, cleaned: onnx.ModelProto,
-                  state: State) -> None:
+def _control_flow(metadata: dict[str, Any], plan: BuildPlan, cleaned: onnx.ModelProto) -> None:
     """Record (and log, where int8 is tried) the layers that control flow keeps in float."""
-    if state.pinned_inputs:
-        metadata["pinned_inputs"] = {k: np.asarray(v).tolist()
-                                     for k, v in state.pinned_inputs.items()}
+    metadata.update(plan.pins.to_metadata())
     lines = control_flow_report(cleaned)
     if not lines:
         return
@@ -239,9 +240,20 @@ def _outcome(plan: BuildPlan, validator: Validator | None, precision: Precision,
     }
 
 
+def _without_pins(state: State, pins: Pins) -> State:
+    """``state`` with the pinned inputs taken out of its calibration and validation data."""
+    if not pins.values:
+        return state
+    return dataclasses.replace(
+        state,
+        calibration_data=without_pinned(state.calibration_data, pins.values, "calibration data"),
+        validation_data=without_pinned(state.validation_data, pins.values, "validation data"))
+
+
 def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
     """Build the engine described by ``state`` (see the module docstring)."""
     plan = plan_build(shared, state)
+    state = _without_pins(state, plan.pins)  # the data still holds what was pinned
     region = plan.region
     log.info("region %s: trying %s in order, budget %g (%s: %s), backend %s", region.name,
              " > ".join(p.value for p in plan.candidates), region.budget, plan.metric.name,
@@ -265,7 +277,7 @@ def run_build(shared: Shared, state: State, path: str | Path | None) -> Engine:
     enforce_compliance(cleaned, region)
     metadata["graph_check"] = check_clean(plan.model, cleaned, validator, choice.profiles,
                                            state.tactics.cpu_threads)
-    _control_flow(metadata, plan, cleaned, state)
+    _control_flow(metadata, plan, cleaned)
     ctx = BuildContext(plan, state, state.tactics, cleaned, validator, choice.profiles,
                        metadata, stages.search)
     trials: list[PrecisionTrial] = []

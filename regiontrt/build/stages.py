@@ -34,6 +34,7 @@ import onnx
 from regiontrt._progress import task
 from regiontrt.backends import Backend, BuildRequest, BuildResult, load_payload
 from regiontrt.backends.tactics import TacticSelector
+from regiontrt.build.pins import Pins
 from regiontrt.errors import PolicyViolation
 from regiontrt.graph.arithmetic import Int8Arithmetic
 from regiontrt.precision.int8 import Int8Attempt, Int8Settings
@@ -61,6 +62,7 @@ class BuildPlan:
     metric: MetricPlan
     arithmetic: Int8Arithmetic
     given_profiles: tuple[Profile, ...] | None = None  # the caller's, resolved on the model
+    pins: Pins = field(default_factory=Pins)  # the inputs folded into ``model``, and why
 
 
 @dataclass(frozen=True)

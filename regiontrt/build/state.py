@@ -61,6 +61,7 @@ class State:
     metric: MetricSpec = None
     int8_arithmetic: Int8Arithmetic | None = None
     pinned_inputs: Mapping[str, Any] = field(default_factory=dict)
+    auto_pin: bool = True  # pin inputs that decide an If and are constant in the data
     stages: Stages = field(default_factory=Stages)
     strict_calibration: bool | None = None
     mismatch_threshold: float = 0.01

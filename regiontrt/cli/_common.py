@@ -40,6 +40,26 @@ def parse_metric(text: str) -> str | dict[str, str]:
     return out
 
 
+def parse_pin(text: str) -> tuple[str, int | float | bool]:
+    """``build --pin``: ``NAME=VALUE``, a number or ``true``/``false`` (e.g. ``sr=16000``)."""
+    name, sep, raw = text.partition("=")
+    value: int | float | bool
+    if raw.strip().lower() in ("true", "false"):
+        value = raw.strip().lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = float("nan")
+    if not sep or not name.strip() or value != value:  # NaN: not a number
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE with a number or true/false, e.g. sr=16000, got {text!r}")
+    return name.strip(), value
+
+
 def parse_profile_shapes(specs: Sequence[str]) -> dict[str, list[tuple[int, ...]]]:
     """``build --shape``: ``NAME:MIN,OPT,MAX`` (or ``NAME:SHAPE`` for a fixed shape).
 

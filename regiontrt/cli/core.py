@@ -15,6 +15,7 @@ from regiontrt.cli._common import (
     non_negative_int,
     parse_input_shapes,
     parse_metric,
+    parse_pin,
     parse_profile_shapes,
     positive_int,
 )
@@ -75,6 +76,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     builder = builder.with_backend(args.backend)
     if args.int8_arithmetic:
         builder = builder.with_int8_arithmetic(args.int8_arithmetic)
+    if args.pin or args.no_auto_pin:
+        builder = builder.with_pinned_inputs(dict(args.pin), auto=not args.no_auto_pin)
     output = args.output or default_output(args.model, region.name)
     engine = builder.build(output)
     report = engine.metadata["validation"]
@@ -234,6 +237,14 @@ def _register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="input shapes the engine accepts, dims joined by x, repeatable, e.g. "
                         "x:1x3x48x32,8x3x48x320,16x3x48x1280 (needed for dynamic dims on "
                         "TensorRT)")
+    b.add_argument("--pin", action="append", default=[], type=parse_pin, metavar="NAME=VALUE",
+                   help="an input that is constant in this deployment, folded into the engine "
+                        "(an If it decides is replaced by the branch taken, so its layers are "
+                        "quantized; the engine refuses other values), repeatable, e.g. sr=16000")
+    b.add_argument("--no-auto-pin", action="store_true",
+                   help="do not pin an input that decides an If because it holds one value in "
+                        "all the calibration and validation data (pinned by default where int8 "
+                        "is tried; see docs/int8.md)")
     b.add_argument("--backend", default="onnxruntime",
                    choices=("auto", *backend_names()),
                    help="what runs the engine (default: onnxruntime on the CPU), e.g. "

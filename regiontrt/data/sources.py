@@ -123,6 +123,10 @@ class DataSource:
         assert self._fingerprint is not None
         return self._fingerprint
 
+    def raw(self) -> Iterable[Any]:
+        """The source's items as read, before :meth:`to_batch` checks them (one pass)."""
+        return self._raw()
+
     def _raw(self) -> Iterable[Any]:
         src = self._source
         if isinstance(src, (str, Path)):

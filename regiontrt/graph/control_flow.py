@@ -25,6 +25,7 @@ from regiontrt.graph.scope import subgraphs, walk_graphs
 __all__ = [
     "RECURRENT_OPS",
     "ControlFlowFinding",
+    "condition_inputs",
     "control_flow_findings",
     "control_flow_report",
     "trt_control_flow_problems",
@@ -95,6 +96,23 @@ class ControlFlowFinding:
 def control_flow_findings(model: onnx.ModelProto) -> list[ControlFlowFinding]:
     """Every ``If``/``Loop``/``Scan`` node of ``model`` at any depth, in graph order."""
     return [f for f, _ in _walk(_inferred(model))]
+
+
+def condition_inputs(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """Graph inputs that decide an ``If``, each with the names of the ``If`` nodes it decides.
+
+    Only an ``If`` whose condition depends on graph inputs alone (not on a loop's state) counts:
+    pinning those inputs makes its condition constant, so
+    :func:`~regiontrt.graph.pin.fold_pinned_inputs` can inline the branch taken.
+    """
+    out: dict[str, list[str]] = {}
+    for finding in control_flow_findings(model):
+        deps = finding.depends_on
+        if finding.op != "If" or finding.constant or any(d.startswith("<") for d in deps):
+            continue
+        for name in deps:
+            out.setdefault(name, []).append(finding.name)
+    return {name: tuple(ifs) for name, ifs in out.items()}
 
 
 def control_flow_report(model: onnx.ModelProto) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from regiontrt.errors import PinnedInputMismatch
 
 
 def shape_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -31,3 +34,35 @@ def has_data(value: Any) -> bool:
     return any(hasattr(value, a) for a in (
         "__cuda_array_interface__", "__array__", "__array_interface__", "__dlpack__",
     )) or not (hasattr(value, "shape") and hasattr(value, "dtype"))
+
+
+def without_pinned(feeds: Mapping[str, Any], pinned: Mapping[str, np.ndarray]
+                   ) -> Mapping[str, Any]:
+    """``feeds`` without the inputs pinned at build (folded into the payload), each checked to
+    hold its pinned value; ``feeds`` itself when it holds none.
+
+    Raises:
+        PinnedInputMismatch: a pinned input holds another value (the payload has no branch
+            for it).
+    """
+    if not any(name in pinned for name in feeds):
+        return feeds
+    for name, value in feeds.items():
+        want = pinned.get(name)
+        if want is None:
+            continue
+        try:
+            got = np.asarray(value)  # a setting of a few values: a device array is read back
+            same = got.shape == want.shape and bool(np.array_equal(got, want))
+        except (TypeError, ValueError) as exc:
+            raise PinnedInputMismatch(
+                f"input {name!r} is pinned to {want.tolist()!r} but cannot be read as an "
+                f"array: {exc}", input=name, pinned=want.tolist()) from exc
+        if not same:
+            shown = got.tolist() if got.size <= 8 else f"an array of shape {list(got.shape)}"
+            raise PinnedInputMismatch(
+                f"input {name!r} is pinned to {want.tolist()!r} in this engine (the If it "
+                f"decides was folded at build; see the metadata's 'pinned_from'), got "
+                f"{shown!r}: build an engine for that value, or one that does not pin it",
+                input=name, pinned=want.tolist())
+    return {k: v for k, v in feeds.items() if k not in pinned}

@@ -34,6 +34,7 @@ from regiontrt.precision.validator import validate_engine
 from regiontrt.runtime import artifact
 from regiontrt.runtime.arrays import has_data as _has_data
 from regiontrt.runtime.arrays import shape_dtype as _shape_dtype
+from regiontrt.runtime.arrays import without_pinned
 from regiontrt.runtime.benchmarking import BenchmarkReport, timed_calls, timings_report
 from regiontrt.runtime.export import export_payload
 from regiontrt.runtime.sampling import sample_inputs
@@ -105,6 +106,8 @@ class Engine:
             self.profiles = [Profile.from_dict(p) for p in self._metadata["shape_profiles"]]
             buckets = self._metadata.get("shape_buckets")
             self.bucketing = Bucketing.from_dict(buckets) if buckets else None
+            pinned = self._metadata.get("pinned_inputs") or {}  # accepted at their value only
+            self._pinned = {str(k): np.asarray(v) for k, v in pinned.items()}
         except (KeyError, TypeError, ValueError, AssertionError, OverflowError) as exc:
             raise ArtifactError(f"engine metadata is inconsistent: {exc}") from exc
 
@@ -178,12 +181,14 @@ class Engine:
         Raises:
             InputError: wrong names, dtypes or ranks.
             ShapeOutOfProfile: shapes outside every optimization profile.
+            PinnedInputMismatch: a pinned input holds another value (at its own: dropped).
         """
         if not isinstance(feeds, Mapping):
             if len(self.inputs) != 1:
                 names = ", ".join(s.name for s in self.inputs)
                 raise InputError(f"this engine has several inputs ({names}); pass a dict")
             feeds = {self.inputs[0].name: feeds}
+        feeds = without_pinned(feeds, self._pinned) if self._pinned else feeds
         passed = self._passed_inputs
         # numpy feeds that passed before skip the checks: they depend on name, shape, dtype alone
         key = tuple((n, v.shape, v.dtype) for n, v in feeds.items() if type(v) is np.ndarray)
@@ -230,8 +235,8 @@ class Engine:
             if isinstance(feeds, Mapping) and not any(
                 hasattr(v, "__cuda_array_interface__") for v in feeds.values()
             ):
-                self.check_inputs(feeds, profiles=False)  # names, dtypes, ranks before padding
-                feeds, info = self.bucketing.pad(feeds)
+                # names, dtypes, ranks (pinned inputs dropped) before padding
+                feeds, info = self.bucketing.pad(self.check_inputs(feeds, profiles=False))
         checked = self.check_inputs(feeds)
         runner = self._runner or self._get_runner()  # loaded once; the lock only until then
         try:
@@ -336,18 +341,13 @@ class Engine:
     def __enter__(self) -> Engine:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
 
-def load_engine(
-    path: str | Path, *, backend: str | Backend | None = None, trust: Any = None
-) -> Engine:
+def load_engine(path: str | Path, *, backend: str | Backend | None = None,
+                trust: Any = None) -> Engine:
     """Read and verify an ``.engine`` file.
 
     Args:
