@@ -157,6 +157,7 @@ def test_a_runner_bound_to_null_fails_typed(host_cuda, monkeypatch):
         slot = runner._slots[0]
         monkeypatch.setattr(slot.device["y"], "ptr", 0)  # what the old sizing produced
         slot.addresses.clear()
+        slot.replay = None  # a moved buffer drops the steady-state replay along with the addresses
         with pytest.raises(CudaError, match="execute_async_v3 failed"):
             runner.run(empty(), outputs="host")
     assert real is cuda.DeviceArray.ptr
