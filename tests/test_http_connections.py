@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -39,9 +40,19 @@ def engine():
 SHORT = HTTPLimits(header_timeout_s=1.0, body_idle_s=1.0, body_timeout_s=2.0, keep_alive_s=1)
 
 
-@pytest.fixture(scope="module")
-def short_server(engine):
-    with BackgroundHTTP(served(engine), limits=SHORT) as srv:
+def _parsers() -> list:
+    """Both HTTP parsers the head deadline is built on (httptools only where installed)."""
+    import importlib.util
+
+    has = importlib.util.find_spec("httptools") is not None
+    return ["h11", pytest.param("httptools", marks=pytest.mark.skipif(
+        not has, reason="needs httptools (pip install 'regiontrt[serve]')"))]
+
+
+@pytest.fixture(scope="module", params=_parsers())
+def short_server(engine, request):
+    limits = dataclasses.replace(SHORT, parser=request.param)
+    with BackgroundHTTP(served(engine), limits=limits) as srv:
         yield srv
 
 
@@ -233,3 +244,20 @@ def test_after_sigterm_readiness_never_answers_200(engine, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_head_deadline_rides_on_httptools_where_installed():
+    """The endpoint uses uvicorn's C parser when it is there (h11's pure-Python parsing costs
+    the single event loop far more a request), and says why when a parser cannot be had."""
+    from regiontrt.serve.guard import head_timeout_protocol
+
+    h11_impl = pytest.importorskip("uvicorn.protocols.http.h11_impl")
+    assert issubclass(head_timeout_protocol(1.0, "h11"), h11_impl.H11Protocol)
+    with pytest.raises(ValueError, match="parser"):
+        head_timeout_protocol(1.0, "picohttp")
+    with pytest.raises(ValueError, match="> 0"):
+        head_timeout_protocol(0.0)
+    tools = pytest.importorskip("uvicorn.protocols.http.httptools_impl",
+                                reason="needs httptools (pip install 'regiontrt[serve]')")
+    auto = head_timeout_protocol(2.5)
+    assert issubclass(auto, tools.HttpToolsProtocol) and auto.header_timeout_s == 2.5
