@@ -179,13 +179,15 @@ async def drive(schedule: Sequence[Arrival], bounds: Sequence[tuple[str, float, 
     return outcomes, cpu.per_phase(bounds) if cpu else None
 
 
-def triton_sender(client: Any, model: str, request: dict[str, np.ndarray]) -> Sender:
-    """One KServe v2 inference through ``tritonclient.http.aio`` (binary tensors).
+def triton_sender(client: Any, model: str, request: dict[str, np.ndarray],
+                  outputs: Sequence[str] = ()) -> Sender:
+    """One KServe v2 inference through ``tritonclient.http.aio`` (binary tensors both ways).
 
     Args:
         client: a ``tritonclient.http.aio.InferenceServerClient``.
         model: the model's name.
         request: the input arrays (the same for every request).
+        outputs: the outputs to ask for as binary data (none named: all, as JSON).
     """
     import tritonclient.http as th
 
@@ -197,8 +199,10 @@ def triton_sender(client: Any, model: str, request: dict[str, np.ndarray]) -> Se
         item.set_data_from_numpy(np.ascontiguousarray(arr), binary_data=True)
         inputs.append(item)
 
+    wanted = [th.InferRequestedOutput(name, binary_data=True) for name in outputs] or None
+
     async def send() -> Any:
-        return await client.infer(model, inputs)
+        return await client.infer(model, inputs, outputs=wanted)
 
     return send
 

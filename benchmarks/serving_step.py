@@ -212,6 +212,7 @@ def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loa
 
     server = _http_server(setup, engine_path, mode, max_batch, setup.sla_ms)
     pid = server.proc.pid if isinstance(server, HTTPServerProcess) else None
+    outputs = [o.name for o in setup.engine.outputs]
     try:
         def client() -> Any:
             return aio.InferenceServerClient(server.base.removeprefix("http://"),
@@ -220,7 +221,7 @@ def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loa
 
         return asyncio.run(loadgen.drive(
             schedule, bounds, client,
-            lambda c: loadgen.triton_sender(c, server.model, setup.request), pid,
+            lambda c: loadgen.triton_sender(c, server.model, setup.request, outputs), pid,
             timeout_s=REQUEST_TIMEOUT_S))
     finally:
         server.close()

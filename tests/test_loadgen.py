@@ -5,6 +5,7 @@ a server's queue. Driven against real HTTP servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -187,3 +188,66 @@ def test_best_setting_is_chosen_per_phase():
     best = step.best_per_phase(settings)
     assert best["base"]["setting"] == "b"  # tie on attainment: the lower p99
     assert best["surge"]["setting"] == "b" and best["surge"]["sla_attainment"] == 0.9
+
+
+def test_triton_sender_drives_regiontrt_endpoint_on_schedule(na_engine):
+    """The generator's KServe v2 client (``tritonclient.http.aio``, binary tensors) against the
+    real endpoint: every scheduled request answered, with what the engine gives."""
+    pytest.importorskip("tritonclient.http.aio", reason="needs tritonclient[http] (test extra)")
+    pytest.importorskip("starlette", reason="needs starlette (pip install 'regiontrt[serve]')")
+    import tritonclient.http.aio as aio
+
+    import regiontrt as rt
+    from regiontrt.serve.runner import BackgroundHTTP
+
+    x = np.random.default_rng(1).random((1, *na_engine.inputs[0].shape[1:]), dtype=np.float32)
+    request = {na_engine.inputs[0].name: x}
+    outputs = [o.name for o in na_engine.outputs]
+    schedule = loadgen.fixed_schedule([("p", 100.0, 0.2)])
+
+    async def go(url: str, model: str):
+        async with aio.InferenceServerClient(url) as client:
+            send = loadgen.triton_sender(client, model, request, outputs)
+            first = await send()
+            return first, await loadgen.open_loop(schedule, send)
+
+    with BackgroundHTTP(rt.serve(na_engine, mode="adaptive", max_batch=8)) as http:
+        first, outcomes = asyncio.run(go(http.url, next(iter(http.server.models))))
+    np.testing.assert_array_equal(first.as_numpy(outputs[0]), na_engine.infer(request)[outputs[0]])
+    assert len(outcomes) == 20 and all(o.latency_s is not None for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("kind", ["litserve", "ray"])
+def test_peer_serves_the_engines_onnx_with_the_same_answers(kind, na_engine, tmp_path):
+    """Each peer of bench_serving serves the engine's own ONNX file and answers what the engine
+    answers (same file, same Q/DQ arithmetic), through the JSON the load generator sends."""
+    pytest.importorskip("litserve" if kind == "litserve" else "ray.serve",
+                        reason=f"needs {kind} (pip install 'regiontrt[bench]')")
+    pytest.importorskip("httpx", reason="needs httpx (the test extra)")
+    from benchmarks.serving_peers import PeerServer, decode_arrays, request_body
+    from regiontrt.backends.onnxruntime import runtime_arithmetic
+    from regiontrt.graph.arithmetic import Int8Arithmetic
+
+    onnx_path = str(na_engine.export_payload(tmp_path / "model.onnx")[0])
+    unfused = runtime_arithmetic(na_engine.metadata)[0] is Int8Arithmetic.TENSORRT
+    x = np.random.default_rng(2).random((1, *na_engine.inputs[0].shape[1:]), dtype=np.float32)
+    request = {na_engine.inputs[0].name: x}
+
+    async def go(url: str) -> tuple[bytes, list]:
+        async with aiohttp.ClientSession() as session:
+            send = loadgen.json_sender(session, url, request_body(request))
+            return await send(), await loadgen.open_loop(
+                loadgen.fixed_schedule([("p", 50.0, 0.2)]), send)
+
+    peer = PeerServer(kind, onnx_path, max_batch=4, wait_ms=2.0, threads=1, unfused_qdq=unfused)
+    try:
+        body, outcomes = asyncio.run(go(peer.url))
+        assert peer.configure(8, 1.0) is (kind == "ray")  # Ray's knobs change in place
+    finally:
+        peer.close()
+    got = decode_arrays(json.loads(body)["outputs"])
+    want = na_engine.infer(request)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+    assert all(o.latency_s is not None for o in outcomes), outcomes
+    assert peer.proc.poll() is not None  # the peer's process group is gone
