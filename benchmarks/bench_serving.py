@@ -48,7 +48,8 @@ import numpy as np
 import regiontrt as rt
 from benchmarks._env import environment, finish
 from benchmarks.serving_peers import PEERS
-from benchmarks.serving_step import MODES, PHASES, peer_settings, step_load
+from benchmarks.serving_report import peer_settings
+from benchmarks.serving_step import MODES, PHASES, step_load
 
 __all__ = ["MODES", "PHASES", "Setup", "demo_setup", "main", "rec_setup", "step_load"]
 

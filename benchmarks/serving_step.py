@@ -26,6 +26,7 @@ import numpy as np
 
 import regiontrt as rt
 from benchmarks import loadgen
+from benchmarks.serving_report import figures, label, peer_report, peer_settings, verdict
 from regiontrt.serve.protocol import datatype
 
 MODES = ("latency", "throughput", "adaptive")
@@ -150,9 +151,9 @@ def _http_server(setup: Any, engine_path: Path | None, mode: str, max_batch: int
 
 
 def http_capacity(setup: Any, engine_path: Path | None, seconds: float = 1.5,
-                  depth: int = 32) -> float:
+                  depth: int = 32, mode: str = "latency", max_batch: int = 1) -> float:
     """Like :func:`inproc_capacity`, over HTTP: ``depth`` clients sending back to back."""
-    server = _http_server(setup, engine_path, "latency", 1, 0.0)
+    server = _http_server(setup, engine_path, mode, max_batch, setup.sla_ms)
     try:
         body, headers = _binary_body(setup.request)
         url = f"{server.base}/v2/models/{server.model}/infer"
@@ -173,16 +174,6 @@ def _binary_body(request: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]
     head = json.dumps({"inputs": entries, "parameters": {"binary_data_output": True}}).encode()
     return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head)),
                                     "Content-Type": "application/octet-stream"}
-
-
-def _figures(outcomes: list[loadgen.Outcome], bounds: list[tuple[str, float, float]],
-             sla_ms: float, cpu: list[dict[str, float | None]]) -> dict[str, Any]:
-    """Pooled figures of one server's rounds; CPU cores per phase averaged over the rounds."""
-    out = loadgen.summarize(outcomes, bounds, sla_ms)
-    for phase, row in out.items():
-        got = [c[phase] for c in cpu if c.get(phase) is not None]
-        row["cpu_cores"] = float(np.mean(got)) if got else None  # type: ignore[arg-type]
-    return out
 
 
 def run_inproc(setup: Any, mode: str, schedule: list[loadgen.Arrival],
@@ -228,22 +219,14 @@ def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loa
 
 
 # -- the peers' sweep ------------------------------------------------------------------------------
-def peer_settings(sla_ms: float, batches: tuple[int, ...] = (8, 32),
-                  waits_ms: tuple[float, ...] | None = None) -> list[tuple[int, float]]:
-    """The sweep: every ``(max batch, wait ms)``; waits default to a 20th and a 4th of the SLA."""
-    waits = waits_ms if waits_ms else (sla_ms / 20, sla_ms / 4)
-    return [(b, w) for b in batches for w in waits]
-
-
-def _label(batch: int, wait_ms: float) -> str:
-    return f"batch {batch}, wait {wait_ms:g} ms"
-
-
 def _sweep_round(kind: str, onnx: str, unfused: bool, threads: int, body: bytes,
                  settings: list[tuple[int, float]], schedule: list[loadgen.Arrival],
-                 bounds: list[tuple[str, float, float]], into: dict[str, Any]) -> None:
+                 bounds: list[tuple[str, float, float]], into: dict[str, Any],
+                 capacity: bool = False) -> None:
     """Every setting of one peer on one round's schedule; outcomes and CPU appended to ``into``.
-    Ray is started once and reconfigured in place; LitServe is started per setting."""
+    Ray is started once and reconfigured in place; LitServe is started per setting. With
+    ``capacity``, the peer's saturated capacity at the last setting (the grid's largest batch
+    and wait) goes to ``into["capacity_rps"]``."""
     from benchmarks.serving_peers import PeerServer, run_peer
 
     peer = None
@@ -254,25 +237,15 @@ def _sweep_round(kind: str, onnx: str, unfused: bool, threads: int, body: bytes,
                     peer.close()
                 peer = PeerServer(kind, onnx, batch, wait, threads, unfused)
             got, cpu = run_peer(peer, body, schedule, bounds, REQUEST_TIMEOUT_S, CONNECTIONS)
-            slot = into.setdefault(_label(batch, wait), {"outcomes": [], "cpu": []})
+            slot = into.setdefault(label(batch, wait), {"outcomes": [], "cpu": []})
             slot["outcomes"].extend(got)
             slot["cpu"].append(cpu or {})
+        if capacity and peer is not None:
+            headers = {"Content-Type": "application/json"}
+            into["capacity_rps"] = asyncio.run(_saturate_http(peer.url, body, headers, 3.0, 64))
     finally:
         if peer is not None:
             peer.close()
-
-
-def best_per_phase(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each phase's best setting: the highest SLA attainment, then the lowest p99."""
-    out: dict[str, dict[str, Any]] = {}
-    for phase in next(iter(settings.values())):
-        def key(label: str, phase: str = phase) -> tuple[float, float]:
-            row = settings[label][phase]
-            return (row["sla_attainment"] or 0.0, -(row["p99_ms"] or float("inf")))
-
-        label = max(settings, key=key)
-        out[phase] = {"setting": label, **settings[label][phase]}
-    return out
 
 
 # -- the whole step --------------------------------------------------------------------------------
@@ -310,9 +283,13 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
                     cap = inproc_capacity(server, setup.request)
             else:
                 cap = http_capacity(setup, path)
+                run_batched = http_capacity(setup, path, 3.0, 64, "throughput", max_batch)
             base = base_frac * cap
             bounds = loadgen.phase_bounds(phases(base, phase_s))
-            run: dict[str, Any] = {"capacity_rps": cap, "base_rps": base, "modes": {}}
+            run: dict[str, Any] = {"capacity_rps": cap, "base_rps": base, "modes": {},
+                                   "phase_rates": {n: r for n, r, _ in phases(base, phase_s)}}
+            if transport == "http":
+                run["capacity_batched_rps"] = run_batched
             pooled: dict[str, dict[str, Any]] = {m: {"outcomes": [], "cpu": []} for m in modes}
             swept: dict[str, dict[str, Any]] = {p: {} for p in peers}
             for r in range(rounds):
@@ -334,16 +311,16 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
                     body = _peer_body(setup.request)
                     for kind in peers:
                         _sweep_round(kind, onnx, unfused, threads, body, grid, schedule,
-                                     bounds, swept[kind])
+                                     bounds, swept[kind], capacity=r == 0)
             for mode, got in pooled.items():
-                figures = {"phases": _figures(got.pop("outcomes"), bounds, setup.sla_ms,
-                                              got.pop("cpu")), **got}
-                run["modes"][mode] = figures
+                result = {"phases": figures(got.pop("outcomes"), bounds, setup.sla_ms,
+                                            got.pop("cpu")), **got}
+                run["modes"][mode] = result
                 if on_run:
-                    on_run(setup.name, transport, mode, figures)
+                    on_run(setup.name, transport, mode, result)
             if transport == "http" and peers:
-                run["peers"] = _peer_report(swept, bounds, setup.sla_ms, grid, threads, unfused)
-                run["adaptive_vs_peers"] = _verdict(run)
+                run["peers"] = peer_report(swept, bounds, setup.sla_ms, grid, threads, unfused)
+                run["adaptive_vs_peers"] = verdict(run)
                 for kind, rep in run["peers"].items():
                     if on_run:
                         on_run(setup.name, transport, f"{kind} (best per phase)",
@@ -358,29 +335,3 @@ def _peer_body(request: dict[str, np.ndarray]) -> bytes:
     return request_body(request)
 
 
-def _peer_report(swept: dict[str, dict[str, Any]], bounds: list[tuple[str, float, float]],
-                 sla_ms: float, grid: list[tuple[int, float]], threads: int,
-                 unfused: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kind, by_label in swept.items():
-        settings = {label: _figures(v["outcomes"], bounds, sla_ms, v["cpu"])
-                    for label, v in by_label.items()}
-        out[kind] = {"grid": [list(g) for g in grid], "ort_intra_op_threads": threads,
-                     "unfused_qdq": unfused, "settings": settings,
-                     "best": best_per_phase(settings)}
-    return out
-
-
-def _verdict(run: dict[str, Any]) -> dict[str, Any]:
-    """Per phase: adaptive's attainment against every peer's best (the issue's bar)."""
-    adaptive = run["modes"].get("adaptive")
-    if adaptive is None:
-        return {}
-    out = {}
-    for phase, row in adaptive["phases"].items():
-        best = {k: p["best"][phase]["sla_attainment"] or 0.0 for k, p in run["peers"].items()}
-        ours = row["sla_attainment"] or 0.0
-        out[phase] = {"adaptive": ours, "best_peer": max(best.values()),
-                      "peer": max(best, key=best.__getitem__),
-                      "at_least_every_peer": all(ours >= v for v in best.values())}
-    return out

@@ -178,7 +178,7 @@ def test_process_tree_cpu_counts_a_busy_grandchild():
 
 
 def test_best_setting_is_chosen_per_phase():
-    step = pytest.importorskip("benchmarks.serving_step", reason="run from the repository root")
+    step = pytest.importorskip("benchmarks.serving_report", reason="run from the repository root")
     settings = {
         "a": {"base": {"sla_attainment": 1.0, "p99_ms": 5.0},
               "surge": {"sla_attainment": 0.5, "p99_ms": 50.0}},
