@@ -97,6 +97,19 @@ def test_headers_sent_byte_by_byte_are_cut_off(short_server):
     assert sent < len(head) and total < 3.0 and b"200 OK" not in got, (sent, total, got)
 
 
+def test_a_head_over_the_size_cap_is_refused_not_buffered(short_server):
+    """A head that never ends is refused once past 16 KiB (h11's cap, which the httptools
+    protocol enforces too): a 4xx answer, then the connection closed, not held until the head
+    deadline while it grows."""
+    with socket.create_connection(("127.0.0.1", short_server.port)) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(64):
+                sock.sendall(b"a" * 1024)
+        _, got = _closed_after(sock, 10)
+    assert got.startswith(b"HTTP/1.1 4"), got[:200]
+
+
 def test_headers_without_the_body_get_408_or_a_close(short_server):
     with socket.create_connection(("127.0.0.1", short_server.port)) as sock:
         sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"

@@ -32,6 +32,11 @@ log = logging.getLogger("regiontrt.serve")
 
 #: Default longest time for a connection to deliver a complete request head (s).
 HEADER_TIMEOUT_S = 10.0
+#: Largest request head (bytes): h11's own limit, which the httptools protocol enforces too
+#: (httptools has none, so a head would otherwise grow as fast as a client sends it).
+MAX_HEAD_BYTES = 16 * 1024
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n"
+              b"content-length: 0\r\n\r\n")
 
 
 class _HeadDeadline:
@@ -100,7 +105,24 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         return None
 
     class HeadTimeoutHttpTools(_HeadDeadline, HttpToolsProtocol):
-        """``HttpToolsProtocol`` with a deadline on each request head."""
+        """``HttpToolsProtocol`` with a deadline on each request head, and h11's cap on its
+        size (431 and closed past :data:`MAX_HEAD_BYTES`)."""
+
+        _head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self._head_timer is not None  # armed: no complete head yet
+            super().data_received(data)
+            if not waiting or self._head_timer is None or self.transport.is_closing():
+                self._head_bytes = 0  # the head completed in this piece (or none pending)
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                log.info("closing the connection from %s: request head over %d bytes",
+                         self.client[0] if self.client else "?", MAX_HEAD_BYTES)
+                self._disarm()
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
