@@ -25,9 +25,12 @@ One command (peers that are not installed are skipped, and the JSON says so)::
     python -m benchmarks.bench_serving --models demo --transports http --phase-s 20 \\
         --rounds 1 --peers ray,litserve --json /tmp/serving.json   # the step against the peers
 
-On a host without a package index, install the wheels first (``pip download --only-binary=:all:
---python-version 3.12 --platform manylinux2014_x86_64 -d wheels 'regiontrt[serve,bench]'`` on a
-machine with one, then ``pip install --no-index --find-links wheels 'regiontrt[serve,bench]'``).
+On a host without a package index, carry wheels: on a machine with one, ``pip download
+--only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --platform
+manylinux_2_28_x86_64 -d wheels starlette uvicorn httptools prometheus-client
+'tritonclient[http]' aiohttp httpx psutil litserve`` (add ``'ray[serve]'`` where space allows:
+Ray's own wheel is about 76 MB), then there ``pip install --no-index --find-links wheels`` the
+same names and run the command above (numpy, onnx and onnxruntime are expected installed).
 """
 
 from __future__ import annotations
