@@ -130,7 +130,10 @@ async def open_loop(schedule: Sequence[Arrival], send: Sender, *, timeout_s: flo
     async def one(i: int, due: float, lag: float) -> None:
         arrival = schedule[i]
         try:
-            await asyncio.wait_for(send(), timeout_s - lag)
+            # asyncio.timeout, not wait_for: no second task a request (the generator's own
+            # cost must stay small next to the server's)
+            async with asyncio.timeout(timeout_s - lag):
+                await send()
         except Exception as exc:  # refused, failed or late: a miss, never a crash of the run
             outcomes[i] = Outcome(arrival.phase, arrival.at, lag, None, type(exc).__name__)
             return
