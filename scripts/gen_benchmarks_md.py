@@ -247,7 +247,8 @@ def _server_rows(d: dict[str, Any], rep: dict[str, Any], run: dict[str, Any]) ->
                 for kind, p in run.get("peers", {}).items()]
     return [[d["_file"], rep["model"], name, phase, r["setting"], str(r["requests"]),
              fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"), fmt(r["throughput"], ".0f"),
-             fmt(r["sla_attainment"], ".1f%"), fmt(r.get("cpu_cores"), ".2f")]
+             fmt(r["sla_attainment"], ".1f%"), fmt(r.get("cpu_cores"), ".2f"),
+             fmt(r.get("send_lag_p99_ms"), ".1f")]
             for name, phases in servers for phase, r in phases.items()]
 
 
@@ -256,7 +257,7 @@ def serving_peers(data: list[dict[str, Any]]) -> list[str]:
     rows = [row for d in data for rep in _reports(d) for path, run in rep["runs"].items()
             if path == "http" for row in _server_rows(d, rep, run)]
     return _rows(["file", "model", "server", "phase", "setting", "requests", "p50 ms", "p99 ms",
-                  "answered/s", "SLA %", "CPU cores"], rows)
+                  "answered/s", "SLA %", "CPU cores", "client send lag p99 ms"], rows)
 
 
 def serving_verdict(data: list[dict[str, Any]]) -> list[str]:
