@@ -251,6 +251,45 @@ def serving_summary(data: list[dict[str, Any]]) -> list[str]:
                   "SLA % base", "surge", "recover", "all"], rows)
 
 
+def _server_rows(d: dict[str, Any], rep: dict[str, Any], run: dict[str, Any]) -> list[list[str]]:
+    """One row per server and phase of one HTTP run: regiontrt's modes at their defaults, each
+    peer at its best setting of the phase."""
+    servers = [(f"regiontrt {mode}", {ph: {"setting": "default", **row}
+                                      for ph, row in m["phases"].items()})
+               for mode, m in run["modes"].items()]
+    servers += [(f"{kind} (best of {fmt(len(p['settings']), 'd')})", p["best"])
+                for kind, p in run.get("peers", {}).items()]
+    return [[d["_file"], rep["model"], name, phase, r["setting"], str(r["requests"]),
+             fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"), fmt(r["throughput"], ".0f"),
+             fmt(r["sla_attainment"], ".1f%"), fmt(r.get("cpu_cores"), ".2f"),
+             fmt(r.get("send_lag_p99_ms"), ".1f")]
+            for name, phases in servers for phase, r in phases.items()]
+
+
+def serving_peers(data: list[dict[str, Any]]) -> list[str]:
+    """regiontrt's modes against Ray Serve and LitServe on one schedule, over HTTP, per phase."""
+    rows = [row for d in data for rep in _reports(d) for path, run in rep["runs"].items()
+            if path == "http" for row in _server_rows(d, rep, run)]
+    return _rows(["file", "model", "server", "phase", "setting", "requests", "p50 ms", "p99 ms",
+                  "answered/s", "SLA %", "CPU cores", "client send lag p99 ms"], rows)
+
+
+def serving_verdict(data: list[dict[str, Any]]) -> list[str]:
+    """Per phase: adaptive's SLA attainment against the best peer's (the issue's bar)."""
+    def yes(x: bool | None) -> str:
+        return "-" if x is None else "yes" if x else "no"
+
+    rows = [[d["_file"], rep["model"], phase, fmt(v.get("offered_rps"), ".0f"),
+             fmt(v.get("best_batched_capacity_rps"), ".0f"), fmt(v["adaptive"], ".1f%"),
+             fmt(v["best_peer"], ".1f%"), v["peer"], yes(v["at_least_every_peer"]),
+             yes(v.get("meets_99"))]
+            for d in data for rep in _reports(d) for run in rep["runs"].values()
+            for phase, v in run.get("adaptive_vs_peers", {}).items()]
+    return _rows(["file", "model", "phase", "offered/s", "best batched capacity/s",
+                  "adaptive SLA %", "best peer SLA %", "best peer", "adaptive >= every peer",
+                  ">= 99 % under capacity"], rows)
+
+
 def monitor_cost(data: list[dict[str, Any]]) -> list[str]:
     rows = [[d["_file"], *(fmt(d["monitor_cost_us"][k], ".1f")
                            for k in ("off", "sample 5%", "sample 100%")),
@@ -315,7 +354,8 @@ def zoo(data: list[dict[str, Any]]) -> list[str]:
 TABLES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     f.__name__.replace("_", "-"): f for f in (
         gpu_transfer, infer_overhead, infer_overhead_ort, quant_rows, quant_search, quant_micro,
-        calibration, arithmetic, fleet, serving_phases, serving_summary, monitor_cost, zoo)}
+        calibration, arithmetic, fleet, serving_phases, serving_summary, serving_peers,
+        serving_verdict, monitor_cost, zoo)}
 
 
 def load(sources: str) -> list[dict[str, Any]]:

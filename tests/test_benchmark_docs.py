@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "docs" / "results"
@@ -148,3 +150,44 @@ def test_the_check_fails_on_an_edited_figure(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(GENERATOR), "--check", "--doc", str(doc)],
                          cwd=ROOT, capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "differs from docs/results" in run.stderr
+
+
+def test_serving_peer_tables_render_what_the_step_load_records() -> None:
+    """The serving-peers and serving-verdict tables read the result bench_serving writes: built
+    here by its own reporting code from outcomes, every server's row and the bar per phase."""
+    loadgen = pytest.importorskip("benchmarks.loadgen", reason="run from the repository root")
+    report = pytest.importorskip("benchmarks.serving_report", reason="run from the repository root")
+    spec = importlib.util.spec_from_file_location("gen_benchmarks_md", GENERATOR)
+    assert spec and spec.loader
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+
+    phases = [("base", 10.0, 1.0), ("surge", 50.0, 1.0), ("recover", 10.0, 1.0)]
+    bounds = loadgen.phase_bounds(phases)
+    sched = loadgen.fixed_schedule(phases)
+
+    def outcomes(ms: float) -> list:  # every request answered in ``ms``, the surge's twice over
+        return [loadgen.Outcome(a.phase, a.at, 0.0, ms * (2 if a.phase == "surge" else 1) / 1e3)
+                for a in sched]
+
+    cpu = [{"base": 0.5, "surge": 1.5, "recover": 0.5, "all": 0.8}]
+    run = {"capacity_rps": 100.0, "capacity_batched_rps": 40.0, "base_rps": 10.0,
+           "phase_rates": {n: r for n, r, _ in phases},
+           "modes": {"adaptive": {"phases": report.figures(outcomes(4.0), bounds, 10.0, cpu)}}}
+    swept = {"litserve": {"batch 8, wait 1 ms": {"outcomes": outcomes(8.0), "cpu": cpu},
+                          "batch 8, wait 5 ms": {"outcomes": outcomes(12.0), "cpu": cpu},
+                          "capacity_rps": 30.0}}
+    run["peers"] = report.peer_report(swept, bounds, 10.0, [(8, 1.0), (8, 5.0)], 2, False)
+    run["adaptive_vs_peers"] = report.verdict(run)
+    data = [{"reports": [{"model": "m", "runs": {"http": run}}], "_file": "r.json"}]
+
+    peers = gen.serving_peers(data)
+    assert any("| regiontrt adaptive | surge | default |" in row and "| 100.0 | 1.50 |" in row
+               for row in peers), peers
+    best = [r for r in peers if "litserve (best of 2)" in r]
+    assert len(best) == 4 and all("batch 8, wait 1 ms" in r for r in best), best
+    verdict = {r.split(" | ")[2]: r for r in gen.serving_verdict(data)[2:]}
+    # base: 10/s under the best batched capacity (40/s), adaptive all in the 10 ms SLA
+    assert verdict["base"].endswith("| 100.0 | 100.0 | litserve | yes | yes |"), verdict
+    # surge: 50/s over every capacity: no 99 % bar; litserve's 16 ms misses, adaptive's 8 ms not
+    assert verdict["surge"].endswith("| 100.0 | 0.0 | litserve | yes | - |"), verdict

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -39,9 +40,19 @@ def engine():
 SHORT = HTTPLimits(header_timeout_s=1.0, body_idle_s=1.0, body_timeout_s=2.0, keep_alive_s=1)
 
 
-@pytest.fixture(scope="module")
-def short_server(engine):
-    with BackgroundHTTP(served(engine), limits=SHORT) as srv:
+def _parsers() -> list:
+    """Both HTTP parsers the head deadline is built on (httptools only where installed)."""
+    import importlib.util
+
+    has = importlib.util.find_spec("httptools") is not None
+    return ["h11", pytest.param("httptools", marks=pytest.mark.skipif(
+        not has, reason="needs httptools (pip install 'regiontrt[serve]')"))]
+
+
+@pytest.fixture(scope="module", params=_parsers())
+def short_server(engine, request):
+    limits = dataclasses.replace(SHORT, parser=request.param)
+    with BackgroundHTTP(served(engine), limits=limits) as srv:
         yield srv
 
 
@@ -84,6 +95,19 @@ def test_headers_sent_byte_by_byte_are_cut_off(short_server):
         _, got = _closed_after(sock, 10)
         total = time.monotonic() - start
     assert sent < len(head) and total < 3.0 and b"200 OK" not in got, (sent, total, got)
+
+
+def test_a_head_over_the_size_cap_is_refused_not_buffered(short_server):
+    """A head that never ends is refused once past 16 KiB (h11's cap, which the httptools
+    protocol enforces too): a 4xx answer, then the connection closed, not held until the head
+    deadline while it grows."""
+    with socket.create_connection(("127.0.0.1", short_server.port)) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(64):
+                sock.sendall(b"a" * 1024)
+        _, got = _closed_after(sock, 10)
+    assert got.startswith(b"HTTP/1.1 4"), got[:200]
 
 
 def test_headers_without_the_body_get_408_or_a_close(short_server):
@@ -233,3 +257,20 @@ def test_after_sigterm_readiness_never_answers_200(engine, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_head_deadline_rides_on_httptools_where_installed():
+    """The endpoint uses uvicorn's C parser when it is there (h11's pure-Python parsing costs
+    the single event loop far more a request), and says why when a parser cannot be had."""
+    from regiontrt.serve.guard import head_timeout_protocol
+
+    h11_impl = pytest.importorskip("uvicorn.protocols.http.h11_impl")
+    assert issubclass(head_timeout_protocol(1.0, "h11"), h11_impl.H11Protocol)
+    with pytest.raises(ValueError, match="parser"):
+        head_timeout_protocol(1.0, "picohttp")
+    with pytest.raises(ValueError, match="> 0"):
+        head_timeout_protocol(0.0)
+    tools = pytest.importorskip("uvicorn.protocols.http.httptools_impl",
+                                reason="needs httptools (pip install 'regiontrt[serve]')")
+    auto = head_timeout_protocol(2.5)
+    assert issubclass(auto, tools.HttpToolsProtocol) and auto.header_timeout_s == 2.5

@@ -44,6 +44,8 @@ class HTTPLimits:
             many requests wait for them (503 past it).
         max_connections: open connections and requests past which uvicorn answers 503
             (``limit_concurrency``; None: no limit).
+        parser: the HTTP/1.1 parser: ``"auto"`` (httptools where installed, else h11),
+            ``"httptools"`` or ``"h11"``.
     """
 
     max_decoded: int = MAX_DECODED
@@ -53,6 +55,7 @@ class HTTPLimits:
     keep_alive_s: int = 5
     decode_workers: int = DECODE_WORKERS
     max_connections: int | None = None
+    parser: str = "auto"
 
 
 def _uvicorn(server: Server, host: str, port: int, max_body: int, graceful_s: float,
@@ -63,7 +66,7 @@ def _uvicorn(server: Server, host: str, port: int, max_body: int, graceful_s: fl
                      decode_workers=limits.decode_workers)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=int(graceful_s), lifespan="on",
-                            http=head_timeout_protocol(limits.header_timeout_s),
+                            http=head_timeout_protocol(limits.header_timeout_s, limits.parser),
                             timeout_keep_alive=limits.keep_alive_s,
                             limit_concurrency=limits.max_connections,
                             # None: uvicorn installs no handlers of its own, so its records go
