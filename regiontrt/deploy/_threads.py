@@ -3,10 +3,11 @@
 ONNX Runtime's default intra-op pool has one thread per physical core and pins its thread *i* to
 core *i* in every process, whatever the process's CPU affinity (measured with onnxruntime 1.32: a
 session created under ``taskset -c 0`` on a 2-core host still pins its extra thread to core 1).
-N build workers on one host therefore stack N pinned threads on each core but the first, and
-every operator waits for its slice on the busiest core: more workers built a fleet no faster
-(``docs/benchmarks.md``, "Fleet build"). A session given an explicit thread count is not pinned,
-so a fleet worker makes every session it creates use ``cores // workers`` threads.
+N build workers on one host therefore stack N pinned threads on each core but the first: two
+workers built a fleet no faster than one (``docs/benchmarks.md``, "Fleet build"), and the same
+2-worker build of PP-OCRv4 rec on 2 cores took 30-40 % more worker CPU time than with one
+unpinned thread per worker. A session given an explicit thread count is not pinned, so a fleet
+worker makes every session it creates use ``cores // workers`` threads.
 
 The sessions are created all over the library (calibration, precision trials, backends), each
 from a fresh ``onnxruntime.SessionOptions()``; the worker swaps that class for a subclass whose
