@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         for w in worker_counts(args.workers, cpus):
             results["runs"][f"fleet, {w} worker{'s' if w > 1 else ''} (ours)"] = ours(
                 fleet, root / f"dist-{w}", w)
+            if args.json:  # so far, in case a time limit stops the run (rewritten at the end)
+                args.json.write_text(json.dumps({**results, "partial": True}, indent=2))
         failed = [n for n, r in results["runs"].items() if not r["ok"]]
         if not failed and not args.no_peer:
             results["runs"]["by hand, 1 process (peer)"] = peer(fleet)
