@@ -190,23 +190,53 @@ def arithmetic(data: list[dict[str, Any]]) -> list[str]:
 
 
 # -- fleet, serving ----------------------------------------------------------------------------
+def _run_footer(d: dict[str, Any]) -> str:
+    env = d["environment"]
+    cores = d.get("cpus", {}).get("usable", env["machine"]["cpu"]["cores"])
+    return (f"`{env['command']}`, {env['started_at']} to {env['finished_at']}, "
+            f"{env['machine']['cpu']['model']} ({cores} cores), "
+            f"load average {fmt(env['load_before'][0], '.2f')} before, "
+            f"{fmt(env['load_after'][0], '.2f')} after; commit `{env['commit'][:12]}`.")
+
+
+def _one_worker_s(d: dict[str, Any]) -> float | None:
+    return next((r["wall_s"] for r in d["runs"].values() if r.get("workers") == 1), None)
+
+
 def fleet(data: list[dict[str, Any]]) -> list[str]:
     d = data[0]
     peer = d["runs"].get("by hand, 1 process (peer)", {}).get("wall_s")
-    rows = []
+    one = _one_worker_s(d)
+    rows, regions = [], ""
     for name, r in d["runs"].items():
         cells = r["cells"].values()
+        regions = regions or ", ".join(k.split("/")[0] for k in r["cells"])
         precisions = ", ".join(c[1] if isinstance(c, list) else c for c in cells)
         rows.append([name, fmt(r["wall_s"], ".1f"),
+                     fmt(one / r["wall_s"], ".2f") + "×" if one and "workers" in r else "-",
                      fmt(peer / r["wall_s"], ".2f") + "×" if peer else "-",
+                     str(r.get("threads_per_worker") or "-"), fmt(r.get("bound_s"), ".1f"),
                      "yes" if r.get("ok", True) else "no", precisions])
-    env = d["environment"]
-    return [*_rows(["configuration", "wall s", "speed-up vs peer", "all cells built",
-                    "cell precisions (NA, NA, EU, EU, CERTIFIED, CERTIFIED)"], rows), "",
-            f"`{env['command']}`, {env['started_at']} to {env['finished_at']}, "
-            f"{env['machine']['cpu']['model']} ({env['machine']['cpu']['cores']} cores), "
-            f"load average {fmt(env['load_before'][0], '.2f')} before, "
-            f"{fmt(env['load_after'][0], '.2f')} after; commit `{env['commit'][:12]}`."]
+    return [*_rows(["configuration", "wall s", "speed-up vs 1 worker", "speed-up vs peer",
+                    "ONNX Runtime threads per worker", "bound s", "all cells built",
+                    f"cell precisions ({regions})"], rows), "", _run_footer(d)]
+
+
+def fleet_scaling(data: list[dict[str, Any]]) -> list[str]:
+    """Workers against wall time, with the bound ``max(work / workers, longest chain)``."""
+    d = data[0]
+    one = _one_worker_s(d)
+    rows = [[str(r["workers"]), str(r["threads_per_worker"] or "-"), fmt(r["wall_s"], ".1f"),
+             fmt(one / r["wall_s"], ".2f") + "×" if one else "-",
+             fmt(one / r["wall_s"] / r["workers"], ".0f%") + " %" if one else "-",
+             fmt(r["bound_s"], ".1f"), fmt(r["chain_s"], ".1f"), fmt(r["task_seconds"], ".1f"),
+             f"{fmt(r['load_before'][0], '.2f')} → {fmt(r['load_after'][0], '.2f')}",
+             "yes" if r["ok"] else "no"]
+            for r in d["runs"].values() if "workers" in r]
+    return [*_rows(["workers", "threads per worker", "wall s", "speed-up vs 1 worker",
+                    "efficiency", "bound s", "longest chain s", "work in tasks s",
+                    "load (1 min) before → after", "all cells built"], rows), "",
+            f"{len(d['regions'])} regions × {d['targets']} targets; " + _run_footer(d)]
 
 
 # -- the INT8 model zoo (benchmarks/bench_zoo.py) -----------------------------------------------
@@ -263,8 +293,8 @@ def zoo(data: list[dict[str, Any]]) -> list[str]:
 TABLES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     f.__name__.replace("_", "-"): f for f in (
         gpu_transfer, infer_overhead, infer_overhead_ort, quant_rows, quant_search, quant_micro,
-        calibration, arithmetic, fleet, serving_phases, serving_summary, serving_peers,
-        serving_verdict, monitor_cost, zoo)}
+        calibration, arithmetic, fleet, fleet_scaling, serving_phases, serving_summary,
+        serving_peers, serving_verdict, monitor_cost, zoo)}
 
 
 def load(sources: str) -> list[dict[str, Any]]:

@@ -89,3 +89,26 @@ def serve(folder: Path, handler: type[http.server.BaseHTTPRequestHandler] = _Qui
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def session_threads(threads: int | None = None) -> dict[str, object]:
+    """Create one ONNX Runtime session the way the library does, in this (worker) process.
+
+    ``threads``: first call :func:`regiontrt.deploy._threads.limit_onnxruntime_threads`. Returns
+    the threads the session added, each one's CPU affinity, this process's affinity, and the
+    share the process was set to.
+    """
+    import os
+
+    from regiontrt.deploy._threads import limit_onnxruntime_threads, onnxruntime_threads
+    from regiontrt.graph.arithmetic import make_session, session_options
+
+    if threads is not None:
+        limit_onnxruntime_threads(threads)
+    before = set(os.listdir("/proc/self/task"))
+    session = make_session(demo.model_path().read_bytes(), session_options())
+    added = sorted(set(os.listdir("/proc/self/task")) - before)
+    affinity = [sorted(os.sched_getaffinity(int(t))) for t in added]
+    del session
+    return {"added": len(added), "affinity": affinity,
+            "process": sorted(os.sched_getaffinity(0)), "share": onnxruntime_threads()}

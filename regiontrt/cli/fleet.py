@@ -46,11 +46,13 @@ def _cmd_fleet_build(args: argparse.Namespace) -> int:
 
     def build(on_cell: Callable[[CellResult], None] | None = None) -> FleetResult:
         return build_fleet(args.fleet, args.out, workers=args.workers,
-                           scheduler=args.scheduler, sign_key=args.sign, on_cell=on_cell)
+                           scheduler=args.scheduler, threads=args.threads, sign_key=args.sign,
+                           on_cell=on_cell)
 
     if args.json:  # standard output is the JSON alone; progress still goes to standard error
         result = build()
         print(json.dumps({"ok": result.ok, "seconds": result.seconds,
+                          "threads": result.threads, "decisions": result.decisions,
                           "cells": [c.to_dict() for c in result.cells],
                           "bundles": {k: str(v) for k, v in result.bundles.items()}}, indent=2))
         return 0 if result.ok else 1
@@ -224,6 +226,9 @@ def _register_fleet_build(fsub: argparse._SubParsersAction[argparse.ArgumentPars
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="Dask scheduler address instead of local workers (needs the fleet "
                             "extra), e.g. tcp://host:8786")
+    b.add_argument("--threads", type=positive_int, metavar="N",
+                   help="ONNX Runtime threads of each build task (default: this host's CPUs "
+                        "divided by --workers; ONNX Runtime's own with --scheduler), e.g. 4")
     b.add_argument("--sign", metavar="PRIVATE.pem",
                    help="sign each bundle with this key, e.g. keys/private.pem")
     b.add_argument("--json", action="store_true", help="print the cells as JSON")

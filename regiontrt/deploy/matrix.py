@@ -4,7 +4,8 @@ Each region's precision is decided once (one :func:`.tasks.decide_region` task);
 is, one :func:`.tasks.build_cell` task per target builds that target from the region's
 precision-compiled ONNX. Tasks carry bytes and URLs only, so the executor can be a local process
 pool (default) or Dask (``Client.get_executor()``, or ``scheduler="tcp://host:8786"``). A failed
-cell never stops the others; every cell ends up in :attr:`FleetResult.cells`.
+cell never stops the others; every cell ends up in :attr:`FleetResult.cells`. Each task's ONNX
+Runtime sessions get a share of the host's cores (``threads``; see :mod:`._threads`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 from regiontrt import _display
 from regiontrt._progress import task
 from regiontrt._text import format_table
+from regiontrt.deploy._threads import cpu_share
 from regiontrt.deploy.bundle import write_bundle
-from regiontrt.deploy.fleet import FleetSpec, TargetSpec
+from regiontrt.deploy.fleet import FleetSpec, RegionSpec, TargetSpec
 from regiontrt.deploy.tasks import build_cell, decide_region
+from regiontrt.errors import InvalidArgumentError
 from regiontrt.runtime import artifact
 from regiontrt.runtime.engine import FLEET_BUILT, Engine
 
@@ -66,12 +69,19 @@ CELL_HEADER = ("region", "target", "backend", "precision", "loss / budget", "siz
 
 @dataclass
 class FleetResult:
-    """Every cell of a fleet build, and where its bundles were written."""
+    """Every cell of a fleet build, and where its bundles were written.
+
+    Attributes:
+        decisions: each region's precision-decision task, in seconds (as the task measured it).
+        threads: ONNX Runtime intra-op threads each task used (None: ONNX Runtime's default).
+    """
 
     fleet: FleetSpec
     cells: list[CellResult]
     bundles: dict[str, Path]
     seconds: float
+    decisions: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -134,18 +144,39 @@ def _cell(region: str, target: TargetSpec, engine: Engine, out: Mapping[str, Any
         error=out.get("reason") or out.get("error") or "", engine=blob)
 
 
+def expected_cost(spec: RegionSpec) -> tuple[bool, bool, int]:
+    """A sort key for a region decision's expected cost (larger: costlier).
+
+    A calibrated int8 region calibrates, then tries int8 (with ``search_mixed``, mixed
+    precisions too) before wider precisions; other regions try fewer precisions. Deciding the
+    costliest first keeps a long decision from starting last, while the other workers have
+    nothing left to do (longest-processing-time-first scheduling).
+    """
+    precisions = spec.precisions or tuple(spec.region.get("precisions") or ())
+    int8 = spec.calibration is not None and "int8" in precisions
+    return int8, int8 and spec.search_mixed, len(precisions)
+
+
 def run_matrix(fleet: FleetSpec, executor: cf.Executor,
                on_cell: Callable[[CellResult], None] | None = None,
+               threads: int | None = None,
+               decisions: dict[str, float] | None = None,
                ) -> tuple[list[CellResult], dict[str, Engine]]:
     """Run every cell of ``fleet`` on ``executor``; returns the cells and each region's engine.
 
-    Progress: one task of all the cells (a bar on a terminal, plain lines otherwise, see
-    :mod:`regiontrt._progress`), and ``on_cell(cell)`` as each cell finishes.
+    Region decisions are submitted costliest first (:func:`expected_cost`); each region's
+    cells as soon as its decision is known. Progress: one task of all the cells (a bar on a
+    terminal, plain lines otherwise, see :mod:`regiontrt._progress`), and ``on_cell(cell)`` as
+    each cell finishes. ``threads``: ONNX Runtime intra-op threads for each task (None: ONNX
+    Runtime's default). ``decisions``, when given, receives each region's decision time in
+    seconds.
     """
     model = fleet.model_bytes()
+    decisions = {} if decisions is None else decisions
     pending: dict[cf.Future[dict[str, Any]], tuple[str, TargetSpec | None]] = {}
-    for spec in fleet.regions:
-        job = {"model": model, "region": spec.to_job(), "shape_profile": fleet.shape_profile}
+    for spec in sorted(fleet.regions, key=expected_cost, reverse=True):  # stable: ties keep order
+        job = {"model": model, "region": spec.to_job(), "shape_profile": fleet.shape_profile,
+               "threads": threads}
         pending[executor.submit(decide_region, job)] = (spec.name, None)
     cells: list[CellResult] = []
     engines: dict[str, Engine] = {}
@@ -157,6 +188,8 @@ def run_matrix(fleet: FleetSpec, executor: cf.Executor,
                 region, target = pending.pop(future)
                 out = future.result()  # tasks never raise (see tasks.py)
                 finished: list[CellResult] = []
+                if target is None:
+                    decisions[region] = float(out.get("seconds", 0.0))
                 if target is None and not out["ok"]:
                     finished = _region_cells(fleet, region, out)
                 elif target is None:
@@ -164,7 +197,7 @@ def run_matrix(fleet: FleetSpec, executor: cf.Executor,
                     engines[region] = Engine(*artifact.decode(blob, f"region {region}"),
                                              provenance=FLEET_BUILT)
                     for t in fleet.targets:
-                        job = {"engine": blob, "target": t.to_dict()}
+                        job = {"engine": blob, "target": t.to_dict(), "threads": threads}
                         pending[executor.submit(build_cell, job)] = (region, t)
                 else:
                     finished = [_cell(region, target, engines[region], out)]
@@ -191,6 +224,7 @@ def build_fleet(
     executor: cf.Executor | None = None,
     workers: int = 1,
     scheduler: str | None = None,
+    threads: int | None = None,
     sign_key: str | Path | None = None,
     on_cell: Callable[[CellResult], None] | None = None,
 ) -> FleetResult:
@@ -201,6 +235,11 @@ def build_fleet(
         out: the output folder; bundles go to ``out/<name>/<version>/<region>/``.
         executor: any ``concurrent.futures.Executor`` (e.g. ``client.get_executor()``); when
             omitted, ``scheduler`` (a Dask address) or a local pool of ``workers`` processes.
+        threads: ONNX Runtime intra-op threads for each task's sessions. Default: for the local
+            pool, this host's usable CPUs divided by ``workers`` (ONNX Runtime's own default
+            pins one thread per core in every worker, so workers would queue on the same
+            cores); with ``executor`` or ``scheduler``, ONNX Runtime's default (pass the cores
+            of a worker host divided by its worker processes).
         sign_key: a private key to sign each bundle with.
         on_cell: called with each :class:`CellResult` as soon as it is known (in the calling
             process), e.g. to fill a live table; progress is also logged (``regiontrt.progress``).
@@ -210,12 +249,17 @@ def build_fleet(
         whose decision succeeded still gets a bundle of the cells that did not fail).
     """
     spec = fleet if isinstance(fleet, FleetSpec) else FleetSpec.load(fleet)
+    if threads is not None and threads < 1:
+        raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
+    if threads is None and executor is None and not scheduler:
+        threads = cpu_share(workers)
     started = time.perf_counter()
+    decisions: dict[str, float] = {}
     if executor is None:
         with open_executor(workers, scheduler) as own:
-            cells, engines = run_matrix(spec, own, on_cell)
+            cells, engines = run_matrix(spec, own, on_cell, threads, decisions)
     else:
-        cells, engines = run_matrix(spec, executor, on_cell)
+        cells, engines = run_matrix(spec, executor, on_cell, threads, decisions)
     bundles: dict[str, Path] = {}
     for region, engine in engines.items():
         mine = [c for c in cells if c.region == region]
@@ -229,4 +273,4 @@ def build_fleet(
                               version=spec.version, region_engine=engine, variants=variants,
                               deferred=deferred, sign_key=sign_key)  # signed before it appears
         bundles[region] = folder
-    return FleetResult(spec, cells, bundles, time.perf_counter() - started)
+    return FleetResult(spec, cells, bundles, time.perf_counter() - started, decisions, threads)

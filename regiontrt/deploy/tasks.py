@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
+from regiontrt.deploy._threads import limit_onnxruntime_threads
 from regiontrt.errors import RegionTRTError
 from regiontrt.runtime import artifact
 from regiontrt.runtime.engine import FLEET_BUILT, Engine
@@ -25,11 +26,18 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def _share_cores(job: Mapping[str, Any]) -> None:
+    """Give this process's ONNX Runtime sessions the job's thread count (see :mod:`._threads`)."""
+    if job.get("threads"):
+        limit_onnxruntime_threads(int(job["threads"]))
+
+
 def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
     """Decide a region's precision once: build its ONNX Runtime engine under its policy.
 
     Args:
-        job: ``model`` (ONNX bytes), ``region`` (:meth:`RegionSpec.to_job`), ``shape_profile``.
+        job: ``model`` (ONNX bytes), ``region`` (:meth:`RegionSpec.to_job`), ``shape_profile``;
+            optional ``threads``: ONNX Runtime intra-op threads for this process's sessions.
 
     Returns:
         ``{"ok": True, "engine": container bytes, "seconds": ...}`` or
@@ -43,6 +51,7 @@ def decide_region(job: Mapping[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     spec = job["region"]
     try:
+        _share_cores(job)
         builder = (RegionalEngineBuilder.from_onnx(job["model"])
                    .for_region(Region.from_dict(spec["name"], spec["region"]))
                    .with_backend("onnxruntime"))
@@ -71,7 +80,7 @@ def build_cell(job: Mapping[str, Any]) -> dict[str, Any]:
 
     Args:
         job: ``engine`` (the region's ONNX Runtime engine, container bytes) and ``target``
-            (:meth:`TargetSpec.to_dict`).
+            (:meth:`TargetSpec.to_dict`); optional ``threads`` as for :func:`decide_region`.
 
     Returns:
         ``{"status": "built", "engine": bytes, ...}``, ``{"status": "deferred", "reason": ...}``
@@ -84,6 +93,7 @@ def build_cell(job: Mapping[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     try:
+        _share_cores(job)
         target = TargetSpec.from_dict(job["target"])
         metadata, payload = artifact.decode(job["engine"], "region engine")
         engine = Engine(metadata, payload, provenance=FLEET_BUILT)
