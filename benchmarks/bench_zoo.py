@@ -36,6 +36,7 @@ from benchmarks.zoo_report import compare_all, markdown
 ARITHMETICS = ("tensorrt", "fused")
 HEADLINE = "tensorrt"
 OURS_METHODS = ("auto", "entropy", "percentile")
+PEER_VARIANTS = ("default", "our exclusions")
 MODELOPT_SKIP = "ModelOpt not installed here (see benchmarks/peers.py: REGIONTRT_MODELOPT_PYTHON)"
 Log = Callable[[str], None]
 
@@ -64,10 +65,12 @@ def named_copy(model_path: Path, out: Path) -> str:
 
 
 def _peer_specs(model: str, npz: str, workdir: Path, exclude: list[str], modelopt: Path | None,
-                name: str, ort_methods: Sequence[str] = peers.ORT_METHODS
-                ) -> list[dict[str, Any]]:
+                name: str, ort_methods: Sequence[str] = peers.ORT_METHODS,
+                variants: Sequence[str] = PEER_VARIANTS) -> list[dict[str, Any]]:
     specs = []
     for variant, excl in (("default", ()), ("our exclusions", tuple(exclude))):
+        if variant not in variants:
+            continue
         tag = "excl" if excl else "default"
         for meth in ort_methods:
             out = str(workdir / f"{name}_ort_{meth}_{tag}.onnx")
@@ -171,7 +174,9 @@ def bench_model(zoo: ZooModel, workdir: Path, args: Any, modelopt: Path | None,
         stats[id(ours_default)] = score_row(zoo, ours_default, split.evaluation, refs)
         exclude = list(ours_default.get("coverage", {}).get("float_layer_names", []))
     ort_methods = getattr(args, "ort_methods", None) or peers.ORT_METHODS
-    for spec in _peer_specs(model, npz, workdir, exclude, modelopt, zoo.name, ort_methods):
+    variants = getattr(args, "peer_variants", None) or PEER_VARIANTS
+    for spec in _peer_specs(model, npz, workdir, exclude, modelopt, zoo.name, ort_methods,
+                            variants):
         rows.append(run_peer(spec, args.timeout, args.mem_cap_mb,
                              "--no-modelopt" if args.no_modelopt else None))
         log(f"[{zoo.name}] {spec['tool']} {spec['method']} {spec['variant']}: "
@@ -257,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
                         "with first and last layers quantized); default: every one")
     p.add_argument("--ort-methods", type=_choices(peers.ORT_METHODS), default=None,
                    help="comma-separated ONNX Runtime calibrators (default: all three)")
+    p.add_argument("--peer-variants", type=_choices(PEER_VARIANTS), default=None,
+                   help="comma-separated peer variants: 'default', 'our exclusions' "
+                        "(default: both)")
     p.add_argument("--no-frontier", action="store_true", help="skip the search's frontier")
     p.add_argument("--frontier-budget", type=float, default=0.0,
                    help="the search's budget, in the task metric's loss (0: match FP32)")

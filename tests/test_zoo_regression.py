@@ -3,7 +3,9 @@
 Issue 20 asks CI to run a fast subset of the zoo (2 models, few samples) so that a regression is
 caught. This runs :func:`benchmarks.bench_zoo.run` on :data:`benchmarks.zoo.FAST` (the PP-OCRv4
 recogniser and magika, real models from pinned PyPI wheels) with few samples, our default
-(``auto``) and ONNX Runtime's quantizer, and checks, in the headline (TensorRT) arithmetic:
+(``auto``) and ONNX Runtime's quantizer (MinMax and Percentile with the layers ours keeps in
+float excluded: the same int8 coverage; its default variant fails on magika with ONNX Runtime
+1.32), and checks, in the headline (TensorRT) arithmetic:
 
 * our default's task metric against FP32 is within :data:`SLACK` of the stored full run
   (``docs/results/bench_zoo.json``, more samples: the tolerance covers the smaller sample);
@@ -73,6 +75,7 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
     args = SimpleNamespace(
         quick=True, seed=0, workdir=None, timeout=300.0, mem_cap_mb=8000.0, no_modelopt=True,
         no_frontier=True, frontier_budget=0.0, ours=["auto"], ort_methods=list(ORT_METHODS),
+        peer_variants=["our exclusions"],
         argv=["tests/test_zoo_regression.py"])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
