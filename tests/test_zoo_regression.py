@@ -104,7 +104,9 @@ def test_our_default_stays_above_the_stored_floor(fast_run: Any, name: str) -> N
 def test_our_default_is_at_least_onnxruntime_best(fast_run: Any, name: str) -> None:
     result, _ = fast_run
     model = zoo()[name]
-    ours = _ours(result, name)["metric"]["tensorrt"]
+    row = _ours(result, name)
+    assert row["status"] == "ok", row.get("error")
+    ours = row["metric"]["tensorrt"]
     peers = [r for r in result["models"][name]["rows"] if r["tool"] == "onnxruntime"]
     assert {r["method"] for r in peers} == set(ORT_METHODS)
     scored = [r["metric"]["tensorrt"] for r in peers if r["status"] == "ok"]
