@@ -36,6 +36,7 @@ from benchmarks.zoo_report import compare_all, markdown
 ARITHMETICS = ("tensorrt", "fused")
 HEADLINE = "tensorrt"
 OURS_METHODS = ("auto", "entropy", "percentile")
+PEER_VARIANTS = ("default", "our exclusions")
 MODELOPT_SKIP = "ModelOpt not installed here (see benchmarks/peers.py: REGIONTRT_MODELOPT_PYTHON)"
 Log = Callable[[str], None]
 
@@ -56,22 +57,29 @@ def run_onnx(path: str, feeds: Sequence[Feeds], arithmetic: str = HEADLINE) -> l
 
 
 def named_copy(model_path: Path, out: Path) -> str:
-    """The model with every node named: the one input all quantizers get, so node names (and
-    so exclusions and placements) mean the same thing in every tool's output."""
+    """The model with every node named and its ``Constant`` weights as initializers: the one
+    input all quantizers get, so node names (and so exclusions and placements) mean the same
+    thing in every tool's output, and no tool loses per-channel weights to the exporter's
+    ``Constant`` nodes (:func:`benchmarks.peers.weights_as_initializers`)."""
     from regiontrt.graph.quantize import name_nodes
 
-    onnx.save(name_nodes(onnx.load(str(model_path))), str(out))
+    model = peers.weights_as_initializers(name_nodes(onnx.load(str(model_path))))
+    onnx.save(model, str(out))
     return str(out)
 
 
 def _peer_specs(model: str, npz: str, workdir: Path, exclude: list[str], modelopt: Path | None,
-                name: str, pinned: str = "") -> list[dict[str, Any]]:
-    """Every peer quantizer on ``model``: defaults, and with our float layers excluded;
-    ``pinned`` (a variant prefix) says ``model`` is ours' pinned model."""
+                name: str, pinned: str = "", ort_methods: Sequence[str] = peers.ORT_METHODS,
+                variants: Sequence[str] = PEER_VARIANTS) -> list[dict[str, Any]]:
+    """Every peer quantizer on ``model``: defaults, and with our float layers excluded (those of
+    ``variants``); ``pinned`` (a variant prefix) says ``model`` is ours' pinned model."""
     specs = []
-    for variant, excl in ((pinned + "default", ()), (pinned + "our exclusions", tuple(exclude))):
+    for base, excl in (("default", ()), ("our exclusions", tuple(exclude))):
+        if base not in variants:
+            continue
+        variant = pinned + base
         tag = ("pin_" if pinned else "") + ("excl" if excl else "default")
-        for meth in peers.ORT_METHODS:
+        for meth in ort_methods:
             out = str(workdir / f"{name}_ort_{meth}_{tag}.onnx")
             specs.append({"tool": "onnxruntime", "method": meth, "variant": variant, "path": out,
                           "fn": peers.ort_quantize, "args": (model, npz, out, meth),
@@ -87,7 +95,7 @@ def _peer_specs(model: str, npz: str, workdir: Path, exclude: list[str], modelop
 
 def _pinned_peer_specs(ours: dict[str, Any] | None, model: str, cal: list[Feeds],
                        workdir: Path, exclude: list[str], modelopt: Path | None,
-                       name: str) -> list[dict[str, Any]]:
+                       name: str, **choice: Any) -> list[dict[str, Any]]:
     """Where ours pinned inputs (folding the If they decide), the peers on that same folded
     model and data, so they can reach the branch's layers too: set up as well as ours."""
     pinned = ((ours or {}).get("info") or {}).get("pinned_inputs") or {}
@@ -100,7 +108,7 @@ def _pinned_peer_specs(ours: dict[str, Any] | None, model: str, cal: list[Feeds]
     data = [{k: v for k, v in f.items() if k not in pinned} for f in cal]
     npz = str(peers.save_batches(data, workdir / f"{name}_cal_pinned.npz"))
     label = "pinned as ours (" + ", ".join(f"{k}={v}" for k, v in pinned.items()) + "), "
-    return _peer_specs(folded, npz, workdir, exclude, modelopt, name, pinned=label)
+    return _peer_specs(folded, npz, workdir, exclude, modelopt, name, pinned=label, **choice)
 
 
 def run_peer(spec: dict[str, Any], timeout_s: float, mem_mb: float,
@@ -125,7 +133,9 @@ def _ours_rows(zoo: ZooModel, model: str, cal: list[Feeds], workdir: Path, args:
     from benchmarks.zoo_ours import ours_frontier, ours_int8
 
     rows = []
-    variants = [(m, False) for m in OURS_METHODS] + [("auto", True)]
+    wanted = getattr(args, "ours", None) or [*OURS_METHODS, "all"]
+    variants = [(m, False) for m in OURS_METHODS if m in wanted]
+    variants += [("auto", True)] if "all" in wanted else []
     for meth, all_layers in variants:
         row: dict[str, Any] = {"tool": "regiontrt", "method": meth,
                                "variant": "first+last layers too" if all_layers else "default"}
@@ -188,9 +198,12 @@ def bench_model(zoo: ZooModel, workdir: Path, args: Any, modelopt: Path | None,
     if ours_default is not None:  # scored first: the peers' exclusions are its float layers
         stats[id(ours_default)] = score_row(zoo, ours_default, split.evaluation, refs)
         exclude = list(ours_default.get("coverage", {}).get("float_layer_names", []))
-    specs = _peer_specs(model, npz, workdir, exclude, modelopt, zoo.name)
+    ort_methods = getattr(args, "ort_methods", None) or peers.ORT_METHODS
+    variants = getattr(args, "peer_variants", None) or PEER_VARIANTS
+    specs = _peer_specs(model, npz, workdir, exclude, modelopt, zoo.name,
+                        ort_methods=ort_methods, variants=variants)
     specs += _pinned_peer_specs(ours_default, model, split.calibration, workdir, exclude,
-                                modelopt, zoo.name)
+                                modelopt, zoo.name, ort_methods=ort_methods, variants=variants)
     for spec in specs:
         rows.append(run_peer(spec, args.timeout, args.mem_cap_mb,
                              "--no-modelopt" if args.no_modelopt else None))
@@ -247,6 +260,17 @@ def _modelopt_version(python: Path | None) -> str | None:
     return run.stdout.strip() or None
 
 
+def _choices(known: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated subset of ``known``."""
+    def parse(text: str) -> list[str]:
+        picked = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = sorted(set(picked) - set(known))
+        if unknown or not picked:
+            raise argparse.ArgumentTypeError(f"pick from {list(known)}, got {text!r}")
+        return picked
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,6 +285,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per peer quantizer")
     p.add_argument("--mem-cap-mb", type=float, default=16000.0)
     p.add_argument("--no-modelopt", action="store_true")
+    p.add_argument("--ours", type=_choices((*OURS_METHODS, "all")), default=None,
+                   help="comma-separated regiontrt rows: auto, entropy, percentile, all (auto "
+                        "with first and last layers quantized); default: every one")
+    p.add_argument("--ort-methods", type=_choices(peers.ORT_METHODS), default=None,
+                   help="comma-separated ONNX Runtime calibrators (default: all three)")
+    p.add_argument("--peer-variants", type=_choices(PEER_VARIANTS), default=None,
+                   help="comma-separated peer variants: 'default', 'our exclusions' "
+                        "(default: both)")
     p.add_argument("--no-frontier", action="store_true", help="skip the search's frontier")
     p.add_argument("--frontier-budget", type=float, default=0.0,
                    help="the search's budget, in the task metric's loss (0: match FP32)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -23,6 +22,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    from benchmarks._peer_models import (
+        fuse_layernorm,
+        has_conv,
+        private_copy,
+        resolve_exclusions,
+        scratch_cwd,
+        upgrade_opset,
+        weights_as_initializers,
+    )
+except ModuleNotFoundError:  # run as a script in ModelOpt's environment: the sibling module
+    from _peer_models import (  # type: ignore[no-redef]
+        fuse_layernorm,
+        has_conv,
+        private_copy,
+        resolve_exclusions,
+        scratch_cwd,
+        upgrade_opset,
+        weights_as_initializers,
+    )
+
+__all__ = ["MODELOPT_METHODS", "ORT_METHODS", "NpzBatches", "fuse_layernorm", "has_conv",
+           "modelopt_command", "modelopt_python", "ort_quantize", "private_copy",
+           "resolve_exclusions", "save_batches", "scratch_cwd", "upgrade_opset",
+           "weights_as_initializers"]
 
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 MODELOPT_METHODS = ("entropy", "max")
@@ -104,13 +129,6 @@ def _ort_reader(batches: NpzBatches) -> Any:
 # --- ONNX Runtime ------------------------------------------------------------------------------
 
 
-def private_copy(model_path: str, folder: str) -> str:
-    """A copy of the model in ``folder``, so no tool can rewrite the caller's file."""
-    dest = Path(folder) / ("input_" + Path(model_path).name)
-    shutil.copyfile(model_path, dest)
-    return str(dest)
-
-
 def ort_preprocess(model_path: str, out_path: str) -> str:
     """ONNX Runtime's recommended ``quant_pre_process``; the input path itself if it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -124,77 +142,6 @@ def ort_preprocess(model_path: str, out_path: str) -> str:
             return out_path
         except Exception:
             return model_path
-
-
-def upgrade_opset(model_path: str, out_path: str, opset: int) -> str:
-    """``model_path`` converted to ``opset`` (the path itself if already there)."""
-    import onnx
-
-    model = onnx.load(model_path)
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    if current >= opset:
-        return model_path
-    onnx.save(onnx.version_converter.convert_version(model, opset), out_path)
-    return out_path
-
-
-# ONNX Runtime fusions that would leave com.microsoft ops, which ModelOpt takes for TensorRT
-# plugins; with them off, the extended level still fuses LayerNormalization (opset >= 17).
-_CONTRIB_FUSIONS = [
-    "ConvActivationFusion",
-    "ConvAddActivationFusion",
-    "QuickGeluFusion",
-    "GeluFusion",
-    "BiasGeluFusion",
-    "FastGeluFusion",
-    "MatMulScaleFusion",
-    "MatmulTransposeFusion",
-]
-
-
-def fuse_layernorm(model_path: str, out_path: str) -> str:
-    """Opset 17 and ONNX Runtime's extended graph optimizations, ONNX-domain fusions only.
-
-    Decomposed LayerNorms (ReduceMean, Sub, Pow, Sqrt, Div) become ``LayerNormalization``
-    nodes, which quantizers that put Q/DQ on element-wise ops then leave alone.
-    """
-    import onnxruntime as ort
-
-    src = upgrade_opset(model_path, out_path + ".opset17.onnx", 17)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = out_path
-    so.log_severity_level = 3
-    ort.InferenceSession(
-        src, so, providers=["CPUExecutionProvider"], disabled_optimizers=_CONTRIB_FUSIONS
-    )
-    return out_path
-
-
-def has_conv(model_path: str) -> bool:
-    """Whether the model holds a Conv (ONNX Runtime's docs recommend per-channel for CNNs)."""
-    import onnx
-
-    return any(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(model_path).graph.node)
-
-
-def resolve_exclusions(model_path: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``names`` as nodes of the model a peer actually quantizes: ``(found, missing)``.
-
-    Pre-processing may fuse a layer into a new node named after it (ONNX Runtime's
-    ``MatMulAddFusion`` writes ``<matmul>/MatMulAddFusion``), so a node whose name starts with
-    ``<name>/`` counts as that layer.
-    """
-    import onnx
-
-    nodes = [n.name for n in onnx.load(model_path).graph.node]
-    found, missing = [], []
-    for name in names:
-        hits = [n for n in nodes if n == name or n.startswith(name + "/")]
-        found += hits
-        if not hits:
-            missing.append(name)
-    return found, missing
 
 
 def ort_quantize(
@@ -241,9 +188,10 @@ def ort_quantize(
         raise ValueError(f"method must be one of {ORT_METHODS}, got {method!r}")
     rss = proc_status_mb("self", "VmRSS")
     start = time.perf_counter()
-    batches = NpzBatches(data_path, max_batches)
+    model_path, out_path = str(Path(model_path).resolve()), str(Path(out_path).resolve())
+    batches = NpzBatches(Path(data_path).resolve(), max_batches)
     per_channel = has_conv(model_path) if per_channel is None else per_channel
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, scratch_cwd(tmp):
         # Per-channel Q/DQ needs opset 13; ONNX Runtime's own upgrade misses models that
         # quant_pre_process rewrote (it then writes an invalid opset-12 model), so do it first.
         src = upgrade_opset(private_copy(model_path, tmp), str(Path(tmp) / "opset13.onnx"), 13)
@@ -349,10 +297,11 @@ def _modelopt_main(args: argparse.Namespace) -> None:
     base = _measure.proc_status_mb("self", "VmRSS")
     start = time.perf_counter()
     try:
-        batches = NpzBatches(args.data, args.max_batches)
-        with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(args.out).resolve())
+        batches = NpzBatches(Path(args.data).resolve(), args.max_batches)
+        with tempfile.TemporaryDirectory() as tmp, scratch_cwd(tmp):
             # ModelOpt saves its shape-inferred model over the input file: give it a copy.
-            src = private_copy(args.model, tmp)
+            src = private_copy(str(Path(args.model).resolve()), tmp)
             if args.prepare:
                 # What rescues ModelOpt on PP-OCR: opset 17 and LayerNorm fusion first (else it
                 # puts Q/DQ inside the decomposed LayerNorms and the model outputs blanks).
@@ -366,7 +315,7 @@ def _modelopt_main(args: argparse.Namespace) -> None:
                 calibration_eps=["cpu"],
                 high_precision_dtype="fp32",
                 nodes_to_exclude=[re.escape(n) + "$" for n in found] or None,
-                output_path=args.out,
+                output_path=out,
                 log_level="WARNING",
             )
         seconds = time.perf_counter() - start

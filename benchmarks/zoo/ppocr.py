@@ -23,6 +23,10 @@ _WHEEL = dict(requirement="rapidocr-onnxruntime==1.4.4",
 REC = Wheel(**_WHEEL, member=f"rapidocr_onnxruntime/models/{ocr.REC_MODEL_NAME}")
 DET = Wheel(**_WHEEL, member=f"rapidocr_onnxruntime/models/{ocr_det_cls.DET_MODEL_NAME}")
 CLS = Wheel(**_WHEEL, member=f"rapidocr_onnxruntime/models/{ocr_det_cls.CLS_MODEL_NAME}")
+#: One width for every calibration line of the recogniser: ONNX Runtime's Entropy and
+#: Percentile calibrators stack all batches' activations into one array and fail on the
+#: varying widths of bucketed lines (every tool gets these same lines).
+CALIBRATION_WIDTH = 640
 
 
 class PPOCRRec(ZooModel):
@@ -43,9 +47,11 @@ class PPOCRRec(ZooModel):
         return ocr.charset(self.model_path())
 
     def data(self, n_calibration: int, n_evaluation: int, seed: int = 0) -> Split:
-        """Lines of Latin and CJK text (half each), one line per feed, widths bucketed by 160."""
+        """Lines of Latin and CJK text (half each), one line per feed; evaluation widths
+        bucketed by 160, calibration lines all :data:`CALIBRATION_WIDTH` wide."""
         sets = ocr.make_ocr_sets(seed=seed, n_calibration=n_calibration,
-                                 n_held_out=n_evaluation, batch_size=1)
+                                 n_held_out=n_evaluation, batch_size=1,
+                                 calibration_width=CALIBRATION_WIDTH)
         return Split(calibration=sets.calibration,
                      evaluation=[{sets.input_name: b.x} for b in sets.held_out])
 
