@@ -2,10 +2,13 @@
 
 The model is the demo CNN (``regiontrt/demo/digits_cnn.onnx``, input ``[N, 1, 8, 8]``), built
 for the CERTIFIED region (FP32, the ONNX Runtime backend) and fed one sample (batch 1). The bare
-path is ``onnxruntime.InferenceSession.run`` on the engine's own payload, with the output names
-resolved once: the documented way to call it, with ONNX Runtime's default options, which is also
-what the engine's session uses (so this is default against default as well). The two take turns
-in blocks, so a change in machine load falls on both alike. Needs no GPU.
+path is ``InferenceSession.run`` with the output names resolved once, the documented way to call
+it, on the very session the engine runs: so the difference is exactly what ``Engine.infer`` adds
+(guard, name and dtype checks, result dict). A third path, ``fresh_session``, is a session made
+separately from the engine's payload with ONNX Runtime's defaults (the engine's session uses them
+too: default against default); two sessions' thread pools then share the cores, so its figure
+moves more from run to run. The paths take turns in blocks, so a change in machine load falls on
+all alike. Needs no GPU.
 """
 
 from __future__ import annotations
@@ -49,14 +52,16 @@ def measure_onnxruntime(calls: int, blocks: int) -> dict[str, Any]:
 
     engine = rt.RegionalEngineBuilder.from_onnx(DEMO_MODEL).for_region("CERTIFIED").build()
     feed = engine.sample_inputs(batch=1)
-    session = ort.InferenceSession(engine.payload, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
     ours = engine.infer(feed)
-    theirs = dict(zip(names, session.run(names, feed), strict=True))
-    for name, value in ours.items():  # the same work: the same answer
-        np.testing.assert_allclose(value, theirs[name], rtol=1e-6, atol=1e-6)
-    res = _blocks({"bare": lambda: session.run(names, feed), "engine": lambda: engine.infer(feed)},
-                  calls, blocks)
+    session = engine._runner._session  # the engine's own ONNX Runtime session
+    fresh = ort.InferenceSession(engine.payload, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for sess in (session, fresh):  # the same work: the same answer
+        theirs = dict(zip(names, sess.run(names, feed), strict=True))
+        for name, value in ours.items():
+            np.testing.assert_allclose(value, theirs[name], rtol=1e-6, atol=1e-6)
+    res = _blocks({"bare": lambda: session.run(names, feed), "engine": lambda: engine.infer(feed),
+                   "fresh_session": lambda: fresh.run(names, feed)}, calls, blocks)
     base = res["bare"]["median_us"]
     return {"model": DEMO_MODEL.name, "batch": 1, "calls_per_block": calls, "blocks": blocks,
             "results": res, "engine_over_bare": res["engine"]["median_us"] / base,
