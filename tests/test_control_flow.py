@@ -119,6 +119,18 @@ def speech(*, outer: bool = True, loop: bool = False, flatten_else: bool = False
     return model
 
 
+def speech_data(n: int, seed: int, sr: int | None = 16000) -> list[dict[str, np.ndarray]]:
+    """``n`` batches of random ``x`` (and ``sr``, unless ``None``) for :func:`speech` models."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        batch = {"x": rng.normal(size=SHAPE).astype(np.float32)}
+        if sr is not None:
+            batch["sr"] = np.array(sr, np.int64)
+        out.append(batch)
+    return out
+
+
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}

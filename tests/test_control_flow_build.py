@@ -6,23 +6,14 @@ import logging
 
 import numpy as np
 import pytest
-from test_control_flow import SHAPE, speech  # the model builders beside this file
+from test_control_flow import speech, speech_data  # the model builders beside this file
 
 import regiontrt as rt
 from regiontrt.backends import get_backend
 from regiontrt.graph.io import load_model
 from regiontrt.graph.label import graph_precision
 
-
-def _data(n: int, seed: int, sr: int | None = 16000) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        batch = {"x": rng.normal(size=SHAPE).astype(np.float32)}
-        if sr is not None:
-            batch["sr"] = np.array(sr, np.int64)
-        out.append(batch)
-    return out
+_data = speech_data
 
 
 def test_unpinned_branches_stay_float_and_the_build_says_why(caplog) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from test_control_flow import SHAPE, speech  # the model builders beside this file
+from test_control_flow import speech, speech_data  # the model builders beside this file
 
 import regiontrt as rt
 from regiontrt.errors import DataError, InputError, PinnedInputMismatch
@@ -19,15 +19,7 @@ from regiontrt.graph.io import load_model
 BRANCH_CONVS = {"then_conv0", "then_conv1"}  # the layers of If(sr == 16000)'s then branch
 
 
-def _data(n: int, seed: int, sr: int | None = 16000) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        batch = {"x": rng.normal(size=SHAPE).astype(np.float32)}
-        if sr is not None:
-            batch["sr"] = np.array(sr, np.int64)
-        out.append(batch)
-    return out
+_data = speech_data
 
 
 def _fp32(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:

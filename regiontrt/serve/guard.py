@@ -55,6 +55,14 @@ class _HeadDeadline:
             self._head_timer.cancel()
             self._head_timer = None
 
+    def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _serving(self: Any) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
@@ -70,14 +78,6 @@ class _HeadDeadline:
 
 class _HeadTimeoutH11(_HeadDeadline, H11Protocol):
     """``H11Protocol`` with a deadline on each request head (see the module docstring)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -123,14 +123,6 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 self._disarm()
                 self.transport.write(_TOO_LARGE)
                 self.transport.close()
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
