@@ -191,3 +191,20 @@ def test_serving_peer_tables_render_what_the_step_load_records() -> None:
     assert verdict["base"].endswith("| 100.0 | 100.0 | litserve | yes | yes |"), verdict
     # surge: 50/s over every capacity: no 99 % bar; litserve's 16 ms misses, adaptive's 8 ms not
     assert verdict["surge"].endswith("| 100.0 | 0.0 | litserve | yes | - |"), verdict
+
+
+def test_the_zoo_frontier_plot_is_drawn_from_the_zoo_results(tmp_path: Path) -> None:
+    """``scripts/plot_zoo.py`` draws one panel per model of the result files it is given, and the
+    page shows a plot that exists."""
+    pytest.importorskip("matplotlib", reason="needs matplotlib (the plot extra)")
+    spec = importlib.util.spec_from_file_location("plot_zoo", ROOT / "scripts" / "plot_zoo.py")
+    assert spec and spec.loader
+    plot_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_zoo)
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("bench_zoo*.json"))]
+    models = {name for r in results for name in r["models"]}
+    out = tmp_path / "frontier.png"
+    assert plot_zoo.plot(results, out) == len(models) >= 8
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = re.findall(r"!\[[^\]]*\]\((img/zoo_frontier[^)]*\.png)\)", DOC.read_text())
+    assert shown and all((DOC.parent / p).is_file() for p in shown)
