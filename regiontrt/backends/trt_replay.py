@@ -26,7 +26,7 @@ from regiontrt.graph.io import TensorSpec
 if TYPE_CHECKING:
     from regiontrt.backends.trt_slots import RunnerStats, Slot
 
-__all__ = ["Replay"]
+__all__ = ["Replay", "host_shapes"]
 
 _H2D, _D2H = 1, 2  # cudaMemcpyKind values, fixed by the CUDA ABI
 
@@ -94,3 +94,18 @@ class Replay:
         stats.d2h_copies += len(self._outs)
         stats.d2h_bytes += self._d2h_bytes
         return {name: view.copy() for name, view in self._outs}
+
+
+def host_shapes(feeds: Mapping[str, Any], specs: Sequence[tuple[str, np.dtype]]
+                ) -> tuple[tuple[int, ...], ...] | None:
+    """The shapes of ``feeds`` in ``specs``' order when they are exactly numpy arrays of the
+    ``(name, dtype)`` pairs of ``specs``, else ``None`` (the caller takes the full path)."""
+    if len(feeds) != len(specs):
+        return None
+    shapes = []
+    for name, dtype in specs:
+        value = feeds.get(name)
+        if type(value) is not np.ndarray or value.dtype is not dtype:
+            return None
+        shapes.append(value.shape)
+    return tuple(shapes)

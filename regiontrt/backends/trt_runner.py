@@ -38,7 +38,7 @@ from regiontrt.backends.base import Runner, Timing
 from regiontrt.backends.guard import check_names, check_tensor, static_axes
 from regiontrt.backends.trt_features import aliased_outputs
 from regiontrt.backends.trt_pool import ContextPool
-from regiontrt.backends.trt_replay import Replay
+from regiontrt.backends.trt_replay import Replay, host_shapes
 from regiontrt.backends.trt_slots import (
     Plan,
     RunnerStats,
@@ -239,16 +239,8 @@ class TensorRTRunner(Runner):
         """The steady-state call (:mod:`.trt_replay`): host arrays of the engine's dtypes at
         shapes the guard has passed before, on a slot whose last call had the same shapes.
         ``None`` when anything differs: the full path then checks and sets everything."""
-        if len(feeds) != len(self._host_specs):
-            return None
-        shapes = []
-        for name, dtype in self._host_specs:
-            value = feeds.get(name)
-            if type(value) is not np.ndarray or value.dtype is not dtype:
-                return None
-            shapes.append(value.shape)
-        key = tuple(shapes)
-        k = self._guard_cache.get(key)  # only shapes that passed the whole guard are here
+        key = host_shapes(feeds, self._host_specs)
+        k = None if key is None else self._guard_cache.get(key)  # shapes the guard passed
         if k is None:
             return None
         slot = self._pool.acquire(k)
