@@ -222,6 +222,24 @@ def fleet(data: list[dict[str, Any]]) -> list[str]:
                     f"cell precisions ({regions})"], rows), "", _run_footer(d)]
 
 
+def dist_calibration(data: list[dict[str, Any]]) -> list[str]:
+    """Distributed calibration: worker and driver memory per sample count, equality, time."""
+    d = data[0]
+    rows = [[f"{r['samples']:,}", str(r["files"]), fmt(r["seconds"], ".1f"),
+             " / ".join(fmt(m, ".1f") for m in r["worker_peak_mib"]),
+             fmt(r["driver_peak_mib"], ".1f"),
+             "yes" if r["equal_to_single_process"] else "**no**"] for r in d["runs"]]
+    env = d["environment"]
+    cpu = env["machine"]["cpu"]
+    return [*_rows(["samples", "shard files", "seconds", "worker peak RSS MiB (each)",
+                    "driver peak RSS MiB", "ranges and histograms equal to one process"], rows),
+            "", f"{d['workers']} workers, model `{d['model']}` (input {d['input']}); worker peak "
+            f"growth over the sample counts {fmt(d['worker_peak_growth_mib'], '.1f')} MiB. "
+            f"`{env['command']}`, {env['started_at']}, {cpu['model']} ({cpu['cores']} cores), "
+            f"load average {fmt(env['load_before'][0], '.2f')} before, "
+            f"{fmt(env['load_after'][0], '.2f')} after; commit `{env['commit'][:12]}`."]
+
+
 def fleet_scaling(data: list[dict[str, Any]]) -> list[str]:
     """Workers against wall time, with the bound ``max(work / workers, longest chain)``."""
     d = data[0]
@@ -293,8 +311,8 @@ def zoo(data: list[dict[str, Any]]) -> list[str]:
 TABLES: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     f.__name__.replace("_", "-"): f for f in (
         gpu_transfer, infer_overhead, infer_overhead_ort, quant_rows, quant_search, quant_micro,
-        calibration, arithmetic, fleet, fleet_scaling, serving_phases, serving_summary,
-        serving_peers, serving_verdict, monitor_cost, zoo)}
+        calibration, arithmetic, dist_calibration, fleet, fleet_scaling, serving_phases,
+        serving_summary, serving_peers, serving_verdict, monitor_cost, zoo)}
 
 
 def load(sources: str) -> list[dict[str, Any]]:
