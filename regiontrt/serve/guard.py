@@ -109,12 +109,14 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         size (431 and closed past :data:`MAX_HEAD_BYTES`)."""
 
         _head_bytes = 0
+        _in_head = False  # between a request's first byte and the end of its head
 
         def data_received(self, data: bytes) -> None:
-            waiting = self._head_timer is not None  # armed: no complete head yet
             super().data_received(data)
-            if not waiting or self._head_timer is None or self.transport.is_closing():
-                self._head_bytes = 0  # the head completed in this piece (or none pending)
+            if not self._in_head or self.transport.is_closing():
+                # No head in progress: bytes of an earlier request's body that the app answered
+                # without reading (keep-alive) are the parser's to skip, not a head to cap.
+                self._head_bytes = 0
                 return
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
@@ -124,8 +126,13 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 self.transport.write(_TOO_LARGE)
                 self.transport.close()
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._head_bytes = True, 0
+
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
+            self._in_head = False
             self._disarm()  # a whole head arrived: the app's timeouts apply from here
 
         def on_response_complete(self) -> None:
