@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from benchmarks import _env, _measure, peers
-from benchmarks.zoo.base import Feeds, Outputs, ZooModel
+from benchmarks.zoo.base import Feeds, Outputs, ZooAssetError, ZooModel
 from benchmarks.zoo_coverage import int8_coverage
 from benchmarks.zoo_report import compare_all, markdown
 
@@ -223,8 +223,13 @@ def bench_model(zoo: ZooModel, workdir: Path, args: Any, modelopt: Path | None,
     }
 
 
-def run(zoos: Sequence[ZooModel], args: Any, log: Log = print) -> dict[str, Any]:
-    """The whole benchmark over ``zoos``: the result dict (environment embedded)."""
+def run(zoos: Sequence[ZooModel], args: Any, log: Log = print,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark over ``zoos``: the result dict (environment embedded).
+
+    A model whose assets are missing here (:class:`ZooAssetError`) is listed under
+    ``skipped_models`` and the run goes on; ``checkpoint`` gets the result after each model, so
+    a run cut short keeps what it measured."""
     env = _env.environment(getattr(args, "argv", None))
     modelopt = None if args.no_modelopt else peers.modelopt_python()
     result: dict[str, Any] = {
@@ -237,14 +242,22 @@ def run(zoos: Sequence[ZooModel], args: Any, log: Log = print) -> dict[str, Any]
         "modelopt_skipped": None if modelopt else ("--no-modelopt" if args.no_modelopt
                                                     else MODELOPT_SKIP),
         "models": {},
+        "skipped_models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for zoo in zoos:
             started = time.perf_counter()
-            result["models"][zoo.name] = bench_model(zoo, workdir, args, modelopt, log)
+            try:
+                result["models"][zoo.name] = bench_model(zoo, workdir, args, modelopt, log)
+            except ZooAssetError as exc:
+                log(f"[{zoo.name}] skipped: {exc}")
+                result["skipped_models"][zoo.name] = str(exc)
+                continue
             result["models"][zoo.name]["seconds"] = time.perf_counter() - started
+            if checkpoint is not None:
+                checkpoint(result)
     result["environment"] = _env.finish(env)
     return result
 
@@ -311,12 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown zoo models {unknown}; known: {sorted(every)}")
     zoos = [every[n] for n in names]
-    result = run(zoos, args, lambda m: print(m, flush=True))
-    print("\n" + markdown(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".part")
-    tmp.write_text(json.dumps(result, indent=1, default=_env.jsonable))
-    tmp.replace(args.out)
+    progress = args.out.with_name(args.out.stem + ".progress")
+
+    def write(path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(json.dumps(data, indent=1, default=_env.jsonable))
+        tmp.replace(path)
+
+    result = run(zoos, args, lambda m: print(m, flush=True), lambda r: write(progress, r))
+    print("\n" + markdown(result))
+    write(args.out, result)
+    progress.unlink(missing_ok=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -229,3 +229,27 @@ def test_frontier_records_every_point_the_search_measures(tmp_path: Path) -> Non
     for p in points:
         cov = int8_coverage(onnx.load(p["path"]), split.calibration[0])
         assert cov.int8_layers == 2 - len(set(p["kept"]) & {"conv2", "conv3"})
+
+
+class MissingAssetsZoo(TinyZoo):
+    """A zoo entry whose data cannot be made here (as without scikit-image)."""
+
+    name = "missing-assets"
+
+    def data(self, n_calibration: int, n_evaluation: int, seed: int = 0) -> Split:
+        from benchmarks.zoo.base import ZooAssetError
+
+        raise ZooAssetError("needs a package this machine lacks")
+
+
+def test_a_model_without_its_assets_is_skipped_and_each_model_is_checkpointed(
+        tmp_path: Path) -> None:
+    """A model whose assets are missing does not lose the models measured before it: it is
+    listed as skipped, and the result is handed to the checkpoint after every measured model."""
+    seen: list[list[str]] = []
+    res = bench_zoo.run([TinyZoo(tmp_path), MissingAssetsZoo(tmp_path)],
+                        _args(workdir=tmp_path / "work", no_modelopt=True), log=lambda m: None,
+                        checkpoint=lambda r: seen.append(sorted(r["models"])))
+    assert list(res["models"]) == ["tiny-cnn"]
+    assert "lacks" in res["skipped_models"]["missing-assets"]
+    assert seen == [["tiny-cnn"]]
