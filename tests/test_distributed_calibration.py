@@ -216,7 +216,7 @@ def test_process_pool_worker_killed_is_a_build_error_naming_the_shard(
     # A ProcessPoolExecutor cannot recover a dead process (unlike Dask): a typed error, no hang.
     paths = write_shards(tmp_path / "pool", make_batches(96, 48, seed=9))
     with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as one:
-        victim = one.submit(os.getpid).result()
+        victim = one.submit(os.getpid).result(timeout=120)  # a hung spawn fails, not hangs
         outcome: dict[str, Any] = {}
 
         def calibrate() -> None:
