@@ -161,8 +161,11 @@ def litserve_main(args: argparse.Namespace) -> None:
 
     api = LitOrt(args.onnx, args.threads, args.unfused_qdq, max_batch_size=args.max_batch,
                  batch_timeout=args.wait_ms / 1e3, api_path="/predict")
+    # ``timeout`` drops a request that waited in LitServe's queue longer than this (its answer
+    # to a backlog, like regiontrt's shedding); 30 s is LitServe's default.
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1,
-                          timeout=30, fast_queue=True)
+                          timeout=args.queue_timeout_ms / 1e3 if args.queue_timeout_ms else 30,
+                          fast_queue=True)
     server.run(host="127.0.0.1", port=args.port, log_level="warning",
                generate_client_file=False, num_api_servers=1)
 
@@ -186,10 +189,13 @@ class PeerServer:
         threads: ONNX Runtime intra-op threads.
         unfused_qdq: evaluate Q/DQ unfused, as the engine does.
         start_timeout_s: longest wait for the server to answer.
+        queue_timeout_ms: LitServe's ``timeout`` (drop a request queued longer); ``None``: the
+            peer's default.
     """
 
     def __init__(self, kind: str, onnx: str, max_batch: int, wait_ms: float, threads: int,
-                 unfused_qdq: bool = False, start_timeout_s: float = 180.0) -> None:
+                 unfused_qdq: bool = False, start_timeout_s: float = 180.0,
+                 queue_timeout_ms: float | None = None) -> None:
         import httpx
 
         from benchmarks.serving_step import _free_port
@@ -199,7 +205,8 @@ class PeerServer:
         self.kind, self.port = kind, _free_port()
         cmd = [sys.executable, "-m", "benchmarks.serving_peers", kind, "--onnx", onnx,
                "--port", str(self.port), "--max-batch", str(max_batch), "--wait-ms",
-               str(wait_ms), "--threads", str(threads)] + (["--unfused-qdq"] * unfused_qdq)
+               str(wait_ms), "--threads", str(threads)] + (["--unfused-qdq"] * unfused_qdq) + \
+            (["--queue-timeout-ms", str(queue_timeout_ms)] if queue_timeout_ms else [])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
         ready = f"{self.base}/ready" if kind == "ray" else f"{self.base}/health"
@@ -280,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-ms", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--unfused-qdq", action="store_true")
+    p.add_argument("--queue-timeout-ms", type=float, default=0.0)
     args = p.parse_args(argv)
     (ray_main if args.kind == "ray" else litserve_main)(args)
     return 0

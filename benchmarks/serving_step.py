@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import subprocess
@@ -231,22 +232,28 @@ def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loa
 def _sweep_round(kind: str, onnx: str, unfused: bool, threads: int, body: bytes,
                  settings: list[tuple[int, float]], schedule: list[loadgen.Arrival],
                  bounds: list[tuple[str, float, float]], into: dict[str, Any],
-                 capacity: bool = False) -> None:
+                 capacity: bool = False, sla_ms: float | None = None) -> None:
     """Every setting of one peer on one round's schedule; outcomes and CPU appended to ``into``.
-    Ray is started once and reconfigured in place; LitServe is started per setting. With
-    ``capacity``, the peer's saturated capacity at the last setting (the grid's largest batch
-    and wait) goes to ``into["capacity_rps"]``."""
+    Ray is started once and reconfigured in place; LitServe is started per setting, each twice
+    with ``sla_ms``: its default queue timeout and one of the SLA (LitServe's own way to drop a
+    backlog). With ``capacity``, the peer's saturated capacity at the last setting (the grid's
+    largest batch and wait) goes to ``into["capacity_rps"]``."""
     from benchmarks.serving_peers import PeerServer, run_peer
 
+    # The default last, so the capacity run below measures the peer as it ships.
+    timeouts: list[float | None] = [sla_ms, None] if kind == "litserve" and sla_ms else [None]
     peer = None
     try:
-        for batch, wait in settings:
-            if peer is None or not peer.configure(batch, wait):
+        for queue_timeout, (batch, wait) in itertools.product(timeouts, settings):
+            if queue_timeout is not None or peer is None or not peer.configure(batch, wait):
                 if peer is not None:
                     peer.close()
-                peer = PeerServer(kind, onnx, batch, wait, threads, unfused)
+                peer = PeerServer(kind, onnx, batch, wait, threads, unfused,
+                                  queue_timeout_ms=queue_timeout)
             got, cpu = run_peer(peer, body, schedule, bounds, REQUEST_TIMEOUT_S, CONNECTIONS)
-            slot = into.setdefault(label(batch, wait), {"outcomes": [], "cpu": []})
+            name = label(batch, wait) + ("" if queue_timeout is None else
+                                         f", queue timeout {queue_timeout:g} ms")
+            slot = into.setdefault(name, {"outcomes": [], "cpu": []})
             slot["outcomes"].extend(got)
             slot["cpu"].append(cpu or {})
         if capacity and peer is not None:
@@ -319,7 +326,8 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
                     body = _peer_body(setup.request)
                     for kind in peers:
                         _sweep_round(kind, onnx, unfused, threads, body, grid, schedule,
-                                     bounds, swept[kind], capacity=r == 0)
+                                     bounds, swept[kind], capacity=r == 0,
+                                     sla_ms=setup.sla_ms)
             for mode, got in pooled.items():
                 result = {"phases": figures(got.pop("outcomes"), bounds, setup.sla_ms,
                                             got.pop("cpu")), **got}

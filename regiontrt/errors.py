@@ -258,6 +258,12 @@ class Overloaded(RegionTRTError, RuntimeError):
     """The server's request queue is full; retry later (HTTP 503)."""
 
 
+class LoadShed(Overloaded):
+    """Refused because its answer could not arrive within the region's latency SLA at the
+    current load (HTTP 503): failing it at once leaves the server's time to requests that can
+    still be answered in time, so a backlog never outlives the surge that built it."""
+
+
 class DeadlineExceeded(RegionTRTError, TimeoutError):
     """A request's deadline passed before it ran; it was failed, not run (HTTP 504)."""
 

@@ -2,7 +2,8 @@
 
 ``submit`` checks a request against the engine at once (so a bad request fails alone, never a
 batch), pads it to the engine's width buckets, and queues it. The worker asks the policy for a
-plan, waits at most the plan's delay for the batch to fill, fails requests whose deadline passed,
+plan, waits at most the plan's delay for the batch to fill, fails requests whose deadline passed
+(and, with ``shed_late``, those whose answer could no longer arrive within the SLA),
 concatenates the rest along axis 0, runs the engine once, and splits the outputs back by rows
 (cutting bucketed outputs back per request), so each caller gets exactly what running its
 request alone gives on a row-independent model.
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from regiontrt.errors import DeadlineExceeded, InputError, ServerClosed
+from regiontrt.errors import DeadlineExceeded, InputError, LoadShed, ServerClosed
 from regiontrt.runtime.engine import Engine
 from regiontrt.serve.metrics import ServeMetrics
 from regiontrt.serve.modes import BatchPolicy, LoadTracker
@@ -66,6 +67,8 @@ class ModelBatcher:
         sla_s: the latency SLA the policy and metrics measure against.
         fixed_rows: pad every run to this many rows on the default variant (``serve(...,
             batch_invariance="exact")``); ``None``: run batches as they come.
+        shed_late: fail with :class:`~regiontrt.errors.LoadShed`, without running it, a request
+            that can no longer be answered within ``sla_s`` (ignored without an SLA).
 
     Attributes:
         on_result: called on the worker with the inputs of each request that ran, after its
@@ -73,8 +76,10 @@ class ModelBatcher:
     """
 
     def __init__(self, model: ServedModel, policy: BatchPolicy, metrics: ServeMetrics,
-                 max_queue: int, sla_s: float | None, fixed_rows: int | None = None) -> None:
+                 max_queue: int, sla_s: float | None, fixed_rows: int | None = None,
+                 shed_late: bool = False) -> None:
         self.model, self.policy, self.metrics, self.sla_s = model, policy, metrics, sla_s
+        self.shed_late = bool(shed_late) and sla_s is not None
         self.queue = RequestQueue(max_queue)
         self.load = LoadTracker()
         self.on_result: Callable[[Mapping[str, np.ndarray]], None] | None = None
@@ -139,7 +144,8 @@ class ModelBatcher:
         now = time.monotonic()
         rows = next((int(a.shape[0]) for a in feeds.values() if a.ndim), 1)
         request = Request(feeds, rows, shape_key(feeds), info, now,
-                          None if deadline_s is None else now + deadline_s)
+                          None if deadline_s is None else now + deadline_s,
+                          now + self.sla_s if self.shed_late and self.sla_s else None)
         with self._cond:
             if self._closing:
                 raise ServerClosed(f"model {self.model.name!r} is shutting down")
@@ -155,13 +161,18 @@ class ModelBatcher:
         return request.future
 
     # -- worker side --------------------------------------------------------------------------
-    def _next_batch(self) -> tuple[list[Request], Variant] | None:
+    def _next_batch(self) -> tuple[list[Request], Variant, list[Request]] | None:
+        """The next batch and its variant, and the requests shed as late on the way."""
         with self._cond:
             while not self.queue and not self._closing:
                 self._cond.wait()
             if not self.queue:
                 return None
             now = time.monotonic()
+            cutoff = self._late_after(1, now)
+            shed = self.queue.shed(cutoff) if cutoff is not None else []
+            if not self.queue:
+                return [], self.model.variants[0], shed
             plan = self.policy.plan(self.load.snapshot(len(self.queue), self.sla_s, now))
             self.metrics.mode(self.model.name, self.policy.state, self.policy.switches)
             # Exact invariance runs everything on one variant: another engine is other kernels.
@@ -176,6 +187,10 @@ class ModelBatcher:
             until = oldest.enqueued + plan.max_wait_s
             if oldest.deadline is not None:
                 until = min(until, oldest.deadline)
+            latest = self._late_after(cap, 0.0)
+            if oldest.answer_by is not None and latest is not None:
+                # Waiting for company must not make the oldest late.
+                until = min(until, oldest.answer_by - latest)
             while not self._closing and self.queue.rows_ready(oldest.key, cap) < cap:
                 left = until - time.monotonic()
                 if left <= 0:
@@ -185,14 +200,17 @@ class ModelBatcher:
             self.metrics.depth(self.model.name, len(self.queue))
             if limit and sum(r.rows for r in batch) > limit:
                 variant = self.model.variants[0]  # one request too big for the role's profile
-            return batch, variant
+            return batch, variant, shed
 
     def _loop(self) -> None:
         while True:
             item = self._next_batch()
             if item is None:
                 return
-            batch, variant = item
+            batch, variant, shed = item
+            self._fail_late(shed)
+            if not batch:
+                continue
             try:
                 self._run(batch, variant)
             except BaseException as exc:  # never let the worker die: fail the batch instead
@@ -200,6 +218,29 @@ class ModelBatcher:
                     if not r.future.done():
                         r.future.set_exception(exc)
                 self._log.exception("batch failed: %s", exc)
+
+    def _late_after(self, rows: int, now: float) -> float | None:
+        """When a batch of ``rows`` starting at ``now`` would answer at the earliest, or
+        ``None`` where nothing is shed: shedding off, no run measured yet, or a request alone
+        cannot meet the SLA anyway (then shedding would refuse every request, not the late)."""
+        if not self.shed_late or self.sla_s is None:
+            return None
+        alone, need = self.load.answer_estimate(1), self.load.answer_estimate(rows)
+        if alone is None or need is None or alone >= self.sla_s:
+            return None
+        return now + need
+
+    def _fail_late(self, late: list[Request]) -> None:
+        """Fail requests shed because their answer would miss the SLA (none of them ran)."""
+        if not late:
+            return
+        now = time.monotonic()
+        for r in late:
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(LoadShed(
+                    f"shed: queued {1e3 * (now - r.enqueued):.1f} ms, its answer could not "
+                    f"arrive within the {1e3 * (self.sla_s or 0.0):.0f} ms SLA at this load"))
+        self.metrics.outcome(self.model.name, "-", "shed", len(late))
 
     def _run(self, batch: list[Request], variant: Variant) -> None:
         now = time.monotonic()
@@ -212,6 +253,12 @@ class ModelBatcher:
                 f"(queued {1e3 * (now - r.enqueued):.1f} ms)"))
         if expired:
             self.metrics.outcome(self.model.name, variant.label, "deadline_exceeded", len(expired))
+        cutoff = self._late_after(sum(r.rows for r in live), now)
+        if cutoff is not None:
+            shed = [r for r in live if r.answer_by is not None and r.answer_by < cutoff]
+            if shed:
+                self._fail_late(shed)
+                live = [r for r in live if r not in shed]
         live = [r for r in live if r.future.set_running_or_notify_cancel()]
         if not live:
             return

@@ -40,6 +40,14 @@ class _ModelFigures:
     mode_switches: int = 0
 
 
+def _attainment(f: _ModelFigures) -> float | None:
+    """Share of the requests with an outcome answered within the SLA: a request refused
+    (queue full), shed as late, past its deadline or failed is a miss, as its client sees it.
+    No SLA, no attainment: a share of requests "within" no limit would read as 1.0."""
+    decided = sum(f.outcomes.values())
+    return f.within_sla / decided if f.sla_s is not None and decided else None
+
+
 def _ms(values: deque[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "mean": None}
@@ -65,7 +73,7 @@ class ServeMetrics:
         p = "regiontrt_serve_"
         self._prom = {
             "requests": pc.Counter(p + "requests", "Requests by outcome (ok, error, "
-                                   "overloaded, deadline_exceeded)", [*LABELS, "outcome"],
+                                   "overloaded, shed, deadline_exceeded)", [*LABELS, "outcome"],
                                    registry=reg),
             "within_sla": pc.Counter(p + "requests_within_sla", "Completed requests whose "
                                      "latency met the region's p99 SLA", LABELS, registry=reg),
@@ -81,8 +89,9 @@ class ServeMetrics:
                               "region"], registry=reg),
             "switches": pc.Counter(p + "mode_switches", "Adaptive mode switches",
                                    ["model", "version", "region", "to"], registry=reg),
-            "sla_attainment": pc.Gauge(p + "sla_attainment", "Share of completed requests "
-                                       "within the region's p99 SLA", ["model", "version",
+            "sla_attainment": pc.Gauge(p + "sla_attainment", "Share of requests answered "
+                                       "within the region's p99 SLA (refused, shed and failed "
+                                       "ones are misses)", ["model", "version",
                                        "region"], registry=reg),
             "drift": pc.Gauge(p + "drift_score", "Latest drift score per tensor (share beyond "
                               "calibrated range, or PSI of inputs)", ["model", "version",
@@ -108,9 +117,13 @@ class ServeMetrics:
     def outcome(self, model: str, variant: str, outcome: str, n: int = 1) -> None:
         """Count ``n`` requests that ended with ``outcome`` without running."""
         with self._lock:
-            self._models[model].outcomes[outcome] += n
+            f = self._models[model]
+            f.outcomes[outcome] += n
+            attainment = _attainment(f)
         if self._prom:
             self._prom["requests"].labels(*self._labels(model, variant), outcome).inc(n)
+            if attainment is not None:
+                self._prom["sla_attainment"].labels(*self._labels(model)).set(attainment)
 
     def batch(self, model: str, variant: str, rows: int, compute_s: float,
               queue_s: list[float], latency_s: list[float], ok: bool) -> None:
@@ -130,9 +143,8 @@ class ServeMetrics:
                 if f.sla_s is not None:
                     met = sum(1 for t in latency_s if t <= f.sla_s)
                     f.within_sla += met
-            # No SLA, no attainment: a share of requests "within" no limit would read as 1.0.
             has_sla = f.sla_s is not None
-            attainment = f.within_sla / f.completed if f.completed and has_sla else None
+            attainment = _attainment(f)
         if not self._prom:
             return
         labels = self._labels(model, variant)
@@ -193,8 +205,7 @@ class ServeMetrics:
                 }
                 if f.sla_s is not None:  # SLA fields only where the region has an SLA
                     out[name]["sla_ms"] = f.sla_s * 1e3
-                    out[name]["sla_attainment"] = \
-                        f.within_sla / f.completed if f.completed else None
+                    out[name]["sla_attainment"] = _attainment(f)
             return out
 
     def prometheus_text(self) -> bytes:

@@ -39,6 +39,8 @@ class Request:
         unpad: what :meth:`Bucketing.unpad` needs to cut its outputs back (empty without).
         enqueued: monotonic time it was queued.
         deadline: monotonic time after which it must not run (``None``: no deadline).
+        answer_by: monotonic time after which its answer is late for the region's SLA
+            (``None``: not shed for lateness).
         future: resolved with the outputs or the error.
     """
 
@@ -48,6 +50,7 @@ class Request:
     unpad: dict[str, Any]
     enqueued: float
     deadline: float | None = None
+    answer_by: float | None = None
     future: Future[dict[str, np.ndarray]] = field(default_factory=Future)
 
 
@@ -65,6 +68,7 @@ class RequestQueue:
             raise ValueError(f"max_queue must be >= 1, got {max_requests}")
         self.max_requests = int(max_requests)
         self._items: deque[Request] = deque()
+        self.rows = 0  # rows waiting, all keys together
 
     def __len__(self) -> int:
         return len(self._items)
@@ -80,6 +84,7 @@ class RequestQueue:
                 f"request queue full ({self.max_requests} waiting); retry later"
             )
         self._items.append(request)
+        self.rows += request.rows
 
     def oldest(self) -> Request | None:
         return self._items[0] if self._items else None
@@ -105,6 +110,7 @@ class RequestQueue:
         first = self._items.popleft()
         batch, rows = [first], first.rows
         if rows >= max_rows:
+            self.rows -= rows
             return batch
         kept: deque[Request] = deque()
         while self._items:
@@ -118,10 +124,26 @@ class RequestQueue:
                 kept.append(r)
         kept.extend(self._items)
         self._items = kept
+        self.rows -= rows
         return batch
 
     def drain(self) -> list[Request]:
         """Remove and return everything queued."""
         items = list(self._items)
         self._items.clear()
+        self.rows = 0
         return items
+
+    def shed(self, cutoff: float) -> list[Request]:
+        """Remove and return the oldest requests whose answer would be late if they ran after
+        ``cutoff`` (``answer_by`` before it).
+
+        Every request of one queue gets the same SLA, so ``answer_by`` grows along the queue
+        and the late ones are a prefix: shedding costs what it removes, not the queue's length.
+        """
+        late: list[Request] = []
+        while self._items and self._items[0].answer_by is not None \
+                and self._items[0].answer_by < cutoff:
+            late.append(self._items.popleft())
+        self.rows -= sum(r.rows for r in late)
+        return late

@@ -54,12 +54,17 @@ class Server:
             default variant's profile) on the default variant, so each request sees the same
             kernels whether alone or batched: bit-identical outputs, at the cost of running
             ``max_batch`` rows for every batch.
+        shed_late: fail at once with :class:`~regiontrt.errors.LoadShed` (HTTP 503) every
+            request that can no longer be answered within the SLA, rather than run it late.
+            After a surge beyond capacity this is what keeps the backlog from making the
+            requests that follow late too. ``None`` (default): on in ``"adaptive"`` mode, off
+            in the others; never without an SLA.
     """
 
     def __init__(self, models: list[ServedModel], *, max_batch: int = 32,
                  max_delay_ms: float = 5.0, mode: str | BatchPolicy = "adaptive",
                  max_queue: int = 1024, sla_ms: float | None = None,
-                 batch_invariance: str = "fast") -> None:
+                 batch_invariance: str = "fast", shed_late: bool | None = None) -> None:
         if batch_invariance not in ("fast", "exact"):
             raise ValueError(f"batch_invariance must be 'fast' or 'exact', got "
                              f"{batch_invariance!r}")
@@ -71,6 +76,7 @@ class Server:
             raise ValueError(f"sla_ms must be > 0, got {sla_ms}")
         self.metrics = ServeMetrics()
         self.mode = mode if isinstance(mode, str) else mode.name
+        self.shed_late = self.mode == "adaptive" if shed_late is None else bool(shed_late)
         self.batch_invariance = batch_invariance
         self._batchers: dict[str, ModelBatcher] = {}
         self._monitor: DriftMonitor | None = None
@@ -83,7 +89,8 @@ class Server:
                 policy = make_policy(mode, max_batch, max_delay_ms)
                 self._batchers[m.name] = ModelBatcher(
                     m, policy, self.metrics, max_queue, None if sla is None else float(sla) / 1e3,
-                    fixed_rows=max_batch if batch_invariance == "exact" else None)
+                    fixed_rows=max_batch if batch_invariance == "exact" else None,
+                    shed_late=self.shed_late)
                 log.info("[model=%s region=%s version=%s] serving: precision %s, %d "
                          "variant(s), mode %s", m.name, m.region, m.version, m.engine.precision,
                          len(m.variants), policy.name)
@@ -150,7 +157,8 @@ class Server:
 
         Raises:
             InputError: the inputs do not fit the model (raised here, never queued).
-            Overloaded: the model's queue is full.
+            Overloaded: the model's queue is full. (A request shed as late fails its future
+                with :class:`~regiontrt.errors.LoadShed`, a subclass.)
             ServerClosed: the server is closing.
         """
         if self._closed:
@@ -211,7 +219,7 @@ class Server:
 def serve(source: Any, *, name: str | None = None, max_batch: int = 32,
           max_delay_ms: float = 5.0, mode: str | BatchPolicy = "adaptive",
           max_queue: int = 1024, sla_ms: float | None = None,
-          batch_invariance: str = "fast") -> Server:
+          batch_invariance: str = "fast", shed_late: bool | None = None) -> Server:
     """Serve an engine, an ``.engine`` file, a bundle or an install directory in process.
 
     See :class:`Server` for the arguments; ``name`` overrides the ``<name>`` of the served
@@ -221,4 +229,4 @@ def serve(source: Any, *, name: str | None = None, max_batch: int = 32,
         raise TypeError("serve() takes an Engine, a path or a bundle, not a mapping")
     return Server(resolve(source, name), max_batch=max_batch, max_delay_ms=max_delay_ms,
                   mode=mode, max_queue=max_queue, sla_ms=sla_ms,
-                  batch_invariance=batch_invariance)
+                  batch_invariance=batch_invariance, shed_late=shed_late)
