@@ -16,7 +16,9 @@ same path, so the surge (1.5x that capacity) is more than one-by-one serving abs
 take turns for ``--rounds`` rounds and pool them, so a shared machine's drifting load weighs on
 all alike. Per phase and server: requests, p50/p99, answers per second, SLA attainment (refused,
 failed or timed-out requests are misses), the generator's p99 send lag, and the server's CPU use
-(cores, its whole process tree, psutil). It also measures the drift monitor's request-path cost.
+(cores, its whole process tree, psutil). On a machine of 8 cores or more the HTTP schedule is
+sent from several generator processes (``--client-procs``; :mod:`benchmarks.loadgen_procs`), so
+the generator is not what falls behind at the surge's rate. It also measures the drift monitor's request-path cost.
 
 One command (peers that are not installed are skipped, and the JSON says so)::
 
@@ -50,6 +52,7 @@ import numpy as np
 
 import regiontrt as rt
 from benchmarks._env import environment, finish
+from benchmarks.loadgen_procs import default_procs
 from benchmarks.serving_peers import PEERS
 from benchmarks.serving_report import peer_settings
 from benchmarks.serving_step import MODES, PHASES, step_load
@@ -176,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0,
                    help="the peers' ONNX Runtime intra-op threads (default: one per physical "
                         "core, ONNX Runtime's default, which regiontrt's engine runs with)")
+    p.add_argument("--client-procs", type=int, default=0,
+                   help="load generator processes for the HTTP runs (default: one per four "
+                        "cores, at most four; one on a machine of under eight cores)")
     p.add_argument("--no-monitor-cost", action="store_true",
                    help="skip the drift monitor's cost measurement")
     p.add_argument("--json", type=Path)
@@ -199,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             modes=tuple(args.modes.split(",")),
             phase_s=args.phase_s if name == "demo" else args.rec_phase_s,
             base_frac=args.base_frac, max_batch=args.max_batch, rounds=args.rounds,
-            peers=peers, peer_grid=grid, threads=threads, on_run=print_run))
+            peers=peers, peer_grid=grid, threads=threads, on_run=print_run,
+            client_procs=args.client_procs or default_procs()))
         for r in reports[-1]["runs"].values():
             for phase, v in r.get("adaptive_vs_peers", {}).items():
                 print(f"{name} {phase}: adaptive {_f(100 * v['adaptive'], '.1f')} % vs best "

@@ -109,7 +109,8 @@ def phase_bounds(phases: Sequence[tuple[str, float, float]]) -> list[tuple[str, 
 
 async def open_loop(schedule: Sequence[Arrival], send: Sender, *, timeout_s: float = 10.0,
                     at_times: Sequence[float] = (),
-                    on_time: Callable[[float], None] | None = None) -> list[Outcome]:
+                    on_time: Callable[[float], None] | None = None,
+                    start: float | None = None) -> list[Outcome]:
     """Run ``schedule`` open loop through ``send``; one :class:`Outcome` per arrival, in order.
 
     Each request is its own task, started at its scheduled time whether or not earlier ones
@@ -122,10 +123,12 @@ async def open_loop(schedule: Sequence[Arrival], send: Sender, *, timeout_s: flo
         at_times: times (s from the start) at which ``on_time`` is called, off the event loop
             (a CPU reading at each phase boundary, say), so it never delays a send.
         on_time: called with each of ``at_times``, in a worker thread.
+        start: the run's time zero on ``time.perf_counter()``'s clock (system-wide on Linux, so
+            several generator processes can share it); default: now.
     """
     loop = asyncio.get_running_loop()
     outcomes: list[Outcome | None] = [None] * len(schedule)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if start is None else start
 
     async def one(i: int, due: float, lag: float) -> None:
         arrival = schedule[i]

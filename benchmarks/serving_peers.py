@@ -263,10 +263,17 @@ class PeerServer:
 
 
 def run_peer(peer: PeerServer, body: bytes, schedule: list[loadgen.Arrival],
-             bounds: list[tuple[str, float, float]], timeout_s: float, connections: int
-             ) -> tuple[list[loadgen.Outcome], dict[str, float | None] | None]:
-    """One step load on a running peer (:class:`serving_peers.PeerServer`) through aiohttp."""
+             bounds: list[tuple[str, float, float]], timeout_s: float, connections: int,
+             procs: int = 1) -> tuple[list[loadgen.Outcome], dict[str, float | None] | None]:
+    """One step load on a running peer (:class:`serving_peers.PeerServer`) through aiohttp,
+    from ``procs`` generator processes."""
     import aiohttp
+
+    if procs > 1:
+        from benchmarks.loadgen_procs import SenderSpec, drive_sharded
+
+        spec = SenderSpec("json", peer.url, body=body, connections=connections)
+        return drive_sharded(schedule, bounds, spec, peer.pid, procs=procs, timeout_s=timeout_s)
 
     def session() -> Any:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),

@@ -27,6 +27,7 @@ import numpy as np
 
 import regiontrt as rt
 from benchmarks import loadgen
+from benchmarks.loadgen_procs import SenderSpec, drive_sharded
 from benchmarks.serving_report import figures, label, peer_report, peer_settings, verdict
 from regiontrt.serve.protocol import datatype
 
@@ -205,16 +206,23 @@ def run_inproc(setup: Any, mode: str, schedule: list[loadgen.Arrival],
 
 
 def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loadgen.Arrival],
-             bounds: list[tuple[str, float, float]],
-             max_batch: int) -> tuple[list[loadgen.Outcome], dict[str, float | None] | None]:
-    """One step load over HTTP through ``tritonclient.http.aio``: outcomes and CPU per phase
-    (of the server's process tree; ``None`` for a server on a thread of this process)."""
+             bounds: list[tuple[str, float, float]], max_batch: int, procs: int = 1
+             ) -> tuple[list[loadgen.Outcome], dict[str, float | None] | None]:
+    """One step load over HTTP through ``tritonclient.http.aio`` (from ``procs`` generator
+    processes): outcomes and CPU per phase (of the server's process tree; ``None`` for a
+    server on a thread of this process)."""
     import tritonclient.http.aio as aio
 
     server = _http_server(setup, engine_path, mode, max_batch, setup.sla_ms)
     pid = server.proc.pid if isinstance(server, HTTPServerProcess) else None
     outputs = [o.name for o in setup.engine.outputs]
     try:
+        if procs > 1:
+            spec = SenderSpec("triton", server.base.removeprefix("http://"), server.model,
+                              dict(setup.request), tuple(outputs), connections=CONNECTIONS)
+            return drive_sharded(schedule, bounds, spec, pid, procs=procs,
+                                 timeout_s=REQUEST_TIMEOUT_S)
+
         def client() -> Any:
             return aio.InferenceServerClient(server.base.removeprefix("http://"),
                                              conn_limit=CONNECTIONS,
@@ -232,7 +240,7 @@ def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loa
 def _sweep_round(kind: str, onnx: str, unfused: bool, threads: int, body: bytes,
                  settings: list[tuple[int, float]], schedule: list[loadgen.Arrival],
                  bounds: list[tuple[str, float, float]], into: dict[str, Any],
-                 capacity: bool = False, sla_ms: float | None = None) -> None:
+                 capacity: bool = False, sla_ms: float | None = None, procs: int = 1) -> None:
     """Every setting of one peer on one round's schedule; outcomes and CPU appended to ``into``.
     Ray is started once and reconfigured in place; LitServe is started per setting, each twice
     with ``sla_ms``: its default queue timeout and one of the SLA (LitServe's own way to drop a
@@ -250,7 +258,8 @@ def _sweep_round(kind: str, onnx: str, unfused: bool, threads: int, body: bytes,
                     peer.close()
                 peer = PeerServer(kind, onnx, batch, wait, threads, unfused,
                                   queue_timeout_ms=queue_timeout)
-            got, cpu = run_peer(peer, body, schedule, bounds, REQUEST_TIMEOUT_S, CONNECTIONS)
+            got, cpu = run_peer(peer, body, schedule, bounds, REQUEST_TIMEOUT_S, CONNECTIONS,
+                                procs)
             name = label(batch, wait) + ("" if queue_timeout is None else
                                          f", queue timeout {queue_timeout:g} ms")
             slot = into.setdefault(name, {"outcomes": [], "cpu": []})
@@ -269,7 +278,8 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
               modes: tuple[str, ...] = MODES, phase_s: float = 3.0, base_frac: float = 0.3,
               max_batch: int = 32, rounds: int = 1, http_in_process: bool = False,
               peers: tuple[str, ...] = (), peer_grid: list[tuple[int, float]] | None = None,
-              threads: int = 0, on_run: Callable[..., None] | None = None) -> dict[str, Any]:
+              threads: int = 0, on_run: Callable[..., None] | None = None,
+              client_procs: int = 1) -> dict[str, Any]:
     """Every mode on every transport, and every peer over HTTP, for one model.
 
     With ``rounds`` > 1 the servers take turns (latency, throughput, adaptive, each peer's
@@ -278,12 +288,14 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
     a thread here instead of in a child ``regiontrt serve`` (for engines whose backend only this
     process has). ``peers`` (``"ray"``, ``"litserve"``) serve the engine's ONNX payload with
     ``threads`` intra-op threads, swept over ``peer_grid`` (default :func:`peer_settings`).
+    Every HTTP run's schedule is sent from ``client_procs`` processes
+    (:mod:`benchmarks.loadgen_procs`).
     """
     from regiontrt.backends.onnxruntime import runtime_arithmetic
     from regiontrt.graph.arithmetic import Int8Arithmetic
 
     report: dict[str, Any] = {"model": setup.name, "sla_ms": setup.sla_ms, "rounds": rounds,
-                              "phase_s": phase_s, "runs": {}}
+                              "phase_s": phase_s, "client_procs": client_procs, "runs": {}}
     grid = peer_grid or peer_settings(setup.sla_ms)
     with tempfile.TemporaryDirectory() as tmp:
         path: Path | None = Path(tmp) / f"{setup.name}.{setup.engine.region}.engine"
@@ -319,7 +331,8 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
                         pooled[mode]["mode_switches"] = (pooled[mode].get("mode_switches", 0)
                                                          + info["mode_switches"])
                     else:
-                        got, cpu = run_http(setup, path, mode, schedule, bounds, max_batch)
+                        got, cpu = run_http(setup, path, mode, schedule, bounds, max_batch,
+                                            client_procs)
                         pooled[mode]["cpu"].append(cpu or {})
                     pooled[mode]["outcomes"].extend(got)
                 if transport == "http":
@@ -327,7 +340,7 @@ def step_load(setup: Any, *, transports: tuple[str, ...] = ("inproc", "http"),
                     for kind in peers:
                         _sweep_round(kind, onnx, unfused, threads, body, grid, schedule,
                                      bounds, swept[kind], capacity=r == 0,
-                                     sla_ms=setup.sla_ms)
+                                     sla_ms=setup.sla_ms, procs=client_procs)
             for mode, got in pooled.items():
                 result = {"phases": figures(got.pop("outcomes"), bounds, setup.sla_ms,
                                             got.pop("cpu")), **got}

@@ -257,3 +257,26 @@ def test_peer_serves_the_engines_onnx_with_the_same_answers(kind, na_engine, tmp
         np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
     assert all(o.latency_s is not None for o in outcomes), outcomes
     assert peer.proc.poll() is not None  # the peer's process group is gone
+
+
+def test_sharded_generator_sends_every_request_from_several_processes(stalling):
+    """The schedule dealt to two generator processes: every request is sent once, on the shared
+    clock (the 12th arrival releases all), and the outcomes come back merged in schedule order."""
+    procs = pytest.importorskip("benchmarks.loadgen_procs", reason="run from the repository root")
+    schedule = loadgen.fixed_schedule([("a", 40.0, 0.15), ("b", 40.0, 0.15)])
+    assert len(schedule) == 12
+    bounds = loadgen.phase_bounds([("a", 40.0, 0.15), ("b", 40.0, 0.15)])
+    spec = procs.SenderSpec("json", stalling.url + "/infer", body=b"{}", connections=64)
+    outcomes, cpu = procs.drive_sharded(schedule, bounds, spec, None, procs=2, timeout_s=15.0,
+                                        warmup=0)
+    assert cpu is None and stalling.arrived == 12 and stalling.answered_before_release == 0
+    assert [o.scheduled for o in outcomes] == [a.at for a in schedule]
+    assert [o.phase for o in outcomes] == [a.phase for a in schedule]
+    assert all(o.latency_s is not None for o in outcomes), outcomes
+    last = schedule[-1].at
+    assert all(o.scheduled + o.latency_s >= last for o in outcomes)  # answered after the 12th
+
+
+def test_default_generator_processes_leave_a_small_machine_one():
+    procs = pytest.importorskip("benchmarks.loadgen_procs", reason="run from the repository root")
+    assert [procs.default_procs(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
