@@ -18,7 +18,8 @@ all alike. Per phase and server: requests, p50/p99, answers per second, SLA atta
 failed or timed-out requests are misses), the generator's p99 send lag, and the server's CPU use
 (cores, its whole process tree, psutil). On a machine of 8 cores or more the HTTP schedule is
 sent from several generator processes (``--client-procs``; :mod:`benchmarks.loadgen_procs`), so
-the generator is not what falls behind at the surge's rate. It also measures the drift monitor's request-path cost.
+the generator is not what falls behind at the surge's rate. It also measures the drift
+monitor's request-path cost.
 
 One command (peers that are not installed are skipped, and the JSON says so)::
 
