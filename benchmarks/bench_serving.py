@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="demo,rec", help="demo, rec (PP-OCRv4 rec) or both")
     p.add_argument("--transports", default="inproc,http")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="regiontrt modes to run; a mode with +shed runs it with shed_late on, "
+                        "e.g. latency,throughput,adaptive,adaptive+shed")
     p.add_argument("--phase-s", type=float, default=2.0, help="each phase's length (demo)")
     p.add_argument("--rec-phase-s", type=float, default=5.0)
     p.add_argument("--base-frac", type=float, default=0.3)

@@ -32,6 +32,13 @@ from benchmarks.serving_report import figures, label, peer_report, peer_settings
 from regiontrt.serve.protocol import datatype
 
 MODES = ("latency", "throughput", "adaptive")
+#: A mode name ending in this runs that mode with ``shed_late`` on (``--modes adaptive+shed``).
+SHED = "+shed"
+
+
+def split_mode(mode: str) -> tuple[str, bool]:
+    """``"adaptive+shed"`` -> ``("adaptive", True)``; a plain mode -> ``(mode, False)``."""
+    return mode.removesuffix(SHED), mode.endswith(SHED)
 PHASES = (("base", 1.0), ("surge", 5.0), ("recover", 1.0))
 MAX_REQUESTS = 400_000  # per run: a bound on memory, far above any phase length x rate used
 REQUEST_TIMEOUT_S = 10.0
@@ -104,10 +111,12 @@ class HTTPServerProcess:
                  sla_ms: float) -> None:
         self.port = _free_port()
         code = "import sys; from regiontrt.cli import main; sys.exit(main())"
+        mode, shed = split_mode(mode)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "serve", str(engine_path), "--port", str(self.port),
              "--mode", mode, "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms),
-             "--sla-ms", str(sla_ms), "--max-queue", "512", "--log-level", "warning"],
+             "--sla-ms", str(sla_ms), "--max-queue", "512", "--log-level", "warning",
+             "--shed-late", "on" if shed else "off"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         import httpx
 
@@ -144,8 +153,9 @@ class HTTPServerThread:
                  sla_ms: float) -> None:
         from regiontrt.serve.runner import BackgroundHTTP
 
-        server = rt.serve(engine, mode=mode, max_batch=max_batch, max_delay_ms=delay_ms,
-                          max_queue=512, sla_ms=sla_ms)
+        name, shed = split_mode(mode)
+        server = rt.serve(engine, mode=name, max_batch=max_batch, max_delay_ms=delay_ms,
+                          max_queue=512, sla_ms=sla_ms, shed_late=shed)
         self.model = next(iter(server.models))
         self._http = BackgroundHTTP(server).start()
         self.base = f"http://{self._http.url}"
@@ -191,8 +201,9 @@ def run_inproc(setup: Any, mode: str, schedule: list[loadgen.Arrival],
                bounds: list[tuple[str, float, float]],
                max_batch: int) -> tuple[list[loadgen.Outcome], dict[str, Any]]:
     """One step load in process: outcomes, and the server's batch figures."""
-    server = rt.serve(setup.engine, mode=mode, max_batch=max_batch, max_delay_ms=setup.sla_ms,
-                      max_queue=512, sla_ms=setup.sla_ms)
+    name, shed = split_mode(mode)
+    server = rt.serve(setup.engine, mode=name, max_batch=max_batch, max_delay_ms=setup.sla_ms,
+                      max_queue=512, sla_ms=setup.sla_ms, shed_late=shed)
     try:
         def make_send(s: Any) -> loadgen.Sender:
             return lambda: asyncio.wrap_future(s.submit(setup.request))

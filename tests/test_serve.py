@@ -220,8 +220,7 @@ def test_adaptive_mode_batches_a_burst_and_returns_to_latency(na_engine):
     x = np.zeros((1, 1, 8, 8), np.float32)
     policy = AdaptivePolicy(max_batch=16, max_delay_ms=2, dwell_s=0.05, high_water=8)
     slow = _SlowEngine(na_engine.metadata, na_engine.payload)
-    # The subject is switching, not shedding: NA's 10 ms SLA would shed most of this burst.
-    with rt.serve(slow, mode=policy, shed_late=False) as server:
+    with rt.serve(slow, mode=policy) as server:
         for f in [server.submit(x) for _ in range(200)]:
             f.result(10)
         busy = server.stats()["digits_cnn_NA"]

@@ -23,8 +23,7 @@ def eu_engine():
 
 
 def _feed(engine: rt.Engine, images: np.ndarray, rows: int = 8) -> dict:
-    # A bulk feed, not live traffic: the region's SLA must not shed what the test measures.
-    with rt.serve(engine, max_batch=16, max_delay_ms=1, shed_late=False) as server:
+    with rt.serve(engine, max_batch=16, max_delay_ms=1) as server:
         monitor = server.monitor(sample_rate=1.0, window=64, seed=0)
         futures = [server.submit(images[i:i + rows]) for i in range(0, len(images), rows)]
         for f in futures:

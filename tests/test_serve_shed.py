@@ -49,8 +49,7 @@ def _burst_then_one(server, n=200):
 
 def test_adaptive_sheds_the_late_and_answers_the_request_after_the_burst(row_cost_engine,
                                                                           na_engine):
-    with rt.serve(row_cost_engine, mode="adaptive", sla_ms=20) as server:
-        assert server.shed_late  # the default in adaptive mode where there is an SLA
+    with rt.serve(row_cost_engine, mode="adaptive", sla_ms=20, shed_late=True) as server:
         for _ in range(5):  # measured runs: shedding needs a service-time estimate
             server.infer(X)
         out, waited, outcomes = _burst_then_one(server)
@@ -65,7 +64,8 @@ def test_adaptive_sheds_the_late_and_answers_the_request_after_the_burst(row_cos
 
 
 def test_without_shedding_the_backlog_makes_the_next_request_wait(row_cost_engine):
-    with rt.serve(row_cost_engine, mode="adaptive", sla_ms=20, shed_late=False) as server:
+    with rt.serve(row_cost_engine, mode="adaptive", sla_ms=20) as server:  # the default: off
+        assert not server.shed_late
         for _ in range(5):
             server.infer(X)
         _, waited, outcomes = _burst_then_one(server)
@@ -75,18 +75,23 @@ def test_without_shedding_the_backlog_makes_the_next_request_wait(row_cost_engin
 
 
 @pytest.mark.parametrize("mode", ["latency", "throughput"])
-def test_fixed_modes_do_not_shed_by_default(row_cost_engine, mode):
+def test_fixed_modes_shed_when_asked_and_not_by_default(row_cost_engine, mode):
     with rt.serve(row_cost_engine, mode=mode, sla_ms=20) as server:
         assert not server.shed_late
         futures = [server.submit(X) for _ in range(30)]
         for f in futures:
             f.result(30)
         assert "shed" not in server.stats()[MODEL]["outcomes"]
+    with rt.serve(row_cost_engine, mode=mode, sla_ms=20, shed_late=True) as server:
+        for _ in range(5):
+            server.infer(X)
+        _, _, outcomes = _burst_then_one(server, n=60)
+        assert outcomes.count("shed") > 0
 
 
 def test_no_request_is_shed_when_even_one_alone_misses_the_sla(row_cost_engine):
     # 2 ms a row and a 1 ms SLA: shedding would refuse everything, so it stands aside.
-    with rt.serve(row_cost_engine, mode="adaptive", sla_ms=1) as server:
+    with rt.serve(row_cost_engine, mode="adaptive", sla_ms=1, shed_late=True) as server:
         futures = [server.submit(X) for _ in range(20)]
         for f in futures:
             f.result(30)
@@ -103,7 +108,7 @@ def test_a_shed_request_is_an_overload_to_http_clients(row_cost_engine):
 
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
                         "data": [0.0] * 64}]}
-    server = rt.serve(row_cost_engine, mode="adaptive", sla_ms=20)
+    server = rt.serve(row_cost_engine, mode="adaptive", sla_ms=20, shed_late=True)
     with BackgroundHTTP(server) as http, httpx.Client(timeout=30) as client:
         url = f"http://{http.url}/v2/models/{MODEL}/infer"
         for _ in range(5):

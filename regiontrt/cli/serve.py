@@ -33,8 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     sources = args.source if len(args.source) > 1 else args.source[0]
     server = serve(sources, name=args.name, max_batch=args.max_batch,
                    max_delay_ms=args.max_delay_ms, mode=args.mode, max_queue=args.max_queue,
-                   sla_ms=args.sla_ms, shed_late={"auto": None, "on": True,
-                                                  "off": False}[args.shed_late])
+                   sla_ms=args.sla_ms, shed_late=args.shed_late == "on")
     if args.monitor > 0:
         server.monitor(sample_rate=args.monitor)
     grpc_endpoint = None
@@ -130,10 +129,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="requests waiting before new ones get 503 (default: 1024), e.g. 256")
     s.add_argument("--sla-ms", type=positive_float, metavar="MS",
                    help="p99 latency SLA (default: the region's), e.g. 50")
-    s.add_argument("--shed-late", default="auto", choices=("auto", "on", "off"),
-                   help="answer 503 at once, without running it, a request that can no longer "
-                        "meet the SLA, so a surge's backlog does not make later requests late "
-                        "(default: auto, on in adaptive mode where there is an SLA), e.g. off")
+    s.add_argument("--shed-late", default="off", choices=("on", "off"),
+                   help="answer 503, without running it, a request that can no longer meet the "
+                        "SLA (default: off; see docs/serving.md before turning it on), e.g. on")
     s.add_argument("--max-body-mb", type=positive_float, default=64.0, metavar="MB",
                    help="largest request body accepted (default: 64), e.g. 16")
     s.add_argument("--max-decoded-mb", type=positive_float, default=128.0, metavar="MB",

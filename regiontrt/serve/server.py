@@ -54,17 +54,16 @@ class Server:
             default variant's profile) on the default variant, so each request sees the same
             kernels whether alone or batched: bit-identical outputs, at the cost of running
             ``max_batch`` rows for every batch.
-        shed_late: fail at once with :class:`~regiontrt.errors.LoadShed` (HTTP 503) every
-            request that can no longer be answered within the SLA, rather than run it late.
-            After a surge beyond capacity this is what keeps the backlog from making the
-            requests that follow late too. ``None`` (default): on in ``"adaptive"`` mode, off
-            in the others; never without an SLA.
+        shed_late: fail with :class:`~regiontrt.errors.LoadShed` (HTTP 503), without running
+            it, every request that can no longer be answered within the SLA (no effect
+            without an SLA). Off by default: measured over HTTP on a CPU-bound machine it
+            halved the answers per second in a surge (see docs/serving.md).
     """
 
     def __init__(self, models: list[ServedModel], *, max_batch: int = 32,
                  max_delay_ms: float = 5.0, mode: str | BatchPolicy = "adaptive",
                  max_queue: int = 1024, sla_ms: float | None = None,
-                 batch_invariance: str = "fast", shed_late: bool | None = None) -> None:
+                 batch_invariance: str = "fast", shed_late: bool = False) -> None:
         if batch_invariance not in ("fast", "exact"):
             raise ValueError(f"batch_invariance must be 'fast' or 'exact', got "
                              f"{batch_invariance!r}")
@@ -76,7 +75,7 @@ class Server:
             raise ValueError(f"sla_ms must be > 0, got {sla_ms}")
         self.metrics = ServeMetrics()
         self.mode = mode if isinstance(mode, str) else mode.name
-        self.shed_late = self.mode == "adaptive" if shed_late is None else bool(shed_late)
+        self.shed_late = bool(shed_late)
         self.batch_invariance = batch_invariance
         self._batchers: dict[str, ModelBatcher] = {}
         self._monitor: DriftMonitor | None = None
@@ -219,7 +218,7 @@ class Server:
 def serve(source: Any, *, name: str | None = None, max_batch: int = 32,
           max_delay_ms: float = 5.0, mode: str | BatchPolicy = "adaptive",
           max_queue: int = 1024, sla_ms: float | None = None,
-          batch_invariance: str = "fast", shed_late: bool | None = None) -> Server:
+          batch_invariance: str = "fast", shed_late: bool = False) -> Server:
     """Serve an engine, an ``.engine`` file, a bundle or an install directory in process.
 
     See :class:`Server` for the arguments; ``name`` overrides the ``<name>`` of the served
