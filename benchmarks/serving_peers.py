@@ -13,8 +13,11 @@ with the set-up its documentation recommends for a batched CPU model:
   concatenating and splitting numpy rows.
 
 Both load the very ONNX file regiontrt's engine runs (``Engine.export_payload``) into an
-``onnxruntime.InferenceSession`` with the same intra-op threads (``--threads``; ONNX Runtime's
-default, one per physical core, is what regiontrt's engine uses) and the same Q/DQ arithmetic.
+``onnxruntime.InferenceSession`` with the same session settings as regiontrt's loaded engine:
+the same intra-op threads (``--threads``; ONNX Runtime's default, one per physical core, is what
+regiontrt's engine uses), spinning off (regiontrt's default for a loaded engine; measured, the
+spinning pool threads took the cores the server's event loop and the clients needed) and the
+same Q/DQ arithmetic.
 Requests and answers are JSON: each array as base64 of its bytes with its shape and dtype, the
 compact encoding a JSON endpoint allows (a list of floats would cost the peers a slow parse).
 
@@ -81,6 +84,8 @@ class OrtModel:
             so.intra_op_num_threads = threads
         if unfused_qdq:
             so.add_session_config_entry("session.disable_quant_qdq", "1")
+        # As regiontrt's loaded engines (TacticSelector.cpu_spinning's default).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, sess_options=so,
                                             providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -55,6 +55,7 @@ def peer_report(swept: dict[str, dict[str, Any]], bounds: list[tuple[str, float,
         settings = {name: figures(v["outcomes"], bounds, sla_ms, v["cpu"])
                     for name, v in by_label.items()}
         out[kind] = {"grid": [list(g) for g in grid], "ort_intra_op_threads": threads,
+                     "ort_spinning": False,
                      "capacity_rps": capacity, "unfused_qdq": unfused, "settings": settings,
                      "best": best_per_phase(settings)}
     return out

@@ -155,4 +155,23 @@ class OnnxRuntimeBackend(Backend):
         mode, note = runtime_arithmetic(metadata)
         if note:
             log.warning("region %s: %s", (metadata.get("region") or {}).get("name"), note)
-        return OnnxRuntimeRunner(payload, arithmetic=mode)
+        return OnnxRuntimeRunner(payload, options=runtime_options(metadata), arithmetic=mode)
+
+
+def runtime_options(metadata: Mapping[str, Any]) -> Any:
+    """Session options of a loaded engine, from its tactics: ``cpu_threads`` (within this host's
+    CPUs: a file's metadata is not trusted to size a thread pool) and spinning off unless
+    ``cpu_spinning`` is true."""
+    import os
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    found = metadata.get("tactics")
+    tactics: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    threads = tactics.get("cpu_threads")
+    if type(threads) is int and threads > 0:
+        so.intra_op_num_threads = min(threads, os.cpu_count() or 1)
+    if tactics.get("cpu_spinning") is not True:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so

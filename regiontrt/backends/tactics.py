@@ -37,7 +37,12 @@ class TacticSelector:
         compute_capabilities: TensorRT-RTX targets, e.g. ``("sm89", "sm120")``; empty builds for
             the GPU present (or, with no GPU, for every supported one).
         runtime_cache: TensorRT-RTX runtime cache file, reused across runs.
-        cpu_threads: intra-op threads of the ONNX Runtime backend (0: its default).
+        cpu_threads: intra-op threads of the ONNX Runtime backend (0: its default), at build
+            and when the engine is loaded.
+        cpu_spinning: let ONNX Runtime's intra-op threads spin between runs (its default).
+            Off by default: a loaded engine shares its process with other work (a server's
+            event loop and batcher, its clients, an application), and spinning threads keep
+            every core busy between requests (measured in docs/benchmarks.md, "Serving").
         version_compatible: TensorRT only: build a version-compatible plan
             (``BuilderFlag.VERSION_COMPATIBLE``), which loads in this release or any later one,
             including a site with only the lean runtime; it embeds the lean runtime (host code),
@@ -62,6 +67,7 @@ class TacticSelector:
     compute_capabilities: tuple[str, ...] = field(default_factory=tuple)
     runtime_cache: str | None = None
     cpu_threads: int = 0
+    cpu_spinning: bool = False
     version_compatible: bool = False
     exclude_lean_runtime: bool = False
     cuda_graph: bool = False
@@ -77,7 +83,7 @@ class TacticSelector:
             raise ValueError("max_tactics must be >= 1")
         if self.workspace_bytes is not None and self.workspace_bytes <= 0:
             raise ValueError("workspace_bytes must be > 0")
-        for key in ("version_compatible", "exclude_lean_runtime", "cuda_graph"):
+        for key in ("version_compatible", "exclude_lean_runtime", "cuda_graph", "cpu_spinning"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false")
         if self.exclude_lean_runtime and not self.version_compatible:
@@ -105,6 +111,8 @@ class TacticSelector:
         """Apply settings to ``onnxruntime.SessionOptions`` for the CPU backend."""
         if self.cpu_threads:
             options.intra_op_num_threads = int(self.cpu_threads)
+        if not self.cpu_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
