@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks import loadgen
 
 #: Seconds the children get to start, connect and warm up before time zero.
-START_MARGIN_S = 8.0
+START_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
