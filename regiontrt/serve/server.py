@@ -56,8 +56,8 @@ class Server:
             ``max_batch`` rows for every batch.
         shed_late: fail with :class:`~regiontrt.errors.LoadShed` (HTTP 503), without running
             it, every request that can no longer be answered within the SLA (no effect
-            without an SLA). Off by default: measured over HTTP on a CPU-bound machine it
-            halved the answers per second in a surge (see docs/serving.md).
+            without an SLA). Off by default: measured under a 5x surge it lowered the surge's
+            SLA attainment, over HTTP and in process (docs/benchmarks.md, "Serving").
     """
 
     def __init__(self, models: list[ServedModel], *, max_batch: int = 32,
