@@ -7,6 +7,7 @@ the graph a TensorRT build would parse.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -162,8 +163,6 @@ def runtime_options(metadata: Mapping[str, Any]) -> Any:
     """Session options of a loaded engine, from its tactics: ``cpu_threads`` (within this host's
     CPUs: a file's metadata is not trusted to size a thread pool) and spinning off unless
     ``cpu_spinning`` is true."""
-    import os
-
     import onnxruntime as ort
 
     so = ort.SessionOptions()

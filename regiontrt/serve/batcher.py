@@ -169,8 +169,8 @@ class ModelBatcher:
             if not self.queue:
                 return None
             now = time.monotonic()
-            cutoff = self._late_after(1, now)
-            shed = self.queue.shed(cutoff) if cutoff is not None else []
+            need = self._answer_time(1)
+            shed = self.queue.shed(now + need) if need is not None else []
             if not self.queue:
                 return [], self.model.variants[0], shed
             plan = self.policy.plan(self.load.snapshot(len(self.queue), self.sla_s, now))
@@ -187,10 +187,10 @@ class ModelBatcher:
             until = oldest.enqueued + plan.max_wait_s
             if oldest.deadline is not None:
                 until = min(until, oldest.deadline)
-            latest = self._late_after(cap, 0.0)
-            if oldest.answer_by is not None and latest is not None:
+            need = self._answer_time(cap)
+            if oldest.answer_by is not None and need is not None:
                 # Waiting for company must not make the oldest late.
-                until = min(until, oldest.answer_by - latest)
+                until = min(until, oldest.answer_by - need)
             while not self._closing and self.queue.rows_ready(oldest.key, cap) < cap:
                 left = until - time.monotonic()
                 if left <= 0:
@@ -219,16 +219,16 @@ class ModelBatcher:
                         r.future.set_exception(exc)
                 self._log.exception("batch failed: %s", exc)
 
-    def _late_after(self, rows: int, now: float) -> float | None:
-        """When a batch of ``rows`` starting at ``now`` would answer at the earliest, or
-        ``None`` where nothing is shed: shedding off, no run measured yet, or a request alone
-        cannot meet the SLA anyway (then shedding would refuse every request, not the late)."""
+    def _answer_time(self, rows: int) -> float | None:
+        """Least seconds a batch of ``rows`` takes to answer, or ``None`` where nothing is shed:
+        shedding off, no run measured yet, or a request alone cannot meet the SLA anyway (then
+        shedding would refuse every request, not the late ones)."""
         if not self.shed_late or self.sla_s is None:
             return None
-        alone, need = self.load.answer_estimate(1), self.load.answer_estimate(rows)
-        if alone is None or need is None or alone >= self.sla_s:
+        estimate = self.load.answer_estimate(rows)
+        if estimate is None or estimate[0] >= self.sla_s:
             return None
-        return now + need
+        return estimate[1]
 
     def _fail_late(self, late: list[Request]) -> None:
         """Fail requests shed because their answer would miss the SLA (none of them ran)."""
@@ -253,9 +253,9 @@ class ModelBatcher:
                 f"(queued {1e3 * (now - r.enqueued):.1f} ms)"))
         if expired:
             self.metrics.outcome(self.model.name, variant.label, "deadline_exceeded", len(expired))
-        cutoff = self._late_after(sum(r.rows for r in live), now)
-        if cutoff is not None:
-            shed = [r for r in live if r.answer_by is not None and r.answer_by < cutoff]
+        need = self._answer_time(sum(r.rows for r in live))
+        if need is not None:
+            shed = [r for r in live if r.answer_by is not None and r.answer_by < now + need]
             if shed:
                 self._fail_late(shed)
                 live = [r for r in live if r not in shed]

@@ -252,8 +252,6 @@ class LoadTracker:
         self._small: dict[int, deque[float]] = {}
         self._big: deque[tuple[int, float]] = deque(maxlen=self._samples)
         self._largest = 0
-        self._one: float | None = None  # cached by ran(): read on every submit
-        self._row: float | None = None
         self._lock = threading.Lock()
 
     def arrived(self, now: float) -> None:
@@ -274,23 +272,24 @@ class LoadTracker:
                 self._big.append((rows, seconds))
             else:
                 self._small.setdefault(rows, deque(maxlen=self._samples)).append(seconds)
-            small = self._small.get(1)
-            self._one = statistics.median(small) if small else None
+
+    def answer_estimate(self, rows: int) -> tuple[float, float] | None:
+        """``(alone, batch)``: least seconds until one row alone, and ``rows`` rows together,
+        queued behind nothing else, are answered (``None`` before any run): one run, or the
+        rows at the best measured cost a row.
+
+        It errs low on purpose: shedding a request on it must mean the request was late for
+        sure. Computed when asked (only shedding asks), not on every run.
+        """
+        with self._lock:
             costs = [statistics.median(d) / r for r, d in self._small.items()]
             if self._big:
                 costs.append(statistics.median(t / r for r, t in self._big))
-            self._row = min(costs)
-
-    def answer_estimate(self, rows: int) -> float | None:
-        """Least seconds until ``rows`` rows, queued behind nothing else, are answered
-        (``None`` before any run): one run, or the rows at the best measured cost a row.
-
-        It errs low on purpose: shedding a request on it must mean the request was late for sure.
-        """
-        with self._lock:
-            if self._row is None:
+            if not costs:
                 return None
-            return max(self._one or 0.0, rows * self._row)
+            row = min(costs)
+            one = statistics.median(self._small[1]) if 1 in self._small else 0.0
+            return max(one, row), max(one, rows * row)
 
     def snapshot(self, queue_depth: int, sla_s: float | None, now: float) -> LoadStats:
         with self._lock:

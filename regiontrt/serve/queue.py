@@ -68,7 +68,6 @@ class RequestQueue:
             raise ValueError(f"max_queue must be >= 1, got {max_requests}")
         self.max_requests = int(max_requests)
         self._items: deque[Request] = deque()
-        self.rows = 0  # rows waiting, all keys together
 
     def __len__(self) -> int:
         return len(self._items)
@@ -84,7 +83,12 @@ class RequestQueue:
                 f"request queue full ({self.max_requests} waiting); retry later"
             )
         self._items.append(request)
-        self.rows += request.rows
+
+    @property
+    def rows(self) -> int:
+        """Rows waiting, all keys together (counted when asked: nothing on the request path
+        needs it)."""
+        return sum(r.rows for r in self._items)
 
     def oldest(self) -> Request | None:
         return self._items[0] if self._items else None
@@ -110,7 +114,6 @@ class RequestQueue:
         first = self._items.popleft()
         batch, rows = [first], first.rows
         if rows >= max_rows:
-            self.rows -= rows
             return batch
         kept: deque[Request] = deque()
         while self._items:
@@ -124,14 +127,12 @@ class RequestQueue:
                 kept.append(r)
         kept.extend(self._items)
         self._items = kept
-        self.rows -= rows
         return batch
 
     def drain(self) -> list[Request]:
         """Remove and return everything queued."""
         items = list(self._items)
         self._items.clear()
-        self.rows = 0
         return items
 
     def shed(self, cutoff: float) -> list[Request]:
@@ -145,5 +146,4 @@ class RequestQueue:
         while self._items and self._items[0].answer_by is not None \
                 and self._items[0].answer_by < cutoff:
             late.append(self._items.popleft())
-        self.rows -= sum(r.rows for r in late)
         return late
