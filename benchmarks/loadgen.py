@@ -164,13 +164,14 @@ async def open_loop(schedule: Sequence[Arrival], send: Sender, *, timeout_s: flo
 async def drive(schedule: Sequence[Arrival], bounds: Sequence[tuple[str, float, float]],
                 client: Callable[[], Any], make_send: Callable[[Any], Sender], pid: int | None,
                 *,
-                timeout_s: float = 10.0, warmup: int = 20
+                timeout_s: float = 10.0, warmup: int = 20, start: float | None = None
                 ) -> tuple[list[Outcome], dict[str, float | None] | None]:
     """One run: ``schedule`` through the sender ``make_send`` makes of ``client()``.
 
     ``client()`` is an async context manager, made here (an aiohttp client needs the running
     loop). ``warmup`` requests go first, one by one (connections opened, lazy paths taken: not
-    the schedule's cost). With ``pid``, the CPU use of that process tree per phase.
+    the schedule's cost). With ``pid``, the CPU use of that process tree per phase. ``start``:
+    the run's time zero, as :func:`open_loop` takes it.
     """
     cpu = ProcessTreeCPU(pid) if pid is not None else None
     async with client() as c:
@@ -181,7 +182,7 @@ async def drive(schedule: Sequence[Arrival], bounds: Sequence[tuple[str, float, 
         ticks = [b[1] for b in bounds] + [bounds[-1][2]]
         outcomes = await open_loop(schedule, send, timeout_s=timeout_s,
                                    at_times=ticks if cpu else (),
-                                   on_time=cpu.read if cpu else None)
+                                   on_time=cpu.read if cpu else None, start=start)
     return outcomes, cpu.per_phase(bounds) if cpu else None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -62,21 +63,24 @@ def _sender(spec: SenderSpec, client: Any) -> loadgen.Sender:
     return loadgen.json_sender(client, spec.url, spec.body)
 
 
-async def _run_shard(spec: SenderSpec, shard: list[loadgen.Arrival], start: float,
-                     timeout_s: float, warmup: int) -> list[loadgen.Outcome]:
-    async with _client(spec, timeout_s) as client:
-        send = _sender(spec, client)
-        for _ in range(warmup):
-            try:
-                await asyncio.wait_for(send(), timeout_s)
-            except Exception:
-                continue
-        return await loadgen.open_loop(shard, send, timeout_s=timeout_s, start=start)
-
-
-def _child(spec: SenderSpec, shard: list[loadgen.Arrival], start: float, timeout_s: float,
+def _child(spec: SenderSpec, shard: list[loadgen.Arrival],
+           bounds: Sequence[tuple[str, float, float]], start: float, timeout_s: float,
            warmup: int) -> list[loadgen.Outcome]:
-    return asyncio.run(_run_shard(spec, shard, start, timeout_s, warmup))
+    outcomes, _ = asyncio.run(loadgen.drive(
+        shard, bounds, lambda: _client(spec, timeout_s), lambda c: _sender(spec, c), None,
+        timeout_s=timeout_s, warmup=warmup, start=start))
+    return outcomes
+
+
+def drive_spec(schedule: Sequence[loadgen.Arrival], bounds: Sequence[tuple[str, float, float]],
+               spec: SenderSpec, pid: int | None, *, procs: int = 1, timeout_s: float = 10.0
+               ) -> tuple[list[loadgen.Outcome], dict[str, float | None] | None]:
+    """One run of ``schedule`` sent as ``spec`` says: from this process, or from ``procs``
+    processes (:func:`drive_sharded`); with ``pid``, that process tree's CPU per phase."""
+    if procs > 1:
+        return drive_sharded(schedule, bounds, spec, pid, procs=procs, timeout_s=timeout_s)
+    return asyncio.run(loadgen.drive(schedule, bounds, lambda: _client(spec, timeout_s),
+                                     lambda c: _sender(spec, c), pid, timeout_s=timeout_s))
 
 
 def drive_sharded(schedule: Sequence[loadgen.Arrival],
@@ -89,8 +93,8 @@ def drive_sharded(schedule: Sequence[loadgen.Arrival],
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
         start = time.perf_counter() + START_MARGIN_S
-        futures = [pool.submit(_child, spec, shard, start, timeout_s, -(-warmup // procs))
-                   for shard in shards]
+        futures = [pool.submit(_child, spec, shard, list(bounds), start, timeout_s,
+                               -(-warmup // procs)) for shard in shards]
         reader = None
         if cpu is not None:
             ticks = [b[1] for b in bounds] + [bounds[-1][2]]
@@ -112,7 +116,5 @@ def _read_at(cpu: loadgen.ProcessTreeCPU, start: float, ticks: Sequence[float]) 
 def default_procs(cores: int | None = None) -> int:
     """Generator processes for a machine: one per four cores, at most four; one on a small
     machine, where more would take the cores the server needs."""
-    import os
-
     n = cores if cores is not None else (os.cpu_count() or 1)
     return max(1, min(4, n // 4))

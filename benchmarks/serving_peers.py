@@ -272,21 +272,10 @@ def run_peer(peer: PeerServer, body: bytes, schedule: list[loadgen.Arrival],
              procs: int = 1) -> tuple[list[loadgen.Outcome], dict[str, float | None] | None]:
     """One step load on a running peer (:class:`serving_peers.PeerServer`) through aiohttp,
     from ``procs`` generator processes."""
-    import aiohttp
+    from benchmarks.loadgen_procs import SenderSpec, drive_spec
 
-    if procs > 1:
-        from benchmarks.loadgen_procs import SenderSpec, drive_sharded
-
-        spec = SenderSpec("json", peer.url, body=body, connections=connections)
-        return drive_sharded(schedule, bounds, spec, peer.pid, procs=procs, timeout_s=timeout_s)
-
-    def session() -> Any:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
-                                     timeout=aiohttp.ClientTimeout(total=timeout_s))
-
-    return asyncio.run(loadgen.drive(schedule, bounds, session,
-                                     lambda s: loadgen.json_sender(s, peer.url, body), peer.pid,
-                                     timeout_s=timeout_s))
+    spec = SenderSpec("json", peer.url, body=body, connections=connections)
+    return drive_spec(schedule, bounds, spec, peer.pid, procs=procs, timeout_s=timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 
 import regiontrt as rt
 from benchmarks import loadgen
-from benchmarks.loadgen_procs import SenderSpec, drive_sharded
+from benchmarks.loadgen_procs import SenderSpec, drive_spec
 from benchmarks.serving_report import figures, label, peer_report, peer_settings, verdict
 from regiontrt.serve.protocol import datatype
 
@@ -222,27 +222,13 @@ def run_http(setup: Any, engine_path: Path | None, mode: str, schedule: list[loa
     """One step load over HTTP through ``tritonclient.http.aio`` (from ``procs`` generator
     processes): outcomes and CPU per phase (of the server's process tree; ``None`` for a
     server on a thread of this process)."""
-    import tritonclient.http.aio as aio
-
     server = _http_server(setup, engine_path, mode, max_batch, setup.sla_ms)
     pid = server.proc.pid if isinstance(server, HTTPServerProcess) else None
-    outputs = [o.name for o in setup.engine.outputs]
+    spec = SenderSpec("triton", server.base.removeprefix("http://"), server.model,
+                      dict(setup.request), tuple(o.name for o in setup.engine.outputs),
+                      connections=CONNECTIONS)
     try:
-        if procs > 1:
-            spec = SenderSpec("triton", server.base.removeprefix("http://"), server.model,
-                              dict(setup.request), tuple(outputs), connections=CONNECTIONS)
-            return drive_sharded(schedule, bounds, spec, pid, procs=procs,
-                                 timeout_s=REQUEST_TIMEOUT_S)
-
-        def client() -> Any:
-            return aio.InferenceServerClient(server.base.removeprefix("http://"),
-                                             conn_limit=CONNECTIONS,
-                                             conn_timeout=REQUEST_TIMEOUT_S)
-
-        return asyncio.run(loadgen.drive(
-            schedule, bounds, client,
-            lambda c: loadgen.triton_sender(c, server.model, setup.request, outputs), pid,
-            timeout_s=REQUEST_TIMEOUT_S))
+        return drive_spec(schedule, bounds, spec, pid, procs=procs, timeout_s=REQUEST_TIMEOUT_S)
     finally:
         server.close()
 
