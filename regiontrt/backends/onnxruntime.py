@@ -20,6 +20,7 @@ from regiontrt.graph.arithmetic import (
     cast_feeds,
     cpu_differences,
     make_session,
+    no_spinning,
     session_options,
 )
 from regiontrt.graph.io import input_specs, load_model, model_bytes, output_specs
@@ -171,6 +172,4 @@ def runtime_options(metadata: Mapping[str, Any]) -> Any:
     threads = tactics.get("cpu_threads")
     if type(threads) is int and threads > 0:
         so.intra_op_num_threads = min(threads, os.cpu_count() or 1)
-    if tactics.get("cpu_spinning") is not True:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
+    return so if tactics.get("cpu_spinning") is True else no_spinning(so)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regiontrt.graph.arithmetic import no_spinning
+
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 PROFILING_VERBOSITY = ("none", "layer_names_only", "detailed")
 
@@ -112,7 +114,7 @@ class TacticSelector:
         if self.cpu_threads:
             options.intra_op_num_threads = int(self.cpu_threads)
         if not self.cpu_spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            no_spinning(options)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,7 +23,7 @@ from regiontrt._progress import track
 from regiontrt.calibration.stats import TensorStats
 from regiontrt.data.sources import DataLike, DataSource
 from regiontrt.errors import DataError, InvalidModelError
-from regiontrt.graph.arithmetic import make_session, seal
+from regiontrt.graph.arithmetic import make_session, no_spinning, seal
 from regiontrt.graph.io import ModelSource, free_unsized_dims, input_specs, load_model
 
 #: ONNX element types whose tensors are calibrated (bfloat16 has no numpy type in ONNX Runtime).
@@ -165,8 +165,7 @@ def _session_options() -> Any:
     options = ort.SessionOptions()
     # ONNX Runtime's idle worker threads spin by default, taking the cores the overlapped
     # folding needs (measured: 25-40 % longer calibration with spinning on 2 cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return seal(options)
+    return seal(no_spinning(options))
 
 
 def _run_views(

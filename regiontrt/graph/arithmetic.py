@@ -71,6 +71,14 @@ _SEALED_KEY = "session.model_external_initializers_file_folder_path"
 _EMPTY_DIR: list[str] = []
 
 
+def no_spinning(options: Any) -> Any:
+    """Turn off the spinning of ONNX Runtime's idle intra-op threads in ``options``: they
+    busy-wait between runs on every core by default, taking the cores the rest of the process
+    needs (calibration's overlapped folding, a server's event loop, its clients)."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def seal(options: Any) -> Any:
     """Point ONNX Runtime's external-data folder at an empty private folder, so no model handed
     over as bytes can make it read a file (ONNX Runtime resolves some external-data locations,
