@@ -136,7 +136,7 @@ def test_silero_vad_quantizes_the_layers_inside_its_sample_rate_if() -> None:
     try:
         path = zoo.model_path()
     except ZooAssetError as exc:
-        pytest.skip(f"silero-vad: {exc}")
+        pytest.skip(f"needs the silero-vad model from its pinned wheel ({exc})")
     split = zoo.data(8, 6, seed=7)
     engine = _builder(onnx.load(str(path)), split.calibration, split.calibration).build()
     assert engine.metadata["pinned_inputs"] == {"sr": 16000}
